@@ -1,0 +1,232 @@
+"""Channel groups of a network: which channels can be removed, and what goes with them.
+
+``ChannelGraph.build(model, example_input)`` traces the model (``tracing``), runs it once
+on the example input while propagating channel labels (``propagate``), and collects the
+result into *removal units*. A unit is the smallest set of channels that can be removed on
+its own: one conv filter plus the matching BatchNorm entries and the matching input
+channels of every layer that consumes it; for a residual stream, the same channel index of
+every branch feeding the addition; for a grouped convolution, a whole group (how groups
+are kept consistent: groups are removed whole, never thinned); for a GroupNorm, a whole
+norm group. Units removed from the same set of layers form a *channel group*.
+
+A unit that cannot be removed says why (``Unit.reasons``): it reaches the network output,
+an operation the analysis does not understand, or a layer outside ``layer_names``.
+
+>>> import torch, torch.nn as nn
+>>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.BatchNorm1d(8), nn.ReLU(),
+...                     nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3))
+>>> g = ChannelGraph.build(net, torch.zeros(2, 1, 32))
+>>> len(g.removable_units()), g.units[0].members
+(8, ('0', '1', '5'))
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_core.propagate import ChannelPropagation, Site
+from prune_core.tracing import example_inputs, trace_model
+
+
+@dataclass
+class Unit:
+    """One removable channel (with everything coupled to it)."""
+
+    id: int
+    sites: dict[tuple[str, int], np.ndarray]
+    producers: tuple[str, ...]
+    members: tuple[str, ...]
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def removable(self) -> bool:
+        return not self.reasons
+
+
+def owner(name: str) -> str:
+    """The module path owning a parameter/buffer/attribute name ('layer1.conv.weight' -> 'layer1.conv')."""
+    return name.rpartition(".")[0]
+
+
+@dataclass
+class ChannelGraph:
+    """Removal units of a model; see the module docstring. Build with ``ChannelGraph.build``."""
+
+    units: list[Unit]
+    sites: dict[tuple[str, int], Site]
+    sizes: dict[tuple[str, int], int]
+    param_shapes: dict[str, tuple[int, ...]]
+    grouped_convs: dict[str, int] = field(default_factory=dict)
+    norm_groups: dict[str, int] = field(default_factory=dict)
+    renormalizing: set[str] = field(default_factory=set)
+    module_types: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        example_input,
+        layer_names: Iterable[str] | None = None,
+        leaf_modules: Iterable[str | type] = (),
+    ) -> ChannelGraph:
+        """Analyse ``model`` on ``example_input`` (a tensor or tuple of tensors).
+
+        ``layer_names`` (dotted paths, or MATLAB-style "a/b") restricts pruning to units that
+        touch those layers (or layers inside them); ``leaf_modules`` are not traced into and
+        their channels are left alone.
+        """
+        inputs = example_inputs(model, example_input)
+        names = resolve_layer_names(model, layer_names)
+        gm = trace_model(model, leaf_modules)
+        prop = ChannelPropagation(gm, model)
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                prop.run(*inputs)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+        return cls._from_propagation(model, prop, names)
+
+    @classmethod
+    def _from_propagation(cls, model: nn.Module, prop: ChannelPropagation, names: list[str] | None) -> ChannelGraph:
+        slots = prop.slots
+        producers_of: dict[int, set[str]] = {}
+        for fqn, ids in prop.producer_slots.items():
+            for root in set(slots.roots(ids).tolist()):
+                producers_of.setdefault(root, set()).add(fqn)
+        order = sorted(producers_of)
+        index = {root: k for k, root in enumerate(order)}
+        unit_sites: list[dict[tuple[str, int], np.ndarray]] = [{} for _ in order]
+        for key, site in prop.sites.items():
+            roots = slots.roots(site.vector)
+            for root in np.unique(roots):
+                k = index.get(int(root))
+                if k is not None:
+                    unit_sites[k][key] = np.flatnonzero(roots == root)
+        units = []
+        for k, root in enumerate(order):
+            members = tuple(sorted({owner(name) for name, _ in unit_sites[k]}))
+            reasons = set(slots.reasons(root))
+            if names is not None and not any(_inside(m, n) for m in members for n in names):
+                reasons.add("not affected by the requested layer_names")
+            units.append(Unit(k, unit_sites[k], tuple(sorted(producers_of[root])), members, tuple(sorted(reasons))))
+        params = dict(model.named_parameters())
+        sizes = {}
+        for (name, dim), site in prop.sites.items():
+            sizes[(name, dim)] = site.vector.size
+        modules = dict(model.named_modules())
+        return cls(
+            units=units,
+            sites=prop.sites,
+            sizes=sizes,
+            param_shapes={name: tuple(p.shape) for name, p in params.items()},
+            grouped_convs=dict(prop.grouped_convs),
+            norm_groups=dict(prop.norm_groups),
+            renormalizing=set(prop.renormalizing),
+            module_types={name: type(m).__name__ for name, m in modules.items()},
+        )
+
+    # -- queries --------------------------------------------------------------------------
+    @property
+    def total_learnables(self) -> int:
+        return sum(math.prod(shape) for shape in self.param_shapes.values())
+
+    def removable_units(self) -> list[Unit]:
+        return [u for u in self.units if u.removable]
+
+    def removal_plan(self, unit_ids: Iterable[int]) -> dict[tuple[str, int], np.ndarray]:
+        """Sorted indices to remove for every site touched by the given units."""
+        plan: dict[tuple[str, int], list[np.ndarray]] = {}
+        for uid in unit_ids:
+            for key, idx in self.units[uid].sites.items():
+                plan.setdefault(key, []).append(idx)
+        return {key: np.unique(np.concatenate(parts)) for key, parts in plan.items()}
+
+    def learnables_removed(self, unit_ids: Iterable[int]) -> int:
+        """Exact number of parameters that removing these units deletes."""
+        counts: dict[str, dict[int, int]] = {}
+        for (name, dim), idx in self.removal_plan(unit_ids).items():
+            if name in self.param_shapes:
+                counts.setdefault(name, {})[dim] = idx.size
+        removed = 0
+        for name, dims in counts.items():
+            shape = self.param_shapes[name]
+            kept = math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
+            removed += math.prod(shape) - kept
+        return removed
+
+    def unit_cost(self, uid: int) -> int:
+        """Parameters removed by this unit alone."""
+        return self.learnables_removed([uid])
+
+    def check_removal(self, unit_ids: Sequence[int]) -> None:
+        """Raise ValueError unless every unit is removable and every layer keeps a channel."""
+        for uid in unit_ids:
+            if not 0 <= uid < len(self.units):
+                raise ValueError(f"unit id {uid} is out of range: the model has {len(self.units)} units")
+            if self.units[uid].reasons:
+                unit = self.units[uid]
+                raise ValueError(
+                    f"unit {uid} (filters of {', '.join(unit.producers)}) cannot be removed: {'; '.join(unit.reasons)}"
+                )
+        for (name, dim), idx in self.removal_plan(unit_ids).items():
+            if idx.size >= self.sizes[(name, dim)]:
+                raise ValueError(
+                    f"the removal would delete every channel of `{owner(name)}` ({name}, dim {dim}); "
+                    "every pruned layer keeps at least one channel"
+                )
+
+    def greedy_removal(self, order: Sequence[int]) -> list[int]:
+        """Units taken in ``order``, skipping any whose removal would empty a layer."""
+        remaining = dict(self.sizes)
+        taken = []
+        for uid in order:
+            unit = self.units[uid]
+            if not unit.removable:
+                continue
+            if all(remaining[key] > idx.size for key, idx in unit.sites.items()):
+                for key, idx in unit.sites.items():
+                    remaining[key] -= idx.size
+                taken.append(uid)
+        return taken
+
+    def max_removal(self) -> list[int]:
+        """The most learnables that can go with every layer keeping a channel (costly units first)."""
+        units = self.removable_units()
+        order = sorted((u.id for u in units), key=lambda uid: -self.unit_cost(uid))
+        return self.greedy_removal(order)
+
+
+def _inside(member: str, name: str) -> bool:
+    return member == name or member.startswith(name + ".") or name == ""
+
+
+def resolve_layer_names(model: nn.Module, layer_names: Iterable[str] | str | None) -> list[str] | None:
+    """Normalise ``layer_names`` to dotted module paths; unknown names raise with near matches."""
+    if layer_names is None:
+        return None
+    if isinstance(layer_names, str):
+        layer_names = [layer_names]
+    known = [name for name, _ in model.named_modules() if name]
+    resolved = []
+    for raw in layer_names:
+        if not isinstance(raw, str):
+            raise TypeError(f"layer_names must hold strings, got {raw!r}")
+        name = raw.replace("/", ".")
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=5)
+            hint = f"; did you mean {near}?" if near else f"; the model's layers include {known[:8]}"
+            raise ValueError(f"layer_names entry {raw!r} is not a layer of the model{hint}")
+        resolved.append(name)
+    if not resolved:
+        raise ValueError("layer_names is empty; pass None to prune every prunable layer")
+    return resolved

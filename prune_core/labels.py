@@ -1,0 +1,132 @@
+"""Channel labels: which removable channel each tensor position belongs to.
+
+The graph analysis gives every output channel of a prunable layer (a conv filter, a
+pointwise linear neuron) its own integer *slot*. Each tensor in the traced network carries
+a label array: an integer array with the tensor's number of dimensions, broadcastable to
+the tensor's shape, whose entries name the slot of every position. A conv output of shape
+``(N, C, H, W)`` has labels of shape ``(1, C, 1, 1)``; after ``flatten`` the labels have
+shape ``(1, C*H*W)`` and repeat each slot ``H*W`` times, which is exactly the mapping a
+following ``Linear`` needs.
+
+Operations that tie channels together (residual additions, squeeze-and-excitation
+products, grouped convolutions, group norms) *unify* slots in a union-find structure:
+unified slots form one removal unit. Slots that must never be removed (they reach the
+network output, an unsupported operation, or a network input) are *blocked* with a reason.
+
+>>> slots = SlotTable()
+>>> a, b = slots.new_slots(3), slots.new_slots(3)
+>>> slots.unify_arrays(a, b)
+>>> slots.find(int(a[0])) == slots.find(int(b[0]))
+True
+>>> slots.block(a[:1], "reaches the network output")
+>>> sorted(slots.reasons(int(b[0])))
+['reaches the network output']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SlotTable:
+    """Union-find over channel slots, with the reasons a slot class cannot be removed."""
+
+    def __init__(self) -> None:
+        self._parent: list[int] = []
+        self._reasons: dict[int, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def new_slots(self, count: int) -> np.ndarray:
+        """Create ``count`` fresh slots and return their ids."""
+        start = len(self._parent)
+        self._parent.extend(range(start, start + count))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def new_blocked(self, reason: str) -> int:
+        """One fresh slot that is blocked from the start (inputs, unsupported outputs)."""
+        slot = int(self.new_slots(1)[0])
+        self._reasons[slot] = {reason}
+        return slot
+
+    def find(self, slot: int) -> int:
+        parent = self._parent
+        root = slot
+        while parent[root] != root:
+            root = parent[root]
+        while parent[slot] != root:
+            parent[slot], slot = root, parent[slot]
+        return root
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if rb < ra:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        moved = self._reasons.pop(rb, None)
+        if moved:
+            self._reasons.setdefault(ra, set()).update(moved)
+        return ra
+
+    def unify_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Unify ``a`` and ``b`` position by position (they must broadcast together)."""
+        a, b = np.broadcast_arrays(a, b)
+        pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+        for x, y in pairs.T:
+            if x != y:
+                self.union(int(x), int(y))
+
+    def unify_all(self, slots: np.ndarray) -> int:
+        """Unify every slot in ``slots`` into one class and return its root."""
+        flat = np.unique(slots)
+        first = int(flat[0])
+        for other in flat[1:]:
+            self.union(first, int(other))
+        return self.find(first)
+
+    def block(self, slots: np.ndarray, reason: str) -> None:
+        for slot in np.unique(slots):
+            self._reasons.setdefault(self.find(int(slot)), set()).add(reason)
+
+    def reasons(self, slot: int) -> set[str]:
+        return self._reasons.get(self.find(slot), set())
+
+    def roots(self, slots: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.find(int(s)) for s in slots.ravel()), np.int64, slots.size).reshape(slots.shape)
+
+
+def compress(labels: np.ndarray) -> np.ndarray:
+    """Shrink every dimension along which the labels do not vary to size 1."""
+    for dim in range(labels.ndim):
+        if labels.shape[dim] > 1:
+            first = labels.take([0], axis=dim)
+            if (labels == first).all():
+                labels = first
+    return np.ascontiguousarray(labels)
+
+
+def varying_dims(labels: np.ndarray) -> list[int]:
+    """Dimensions along which the (compressed) labels may differ."""
+    return [d for d, size in enumerate(labels.shape) if size > 1]
+
+
+def expand(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The labels of every position of a tensor of ``shape``."""
+    return np.broadcast_to(labels, shape)
+
+
+def along(labels: np.ndarray, dim: int, size: int) -> np.ndarray | None:
+    """The label vector along ``dim``, or None when the labels also vary along another dim."""
+    if any(d != dim for d in varying_dims(labels)):
+        return None
+    return np.broadcast_to(labels.reshape(-1), (size,)).copy() if labels.shape[dim] == 1 else labels.reshape(-1).copy()
+
+
+def shaped(vector: np.ndarray, ndim: int, dim: int) -> np.ndarray:
+    """Put a label vector along ``dim`` of an ``ndim``-dimensional label array."""
+    shape = [1] * ndim
+    shape[dim] = vector.size
+    return vector.reshape(shape)

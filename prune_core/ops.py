@@ -1,0 +1,160 @@
+"""What the channel analysis knows about each operation, by kind.
+
+Every node of a traced network falls into one of the kinds below; ``graph`` propagates
+channel labels through it accordingly. Anything not listed is *unsupported*: channels that
+reach it are never pruned, and the analysis report names the operation.
+
+>>> import torch.nn as nn
+>>> module_kind(nn.Conv2d(3, 8, 3)), module_kind(nn.ReLU()), module_kind(nn.LSTM(4, 4))
+('conv', 'elementwise', None)
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_MODULE_KINDS: dict[type[nn.Module], str] = {
+    nn.Conv1d: "conv",
+    nn.Conv2d: "conv",
+    nn.Conv3d: "conv",
+    nn.ConvTranspose1d: "conv_transpose",
+    nn.ConvTranspose2d: "conv_transpose",
+    nn.ConvTranspose3d: "conv_transpose",
+    nn.Linear: "linear",
+    nn.BatchNorm1d: "batchnorm",
+    nn.BatchNorm2d: "batchnorm",
+    nn.BatchNorm3d: "batchnorm",
+    nn.InstanceNorm1d: "batchnorm",
+    nn.InstanceNorm2d: "batchnorm",
+    nn.InstanceNorm3d: "batchnorm",
+    nn.GroupNorm: "groupnorm",
+    nn.LayerNorm: "layernorm",
+    nn.PReLU: "prelu",
+    nn.Flatten: "reshape",
+    nn.Unflatten: "reshape",
+    nn.Softmax: "softmax",
+    nn.LogSoftmax: "softmax",
+    nn.ChannelShuffle: "channel_shuffle",
+    nn.MaxPool1d: "pool",
+    nn.MaxPool2d: "pool",
+    nn.MaxPool3d: "pool",
+    nn.AvgPool1d: "pool",
+    nn.AvgPool2d: "pool",
+    nn.AvgPool3d: "pool",
+    nn.AdaptiveAvgPool1d: "pool",
+    nn.AdaptiveAvgPool2d: "pool",
+    nn.AdaptiveAvgPool3d: "pool",
+    nn.AdaptiveMaxPool1d: "pool",
+    nn.AdaptiveMaxPool2d: "pool",
+    nn.AdaptiveMaxPool3d: "pool",
+    nn.LPPool1d: "pool",
+    nn.LPPool2d: "pool",
+    nn.Upsample: "pool",
+}
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+_MODULE_KINDS.update({cls: "elementwise" for cls in _ELEMENTWISE_MODULES})
+# Keyed by the forward function, so subclasses that keep the base forward are recognised and
+# subclasses that override it (torchvision's LayerNorm2d, say) are traced through instead.
+_KIND_BY_FORWARD = {cls.forward: kind for cls, kind in _MODULE_KINDS.items()}
+
+# Modules of other libraries that are channel-wise by construction (matched by qualified name,
+# so the library is not a dependency).
+_ELEMENTWISE_MODULE_NAMES = {"torchvision.ops.stochastic_depth.StochasticDepth"}
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """The kind of a leaf module, or None when the analysis does not understand it."""
+    kind = _KIND_BY_FORWARD.get(type(module).forward)
+    if kind is None and f"{type(module).__module__}.{type(module).__qualname__}" in _ELEMENTWISE_MODULE_NAMES:
+        kind = "elementwise"
+    return kind
+
+
+ELEMENTWISE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
+    operator.iadd, operator.isub, operator.imul, operator.itruediv,
+    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
+    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs, torch.exp, torch.neg,
+    F.relu, F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
+    F.leaky_relu, F.elu, F.selu, F.celu, F.softplus, F.hardtanh,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+}
+ELEMENTWISE_FUNCTION_NAMES = {"torchvision.ops.stochastic_depth.stochastic_depth"}
+ELEMENTWISE_METHODS = {
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "abs", "exp",
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
+    "clamp_max", "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as",
+    "expand", "expand_as",
+}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as"}
+PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim}
+PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "movedim"}
+POOL_FUNCTIONS = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.lp_pool1d, F.lp_pool2d, F.interpolate,
+}
+REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+CONCAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+SPLIT_FUNCTIONS = {torch.chunk, torch.split}
+SPLIT_METHODS = {"chunk", "split"}
+SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+SOFTMAX_METHODS = {"softmax", "log_softmax"}
+
+
+def function_kind(target) -> str | None:
+    """The kind of a ``call_function`` target, or None when unsupported."""
+    for kind, functions in (
+        ("elementwise", ELEMENTWISE_FUNCTIONS),
+        ("reshape", RESHAPE_FUNCTIONS),
+        ("permute", PERMUTE_FUNCTIONS),
+        ("pool", POOL_FUNCTIONS),
+        ("reduce", REDUCE_FUNCTIONS),
+        ("concat", CONCAT_FUNCTIONS),
+        ("split", SPLIT_FUNCTIONS),
+        ("softmax", SOFTMAX_FUNCTIONS),
+    ):
+        if target in functions:
+            return kind
+    if target is operator.getitem:
+        return "getitem"
+    if target is F.layer_norm:
+        return "layer_norm_function"
+    if f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in ELEMENTWISE_FUNCTION_NAMES:
+        return "elementwise"
+    return None
+
+
+def method_kind(name: str) -> str | None:
+    """The kind of a ``call_method`` target (a Tensor method name), or None when unsupported."""
+    for kind, methods in (
+        ("elementwise", ELEMENTWISE_METHODS),
+        ("reshape", RESHAPE_METHODS),
+        ("permute", PERMUTE_METHODS),
+        ("reduce", REDUCE_METHODS),
+        ("split", SPLIT_METHODS),
+        ("softmax", SOFTMAX_METHODS),
+    ):
+        if name in methods:
+            return kind
+    return None
+
+
+def describe_target(target) -> str:
+    """A readable name for an fx node target (function, method name or module path)."""
+    if isinstance(target, str):
+        return target
+    module = getattr(target, "__module__", "") or ""
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    return f"{module}.{name}" if module and module != "builtins" else name

@@ -1,0 +1,102 @@
+"""Physically remove channels: smaller tensors, updated layer attributes, no masks.
+
+``remove_units(model, graph, unit_ids)`` replaces every parameter and buffer touched by the
+units with a smaller copy (``index_select`` of the kept entries along each pruned dim) and
+updates the layers' channel attributes (``in_channels``, ``out_channels``, ``groups``,
+``num_features``, ``in_features``, ...). The model keeps its classes and stays trainable and
+scriptable; any optimizer holding the old parameters must be rebuilt.
+
+>>> import torch, torch.nn as nn
+>>> from prune_core.graph import ChannelGraph
+>>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Conv1d(8, 4, 3))
+>>> g = ChannelGraph.build(net, torch.zeros(1, 1, 16))
+>>> remove_units(net, g, [0, 1, 2])
+>>> net[0].out_channels, net[2].in_channels
+(5, 5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_core.graph import ChannelGraph, owner
+
+# Channel-count attributes that follow the parameter shapes, per layer family.
+_CHANNEL_ATTRIBUTES = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+    "num_channels", "num_groups", "normalized_shape", "num_parameters",
+)
+
+
+def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> None:
+    """Remove the channels of ``unit_ids`` (from ``graph``, built on this model) in place."""
+    unit_ids = list(unit_ids)
+    graph.check_removal(unit_ids)
+    plan = graph.removal_plan(unit_ids)
+    modules = dict(model.named_modules())
+    by_tensor: dict[str, dict[int, np.ndarray]] = {}
+    attributes: dict[str, int] = {}
+    for (name, dim), idx in plan.items():
+        if graph.sites[(name, dim)].kind == "attribute":
+            attributes[name] = graph.sizes[(name, dim)] - idx.size
+        else:
+            by_tensor.setdefault(name, {})[dim] = idx
+    touched = set()
+    for name, dims in by_tensor.items():
+        module_name, _, attr = name.rpartition(".")
+        module = modules[module_name]
+        old = getattr(module, attr)
+        new = old.detach()
+        for dim, idx in dims.items():
+            keep = np.setdiff1d(np.arange(new.shape[dim]), idx)
+            new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
+        new = new.clone()
+        if isinstance(old, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module._buffers[attr] = new
+        touched.add(module_name)
+    for name, count in attributes.items():
+        module_name, _, attr = name.rpartition(".")
+        value = (count,) if attr == "normalized_shape" else count
+        setattr(modules[module_name], attr, value)
+        touched.add(module_name)
+    for module_name in touched:
+        _sync_attributes(module_name, modules[module_name], graph)
+
+
+def _sync_attributes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+    """Derive channel counts of convs and linears from their (new) weight shapes."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        weight = module.weight
+        if name in graph.grouped_convs:
+            module.groups = weight.shape[0 if not module.transposed else 1] // graph.grouped_convs[name]
+        if module.transposed:
+            module.in_channels, module.out_channels = weight.shape[0], weight.shape[1] * module.groups
+        else:
+            module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.GroupNorm) and name in graph.norm_groups:
+        module.num_groups = module.num_channels // graph.norm_groups[name]
+
+
+def channel_attributes(module: nn.Module) -> dict[str, object]:
+    """The channel-count attributes a module has (used by ``serialize``)."""
+    found = {}
+    for attr in _CHANNEL_ATTRIBUTES:
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            found[attr] = value
+        elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+            found[attr] = list(value)
+    return found
+
+
+def members_of(graph: ChannelGraph, unit_ids: Sequence[int]) -> set[str]:
+    """Module paths touched by the given units."""
+    return {owner(name) for uid in unit_ids for name, _ in graph.units[uid].sites}
