@@ -37,10 +37,13 @@ from prune_core.tracing import example_inputs, trace_model
 
 @dataclass
 class Unit:
-    """One removable channel (with everything coupled to it)."""
+    """One removable channel (with everything coupled to it).
+
+    ``counts`` maps each site (name, dim) the unit touches to how many of its entries go.
+    """
 
     id: int
-    sites: dict[tuple[str, int], np.ndarray]
+    counts: dict[tuple[str, int], int]
     producers: tuple[str, ...]
     members: tuple[str, ...]
     reasons: tuple[str, ...] = ()
@@ -61,12 +64,11 @@ class ChannelGraph:
 
     units: list[Unit]
     sites: dict[tuple[str, int], Site]
-    sizes: dict[tuple[str, int], int]
+    site_units: dict[tuple[str, int], np.ndarray]  # unit id of every entry of a site, -1 if none
     param_shapes: dict[str, tuple[int, ...]]
     grouped_convs: dict[str, int] = field(default_factory=dict)
     norm_groups: dict[str, int] = field(default_factory=dict)
     renormalizing: set[str] = field(default_factory=set)
-    module_types: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -99,40 +101,39 @@ class ChannelGraph:
     @classmethod
     def _from_propagation(cls, model: nn.Module, prop: ChannelPropagation, names: list[str] | None) -> ChannelGraph:
         slots = prop.slots
-        producers_of: dict[int, set[str]] = {}
-        for fqn, ids in prop.producer_slots.items():
-            for root in set(slots.roots(ids).tolist()):
-                producers_of.setdefault(root, set()).add(fqn)
-        order = sorted(producers_of)
-        index = {root: k for k, root in enumerate(order)}
-        unit_sites: list[dict[tuple[str, int], np.ndarray]] = [{} for _ in order]
+        root_of = np.fromiter((slots.find(i) for i in range(len(slots))), np.int64, len(slots))
+        producer_pairs = [(int(r), fqn) for fqn, ids in prop.producer_slots.items() for r in np.unique(root_of[ids])]
+        order = sorted({r for r, _ in producer_pairs})
+        unit_of_root = np.full(len(slots), -1, dtype=np.int64)
+        unit_of_root[order] = np.arange(len(order))
+        producers: list[set[str]] = [set() for _ in order]
+        for root, fqn in producer_pairs:
+            producers[unit_of_root[root]].add(fqn)
+        site_units, counts = {}, [{} for _ in order]
+        members: list[set[str]] = [set() for _ in order]
         for key, site in prop.sites.items():
-            roots = slots.roots(site.vector)
-            for root in np.unique(roots):
-                k = index.get(int(root))
-                if k is not None:
-                    unit_sites[k][key] = np.flatnonzero(roots == root)
+            units_here = unit_of_root[root_of[site.vector]]
+            site_units[key] = units_here
+            present, how_many = np.unique(units_here[units_here >= 0], return_counts=True)
+            module = owner(key[0])
+            for k, c in zip(present.tolist(), how_many.tolist()):
+                counts[k][key] = c
+                members[k].add(module)
         units = []
         for k, root in enumerate(order):
-            members = tuple(sorted({owner(name) for name, _ in unit_sites[k]}))
             reasons = set(slots.reasons(root))
-            if names is not None and not any(_inside(m, n) for m in members for n in names):
+            if names is not None and not any(_inside(m, n) for m in members[k] for n in names):
                 reasons.add("not affected by the requested layer_names")
-            units.append(Unit(k, unit_sites[k], tuple(sorted(producers_of[root])), members, tuple(sorted(reasons))))
-        params = dict(model.named_parameters())
-        sizes = {}
-        for (name, dim), site in prop.sites.items():
-            sizes[(name, dim)] = site.vector.size
-        modules = dict(model.named_modules())
+            units.append(Unit(k, counts[k], tuple(sorted(producers[k])), tuple(sorted(members[k])),
+                              tuple(sorted(reasons))))
         return cls(
             units=units,
             sites=prop.sites,
-            sizes=sizes,
-            param_shapes={name: tuple(p.shape) for name, p in params.items()},
+            site_units=site_units,
+            param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
             grouped_convs=dict(prop.grouped_convs),
             norm_groups=dict(prop.norm_groups),
             renormalizing=set(prop.renormalizing),
-            module_types={name: type(m).__name__ for name, m in modules.items()},
         )
 
     # -- queries --------------------------------------------------------------------------
@@ -143,25 +144,30 @@ class ChannelGraph:
     def removable_units(self) -> list[Unit]:
         return [u for u in self.units if u.removable]
 
+    def size(self, key: tuple[str, int]) -> int:
+        """Number of entries of a site (channels of that parameter dim or attribute)."""
+        return self.site_units[key].size
+
     def removal_plan(self, unit_ids: Iterable[int]) -> dict[tuple[str, int], np.ndarray]:
         """Sorted indices to remove for every site touched by the given units."""
-        plan: dict[tuple[str, int], list[np.ndarray]] = {}
-        for uid in unit_ids:
-            for key, idx in self.units[uid].sites.items():
-                plan.setdefault(key, []).append(idx)
-        return {key: np.unique(np.concatenate(parts)) for key, parts in plan.items()}
+        chosen = np.fromiter(unit_ids, np.int64)
+        keys = {key for uid in chosen.tolist() for key in self.units[uid].counts}
+        return {key: np.flatnonzero(np.isin(self.site_units[key], chosen)) for key in keys}
 
     def learnables_removed(self, unit_ids: Iterable[int]) -> int:
-        """Exact number of parameters that removing these units deletes."""
-        counts: dict[str, dict[int, int]] = {}
-        for (name, dim), idx in self.removal_plan(unit_ids).items():
-            if name in self.param_shapes:
-                counts.setdefault(name, {})[dim] = idx.size
+        """Exact number of parameters that removing these units deletes (entries belong to one unit each)."""
+        removed_per_site: dict[tuple[str, int], int] = {}
+        for uid in unit_ids:
+            for key, count in self.units[uid].counts.items():
+                if key[0] in self.param_shapes:
+                    removed_per_site[key] = removed_per_site.get(key, 0) + count
+        per_param: dict[str, dict[int, int]] = {}
+        for (name, dim), count in removed_per_site.items():
+            per_param.setdefault(name, {})[dim] = count
         removed = 0
-        for name, dims in counts.items():
+        for name, dims in per_param.items():
             shape = self.param_shapes[name]
-            kept = math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
-            removed += math.prod(shape) - kept
+            removed += math.prod(shape) - math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
         return removed
 
     def unit_cost(self, uid: int) -> int:
@@ -179,7 +185,7 @@ class ChannelGraph:
                     f"unit {uid} (filters of {', '.join(unit.producers)}) cannot be removed: {'; '.join(unit.reasons)}"
                 )
         for (name, dim), idx in self.removal_plan(unit_ids).items():
-            if idx.size >= self.sizes[(name, dim)]:
+            if idx.size >= self.size((name, dim)):
                 raise ValueError(
                     f"the removal would delete every channel of `{owner(name)}` ({name}, dim {dim}); "
                     "every pruned layer keeps at least one channel"
@@ -187,15 +193,15 @@ class ChannelGraph:
 
     def greedy_removal(self, order: Sequence[int]) -> list[int]:
         """Units taken in ``order``, skipping any whose removal would empty a layer."""
-        remaining = dict(self.sizes)
+        remaining = {key: units.size for key, units in self.site_units.items()}
         taken = []
         for uid in order:
             unit = self.units[uid]
             if not unit.removable:
                 continue
-            if all(remaining[key] > idx.size for key, idx in unit.sites.items()):
-                for key, idx in unit.sites.items():
-                    remaining[key] -= idx.size
+            if all(remaining[key] > count for key, count in unit.counts.items()):
+                for key, count in unit.counts.items():
+                    remaining[key] -= count
                 taken.append(uid)
         return taken
 

@@ -42,7 +42,7 @@ def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int])
     attributes: dict[str, int] = {}
     for (name, dim), idx in plan.items():
         if graph.sites[(name, dim)].kind == "attribute":
-            attributes[name] = graph.sizes[(name, dim)] - idx.size
+            attributes[name] = graph.size((name, dim)) - idx.size
         else:
             by_tensor.setdefault(name, {})[dim] = idx
     touched = set()
@@ -95,8 +95,3 @@ def channel_attributes(module: nn.Module) -> dict[str, object]:
         elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
             found[attr] = list(value)
     return found
-
-
-def members_of(graph: ChannelGraph, unit_ids: Sequence[int]) -> set[str]:
-    """Module paths touched by the given units."""
-    return {owner(name) for uid in unit_ids for name, _ in graph.units[uid].sites}
