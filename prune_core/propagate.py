@@ -15,7 +15,7 @@ integer arrays.
 >>> prop = ChannelPropagation(gm)
 >>> _ = prop.run(torch.zeros(1, 1, 16))
 >>> sorted(key for key in prop.sites if key[0].startswith("0."))
-[('0.bias', 0), ('0.weight', 0)]
+[('0.bias', 0), ('0.weight', 0), ('0.weight', 1)]
 """
 
 from __future__ import annotations

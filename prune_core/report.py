@@ -1,0 +1,151 @@
+"""analyze_compression: what can be pruned, how it is coupled, and the most that can go.
+
+The counterpart of MATLAB's "Analyze for Compression".
+
+>>> import torch, torch.nn as nn
+>>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.BatchNorm1d(8), nn.ReLU(),
+...                     nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3))
+>>> report = analyze_compression(net, torch.zeros(2, 1, 32), verbose=False)
+>>> report.groups[["layers", "channels", "learnables_per_channel"]].to_dict("records")
+[{'layers': '0', 'channels': 8, 'learnables_per_channel': 9}]
+>>> round(report.max_reduction, 3)
+0.84
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+from torch import nn
+
+from prune_core.graph import ChannelGraph
+
+
+@dataclass
+class CompressionReport:
+    """Result of ``analyze_compression``.
+
+    ``groups``: one row per channel group -- ``group``, ``layers`` (whose filters are
+    removed), ``members`` (every layer that shrinks with them), ``channels``,
+    ``learnables_per_channel``, ``removable_learnables`` (every channel but one removed),
+    ``prunable`` and ``reason``. ``layers``: one row per convolution / linear layer with
+    ``filters``, ``prunable_filters`` and the ``reason`` when not all can be pruned.
+    """
+
+    groups: pd.DataFrame
+    layers: pd.DataFrame
+    total_learnables: int
+    max_removable_learnables: int
+    graph: ChannelGraph
+
+    @property
+    def max_reduction(self) -> float:
+        """Maximum possible learnables reduction (every prunable layer keeps one filter)."""
+        return self.max_removable_learnables / self.total_learnables if self.total_learnables else 0.0
+
+    def __str__(self) -> str:
+        prunable = self.groups[self.groups["prunable"]]
+        blocked = self.layers[self.layers["reason"] != ""]
+        lines = [
+            f"Network has {self.total_learnables:,} learnable parameters in {len(self.layers)} "
+            f"convolution/linear layers.",
+            f"{len(prunable)} prunable channel groups ({int(prunable['channels'].sum())} channels); maximum possible "
+            f"learnables reduction {100 * self.max_reduction:.1f}% ({self.max_removable_learnables:,} parameters).",
+        ]
+        if len(prunable):
+            table = prunable[["group", "layers", "members", "channels", "learnables_per_channel",
+                              "removable_learnables"]]
+            lines += ["", "Prunable groups:", table.to_string(index=False, max_colwidth=60)]
+        if len(blocked):
+            lines += ["", "Not (fully) prunable layers:",
+                      blocked[["layer", "type", "filters", "prunable_filters", "reason"]].to_string(
+                          index=False, max_colwidth=90)]
+        return "\n".join(lines)
+
+
+def analyze_compression(
+    model: nn.Module,
+    example_input,
+    layer_names: Iterable[str] | str | None = None,
+    leaf_modules: Iterable[str | type] = (),
+    verbose: bool = True,
+) -> CompressionReport:
+    """Analyse ``model`` for filter pruning; print the report unless ``verbose=False``.
+
+    ``layer_names`` restricts pruning to the named layers and whatever they affect.
+    """
+    graph = ChannelGraph.build(model, example_input, layer_names=layer_names, leaf_modules=leaf_modules)
+    report = CompressionReport(
+        groups=_group_table(graph),
+        layers=_layer_table(model, graph),
+        total_learnables=graph.total_learnables,
+        max_removable_learnables=graph.learnables_removed(graph.max_removal()),
+        graph=graph,
+    )
+    if verbose:
+        print(report)
+    return report
+
+
+def _group_table(graph: ChannelGraph) -> pd.DataFrame:
+    grouped: dict[tuple, list[int]] = {}
+    for unit in graph.units:
+        grouped.setdefault((unit.members, unit.producers, unit.reasons), []).append(unit.id)
+    rows = []
+    for number, ((members, producers, reasons), ids) in enumerate(grouped.items()):
+        costs = [graph.unit_cost(uid) for uid in ids]
+        removable = 0
+        if not reasons:
+            by_cost = sorted(ids, key=lambda uid: -graph.unit_cost(uid))
+            removable = graph.learnables_removed(graph.greedy_removal(by_cost))
+        rows.append({
+            "group": number,
+            "layers": ", ".join(producers),
+            "members": ", ".join(members),
+            "channels": len(ids),
+            "learnables_per_channel": round(sum(costs) / len(costs)),
+            "removable_learnables": removable,
+            "prunable": not reasons,
+            "reason": "; ".join(reasons),
+        })
+    return pd.DataFrame(rows, columns=["group", "layers", "members", "channels", "learnables_per_channel",
+                                       "removable_learnables", "prunable", "reason"])
+
+
+def _layer_table(model: nn.Module, graph: ChannelGraph) -> pd.DataFrame:
+    prunable: dict[str, int] = {}
+    reasons: dict[str, set[str]] = {}
+    for unit in graph.units:
+        for layer in unit.producers:
+            if unit.removable:
+                prunable[layer] = prunable.get(layer, 0) + 1
+            else:
+                reasons.setdefault(layer, set()).update(unit.reasons)
+    rows = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        filters = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        why = set(reasons.get(name, set()))
+        if name not in prunable and name not in reasons:
+            why.add(_not_a_producer_reason(name, module, graph))
+        rows.append({
+            "layer": name,
+            "type": type(module).__name__,
+            "filters": filters,
+            "prunable_filters": prunable.get(name, 0),
+            "reason": "; ".join(sorted(why)),
+        })
+    return pd.DataFrame(rows, columns=["layer", "type", "filters", "prunable_filters", "reason"])
+
+
+def _not_a_producer_reason(name: str, module: nn.Module, graph: ChannelGraph) -> str:
+    if name in graph.grouped_convs:
+        return "grouped/depthwise convolution: follows the channels of the layer feeding it"
+    if not any(key[0].startswith(name + ".") for key in graph.sites):
+        return "not reached by the traced forward pass (or inside a module that was not traced)"
+    if isinstance(module, nn.Linear):
+        return "fully connected layer: only convolution filters and pointwise linear layers are pruned"
+    return "its filters are not prunable here (grouped transposed convolution or unsupported use)"
