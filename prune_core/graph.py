@@ -80,9 +80,11 @@ class ChannelGraph:
     ) -> ChannelGraph:
         """Analyse ``model`` on ``example_input`` (a tensor or tuple of tensors).
 
-        ``layer_names`` (dotted paths, or MATLAB-style "a/b") restricts pruning to units that
-        touch those layers (or layers inside them); ``leaf_modules`` are not traced into and
-        their channels are left alone.
+        ``layer_names`` (dotted paths, or MATLAB-style "a/b") restricts pruning to units whose
+        filters or channel-wise parameters lie in those layers (or inside them) -- naming a
+        BatchNorm prunes the conv feeding it, naming a conv prunes its filters and shrinks the
+        layers that consume them; ``leaf_modules`` are not traced into and their channels are
+        left alone.
         """
         inputs = example_inputs(model, example_input)
         names = resolve_layer_names(model, layer_names)
@@ -122,7 +124,8 @@ class ChannelGraph:
         units = []
         for k, root in enumerate(order):
             reasons = set(slots.reasons(root))
-            if names is not None and not any(_inside(m, n) for m in members[k] for n in names):
+            shrinking = {owner(key[0]) for key in counts[k] if prop.sites[key].role != "input"}
+            if names is not None and not any(_inside(m, n) for m in shrinking for n in names):
                 reasons.add("not affected by the requested layer_names")
             units.append(Unit(k, counts[k], tuple(sorted(producers[k])), tuple(sorted(members[k])),
                               tuple(sorted(reasons))))

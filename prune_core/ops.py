@@ -157,4 +157,6 @@ def describe_target(target) -> str:
         return target
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    if "_VariableFunctionsClass" in name:  # torch's C functions (torch.sort, torch.cat, ...)
+        return f"torch.{target.__name__}"
     return f"{module}.{name}" if module and module != "builtins" else name
