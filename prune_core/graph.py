@@ -187,8 +187,9 @@ class ChannelGraph:
                 raise ValueError(
                     f"unit {uid} (filters of {', '.join(unit.producers)}) cannot be removed: {'; '.join(unit.reasons)}"
                 )
-        for (name, dim), idx in self.removal_plan(unit_ids).items():
-            if idx.size >= self.size((name, dim)):
+        plan = self.removal_plan(unit_ids)
+        for name, dim in sorted(plan, key=lambda key: self.sites[key].role != "filter"):
+            if plan[(name, dim)].size >= self.size((name, dim)):
                 raise ValueError(
                     f"the removal would delete every channel of `{owner(name)}` ({name}, dim {dim}); "
                     "every pruned layer keeps at least one channel"

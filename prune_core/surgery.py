@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.graph import ChannelGraph, owner
+from prune_core.graph import ChannelGraph
 
 # Channel-count attributes that follow the parameter shapes, per layer family.
 _CHANNEL_ATTRIBUTES = (

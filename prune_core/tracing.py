@@ -92,6 +92,8 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx
 
 def example_inputs(model: nn.Module, example_input) -> tuple[torch.Tensor, ...]:
     """Check ``example_input`` (a tensor or a tuple of tensors) against the model's device."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         kinds = [type(x).__name__ for x in inputs]
