@@ -1,0 +1,1 @@
+"""sweeps: datasets, models and the runnable jobs built on prune_core."""
