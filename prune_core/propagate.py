@@ -57,16 +57,21 @@ class ExampleInputMismatch(ValueError):
     """The example input does not run through the model."""
 
 
+def _leaves(value):
+    """Every non-container value inside nested tuples, lists and dicts."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
+
+
 def _walk(labels):
     """Every label array inside a nested structure of labels."""
-    if isinstance(labels, np.ndarray):
-        yield labels
-    elif isinstance(labels, (tuple, list)):
-        for item in labels:
-            yield from _walk(item)
-    elif isinstance(labels, dict):
-        for item in labels.values():
-            yield from _walk(item)
+    return (leaf for leaf in _leaves(labels) if isinstance(leaf, np.ndarray))
 
 
 def _tensor_pairs(values, labels):
@@ -182,7 +187,7 @@ class ChannelPropagation(fx.Interpreter):
         if n.op == "output":
             self._block(lab_args, "reaches the network output")
             return None
-        if not any(isinstance(v, torch.Tensor) for v in _flatten(result)):
+        if not any(isinstance(v, torch.Tensor) for v in _leaves(result)):
             return None
         if n.op == "call_module":
             self.called_modules.add(n.target)
@@ -475,17 +480,6 @@ class ChannelPropagation(fx.Interpreter):
         if vector is None:
             return None
         return shaped(vector.reshape(m.groups, size // m.groups).T.reshape(-1), lab.ndim, 1)
-
-
-def _flatten(value):
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _flatten(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _flatten(v)
-    else:
-        yield value
 
 
 def _reshape_blocks(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
