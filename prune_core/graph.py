@@ -23,6 +23,7 @@ an operation the analysis does not understand, or a layer outside ``layer_names`
 from __future__ import annotations
 
 import difflib
+import gc
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -92,18 +93,22 @@ class ChannelGraph:
         prop = ChannelPropagation(gm, model)
         modes = {m: m.training for m in model.modules()}
         model.eval()
+        collecting = gc.isenabled()
+        gc.disable()  # the analysis allocates many small objects and frees none of them
         try:
             with torch.no_grad():
                 prop.run(*inputs)
+            return cls._from_propagation(model, prop, names)
         finally:
             for module, mode in modes.items():
                 module.training = mode
-        return cls._from_propagation(model, prop, names)
+            if collecting:
+                gc.enable()
 
     @classmethod
     def _from_propagation(cls, model: nn.Module, prop: ChannelPropagation, names: list[str] | None) -> ChannelGraph:
         slots = prop.slots
-        root_of = np.fromiter((slots.find(i) for i in range(len(slots))), np.int64, len(slots))
+        root_of = slots.all_roots()
         producer_pairs = [(int(r), fqn) for fqn, ids in prop.producer_slots.items() for r in np.unique(root_of[ids])]
         order = sorted({r for r, _ in producer_pairs})
         unit_of_root = np.full(len(slots), -1, dtype=np.int64)
@@ -124,8 +129,7 @@ class ChannelGraph:
         units = []
         for k, root in enumerate(order):
             reasons = set(slots.reasons(root))
-            shrinking = {owner(key[0]) for key in counts[k] if prop.sites[key].role != "input"}
-            if names is not None and not any(_inside(m, n) for m in shrinking for n in names):
+            if names is not None and not _selected(counts[k], prop.sites, names):
                 reasons.add("not affected by the requested layer_names")
             units.append(Unit(k, counts[k], tuple(sorted(producers[k])), tuple(sorted(members[k])),
                               tuple(sorted(reasons))))
@@ -216,8 +220,10 @@ class ChannelGraph:
         return self.greedy_removal(order)
 
 
-def _inside(member: str, name: str) -> bool:
-    return member == name or member.startswith(name + ".") or name == ""
+def _selected(counts: dict[tuple[str, int], int], sites: dict[tuple[str, int], Site], names: list[str]) -> bool:
+    """Whether a unit shrinks a named layer (or one inside it) other than through its inputs."""
+    shrinking = {owner(key[0]) for key in counts if sites[key].role != "input"}
+    return any(m == n or m.startswith(n + ".") for m in shrinking for n in names)
 
 
 def resolve_layer_names(model: nn.Module, layer_names: Iterable[str] | str | None) -> list[str] | None:

@@ -74,10 +74,11 @@ class SlotTable:
     def unify_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
         """Unify ``a`` and ``b`` position by position (they must broadcast together)."""
         a, b = np.broadcast_arrays(a, b)
-        pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-        for x, y in pairs.T:
+        size = len(self._parent)
+        keys = np.unique(a.ravel() * size + b.ravel())  # one sort of int64 keys, not a 2-D unique
+        for x, y in zip((keys // size).tolist(), (keys % size).tolist()):
             if x != y:
-                self.union(int(x), int(y))
+                self.union(x, y)
 
     def unify_all(self, slots: np.ndarray) -> int:
         """Unify every slot in ``slots`` into one class and return its root."""
@@ -94,13 +95,24 @@ class SlotTable:
     def reasons(self, slot: int) -> set[str]:
         return self._reasons.get(self.find(slot), set())
 
-    def roots(self, slots: np.ndarray) -> np.ndarray:
-        return np.fromiter((self.find(int(s)) for s in slots.ravel()), np.int64, slots.size).reshape(slots.shape)
+    def all_roots(self) -> np.ndarray:
+        """The root of every slot, by pointer jumping over the whole parent array."""
+        parent = np.asarray(self._parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
 
 
 def compress(labels: np.ndarray) -> np.ndarray:
     """Shrink every dimension along which the labels do not vary to size 1."""
-    for dim in range(labels.ndim):
+    return compress_from(labels, 0)
+
+
+def compress_from(labels: np.ndarray, first: int) -> np.ndarray:
+    """``compress``, for the dimensions from ``first`` on only."""
+    for dim in range(first, labels.ndim):
         if labels.shape[dim] > 1:
             first = labels.take([0], axis=dim)
             if (labels == first).all():
@@ -111,11 +123,6 @@ def compress(labels: np.ndarray) -> np.ndarray:
 def varying_dims(labels: np.ndarray) -> list[int]:
     """Dimensions along which the (compressed) labels may differ."""
     return [d for d, size in enumerate(labels.shape) if size > 1]
-
-
-def expand(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The labels of every position of a tensor of ``shape``."""
-    return np.broadcast_to(labels, shape)
 
 
 def along(labels: np.ndarray, dim: int, size: int) -> np.ndarray | None:

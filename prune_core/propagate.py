@@ -28,7 +28,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 
 from prune_core import ops
-from prune_core.labels import SlotTable, along, compress, shaped, varying_dims
+from prune_core.labels import SlotTable, along, compress, compress_from, shaped, varying_dims
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,8 @@ class ChannelPropagation(fx.Interpreter):
                 return None
             if len(sized) > 1:
                 outer = int(np.prod([out_shape[d] for d in sized[:-1]]))
-                rows = np.moveaxis(out, sized, range(len(sized))).reshape(outer, -1)
+                moved = compress_from(np.moveaxis(out, sized, range(len(sized))), len(sized))
+                rows = moved.reshape(outer, -1)
                 for row in rows[1:]:
                     self.slots.unify_arrays(rows[0], row)
         return compress(out)

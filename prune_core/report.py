@@ -95,17 +95,16 @@ def _group_table(graph: ChannelGraph) -> pd.DataFrame:
         grouped.setdefault((unit.members, unit.producers, unit.reasons), []).append(unit.id)
     rows = []
     for number, ((members, producers, reasons), ids) in enumerate(grouped.items()):
-        costs = [graph.unit_cost(uid) for uid in ids]
+        costs = {uid: graph.unit_cost(uid) for uid in ids}
         removable = 0
         if not reasons:
-            by_cost = sorted(ids, key=lambda uid: -graph.unit_cost(uid))
-            removable = graph.learnables_removed(graph.greedy_removal(by_cost))
+            removable = graph.learnables_removed(graph.greedy_removal(sorted(ids, key=lambda uid: -costs[uid])))
         rows.append({
             "group": number,
             "layers": ", ".join(producers),
             "members": ", ".join(members),
             "channels": len(ids),
-            "learnables_per_channel": round(sum(costs) / len(costs)),
+            "learnables_per_channel": round(sum(costs.values()) / len(costs)),
             "removable_learnables": removable,
             "prunable": not reasons,
             "reason": "; ".join(reasons),
