@@ -139,9 +139,7 @@ class ChannelPropagation(fx.Interpreter):
         if isinstance(value, torch.Tensor):
             return np.full([1] * value.ndim, self.slots.new_blocked(reason), dtype=np.int64)
         if isinstance(value, (tuple, list)):
-            return type(value)(self._fresh(v, reason) for v in value) if not hasattr(value, "_fields") else tuple(
-                self._fresh(v, reason) for v in value
-            )
+            return tuple(self._fresh(v, reason) for v in value)
         return None
 
     def _block(self, labels, reason: str) -> None:

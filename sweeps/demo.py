@@ -43,11 +43,10 @@ def l1_scores(model: nn.Module, graph: ChannelGraph) -> dict[int, float]:
     scores = {}
     for unit in graph.removable_units():
         values = []
-        for (name, dim) in unit.counts:
+        for (name, dim), idx in graph.removal_plan([unit.id]).items():
             if graph.sites[(name, dim)].role == "filter" and name.endswith("weight"):
                 w = params[name].detach().abs()
-                idx = torch.as_tensor(graph.removal_plan([unit.id])[(name, dim)])
-                values.append(float(w.index_select(dim, idx).mean() / w.mean()))
+                values.append(float(w.index_select(dim, torch.as_tensor(idx)).mean() / w.mean()))
         scores[unit.id] = float(np.mean(values))
     return scores
 
