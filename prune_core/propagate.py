@@ -110,7 +110,6 @@ class ChannelPropagation(fx.Interpreter):
         self.grouped_convs: dict[str, int] = {}
         self.norm_groups: dict[str, int] = {}
         self.renormalizing: set[str] = set()
-        self.called_modules: set[str] = set()
         self._modules = dict(model.named_modules())
         self._parameters = {name for name, _ in model.named_parameters()}
 
@@ -188,7 +187,6 @@ class ChannelPropagation(fx.Interpreter):
         if not any(isinstance(v, torch.Tensor) for v in _leaves(result)):
             return None
         if n.op == "call_module":
-            self.called_modules.add(n.target)
             module = self._modules[n.target]
             kind = ops.module_kind(module)
             what = f"{n.target} ({type(module).__name__})"
@@ -391,7 +389,7 @@ class ChannelPropagation(fx.Interpreter):
         return lab
 
     # -- leaf modules --------------------------------------------------------------------
-    def _channel_vector(self, x: torch.Tensor, lab, dim: int, size: int, fqn: str) -> np.ndarray:
+    def _channel_vector(self, lab, dim: int, size: int, fqn: str) -> np.ndarray:
         vector = along(lab, dim, size) if isinstance(lab, np.ndarray) else None
         if vector is None:
             if isinstance(lab, np.ndarray):
@@ -402,7 +400,7 @@ class ChannelPropagation(fx.Interpreter):
     def _do_conv(self, n, args, kwargs, lab_args, lab_kwargs, result):
         m, fqn, x = self._modules[n.target], n.target, args[0]
         cdim = x.ndim - len(m.kernel_size) - 1
-        vector = self._channel_vector(x, lab_args[0], cdim, m.in_channels, fqn)
+        vector = self._channel_vector(lab_args[0], cdim, m.in_channels, fqn)
         if m.groups == 1:
             self._site(f"{fqn}.weight", 1, vector, "input")
             out = self._producer(fqn, m.out_channels)
@@ -420,7 +418,7 @@ class ChannelPropagation(fx.Interpreter):
         if m.groups != 1:
             return None
         cdim = x.ndim - len(m.kernel_size) - 1
-        self._site(f"{fqn}.weight", 0, self._channel_vector(x, lab_args[0], cdim, m.in_channels, fqn), "input")
+        self._site(f"{fqn}.weight", 0, self._channel_vector(lab_args[0], cdim, m.in_channels, fqn), "input")
         out = self._producer(fqn, m.out_channels)
         self._site(f"{fqn}.weight", 1, out, "filter")
         self._module_sites(fqn, ("bias",), out, "filter")
@@ -428,7 +426,7 @@ class ChannelPropagation(fx.Interpreter):
 
     def _do_linear(self, n, args, kwargs, lab_args, lab_kwargs, result):
         m, fqn, x = self._modules[n.target], n.target, args[0]
-        self._site(f"{fqn}.weight", 1, self._channel_vector(x, lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
+        self._site(f"{fqn}.weight", 1, self._channel_vector(lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
         if x.ndim <= 2:
             return self._fresh(result, f"`{fqn}` is a fully connected layer (only convolution filters and "
                                        "pointwise linear layers are pruned)")
