@@ -9,8 +9,13 @@
 Conv1d(1, 6, kernel_size=(3,), stride=(1,))
 """
 
+from prune_core.compress import compress_network
 from prune_core.graph import ChannelGraph, Unit
+from prune_core.metrics import Metric
+from prune_core.options import TrainingOptions
 from prune_core.propagate import ExampleInputMismatch
+from prune_core.prunable import TaylorPrunableNetwork
+from prune_core.pruning_info import PruningInfo
 from prune_core.report import CompressionReport, analyze_compression
 from prune_core.serialize import load_pruned, read_pruned, save_pruned
 from prune_core.surgery import remove_units
@@ -20,9 +25,14 @@ __all__ = [
     "ChannelGraph",
     "CompressionReport",
     "ExampleInputMismatch",
+    "Metric",
+    "PruningInfo",
+    "TaylorPrunableNetwork",
+    "TrainingOptions",
     "TraceFailure",
     "Unit",
     "analyze_compression",
+    "compress_network",
     "load_pruned",
     "read_pruned",
     "remove_units",

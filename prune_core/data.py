@@ -1,0 +1,166 @@
+"""Data in any of the forms the reference accepts, as mini-batches of ``(inputs, targets)``.
+
+``as_source(data)`` or ``as_source(predictors, targets)`` accepts
+
+- a ``torch.utils.data.DataLoader`` (used as it is: its own batch size and shuffling);
+- a ``Dataset`` whose items are ``(x, y)``, ``(x1, ..., xn, y)`` or ``((x1, ..., xn), (y1, ...))``;
+- ``(predictors, targets)``: tensors or NumPy arrays with the examples along dim 0;
+- a pandas ``DataFrame``: every column but the last holds predictors (numbers, or one
+  column of arrays), the last holds the targets (numbers or categories, as codes).
+
+Every batch comes out as ``(inputs, targets)``, two tuples of tensors.
+
+>>> import torch
+>>> source = as_source(torch.randn(10, 1, 8), torch.arange(10) % 2)
+>>> [tuple(x[0].shape) for x, _ in source.batches(batch_size=4, order="never")]
+[(4, 1, 8), (4, 1, 8), (2, 1, 8)]
+>>> as_source(torch.randn(10, 3), torch.zeros(9))
+Traceback (most recent call last):
+...
+ValueError: predictors and targets must have the same number of examples: predictors have 10, targets have 9
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+Batch = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+SHUFFLE_CHOICES = ("once", "every-epoch", "never")
+
+
+def _tensor(value, argument: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{argument} must be a tensor or a numeric array, got {type(value).__name__}") from exc
+    if tensor.is_floating_point() and tensor.dtype == torch.float64:
+        tensor = tensor.float()
+    return tensor
+
+
+def split_batch(batch) -> Batch:
+    """``(inputs, targets)`` tuples from a batch ``(x, y)``, ``(x1, .., xn, y)`` or ``((xs), (ys))``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        size = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        raise TypeError(f"each batch must be a tuple (inputs..., targets), got {type(batch).__name__}{size}")
+    if len(batch) == 2 and isinstance(batch[0], (tuple, list)):
+        inputs, targets = tuple(batch[0]), batch[1]
+    else:
+        inputs, targets = tuple(batch[:-1]), batch[-1]
+    targets = tuple(targets) if isinstance(targets, (tuple, list)) else (targets,)
+    return inputs, targets
+
+
+class DataSource:
+    """Mini-batches of ``(inputs, targets)``; build with ``as_source``."""
+
+    def __init__(self, tensors: Batch | None = None, dataset: Dataset | None = None,
+                 loader: DataLoader | None = None) -> None:
+        self.tensors, self.dataset, self.loader = tensors, dataset, loader
+        self._once: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        if self.tensors is not None:
+            return len(self.tensors[1][0])
+        return len(self.dataset if self.dataset is not None else self.loader.dataset)
+
+    def num_batches(self, batch_size: int) -> int:
+        if self.loader is not None:
+            return len(self.loader)
+        return math.ceil(len(self) / batch_size)
+
+    def _order(self, order: str, generator: torch.Generator | None) -> torch.Tensor:
+        n = len(self)
+        if order == "never":
+            return torch.arange(n)
+        if order == "once":
+            if self._once is None:
+                self._once = torch.randperm(n, generator=generator)
+            return self._once
+        return torch.randperm(n, generator=generator)
+
+    def batches(self, batch_size: int, order: str = "never", generator: torch.Generator | None = None,
+                limit: int | None = None) -> Iterator[Batch]:
+        """One pass: ``order`` is "never", "once" (the same shuffle every pass) or "every-epoch"."""
+        if self.loader is not None:
+            source = (split_batch(b) for b in self.loader)
+        elif self.tensors is not None:
+            inputs, targets = self.tensors
+            index = self._order(order, generator)
+            source = ((tuple(t[i] for t in inputs), tuple(t[i] for t in targets))
+                      for i in index.split(batch_size))
+        else:
+            loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self._order(order, generator).tolist())
+            source = (split_batch(b) for b in loader)
+        for k, batch in enumerate(source):
+            if limit is not None and k >= limit:
+                return
+            yield batch
+
+    def first_inputs(self, count: int = 2) -> tuple[torch.Tensor, ...]:
+        """The first ``count`` examples' inputs, e.g. as the example input of a channel analysis."""
+        inputs, _ = next(iter(self.batches(batch_size=count)))
+        return tuple(x[:count] for x in inputs)
+
+
+def _from_frame(frame: pd.DataFrame, argument: str) -> Batch:
+    if frame.shape[1] < 2:
+        raise ValueError(f"{argument}: a DataFrame needs predictor columns and a last target column, "
+                         f"got columns {list(frame.columns)}")
+    predictors, target = frame.iloc[:, :-1], frame.iloc[:, -1]
+    if predictors.shape[1] == 1 and predictors.iloc[:, 0].dtype == object:
+        x = np.stack([np.asarray(v, dtype=np.float32) for v in predictors.iloc[:, 0]])
+    else:
+        numeric = predictors.select_dtypes("number")
+        if numeric.shape[1] != predictors.shape[1]:
+            bad = [c for c in predictors.columns if c not in numeric.columns]
+            raise TypeError(f"{argument}: predictor columns must be numeric, got non-numeric {bad}")
+        x = numeric.to_numpy(np.float32)
+    if isinstance(target.dtype, pd.CategoricalDtype) or target.dtype == object or pd.api.types.is_string_dtype(target):
+        y = target.astype("category").cat.codes.to_numpy(np.int64)
+    else:
+        y = target.to_numpy()
+    return (torch.as_tensor(x),), (_tensor(y, f"{argument} targets"),)
+
+
+def as_source(data, targets=None, argument: str = "data") -> DataSource:
+    """A ``DataSource`` for ``data`` (or ``predictors, targets``); see the module docstring."""
+    if targets is not None:
+        x = data if isinstance(data, (tuple, list)) else (data,)
+        y = targets if isinstance(targets, (tuple, list)) else (targets,)
+        tensors = (tuple(_tensor(v, "predictors") for v in x), tuple(_tensor(v, "targets") for v in y))
+    elif isinstance(data, DataLoader):
+        return _checked(DataSource(loader=data), argument)
+    elif isinstance(data, Dataset):
+        return _checked(DataSource(dataset=data), argument)
+    elif isinstance(data, pd.DataFrame):
+        tensors = _from_frame(data, argument)
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        return as_source(data[0], data[1], argument)
+    else:
+        raise TypeError(f"{argument} must be a DataLoader, a Dataset, a (predictors, targets) pair or a DataFrame, "
+                        f"got {type(data).__name__}")
+    lengths = [len(t) for t in tensors[0]], [len(t) for t in tensors[1]]
+    if len(set(lengths[0] + lengths[1])) > 1:
+        raise ValueError(f"predictors and targets must have the same number of examples: "
+                         f"predictors have {_counts(lengths[0])}, targets have {_counts(lengths[1])}")
+    return _checked(DataSource(tensors=tensors), argument)
+
+
+def _counts(lengths: Sequence[int]) -> str:
+    return ", ".join(map(str, lengths))
+
+
+def _checked(source: DataSource, argument: str) -> DataSource:
+    if len(source) == 0:
+        raise ValueError(f"{argument} is empty: it holds no examples")
+    return source

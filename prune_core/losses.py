@@ -1,0 +1,88 @@
+"""Named loss functions for fine-tuning, as in the reference (``lossFcn``).
+
+``resolve_loss(name_or_callable)`` returns ``loss(outputs, targets) -> scalar tensor`` where
+``outputs`` and ``targets`` are tuples (several network outputs and several targets are
+allowed; the named losses use the first of each). Network outputs are **logits** for the
+classification losses (the softmax/sigmoid is part of the loss, as is usual in PyTorch):
+
+- ``crossentropy``: targets are class indices or class probabilities (one-hot) along dim 1;
+- ``index-crossentropy``: targets are class indices (integers);
+- ``binary-crossentropy``: targets are 0/1 (or probabilities) of the output's shape;
+- ``mae`` / ``mean-absolute-error`` / ``l1loss``, ``mse`` / ``mean-squared-error`` /
+  ``l2loss``, ``huber``: regression, averaged over every element.
+
+A callable is called as ``loss(*outputs, *targets)``.
+
+>>> import torch
+>>> loss = resolve_loss("index-crossentropy")
+>>> round(float(loss((torch.zeros(4, 2),), (torch.tensor([0, 1, 0, 1]),))), 4)
+0.6931
+>>> resolve_loss("hinge")
+Traceback (most recent call last):
+...
+ValueError: loss 'hinge' is not a known loss name; use one of ['binary-crossentropy', 'crossentropy', \
+'huber', 'index-crossentropy', 'l1loss', 'l2loss', 'mae', 'mean-absolute-error', 'mean-squared-error', 'mse'] \
+or a callable loss(*outputs, *targets)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[tuple, tuple], torch.Tensor]
+
+
+def _crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point() and t.shape == y.shape:
+        return F.cross_entropy(y, t)
+    return F.cross_entropy(y, t.long())
+
+
+def _index_crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise ValueError("loss 'index-crossentropy' needs integer class indices as targets; "
+                         "use 'crossentropy' for class probabilities")
+    return F.cross_entropy(y, t.long())
+
+
+def _binary_crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(y, t.to(y.dtype).reshape(y.shape))
+
+
+def _regression(fn: Callable) -> Callable:
+    return lambda y, t: fn(y, t.to(y.dtype).reshape(y.shape))
+
+
+NAMED_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "crossentropy": _crossentropy,
+    "index-crossentropy": _index_crossentropy,
+    "binary-crossentropy": _binary_crossentropy,
+    "mae": _regression(F.l1_loss),
+    "mean-absolute-error": _regression(F.l1_loss),
+    "l1loss": _regression(F.l1_loss),
+    "mse": _regression(F.mse_loss),
+    "mean-squared-error": _regression(F.mse_loss),
+    "l2loss": _regression(F.mse_loss),
+    "huber": _regression(F.huber_loss),
+}
+
+
+def resolve_loss(loss: str | Callable) -> LossFn:
+    """``loss(outputs, targets)`` for a loss name (see the module docstring) or a callable."""
+    if isinstance(loss, str):
+        fn = NAMED_LOSSES.get(loss.lower())
+        if fn is None:
+            raise ValueError(f"loss {loss!r} is not a known loss name; use one of {sorted(NAMED_LOSSES)} "
+                             "or a callable loss(*outputs, *targets)")
+        return lambda outputs, targets: fn(outputs[0], targets[0])
+    if callable(loss):
+        return lambda outputs, targets: loss(*outputs, *targets)
+    raise TypeError(f"loss must be a loss name or a callable, got {type(loss).__name__} {loss!r}")
+
+
+def classification_loss(loss: str | Callable) -> bool:
+    """Whether a loss name is a classification loss (accuracy then makes sense as a metric)."""
+    return isinstance(loss, str) and loss.lower().endswith("crossentropy")

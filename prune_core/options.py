@@ -1,0 +1,148 @@
+"""``TrainingOptions``: how each fine-tuning runs, the analogue of MATLAB ``trainingOptions``.
+
+Defaults are MATLAB's (``max_epochs=30``, ``mini_batch_size=128``, ``shuffle="once"``,
+``momentum=0.9``, ``l2_regularization=1e-4``, ``validation_frequency=50``, solver learn rates
+0.01 for sgdm and 0.001 for adam/rmsprop). Within ``compress_network`` the options describe
+the fine-tuning after *each* pruning iteration, so ``max_epochs`` is per iteration.
+
+>>> TrainingOptions("adam", max_epochs=2, metrics=["accuracy"]).learn_rate
+0.001
+>>> TrainingOptions("sgd")
+Traceback (most recent call last):
+...
+ValueError: solver 'sgd' is not supported; use one of ('sgdm', 'adam', 'rmsprop', 'lbfgs')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prune_core.data import SHUFFLE_CHOICES
+from prune_core.metrics import Metric, resolve_metric
+
+SOLVERS = ("sgdm", "adam", "rmsprop", "lbfgs")
+DEFAULT_LEARN_RATES = {"sgdm": 0.01, "adam": 0.001, "rmsprop": 0.001, "lbfgs": 1.0}
+SCHEDULES = ("none", "piecewise")
+CLIP_METHODS = ("l2norm", "global-l2norm", "absolute-value")
+
+
+@dataclass
+class TrainingOptions:
+    """Fine-tuning options (see the module docstring for the defaults).
+
+    ``output_fn(state) -> bool`` is called after every iteration with a dict (pruning
+    iteration, epoch, iteration, loss, learn rate and, after a validation, the validation
+    values); returning True stops training (and pruning). ``validation_data`` accepts any
+    form ``prune_core.data.as_source`` does. ``objective_metric_name`` ("loss" or one of
+    ``metrics``) is what ``validation_threshold`` and ``validation_patience`` watch.
+    """
+
+    solver: str = "sgdm"
+    initial_learn_rate: float | None = None
+    max_epochs: int = 30
+    mini_batch_size: int = 128
+    shuffle: str = "once"
+    momentum: float = 0.9
+    gradient_decay_factor: float = 0.9
+    squared_gradient_decay_factor: float | None = None
+    epsilon: float = 1e-8
+    l2_regularization: float = 1e-4
+    gradient_threshold: float = math.inf
+    gradient_threshold_method: str = "l2norm"
+    learn_rate_schedule: str = "none"
+    learn_rate_drop_factor: float = 0.1
+    learn_rate_drop_period: int = 10
+    validation_data: Any = None
+    validation_frequency: int = 50
+    validation_patience: float = math.inf
+    metrics: Sequence[str | Metric] = ()
+    objective_metric_name: str = "loss"
+    verbose_frequency: int = 50
+    device: str = "auto"
+    seed: int | None = None
+    output_fn: Callable[[dict], bool] | None = None
+    history_size: int = 10
+    resolved_metrics: tuple[Metric, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _choice("solver", self.solver, SOLVERS)
+        _choice("shuffle", self.shuffle, SHUFFLE_CHOICES)
+        _choice("learn_rate_schedule", self.learn_rate_schedule, SCHEDULES)
+        _choice("gradient_threshold_method", self.gradient_threshold_method, CLIP_METHODS)
+        for name in ("max_epochs", "mini_batch_size", "validation_frequency", "verbose_frequency",
+                     "learn_rate_drop_period", "history_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("learn_rate", "gradient_threshold", "validation_patience", "epsilon"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{'initial_learn_rate' if name == 'learn_rate' else name} must be positive, "
+                                 f"got {value!r}")
+        for name in ("momentum", "gradient_decay_factor", "learn_rate_drop_factor"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.l2_regularization < 0:
+            raise ValueError(f"l2_regularization must be >= 0, got {self.l2_regularization!r}")
+        if isinstance(self.metrics, (str, Metric)):
+            self.metrics = [self.metrics]
+        self.resolved_metrics = tuple(resolve_metric(m) for m in self.metrics)
+        names = ["loss", *(m.name for m in self.resolved_metrics)]
+        if self.objective_metric_name not in names:
+            raise ValueError(f"objective_metric_name {self.objective_metric_name!r} is not computed; "
+                             f"use one of {names} (add it to metrics)")
+        if self.output_fn is not None and not callable(self.output_fn):
+            raise TypeError(f"output_fn must be callable, got {type(self.output_fn).__name__}")
+        self.torch_device()
+
+    @property
+    def learn_rate(self) -> float:
+        return DEFAULT_LEARN_RATES[self.solver] if self.initial_learn_rate is None else self.initial_learn_rate
+
+    @property
+    def objective_maximized(self) -> bool:
+        """Whether larger values of the objective metric are better (accuracy) or worse (loss)."""
+        return any(m.maximize for m in self.resolved_metrics if m.name == self.objective_metric_name)
+
+    def torch_device(self) -> torch.device:
+        """``device`` as a ``torch.device``; "auto" picks CUDA when present."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device {self.device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available on this machine; use 'auto' or 'cpu'")
+        return device
+
+    def learn_rate_at(self, epoch: int) -> float:
+        """The learn rate of a (0-based) fine-tuning epoch under the schedule."""
+        if self.learn_rate_schedule == "piecewise":
+            return self.learn_rate * self.learn_rate_drop_factor ** (epoch // self.learn_rate_drop_period)
+        return self.learn_rate
+
+    def build_optimizer(self, parameters) -> torch.optim.Optimizer:
+        """A fresh optimizer over ``parameters`` (rebuilt after every surgery)."""
+        params = [p for p in parameters if p.requires_grad]
+        lr, decay = self.learn_rate, self.l2_regularization
+        if self.solver == "sgdm":
+            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=decay)
+        if self.solver == "adam":
+            beta2 = 0.999 if self.squared_gradient_decay_factor is None else self.squared_gradient_decay_factor
+            return torch.optim.Adam(params, lr=lr, betas=(self.gradient_decay_factor, beta2), eps=self.epsilon,
+                                    weight_decay=decay)
+        if self.solver == "rmsprop":
+            alpha = 0.9 if self.squared_gradient_decay_factor is None else self.squared_gradient_decay_factor
+            return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=self.epsilon, weight_decay=decay)
+        return torch.optim.LBFGS(params, lr=lr, history_size=self.history_size, line_search_fn="strong_wolfe")
+
+
+def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} {value!r} is not supported; use one of {allowed}")

@@ -1,0 +1,64 @@
+"""The pruning-progress figure: learnables, fine-tuning loss and the objective across iterations.
+
+``pruning_progress_figure(pruning, training, validation, objective)`` draws, against the
+fine-tuning iteration, (1) the learnable parameters left after each pruning iteration,
+(2) the training loss and the validation loss, (3) the objective metric when it is not the
+loss; dotted lines mark where each pruning iteration begins. It uses ``matplotlib.figure``
+directly (no pyplot state, no display needed). ``save_figure`` writes it atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, validation: pd.DataFrame,
+                            objective: str = "loss") -> Figure:
+    """The figure described in the module docstring (the history tables of ``PruningInfo``)."""
+    panels = 2 if objective == "loss" else 3
+    fig = Figure(figsize=(9, 2.6 * panels), layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True)
+    starts = training.groupby("pruning_iteration")["iteration"].min() if len(training) else pd.Series(dtype=float)
+    ends = pruning.get("end_iteration", pd.Series(0, index=pruning.index))
+    axes[0].step(ends, pruning["learnables"] / 1e3, where="post", marker="o", color="tab:purple")
+    axes[0].set_ylabel("learnables (thousands)")
+    axes[0].set_title("Pruning progress")
+    axes[1].plot(training["iteration"], training["loss"], lw=0.8, alpha=0.7, label="training")
+    if len(validation):
+        axes[1].plot(validation["iteration"], validation["loss"], "o-", ms=3, color="k", label="validation")
+    axes[1].set_ylabel("loss")
+    if panels == 3:
+        if objective in training:
+            axes[2].plot(training["iteration"], training[objective], lw=0.8, alpha=0.7, label="training")
+        if objective in validation:
+            axes[2].plot(validation["iteration"], validation[objective], "o-", ms=3, color="k", label="validation")
+        axes[2].set_ylabel(f"{objective} (%)" if objective in ("accuracy", "error-rate") else objective)
+    for ax in axes[1:]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for ax in axes:
+        for start in starts:
+            ax.axvline(start - 0.5, color="0.7", ls=":", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("fine-tuning iteration (dotted lines: a pruning iteration begins)")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Save ``fig`` to ``path`` (format from the suffix) through a temporary file, then rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"plots_path {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

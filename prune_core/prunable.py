@@ -1,0 +1,121 @@
+"""``TaylorPrunableNetwork``: Taylor scores and pruning steps for custom training loops.
+
+The analogue of MATLAB's ``taylorPrunableNetwork`` / ``updateScore`` / ``updatePrunables``.
+``.model`` is a plain ``nn.Module`` at every point (train it, save it, use it as usual).
+
+>>> import torch, torch.nn as nn
+>>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2))
+>>> prunable = TaylorPrunableNetwork(net, example_input=torch.zeros(1, 1, 8))
+>>> prunable.num_prunables
+7
+>>> x, y = torch.randn(16, 1, 8), torch.randint(0, 2, (16,))
+>>> loss = prunable.update_score(x, y, "crossentropy")      # forward + backward, scores accumulate
+>>> with prunable.scoring():                                  # or score your own passes
+...     nn.functional.cross_entropy(prunable.model(x), y).backward()
+>>> prunable.prune(max_to_prune=3)
+3
+>>> prunable.num_prunables, prunable.model[0].out_channels
+(4, 5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_core.graph import ChannelGraph
+from prune_core.importance import CRITERIA, TaylorAccumulator, filter_l1, random_unit_scores, unit_scores
+from prune_core.losses import resolve_loss
+from prune_core.selection import choose_units
+from prune_core.surgery import remove_units
+
+
+class TaylorPrunableNetwork:
+    """Wraps ``model`` for score accumulation and pruning (see the module docstring).
+
+    ``criterion`` is "taylor" (default), "l1" or "random"; ``normalization`` "l2" (default)
+    or "none"; ``per_learnable`` orders filters by score per learnable removed. ``layer_names``
+    and ``leaf_modules`` are as in ``ChannelGraph.build``.
+    """
+
+    def __init__(self, model: nn.Module, example_input, *, layer_names: Iterable[str] | None = None,
+                 leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "l2",
+                 per_learnable: bool = False, seed: int = 0) -> None:
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion {criterion!r} is not supported; use one of {CRITERIA}")
+        self.model = model
+        self.example_input = example_input
+        self.layer_names = None if layer_names is None else list(layer_names)
+        self.leaf_modules = tuple(leaf_modules)
+        self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
+        self._random = np.random.default_rng(seed)
+        self.graph = self._build()
+        self.taylor = TaylorAccumulator(self.graph)
+
+    def _build(self) -> ChannelGraph:
+        return ChannelGraph.build(self.model, self.example_input, self.layer_names, self.leaf_modules)
+
+    @property
+    def num_prunables(self) -> int:
+        """Number of filters (removal units) that can still be pruned, every layer keeping one."""
+        blocked = np.array([0.0 if u.removable else np.inf for u in self.graph.units])
+        return len(choose_units(self.graph, blocked))
+
+    @contextmanager
+    def scoring(self) -> Iterator[list[torch.Tensor]]:
+        """Accumulate Taylor scores from the forward/backward passes run inside the block."""
+        with self.taylor.hooks(self.model) as live:
+            yield live
+
+    def update_score(self, inputs, targets, loss: str | Callable = "crossentropy") -> float:
+        """One scoring pass on a batch (no weight update, gradients of the weights untouched); returns the loss.
+
+        ``inputs``/``targets`` are tensors or tuples of tensors; ``loss`` a name from
+        ``prune_core.losses`` or a callable ``loss(*outputs, *targets)``.
+        """
+        inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        targets = targets if isinstance(targets, (tuple, list)) else (targets,)
+        return self.score_batch(tuple(inputs), tuple(targets), resolve_loss(loss))
+
+    def score_batch(self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], loss_fn) -> float:
+        """``update_score`` with a resolved loss function (used by ``compress_network``)."""
+        with self.scoring() as live:
+            out = self.model(*inputs)
+            value = loss_fn(tuple(out) if isinstance(out, (tuple, list)) else (out,), targets)
+            if live:
+                torch.autograd.grad(value, live, allow_unused=True)
+        return float(value.detach())
+
+    def scores(self) -> np.ndarray:
+        """One score per unit of ``graph`` under the criterion (``inf`` where not removable)."""
+        if self.criterion == "random":
+            return random_unit_scores(self.graph, self._random)
+        channels = self.taylor.channel_scores() if self.criterion == "taylor" else filter_l1(self.model, self.graph)
+        return unit_scores(self.graph, channels, self.normalization)
+
+    def choose(self, *, max_units: int | None = None, learnables: int | None = None,
+               floors: dict | None = None) -> list[int]:
+        """The units ``prune`` would remove under a count or learnables budget."""
+        return choose_units(self.graph, self.scores(), max_units=max_units, learnables=learnables,
+                            per_learnable=self.per_learnable, floors=floors)
+
+    def remove(self, unit_ids: list[int]) -> None:
+        """Remove these units of ``graph``, then re-analyse the smaller model and reset the scores."""
+        if unit_ids:
+            remove_units(self.model, self.graph, unit_ids)
+            self.graph = self._build()
+        self.taylor = TaylorAccumulator(self.graph)
+
+    def prune(self, max_to_prune: int = 8) -> int:
+        """Remove up to ``max_to_prune`` lowest-scoring filters; returns how many went."""
+        if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
+            raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
+        if self.criterion == "taylor" and self.taylor.examples == 0:
+            raise RuntimeError("no scores yet: call update_score(...) or run a pass inside scoring() before prune()")
+        chosen = self.choose(max_units=max_to_prune)
+        self.remove(chosen)
+        return len(chosen)

@@ -1,0 +1,82 @@
+"""Which units to remove: the lowest-scoring ones, across all groups, under a budget.
+
+``choose_units(graph, scores, learnables=N)`` walks the units from the lowest score up and
+takes each one that leaves every layer at least its floor of channels (1 by default; a
+``floors`` entry raises it for a site), until the exact learnables removed reach ``N`` or
+``max_units`` are taken. With ``per_learnable=True`` the walk is ordered by score divided by
+the learnables the unit removes (cheap-to-keep filters go last).
+
+>>> import torch, torch.nn as nn
+>>> import numpy as np
+>>> from prune_core.graph import ChannelGraph
+>>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3))
+>>> graph = ChannelGraph.build(net, torch.zeros(1, 1, 8))
+>>> choose_units(graph, np.array([0.4, 0.1, 0.3, 0.2]), learnables=15)   # 10 learnables per filter
+[1, 3]
+>>> choose_units(graph, np.array([0.4, 0.1, 0.3, 0.2]), max_units=10)
+[1, 3, 2]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from prune_core.graph import ChannelGraph
+
+
+class RemovalTally:
+    """Exact learnables removed by a growing set of units (no entry counted twice)."""
+
+    def __init__(self, graph: ChannelGraph) -> None:
+        self.graph = graph
+        self.removed_dims: dict[str, dict[int, int]] = {}
+        self.per_param: dict[str, int] = {}
+        self.total = 0
+
+    def add(self, uid: int) -> None:
+        touched = set()
+        for (name, dim), count in self.graph.units[uid].counts.items():
+            if name in self.graph.param_shapes:
+                dims = self.removed_dims.setdefault(name, {})
+                dims[dim] = dims.get(dim, 0) + count
+                touched.add(name)
+        for name in touched:
+            shape, dims = self.graph.param_shapes[name], self.removed_dims[name]
+            removed = math.prod(shape) - math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
+            self.total += removed - self.per_param.get(name, 0)
+            self.per_param[name] = removed
+
+
+def choose_units(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None = None,
+                 max_units: int | None = None, per_learnable: bool = False,
+                 floors: dict[tuple[str, int], int] | None = None) -> list[int]:
+    """Units to remove, lowest score first; see the module docstring. Infinite scores are never taken."""
+    floors = floors or {}
+    keys = np.asarray(scores, dtype=np.float64)
+    if per_learnable:
+        costs = np.array([graph.unit_cost(u.id) if u.removable else 1 for u in graph.units], dtype=np.float64)
+        keys = keys / np.maximum(costs, 1)
+    remaining = {key: units.size for key, units in graph.site_units.items()}
+    tally, taken = RemovalTally(graph), []
+    for uid in np.argsort(keys, kind="stable").tolist():
+        if not np.isfinite(keys[uid]) or (max_units is not None and len(taken) >= max_units):
+            break
+        if learnables is not None and tally.total >= learnables:
+            break
+        counts = graph.units[uid].counts
+        if all(remaining[key] - count >= floors.get(key, 1) for key, count in counts.items()):
+            for key, count in counts.items():
+                remaining[key] -= count
+            tally.add(uid)
+            taken.append(uid)
+    return taken
+
+
+def filter_floors(graph: ChannelGraph, fraction: float) -> dict[tuple[str, int], int]:
+    """Keep at least ``fraction`` of every filter site's channels (at least 1), from this graph's sizes."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"min_filter_fraction must be in [0, 1), got {fraction!r}")
+    return {key: max(1, math.ceil(fraction * graph.size(key)))
+            for key, site in graph.sites.items() if site.role == "filter"}

@@ -1,0 +1,211 @@
+"""Fine-tuning and validation loops that fill the training and validation history tables.
+
+``fine_tune(model, source, loss_fn, options, log, ...)`` trains for ``options.max_epochs``
+epochs with a fresh optimizer, validates every ``validation_frequency`` iterations and at
+the end, and appends one row per iteration to ``log.training`` and one per validation to
+``log.validation``. It returns how it ended (``FineTuneOutcome``): completed, diverged
+(non-finite loss), or stopped by ``output_fn``. ``evaluate`` computes the loss and metrics
+over a whole data source.
+
+>>> import torch, torch.nn as nn
+>>> from prune_core.data import as_source
+>>> from prune_core.losses import resolve_loss
+>>> from prune_core.options import TrainingOptions
+>>> net = nn.Linear(3, 2)
+>>> data = as_source(torch.randn(32, 3), torch.randint(0, 2, (32,)))
+>>> log = TrainingLog()
+>>> opts = TrainingOptions("adam", max_epochs=2, mini_batch_size=8, metrics=["accuracy"])
+>>> fine_tune(net, data, resolve_loss("crossentropy"), opts, log, validation=data).status
+'completed'
+>>> len(log.training), list(log.validation[-1])[:4]
+(8, ['pruning_iteration', 'epoch', 'iteration', 'loss'])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prune_core.data import DataSource
+from prune_core.losses import LossFn
+from prune_core.metrics import Metric
+from prune_core.options import TrainingOptions
+
+
+@dataclass
+class TrainingLog:
+    """Rows of the training and validation history, and the global iteration counter."""
+
+    training: list[dict] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)
+    iteration: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent building optimizers, validating
+
+    def add_time(self, what: str, since: float) -> None:
+        self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - since
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass
+class FineTuneOutcome:
+    """``status``: "completed", "diverged" or "stopped" (by ``output_fn``); the last validation row."""
+
+    status: str
+    validation: dict | None = None
+
+
+def _to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in tensors)
+
+
+def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    out = model(*inputs)
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source: DataSource, loss_fn: LossFn, metrics: tuple[Metric, ...],
+             batch_size: int, device: torch.device) -> dict[str, float]:
+    """Mean loss (weighted by batch size) and each metric over all of ``source``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, count = 0.0, 0
+    sums = {m.name: [0.0, 0] for m in metrics}
+    try:
+        for inputs, targets in source.batches(batch_size):
+            inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+            outputs = _outputs(model, inputs)
+            n = len(targets[0])
+            loss_sum += float(loss_fn(outputs, targets)) * n
+            count += n
+            for m in metrics:
+                s, c = m.batch(outputs[0], targets[0])
+                sums[m.name][0] += s
+                sums[m.name][1] += c
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / count, **{m.name: m.finish(*sums[m.name]) for m in metrics}}
+
+
+def clip_gradients(parameters: list[nn.Parameter], threshold: float, method: str) -> None:
+    """MATLAB's gradient thresholding: per-parameter L2 norm, global L2 norm, or element value."""
+    if math.isinf(threshold):
+        return
+    if method == "global-l2norm":
+        nn.utils.clip_grad_norm_(parameters, threshold)
+    elif method == "absolute-value":
+        nn.utils.clip_grad_value_(parameters, threshold)
+    else:
+        for p in parameters:
+            nn.utils.clip_grad_norm_([p], threshold)
+
+
+@dataclass
+class _Patience:
+    """Counts validations without improvement of the objective."""
+
+    limit: float
+    maximize: bool
+    best: float = math.nan
+    waited: int = 0
+
+    def exhausted(self, value: float) -> bool:
+        better = math.isnan(self.best) or (value > self.best if self.maximize else value < self.best)
+        self.best, self.waited = (value, 0) if better else (self.best, self.waited + 1)
+        return self.waited >= self.limit
+
+
+def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: TrainingOptions, log: TrainingLog,
+              *, pruning_iteration: int = 0, validation: DataSource | None = None,
+              generator: torch.Generator | None = None, progress: bool = False) -> FineTuneOutcome:
+    """Train ``model`` in place for ``options.max_epochs`` epochs; see the module docstring."""
+    device = options.torch_device()
+    metrics = options.resolved_metrics
+    params = [p for p in model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    optimizer = options.build_optimizer(params)
+    log.add_time("optimizer", started)
+    patience = _Patience(options.validation_patience, options.objective_maximized)
+    batches_per_epoch = source.num_batches(options.mini_batch_size)
+    bar = tqdm(total=options.max_epochs * batches_per_epoch, disable=not progress, leave=False,
+               desc=f"fine-tuning after pruning iteration {pruning_iteration}", unit="it")
+    last_validation = None
+
+    def validate(epoch: int) -> dict:
+        started = time.perf_counter()
+        values = evaluate(model, validation, loss_fn, metrics, options.mini_batch_size, device)
+        row = {"pruning_iteration": pruning_iteration, "epoch": epoch, "iteration": log.iteration, **values,
+               "time_s": log.elapsed()}
+        log.validation.append(row)
+        log.add_time("validation", started)
+        return row
+
+    model.train()
+    try:
+        for epoch in range(options.max_epochs):
+            learn_rate = options.learn_rate_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = learn_rate
+            for inputs, targets in source.batches(options.mini_batch_size, options.shuffle, generator):
+                inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+                loss, outputs = _step(model, optimizer, params, loss_fn, options, inputs, targets)
+                log.iteration += 1
+                row = {"pruning_iteration": pruning_iteration, "epoch": epoch + 1, "iteration": log.iteration,
+                       "loss": float(loss)}
+                for m in metrics:
+                    row[m.name] = m.finish(*m.batch(outputs[0].detach(), targets[0]))
+                row.update(learn_rate=learn_rate, time_s=log.elapsed())
+                log.training.append(row)
+                bar.update()
+                if not math.isfinite(row["loss"]):
+                    return FineTuneOutcome("diverged", last_validation)
+                state = dict(row)
+                if validation is not None and log.iteration % options.validation_frequency == 0:
+                    last_validation = validate(epoch + 1)
+                    state.update({f"validation_{k}": v for k, v in last_validation.items() if k not in row})
+                    if patience.exhausted(last_validation[options.objective_metric_name]):
+                        return FineTuneOutcome("completed", last_validation)
+                if progress and log.iteration % options.verbose_frequency == 0:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{learn_rate:.2g}")
+                if options.output_fn is not None and options.output_fn(state):
+                    return FineTuneOutcome("stopped", last_validation)
+        if validation is not None and (last_validation is None or last_validation["iteration"] != log.iteration):
+            last_validation = validate(options.max_epochs)
+        return FineTuneOutcome("completed", last_validation)
+    finally:
+        bar.close()
+
+
+def _step(model, optimizer, params, loss_fn, options, inputs, targets):
+    """One optimisation step; returns the (detached) loss and the outputs it was computed from."""
+    if options.solver == "lbfgs":
+        seen = {}
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            outputs = _outputs(model, inputs)
+            loss = loss_fn(outputs, targets)
+            if options.l2_regularization:
+                loss = loss + 0.5 * options.l2_regularization * sum(p.square().sum() for p in params)
+            loss.backward()
+            clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
+            seen.setdefault("result", (loss.detach(), outputs))
+            return loss
+
+        optimizer.step(closure)
+        return seen["result"]
+    optimizer.zero_grad(set_to_none=True)
+    outputs = _outputs(model, inputs)
+    loss = loss_fn(outputs, targets)
+    loss.backward()
+    clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
+    optimizer.step()
+    return loss.detach(), outputs
