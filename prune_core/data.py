@@ -124,11 +124,11 @@ def _from_frame(frame: pd.DataFrame, argument: str) -> Batch:
         if numeric.shape[1] != predictors.shape[1]:
             bad = [c for c in predictors.columns if c not in numeric.columns]
             raise TypeError(f"{argument}: predictor columns must be numeric, got non-numeric {bad}")
-        x = numeric.to_numpy(np.float32)
+        x = numeric.to_numpy(np.float32, copy=True)
     if isinstance(target.dtype, pd.CategoricalDtype) or target.dtype == object or pd.api.types.is_string_dtype(target):
         y = target.astype("category").cat.codes.to_numpy(np.int64)
     else:
-        y = target.to_numpy()
+        y = target.to_numpy(copy=True)
     return (torch.as_tensor(x),), (_tensor(y, f"{argument} targets"),)
 
 
