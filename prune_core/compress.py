@@ -157,8 +157,9 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
             iteration += 1
             timing, phase = {}, "pruning"
             started = time.perf_counter()
-            if criterion == "taylor":
-                run.score(n_scoring)
+            if criterion == "taylor" and not run.score(n_scoring):
+                stop, model = STOP_DIVERGED, best
+                break
             timing["scoring_s"] = time.perf_counter() - started
             goal_left = math.ceil(goal * run.original - 1e-9) - run.removed()
             budget = min(math.ceil(increment * run.original - 1e-9), goal_left)

@@ -1,9 +1,9 @@
-"""The pruning-progress figure: learnables, fine-tuning loss and the objective across iterations.
+"""The pruning-progress figure: learnables, fine-tuning loss and the metric across iterations.
 
-``pruning_progress_figure(pruning, training, validation, objective)`` draws, against the
+``pruning_progress_figure(pruning, training, validation, metric)`` draws, against the
 fine-tuning iteration, (1) the learnable parameters left after each pruning iteration,
-(2) the training loss and the validation loss, (3) the objective metric when it is not the
-loss; dotted lines mark where each pruning iteration begins. It uses ``matplotlib.figure``
+(2) the training loss and the validation loss, (3) a metric (accuracy, ...) when one was
+computed; dotted lines mark where each pruning iteration begins. It uses ``matplotlib.figure``
 directly (no pyplot state, no display needed). ``save_figure`` writes it atomically.
 """
 
@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 
 
 def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, validation: pd.DataFrame,
-                            objective: str = "loss") -> Figure:
+                            metric: str = "loss") -> Figure:
     """The figure described in the module docstring (the history tables of ``PruningInfo``)."""
-    panels = 2 if objective == "loss" else 3
+    panels = 2 if metric == "loss" else 3
     fig = Figure(figsize=(9, 2.6 * panels), layout="constrained")
     axes = fig.subplots(panels, 1, sharex=True)
     starts = training.groupby("pruning_iteration")["iteration"].min() if len(training) else pd.Series(dtype=float)
@@ -33,11 +33,11 @@ def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, valid
         axes[1].plot(validation["iteration"], validation["loss"], "o-", ms=3, color="k", label="validation")
     axes[1].set_ylabel("loss")
     if panels == 3:
-        if objective in training:
-            axes[2].plot(training["iteration"], training[objective], lw=0.8, alpha=0.7, label="training")
-        if objective in validation:
-            axes[2].plot(validation["iteration"], validation[objective], "o-", ms=3, color="k", label="validation")
-        axes[2].set_ylabel(f"{objective} (%)" if objective in ("accuracy", "error-rate") else objective)
+        if metric in training:
+            axes[2].plot(training["iteration"], training[metric], lw=0.8, alpha=0.7, label="training")
+        if metric in validation:
+            axes[2].plot(validation["iteration"], validation[metric], "o-", ms=3, color="k", label="validation")
+        axes[2].set_ylabel(f"{metric} (%)" if metric in ("accuracy", "error-rate") else metric)
     for ax in axes[1:]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     for ax in axes:

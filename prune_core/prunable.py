@@ -49,7 +49,8 @@ class TaylorPrunableNetwork:
             raise ValueError(f"criterion {criterion!r} is not supported; use one of {CRITERIA}")
         self.model = model
         self.example_input = example_input
-        self.layer_names = None if layer_names is None else list(layer_names)
+        self.layer_names = [layer_names] if isinstance(layer_names, str) else layer_names
+        self.layer_names = None if self.layer_names is None else list(self.layer_names)
         self.leaf_modules = tuple(leaf_modules)
         self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
         self._random = np.random.default_rng(seed)

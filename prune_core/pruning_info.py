@@ -93,8 +93,8 @@ class PruningRecord:
     def removed(self) -> int:
         return self.original - learnables(self.prunable.model)
 
-    def score(self, batches: int) -> None:
-        """Taylor scores from ``batches`` mini-batches, with the network in eval mode (no side effects)."""
+    def score(self, batches: int) -> bool:
+        """Taylor scores from ``batches`` mini-batches in eval mode (no side effects); False if a loss is not finite."""
         started = time.perf_counter()
         model, device = self.prunable.model, self.options.torch_device()
         was_training = model.training
@@ -102,11 +102,14 @@ class PruningRecord:
         try:
             for inputs, targets in self.source.batches(self.options.mini_batch_size, self.options.shuffle,
                                                        self.generator, limit=batches):
-                self.prunable.score_batch(tuple(x.to(device) for x in inputs),
-                                          tuple(t.to(device) for t in targets), self.loss_fn)
+                loss = self.prunable.score_batch(tuple(x.to(device) for x in inputs),
+                                                 tuple(t.to(device) for t in targets), self.loss_fn)
+                if not math.isfinite(loss):
+                    return False
         finally:
             model.train(was_training)
-        self.seconds["scoring"] += time.perf_counter() - started
+            self.seconds["scoring"] += time.perf_counter() - started
+        return True
 
     def validate_start(self) -> dict | None:
         """Validation of the input network (iteration 0), also logged in the validation history."""
@@ -178,7 +181,10 @@ class PruningRecord:
             print(summary)
         figure = None
         if plots == "pruning-progress":
-            figure = pruning_progress_figure(pruning, training, validation, self.options.objective_metric_name)
+            metrics = [m.name for m in self.options.resolved_metrics]
+            shown = self.options.objective_metric_name
+            shown = metrics[0] if shown == "loss" and metrics else shown
+            figure = pruning_progress_figure(pruning, training, validation, shown)
             if plots_path is not None:
                 save_figure(figure, plots_path)
         seconds = {**self.seconds, **self.log.seconds, "total": self.log.elapsed()}

@@ -74,7 +74,7 @@ def test_custom_loop_with_taylor_prunable_network():
     x, y = torch.randn(64, 2, 12), torch.randint(0, 3, (64,))
     start = prunable.num_prunables
     assert start == (6 - 1) + (4 - 1)
-    for step in range(3):
+    for _ in range(3):
         for xb, yb in zip(x.split(16), y.split(16)):
             with prunable.scoring():           # a training step that also accumulates scores
                 optimizer.zero_grad()
