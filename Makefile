@@ -23,4 +23,7 @@ test: install
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) benchmarks/graph_zoo.py
+	$(PY) -m benchmarks.graph_zoo
+	$(PY) -m benchmarks.criteria
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.inference

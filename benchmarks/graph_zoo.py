@@ -7,7 +7,7 @@ first 30% of each group's units; Torch-Pruning: ``MetaPruner`` with L1 importanc
 ``step()``), the parameters before/after, and whether the pruned network still runs and
 keeps its output shape. Times are the best of ``--repeat`` runs on this machine's CPU.
 
-Run: ``python benchmarks/graph_zoo.py`` (needs the ``bench`` extra: torchvision, torch-pruning).
+Run: ``python -m benchmarks.graph_zoo`` (needs the ``bench`` extra: torchvision, torch-pruning).
 Writes ``benchmarks/results/graph_zoo.csv`` and ``graph_zoo.md``.
 """
 

@@ -108,7 +108,7 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
                      layer_names: Iterable[str] | str | None = None, checkpoint_path=None,
                      checkpoint_frequency: int = 1, verbosity: str = "summary", plots: str = "none",
                      plots_path=None, criterion: str = "taylor", normalization: str = "l2",
-                     per_learnable: bool = False, min_filter_fraction: float = 0.0,
+                     per_learnable: bool = False, allocation: str = "global", min_filter_fraction: float = 0.0,
                      leaf_modules: Iterable[str | type] = ()) -> tuple[nn.Module, PruningInfo]:
     """Prune ``model`` iteratively; returns ``(pruned_model, info)``. See the module docstring.
 
@@ -118,8 +118,9 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     ``options`` a ``TrainingOptions`` (the fine-tuning after each iteration; default
     ``TrainingOptions()``). Beyond the reference's options: ``plots_path`` saves the progress
     figure; ``criterion`` ("taylor", "l1", "random"), ``normalization`` ("l2", "none"),
-    ``per_learnable`` and ``min_filter_fraction`` (each layer keeps at least this fraction of
-    its original filters) change how filters are chosen; ``leaf_modules`` as in ``ChannelGraph.build``.
+    ``per_learnable``, ``allocation`` ("global" or "uniform", see ``TaylorPrunableNetwork``) and
+    ``min_filter_fraction`` (each layer keeps at least this fraction of its original filters)
+    change how filters are chosen; ``leaf_modules`` is as in ``ChannelGraph.build``.
     """
     targets, loss, options = _parse_positional(args)
     options = TrainingOptions() if options is None else options
@@ -140,7 +141,7 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     example = tuple(x.to(options.torch_device()) for x in source.first_inputs(2))
     prunable = TaylorPrunableNetwork(model, example, layer_names=layer_names, leaf_modules=leaf_modules,
                                      criterion=criterion, normalization=normalization,
-                                     per_learnable=per_learnable, seed=options.seed or 0)
+                                     per_learnable=per_learnable, allocation=allocation, seed=options.seed or 0)
     _require_prunable(prunable)
     run = PruningRecord(prunable, source, validation, loss_fn, options, goal, verbosity, generator)
     floors = filter_floors(prunable.graph, min_filter_fraction)

@@ -30,7 +30,7 @@ from torch import nn
 from prune_core.graph import ChannelGraph
 from prune_core.importance import CRITERIA, TaylorAccumulator, filter_l1, random_unit_scores, unit_scores
 from prune_core.losses import resolve_loss
-from prune_core.selection import choose_units
+from prune_core.selection import ALLOCATIONS, choose_uniform, choose_units
 from prune_core.surgery import remove_units
 
 
@@ -38,21 +38,26 @@ class TaylorPrunableNetwork:
     """Wraps ``model`` for score accumulation and pruning (see the module docstring).
 
     ``criterion`` is "taylor" (default), "l1" or "random"; ``normalization`` "l2" (default)
-    or "none"; ``per_learnable`` orders filters by score per learnable removed. ``layer_names``
-    and ``leaf_modules`` are as in ``ChannelGraph.build``.
+    or "none"; ``per_learnable`` orders filters by score per learnable removed; ``allocation``
+    "global" (default: lowest scores across all layers) or "uniform" (every group loses the same
+    share of its filters; learnables budgets only). ``layer_names`` and ``leaf_modules`` are as
+    in ``ChannelGraph.build``.
     """
 
     def __init__(self, model: nn.Module, example_input, *, layer_names: Iterable[str] | None = None,
                  leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "l2",
-                 per_learnable: bool = False, seed: int = 0) -> None:
+                 per_learnable: bool = False, allocation: str = "global", seed: int = 0) -> None:
         if criterion not in CRITERIA:
             raise ValueError(f"criterion {criterion!r} is not supported; use one of {CRITERIA}")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation {allocation!r} is not supported; use one of {ALLOCATIONS}")
         self.model = model
         self.example_input = example_input
         self.layer_names = [layer_names] if isinstance(layer_names, str) else layer_names
         self.layer_names = None if self.layer_names is None else list(self.layer_names)
         self.leaf_modules = tuple(leaf_modules)
         self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
+        self.allocation = allocation
         self._random = np.random.default_rng(seed)
         self.graph = self._build()
         self.taylor = TaylorAccumulator(self.graph)
@@ -101,6 +106,8 @@ class TaylorPrunableNetwork:
     def choose(self, *, max_units: int | None = None, learnables: int | None = None,
                floors: dict | None = None) -> list[int]:
         """The units ``prune`` would remove under a count or learnables budget."""
+        if self.allocation == "uniform" and learnables is not None:
+            return choose_uniform(self.graph, self.scores(), learnables=learnables, floors=floors)
         return choose_units(self.graph, self.scores(), max_units=max_units, learnables=learnables,
                             per_learnable=self.per_learnable, floors=floors)
 

@@ -115,10 +115,12 @@ class PruningRecord:
         """Validation of the input network (iteration 0), also logged in the validation history."""
         if self.validation is None:
             return None
+        started = time.perf_counter()
         values = evaluate(self.prunable.model, self.validation, self.loss_fn, self.options.resolved_metrics,
                           self.options.mini_batch_size, self.options.torch_device())
         row = {"pruning_iteration": 0, "epoch": 0, "iteration": 0, **values, "time_s": self.log.elapsed()}
         self.log.validation.append(row)
+        self.log.add_time("initial_validation", started)
         return row
 
     def crossed(self, validation: dict | None, threshold: float) -> bool:

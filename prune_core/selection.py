@@ -6,6 +6,10 @@ takes each one that leaves every layer at least its floor of channels (1 by defa
 ``max_units`` are taken. With ``per_learnable=True`` the walk is ordered by score divided by
 the learnables the unit removes (cheap-to-keep filters go last).
 
+``choose_uniform`` allocates instead of ranking globally: every channel group (units removed
+from the same producers) loses the same share of its filters, the smallest share that reaches
+the budget, and the scores pick which filters within each group.
+
 >>> import torch, torch.nn as nn
 >>> import numpy as np
 >>> from prune_core.graph import ChannelGraph
@@ -25,6 +29,8 @@ import numpy as np
 
 from prune_core.graph import ChannelGraph
 
+ALLOCATIONS = ("global", "uniform")
+
 
 class RemovalTally:
     """Exact learnables removed by a growing set of units (no entry counted twice)."""
@@ -34,6 +40,14 @@ class RemovalTally:
         self.removed_dims: dict[str, dict[int, int]] = {}
         self.per_param: dict[str, int] = {}
         self.total = 0
+
+    @classmethod
+    def of(cls, graph: ChannelGraph, unit_ids: list[int]) -> int:
+        """Exact learnables removed by ``unit_ids``."""
+        tally = cls(graph)
+        for uid in unit_ids:
+            tally.add(uid)
+        return tally.total
 
     def add(self, uid: int) -> None:
         touched = set()
@@ -80,3 +94,27 @@ def filter_floors(graph: ChannelGraph, fraction: float) -> dict[tuple[str, int],
         raise ValueError(f"min_filter_fraction must be in [0, 1), got {fraction!r}")
     return {key: max(1, math.ceil(fraction * graph.size(key)))
             for key, site in graph.sites.items() if site.role == "filter"}
+
+
+def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int,
+                   floors: dict[tuple[str, int], int] | None = None) -> list[int]:
+    """Units to remove when every group loses the same share of its filters; see the module docstring."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for unit in graph.units:
+        if np.isfinite(scores[unit.id]):
+            groups.setdefault(unit.producers, []).append(unit.id)
+    ranked = [sorted(ids, key=lambda uid: scores[uid]) for ids in groups.values()]
+
+    def take(share: float) -> list[int]:
+        picked = [uid for ids in ranked for uid in ids[: int(share * len(ids))]]
+        order = np.full(len(graph.units), np.inf)
+        order[picked] = scores[picked]
+        return choose_units(graph, order, floors=floors)
+
+    low, high = 0.0, 1.0
+    if RemovalTally.of(graph, take(high)) < learnables:
+        return take(high)
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (low, mid) if RemovalTally.of(graph, take(mid)) >= learnables else (mid, high)
+    return take(high)

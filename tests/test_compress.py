@@ -218,6 +218,17 @@ def test_baseline_criteria_and_selection_levers(trained, criterion):
     assert info.seconds["scoring"] == 0.0, "the baselines need no scoring passes"
 
 
+def test_uniform_allocation_takes_the_same_share_from_every_layer(trained):
+    net, x, y = trained
+    pruned, info = compress_network(net, x, y, "crossentropy", options(), goal=0.5, increment=0.25,
+                                    allocation="uniform", verbosity="off")
+    rows = info.pruning_history
+    shares = rows["channels[0]"] / 8, rows["channels[3]"] / 16
+    assert (abs(shares[0] - shares[1]) <= 1 / 8).all() and rows["reduction"].iloc[-1] >= 0.5
+    with pytest.raises(ValueError, match="allocation 'local' is not supported; use one of \\('global', 'uniform'\\)"):
+        compress_network(net, x, y, "crossentropy", options(), allocation="local")
+
+
 def test_verbosity_and_plots(trained, capsys, tmp_path):
     net, x, y = trained
     compress_network(net, x, y, "crossentropy", options(), goal=0.2, increment=0.1, verbosity="off")

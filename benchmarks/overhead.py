@@ -1,0 +1,154 @@
+"""Where the time of ``compress_network`` goes, and what a scoring pass costs next to a training step.
+
+Part 1: the MNIST-1D network of ``benchmarks/criteria.py`` (three Conv1d(64)+BN+ReLU blocks,
+flatten, Linear), briefly trained, compressed to 90% in 5% steps with 2 fine-tuning epochs
+per step, validation after each fine-tuning and a checkpoint every iteration. The time is
+split into scoring passes, fine-tuning (training steps only), validation, and everything else:
+channel analysis and surgery, optimizer rebuilds, checkpoints, copies of the last good
+network and the history bookkeeping. Target: everything else < 2% of the total.
+
+Part 2: on the same batch, a scoring pass (``TaylorPrunableNetwork.score_batch``: forward,
+backward to the hooked activations only, scores reduced in the gradient hooks) against a
+plain training step (forward, backward, Adam step), for the MNIST-1D network (batch 64) and
+torchvision's ResNet-18 (batch 32, 64x64). Time: median of repeated runs; memory: peak bytes
+allocated during the call, from the PyTorch profiler's allocation events. Target: scoring
+<= 1.2x the training step in both.
+
+Run: ``python -m benchmarks.overhead``. Writes ``benchmarks/results/overhead.md``.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.criteria import LOSS, make_network
+from prune_core import TaylorPrunableNetwork, TrainingOptions, compress_network
+from prune_core.data import as_source
+from prune_core.training import TrainingLog, fine_tune
+from sweeps.datasets import mnist1d_tensors
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def time_split(data: dict) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = make_network()
+    fine_tune(model, as_source(data["x_train"], data["y_train"]), LOSS,
+              TrainingOptions("adam", max_epochs=5, mini_batch_size=64), TrainingLog())
+    options = TrainingOptions("adam", initial_learn_rate=5e-4, max_epochs=2, mini_batch_size=64,
+                              shuffle="every-epoch", metrics=["accuracy"], seed=0,
+                              validation_data=(data["x_test"], data["y_test"]), validation_frequency=10_000)
+    with tempfile.TemporaryDirectory() as folder:
+        _, info = compress_network(model, data["x_train"], data["y_train"], "crossentropy", options, goal=0.9,
+                                   increment=0.05, checkpoint_path=folder, verbosity="off")
+    rows, seconds = info.pruning_history, info.seconds
+    total = seconds["total"]
+    validation = seconds.get("validation", 0.0) + seconds.get("initial_validation", 0.0)
+    training = rows["fine_tuning_s"].sum() - seconds.get("validation", 0.0) - seconds.get("optimizer", 0.0)
+    analysis = rows["surgery_s"].sum()
+    split = {
+        "scoring passes": seconds["scoring"],
+        "fine-tuning (training steps)": training,
+        "validation": validation,
+        "analysis + surgery": analysis,
+        "optimizer rebuilds": seconds.get("optimizer", 0.0),
+        "checkpoints": seconds["checkpoints"],
+    }
+    split["other bookkeeping (copies, history)"] = total - sum(split.values())
+    split["total"] = total
+    split["iterations"] = float(len(rows) - 1)
+    return split
+
+
+def peak_bytes(fn) -> int:
+    """Peak of the bytes allocated (and not yet freed) while ``fn`` runs, from profiler events."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return peak
+
+
+def median_seconds(fn, repeat: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def step_versus_scoring(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeat: int) -> dict:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        LOSS((model(x),), (y,)).backward()
+        optimizer.step()
+
+    prunable = TaylorPrunableNetwork(model, x[:2])
+
+    def scoring_pass():
+        model.eval()
+        prunable.score_batch((x,), (y,), LOSS)
+
+    train_step()  # Adam state exists, as in any step after the first
+    step_s, score_s = median_seconds(train_step, repeat), median_seconds(scoring_pass, repeat)
+    step_b, score_b = peak_bytes(train_step), peak_bytes(scoring_pass)
+    return {"network": name, "batch": len(x), "train step (ms)": 1e3 * step_s, "scoring pass (ms)": 1e3 * score_s,
+            "time ratio": score_s / step_s, "train step peak (MiB)": step_b / 2**20,
+            "scoring peak (MiB)": score_b / 2**20, "memory ratio": score_b / step_b}
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore")
+    data = mnist1d_tensors(seed=42)
+    split = time_split(data)
+    total = split["total"]
+    lines = ["# Where compress_network's time goes (MNIST-1D network, 90% in 5% steps, 2 epochs each)", "",
+             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 2 threads. "
+             "Produced by `python -m benchmarks.overhead`.", "",
+             "| part | seconds | share |", "|---|---:|---:|"]
+    for part, seconds in split.items():
+        if part not in ("total", "iterations"):
+            lines.append(f"| {part} | {seconds:.3f} | {100 * seconds / total:.2f}% |")
+    other = total - split["scoring passes"] - split["fine-tuning (training steps)"] - split["validation"]
+    lines += [f"| **total** ({split['iterations']:.0f} pruning iterations) | {total:.2f} | 100% |", "",
+              f"Everything but fine-tuning, validation and scoring: {other:.3f} s = "
+              f"**{100 * other / total:.2f}%** of the total (target < 2%).", ""]
+    torch.manual_seed(0)
+    cases = [step_versus_scoring("MNIST-1D 3x Conv1d(64)", make_network(), data["x_train"][:64],
+                                 data["y_train"][:64], repeat=50),
+             step_versus_scoring("ResNet-18 (64x64)", torchvision.models.resnet18(num_classes=10),
+                                 torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,)), repeat=10)]
+    lines += ["## A scoring pass next to a training step on the same batch (target: both ratios <= 1.2)", "",
+              "| network | batch | train step (ms) | scoring pass (ms) | time ratio | train step peak (MiB) "
+              "| scoring peak (MiB) | memory ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cases:
+        lines.append(f"| {c['network']} | {c['batch']} | {c['train step (ms)']:.2f} | {c['scoring pass (ms)']:.2f} "
+                     f"| {c['time ratio']:.2f} | {c['train step peak (MiB)']:.1f} | {c['scoring peak (MiB)']:.1f} "
+                     f"| {c['memory ratio']:.2f} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
