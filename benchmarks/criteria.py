@@ -12,7 +12,8 @@ Methods:
 - this project (``compress_network``): ``taylor`` (the default: activation x gradient, per-layer
   L2 normalisation, lowest scores first across all layers), ``taylor+per-learnable`` (ordered by
   score per learnable removed), ``taylor+floor10`` (every layer keeps at least 10% of its filters),
-  ``l1`` and ``random``;
+  ``taylor+uniform`` (every layer loses the same share, Taylor picks which filters), ``l1`` and
+  ``random``;
 - Torch-Pruning 1.6 (``MetaPruner``, per-layer-uniform ratios, the classifier ignored):
   ``tp-taylor`` (``TaylorImportance``, gradients from the same scoring batches) and ``tp-l1``
   (``MagnitudeImportance(p=1)``). Each step prunes the uniform ratio (found by bisection)
@@ -49,6 +50,7 @@ OURS = {
     "taylor": {},
     "taylor+per-learnable": {"per_learnable": True},
     "taylor+floor10": {"min_filter_fraction": 0.1},
+    "taylor+uniform": {"allocation": "uniform"},
     "l1": {"criterion": "l1"},
     "random": {"criterion": "random"},
 }

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.criteria import make_network
 from prune_core import ChannelGraph, TrainingOptions, compress_network, load_pruned, remove_units
-from prune_core.importance import filter_l1, unit_scores
+from prune_core.importance import filter_l1, normalize
 from sweeps.datasets import mnist1d_tensors
 
 RESULTS = Path(__file__).parent / "results"
@@ -77,7 +77,7 @@ def resnet_half() -> list[tuple[str, nn.Module]]:
     unpruned.load_state_dict(model.state_dict())
     example = torch.randn(1, 3, 64, 64)
     graph = ChannelGraph.build(model, example)
-    scores = unit_scores(graph, filter_l1(model, graph))
+    scores = normalize(graph, filter_l1(model, graph))
     chosen = []
     for units in graph.producer_units.values():
         ids = [u for u in np.unique(units) if u >= 0 and np.isfinite(scores[u]) and u not in chosen]

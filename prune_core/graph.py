@@ -68,7 +68,6 @@ class ChannelGraph:
     site_units: dict[tuple[str, int], np.ndarray]  # unit id of every entry of a site, -1 if none
     param_shapes: dict[str, tuple[int, ...]]
     producer_units: dict[str, np.ndarray] = field(default_factory=dict)  # unit id of each output channel
-    producer_dims: dict[str, int] = field(default_factory=dict)  # output channel dim, counted from the end
     grouped_convs: dict[str, int] = field(default_factory=dict)
     norm_groups: dict[str, int] = field(default_factory=dict)
     renormalizing: set[str] = field(default_factory=set)
@@ -141,7 +140,6 @@ class ChannelGraph:
             site_units=site_units,
             param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
             producer_units={fqn: unit_of_root[root_of[ids]] for fqn, ids in prop.producer_slots.items()},
-            producer_dims=dict(prop.producer_dims),
             grouped_convs=dict(prop.grouped_convs),
             norm_groups=dict(prop.norm_groups),
             renormalizing=set(prop.renormalizing),

@@ -1,18 +1,24 @@
 """Filter importance: the activation Taylor criterion (Molchanov et al. 2017) and two baselines.
 
-Taylor: for every prunable feature map (the output of a pruned conv, conv-transpose or
-pointwise linear) and every example, ``|mean over positions of (activation x dLoss/dactivation)|``,
-averaged over the examples of every scored mini-batch. ``TaylorAccumulator.hooks(model)``
-collects it during ordinary forward/backward passes: a forward hook on each producing module
-registers a gradient hook on its output; the gradient hook reduces (activation, gradient) to
-one number per example and channel and lets both go. Nothing is kept between batches.
+Taylor: removing a filter is the same as zeroing its channel where it is consumed (the input
+of every conv, conv-transpose or linear layer it feeds; the surgery tests check exactly
+this). So the criterion is taken there, on the activation a layer receives: per example,
+``|sum over the unit's positions of (activation x dLoss/dactivation)|``, the first-order change
+of the loss when that channel is zeroed, averaged over the examples of every scored
+mini-batch and summed over the consuming layers. (Molchanov's mean over positions rescales a
+whole layer, which the per-layer normalisation below removes; the sum keeps consumers of
+different sizes comparable.) ``TaylorAccumulator.hooks(model)`` collects it during ordinary
+forward/backward passes: a forward pre-hook on each consuming layer hands it an alias of its
+input (a view, so the gradient that reaches it is this layer's share only) and registers a
+gradient hook that reduces (activation, gradient) to one number per example and unit and lets
+both go. Nothing is kept between batches.
 
-Baselines with the same output (one score per channel of each producer): ``filter_l1`` (sum
-of absolute filter weights, Li et al. 2017) and ``random_unit_scores``.
+Baselines: ``filter_l1`` (sum of absolute filter weights of the unit's producers, Li et al.
+2017) and ``random_unit_scores``.
 
-``unit_scores`` turns channel scores into one score per removal unit: each producer's scores
-are divided by their L2 norm (``normalization="l2"``, so layers compare; "none" keeps raw
-scores) and the channels of a unit (coupled layers, whole groups) are summed.
+``normalize`` turns raw unit scores into comparable ones: the scores of each channel group
+(units removed from the same producers) are divided by their L2 norm (``"l2"``; ``"none"``
+keeps them raw); units that cannot be removed get ``inf``.
 
 >>> import torch, torch.nn as nn
 >>> from prune_core.graph import ChannelGraph
@@ -21,7 +27,7 @@ scores) and the channels of a unit (coupled layers, whole groups) are summed.
 >>> taylor = TaylorAccumulator(graph)
 >>> with taylor.hooks(net):
 ...     nn.functional.cross_entropy(net(torch.randn(5, 1, 8)), torch.tensor([0, 1, 0, 1, 1])).backward()
->>> taylor.examples, unit_scores(graph, taylor.channel_scores()).shape
+>>> taylor.examples, normalize(graph, taylor.unit_scores()).shape
 (5, (4,))
 """
 
@@ -34,63 +40,73 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.graph import ChannelGraph
+from prune_core.graph import ChannelGraph, owner
 
 CRITERIA = ("taylor", "l1", "random")
 NORMALIZATIONS = ("l2", "none")
 
 
-def scored_producers(graph: ChannelGraph) -> list[str]:
-    """Modules whose output channels belong to at least one removable unit."""
-    removable = np.array([u.removable for u in graph.units] + [False])
-    return [fqn for fqn, units in graph.producer_units.items() if removable[units].any()]
+def _removable(graph: ChannelGraph) -> np.ndarray:
+    """Boolean per unit, with a trailing False so that index -1 (no unit) reads as not removable."""
+    return np.array([u.removable for u in graph.units] + [False])
+
+
+def input_channel_dim(module: nn.Module, ndim: int) -> int:
+    """The channel dim of the input of a conv / conv-transpose (before the spatial dims) or linear (last)."""
+    return ndim - 1 if isinstance(module, nn.Linear) else ndim - len(module.kernel_size) - 1
 
 
 class TaylorAccumulator:
-    """Sums of per-example |mean(activation x gradient)| for every producer channel."""
+    """Per consuming layer: sums over examples of |first-order loss change| of zeroing each unit."""
 
     def __init__(self, graph: ChannelGraph) -> None:
         self.graph = graph
-        self.producers = scored_producers(graph)
+        removable = _removable(graph)
+        self.consumers: dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
+        for key, site in graph.sites.items():
+            units = graph.site_units[key]
+            if site.role == "input" and site.kind == "parameter" and removable[units].any():
+                positions = np.flatnonzero(units >= 0)
+                local, inverse = np.unique(units[positions], return_inverse=True)
+                self.consumers[owner(key[0])] = (local, torch.as_tensor(positions), torch.as_tensor(inverse))
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
     @property
     def examples(self) -> int:
-        """Examples scored so far (by the producer that saw the most)."""
+        """Examples scored so far (by the consuming layer that saw the most)."""
         return max(self.counts.values(), default=0)
 
-    def reset(self) -> None:
-        self.sums, self.counts = {}, {}
-
-    def _record(self, fqn: str, activation: torch.Tensor, gradient: torch.Tensor) -> None:
-        cdim = self.graph.producer_dims[fqn]
-        n = activation.shape[0] if activation.ndim > 1 else 1
-        a = activation.movedim(cdim, -1).reshape(n, -1, activation.shape[cdim])
-        g = gradient.movedim(cdim, -1).reshape(n, -1, activation.shape[cdim])
-        per_example = torch.einsum("nlc,nlc->nc", a, g).div_(a.shape[1]).abs_()
-        total = per_example.sum(0).to(torch.float64)
+    def _record(self, fqn: str, module: nn.Module, activation: torch.Tensor, gradient: torch.Tensor) -> None:
+        local, positions, inverse = self.consumers[fqn]
+        cdim = input_channel_dim(module, activation.ndim)
+        n, channels = activation.shape[0], activation.shape[cdim]
+        a = activation.movedim(cdim, -1).reshape(n, -1, channels)
+        g = gradient.movedim(cdim, -1).reshape(n, -1, channels)
+        per_channel = torch.einsum("nsc,nsc->nc", a, g).index_select(1, positions.to(a.device))
+        per_unit = per_channel.new_zeros(n, local.size).index_add_(1, inverse.to(a.device), per_channel)
+        total = per_unit.abs_().sum(0).to(torch.float64)
         self.sums[fqn] = self.sums[fqn] + total if fqn in self.sums else total
         self.counts[fqn] = self.counts.get(fqn, 0) + n
 
     @contextmanager
     def hooks(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
-        """Collect scores from the forward/backward passes run inside; yields the live activations."""
+        """Collect scores from the forward/backward passes run inside; yields the live input aliases."""
         modules = dict(model.named_modules())
         live: list[torch.Tensor] = []
 
-        def forward_hook(fqn):
-            def hook(module, args, output):
-                if isinstance(output, torch.Tensor) and output.requires_grad:
-                    activation = output.detach()
-                    live.append(output)
-
-                    def on_gradient(gradient):
-                        self._record(fqn, activation, gradient)
-                    output.register_hook(on_gradient)
+        def pre_hook(fqn):
+            def hook(module, args):
+                x = args[0] if args else None
+                if not isinstance(x, torch.Tensor) or not x.requires_grad or x.ndim < 2:
+                    return None
+                alias, activation = x.view_as(x), x.detach()
+                live.append(alias)
+                alias.register_hook(lambda gradient: self._record(fqn, module, activation, gradient))
+                return (alias, *args[1:])
             return hook
 
-        handles = [modules[fqn].register_forward_hook(forward_hook(fqn)) for fqn in self.producers]
+        handles = [modules[fqn].register_forward_pre_hook(pre_hook(fqn)) for fqn in self.consumers]
         try:
             yield live
         finally:
@@ -98,40 +114,43 @@ class TaylorAccumulator:
                 handle.remove()
             live.clear()
 
-    def channel_scores(self) -> dict[str, np.ndarray]:
-        """Mean score of every channel of every scored producer (zeros before any batch)."""
-        out = {}
-        for fqn in self.producers:
-            size = self.graph.producer_units[fqn].size
-            total = self.sums.get(fqn)
-            out[fqn] = np.zeros(size) if total is None else total.cpu().numpy() / self.counts[fqn]
+    def unit_scores(self) -> np.ndarray:
+        """Raw score of every unit: the mean over examples, summed over consuming layers (0 before any batch)."""
+        out = np.zeros(len(self.graph.units))
+        for fqn, total in self.sums.items():
+            np.add.at(out, self.consumers[fqn][0], total.cpu().numpy() / self.counts[fqn])
         return out
 
 
-def filter_l1(model: nn.Module, graph: ChannelGraph) -> dict[str, np.ndarray]:
-    """Sum of absolute weights of every filter of every scored producer (Li et al. 2017)."""
+def filter_l1(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
+    """Raw score of every unit: the summed absolute weights of its filters (Li et al. 2017)."""
     modules = dict(model.named_modules())
-    out = {}
-    for fqn in scored_producers(graph):
+    removable = _removable(graph)
+    out = np.zeros(len(graph.units))
+    for fqn, units in graph.producer_units.items():
+        if not removable[units].any():
+            continue
         weight = modules[fqn].weight.detach()
         filter_dim = 1 if isinstance(modules[fqn], nn.modules.conv._ConvTransposeNd) else 0
-        out[fqn] = weight.abs().movedim(filter_dim, 0).flatten(1).sum(1).double().cpu().numpy()
+        norms = weight.abs().movedim(filter_dim, 0).flatten(1).sum(1).double().cpu().numpy()
+        keep = units >= 0
+        np.add.at(out, units[keep], norms[keep])
     return out
 
 
-def unit_scores(graph: ChannelGraph, channel_scores: dict[str, np.ndarray], normalization: str = "l2") -> np.ndarray:
-    """One score per unit (``inf`` for units that cannot be removed); see the module docstring."""
+def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "l2") -> np.ndarray:
+    """Scores comparable across layers (``inf`` for units that cannot be removed); see the module docstring."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization {normalization!r} is not supported; use one of {NORMALIZATIONS}")
-    scores = np.zeros(len(graph.units))
-    for fqn, values in channel_scores.items():
-        units = graph.producer_units[fqn]
-        if normalization == "l2":
-            norm = np.linalg.norm(values)
-            values = values / norm if norm > 0 else values
-        keep = units >= 0
-        np.add.at(scores, units[keep], values[keep])
-    scores[[not u.removable for u in graph.units]] = np.inf
+    scores = np.full(len(graph.units), np.inf)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for unit in graph.units:
+        if unit.removable:
+            groups.setdefault(unit.producers, []).append(unit.id)
+    for ids in groups.values():
+        values = raw[ids]
+        norm = np.linalg.norm(values) if normalization == "l2" else 0.0
+        scores[ids] = values / norm if norm > 0 else values
     return scores
 
 

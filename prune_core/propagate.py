@@ -107,7 +107,6 @@ class ChannelPropagation(fx.Interpreter):
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple[str, int], Site] = {}
         self.producer_slots: dict[str, np.ndarray] = {}
-        self.producer_dims: dict[str, int] = {}  # channel dim of each producer's output, counted from the end
         self.grouped_convs: dict[str, int] = {}
         self.norm_groups: dict[str, int] = {}
         self.renormalizing: set[str] = set()
@@ -166,11 +165,10 @@ class ChannelPropagation(fx.Interpreter):
             if getattr(module, name, None) is not None:
                 self._site(f"{fqn}.{name}", 0, vector, role)
 
-    def _producer(self, fqn: str, count: int, dim_from_end: int) -> np.ndarray:
+    def _producer(self, fqn: str, count: int) -> np.ndarray:
         slots = self.producer_slots.get(fqn)
         if slots is None:
             slots = self.producer_slots[fqn] = self.slots.new_slots(count)
-            self.producer_dims[fqn] = dim_from_end
         return slots
 
     def _unsupported(self, n: fx.Node, lab_args, lab_kwargs, result, what: str):
@@ -405,7 +403,7 @@ class ChannelPropagation(fx.Interpreter):
         vector = self._channel_vector(lab_args[0], cdim, m.in_channels, fqn)
         if m.groups == 1:
             self._site(f"{fqn}.weight", 1, vector, "input")
-            out = self._producer(fqn, m.out_channels, cdim - result.ndim)
+            out = self._producer(fqn, m.out_channels)
             self._module_sites(fqn, ("weight", "bias"), out, "filter")
         else:
             in_per, out_per = m.in_channels // m.groups, m.out_channels // m.groups
@@ -421,7 +419,7 @@ class ChannelPropagation(fx.Interpreter):
             return None
         cdim = x.ndim - len(m.kernel_size) - 1
         self._site(f"{fqn}.weight", 0, self._channel_vector(lab_args[0], cdim, m.in_channels, fqn), "input")
-        out = self._producer(fqn, m.out_channels, cdim - result.ndim)
+        out = self._producer(fqn, m.out_channels)
         self._site(f"{fqn}.weight", 1, out, "filter")
         self._module_sites(fqn, ("bias",), out, "filter")
         return shaped(out, result.ndim, cdim)
@@ -432,7 +430,7 @@ class ChannelPropagation(fx.Interpreter):
         if x.ndim <= 2:
             return self._fresh(result, f"`{fqn}` is a fully connected layer (only convolution filters and "
                                        "pointwise linear layers are pruned)")
-        out = self._producer(fqn, m.out_features, -1)
+        out = self._producer(fqn, m.out_features)
         self._module_sites(fqn, ("weight", "bias"), out, "filter")
         return shaped(out, result.ndim, result.ndim - 1)
 

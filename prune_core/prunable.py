@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from prune_core.graph import ChannelGraph
-from prune_core.importance import CRITERIA, TaylorAccumulator, filter_l1, random_unit_scores, unit_scores
+from prune_core.importance import CRITERIA, TaylorAccumulator, filter_l1, normalize, random_unit_scores
 from prune_core.losses import resolve_loss
 from prune_core.selection import ALLOCATIONS, choose_uniform, choose_units
 from prune_core.surgery import remove_units
@@ -100,8 +100,8 @@ class TaylorPrunableNetwork:
         """One score per unit of ``graph`` under the criterion (``inf`` where not removable)."""
         if self.criterion == "random":
             return random_unit_scores(self.graph, self._random)
-        channels = self.taylor.channel_scores() if self.criterion == "taylor" else filter_l1(self.model, self.graph)
-        return unit_scores(self.graph, channels, self.normalization)
+        raw = self.taylor.unit_scores() if self.criterion == "taylor" else filter_l1(self.model, self.graph)
+        return normalize(self.graph, raw, self.normalization)
 
     def choose(self, *, max_units: int | None = None, learnables: int | None = None,
                floors: dict | None = None) -> list[int]:

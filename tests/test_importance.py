@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune_core import ChannelGraph, TaylorPrunableNetwork
-from prune_core.importance import TaylorAccumulator, filter_l1, random_unit_scores, unit_scores
+from prune_core.importance import TaylorAccumulator, filter_l1, normalize, random_unit_scores
 from tests.architectures import ARCHITECTURES
 
 
@@ -17,14 +17,15 @@ def small_net() -> nn.Sequential:
                          nn.Conv1d(6, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10, 3))
 
 
-def direct_taylor(net: nn.Module, layer: int, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """|mean over positions of activation x gradient| per example, averaged over examples, by hand."""
-    acts = []
-    handle = net[layer].register_forward_hook(lambda m, a, out: acts.append(out))
+def direct_taylor(net: nn.Module, consumer: int, x: torch.Tensor, y: torch.Tensor, per_channel: int) -> np.ndarray:
+    """|sum over a channel's entries of input x gradient| at a consuming layer, per example, summed over a batch."""
+    inputs = []
+    handle = net[consumer].register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
     loss = F.cross_entropy(net(x), y)
     handle.remove()
-    (grad,) = torch.autograd.grad(loss, acts[0])
-    return (acts[0] * grad).mean(2).abs().mean(0).detach().numpy()
+    (grad,) = torch.autograd.grad(loss, inputs[0])
+    products = (inputs[0] * grad).reshape(len(x), -1, per_channel) if inputs[0].ndim == 2 else inputs[0] * grad
+    return products.sum(2).abs().sum(0).detach().numpy()
 
 
 def test_taylor_scores_match_direct_computation_over_several_batches():
@@ -36,31 +37,57 @@ def test_taylor_scores_match_direct_computation_over_several_batches():
         with taylor.hooks(net) as live:
             loss = F.cross_entropy(net(x), y)
             torch.autograd.grad(loss, live)
-    expected = sum(direct_taylor(net, 0, x, y) * len(x) for x, y in batches) / 12
-    np.testing.assert_allclose(taylor.channel_scores()["0"], expected, rtol=1e-5)
+    scores = taylor.unit_scores()
+    # conv 0's filters are consumed by conv 3; conv 3's by the linear layer after flatten (10 features each)
+    for producer, consumer, per_channel in (("0", 3, None), ("3", 6, 10)):
+        expected = sum(direct_taylor(net, consumer, x, y, per_channel) for x, y in batches) / 12
+        np.testing.assert_allclose(scores[graph.producer_units[producer]], expected, rtol=1e-5)
     assert taylor.examples == 12
-    assert all(not m._forward_hooks for m in net.modules()), "hooks must be removed afterwards"
+    assert all(not m._forward_pre_hooks for m in net.modules()), "hooks must be removed afterwards"
 
 
-def test_unit_scores_normalise_per_layer_and_sum_coupled_producers():
+def test_taylor_estimates_the_loss_change_of_a_removal():
+    """A unit's score tracks the loss change of actually zeroing it (first order, per example)."""
+    net = small_net().eval()
+    graph = ChannelGraph.build(net, torch.zeros(1, 2, 12))
+    x, y = torch.randn(1, 2, 12), torch.tensor([1])
+    taylor = TaylorAccumulator(graph)
+    with taylor.hooks(net) as live:
+        torch.autograd.grad(F.cross_entropy(net(x), y), live)
+    scores, base = taylor.unit_scores(), F.cross_entropy(net(x), y).item()
+    changes = []
+    for channel, uid in enumerate(graph.producer_units["3"]):
+        handle = net[4].register_forward_hook(lambda m, a, out, c=channel: out.index_fill(1, torch.tensor([c]), 0.0))
+        changes.append(abs(F.cross_entropy(net(x), y).item() - base))
+        handle.remove()
+        assert scores[uid] >= 0
+    ranks = np.argsort(np.argsort(changes)), np.argsort(np.argsort(scores[graph.producer_units["3"]]))
+    assert np.corrcoef(*ranks)[0, 1] > 0.5
+
+
+def test_normalize_per_group_and_coupled_units():
     model, example = ARCHITECTURES["residual"]()
     graph = ChannelGraph.build(model, example)
-    channels = {fqn: np.arange(1, units.size + 1, dtype=float) for fqn, units in graph.producer_units.items()}
-    scores = unit_scores(graph, channels, "l2")
+    raw = np.arange(1, len(graph.units) + 1, dtype=float)
+    scores = normalize(graph, raw, "l2")
+    groups = {}
     for unit in graph.removable_units():
-        expected = sum((channels[fqn] / np.linalg.norm(channels[fqn]))[graph.producer_units[fqn] == unit.id].sum()
-                       for fqn in unit.producers)
-        assert scores[unit.id] == pytest.approx(expected)
+        groups.setdefault(unit.producers, []).append(unit.id)
+    assert any(len(producers) > 1 for producers in groups), "the residual stream couples several producers"
+    for ids in groups.values():
+        np.testing.assert_allclose(scores[ids], raw[ids] / np.linalg.norm(raw[ids]))
     assert np.isinf(scores[[u.id for u in graph.units if not u.removable]]).all()
-    raw = unit_scores(graph, channels, "none")
-    assert not np.allclose(raw[np.isfinite(raw)], scores[np.isfinite(scores)])
+    np.testing.assert_allclose(normalize(graph, raw, "none")[np.isfinite(scores)], raw[np.isfinite(scores)])
+    with pytest.raises(ValueError, match="normalization 'max' is not supported"):
+        normalize(graph, raw, "max")
 
 
 def test_l1_and_random_baselines():
     net = small_net()
     graph = ChannelGraph.build(net, torch.zeros(1, 2, 12))
     l1 = filter_l1(net, graph)
-    np.testing.assert_allclose(l1["0"], net[0].weight.detach().abs().sum((1, 2)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(l1[graph.producer_units["0"]], net[0].weight.detach().abs().sum((1, 2)).numpy(),
+                               rtol=1e-6)
     a = random_unit_scores(graph, np.random.default_rng(1))
     b = random_unit_scores(graph, np.random.default_rng(1))
     np.testing.assert_array_equal(a, b)
