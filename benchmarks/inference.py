@@ -20,7 +20,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -78,10 +77,10 @@ def resnet_half() -> list[tuple[str, nn.Module]]:
     example = torch.randn(1, 3, 64, 64)
     graph = ChannelGraph.build(model, example)
     scores = normalize(graph, filter_l1(model, graph))
-    chosen = []
-    for units in graph.producer_units.values():
-        ids = [u for u in np.unique(units) if u >= 0 and np.isfinite(scores[u]) and u not in chosen]
-        chosen += sorted(ids, key=lambda u: scores[u])[: len(ids) // 2]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for unit in graph.removable_units():
+        groups.setdefault(unit.producers, []).append(unit.id)
+    chosen = [uid for ids in groups.values() for uid in sorted(ids, key=lambda u: scores[u])[: len(ids) // 2]]
     remove_units(model, graph, graph.greedy_removal(chosen))
     return [("unpruned", unpruned), ("L1, half of every group's filters", model)]
 

@@ -3,7 +3,8 @@
 ``fine_tune(model, source, loss_fn, options, log, ...)`` trains for ``options.max_epochs``
 epochs with a fresh optimizer, validates every ``validation_frequency`` iterations and at
 the end, and appends one row per iteration to ``log.training`` and one per validation to
-``log.validation``. It returns how it ended (``FineTuneOutcome``): completed, diverged
+``log.validation``; with ``progress=True`` it shows a progress bar and prints a line every
+``options.verbose_frequency`` iterations. It returns how it ended (``FineTuneOutcome``): completed, diverged
 (non-finite loss), or stopped by ``output_fn``. ``evaluate`` computes the loss and metrics
 over a whole data source.
 
@@ -35,6 +36,8 @@ from prune_core.data import DataSource
 from prune_core.losses import LossFn
 from prune_core.metrics import Metric
 from prune_core.options import TrainingOptions
+
+_COUNTERS = ("pruning_iteration", "epoch", "iteration", "time_s")
 
 
 @dataclass
@@ -174,7 +177,8 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
                     if patience.exhausted(last_validation[options.objective_metric_name]):
                         return FineTuneOutcome("completed", last_validation)
                 if progress and log.iteration % options.verbose_frequency == 0:
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{learn_rate:.2g}")
+                    values = ", ".join(f"{k} {v:.4g}" for k, v in state.items() if k not in _COUNTERS)
+                    tqdm.write(f"  iteration {log.iteration} (epoch {epoch + 1}): {values}")
                 if options.output_fn is not None and options.output_fn(state):
                     return FineTuneOutcome("stopped", last_validation)
         if validation is not None and (last_validation is None or last_validation["iteration"] != log.iteration):

@@ -244,8 +244,11 @@ def test_verbosity_and_plots(trained, capsys, tmp_path):
     assert len(lines) == 1 + len(info.pruning_history) + 3
     assert info.figure is not None and len(info.figure.axes) == 3
     assert (tmp_path / "progress.png").stat().st_size > 10_000
-    _, info = compress_network(net, x, y, "crossentropy", options(), goal=0.1, verbosity="training")
-    assert "fine-tuning after pruning iteration 1" in capsys.readouterr().err
+    _, info = compress_network(net, x, y, "crossentropy", options(verbose_frequency=4), goal=0.1,
+                               verbosity="training")
+    captured = capsys.readouterr()
+    assert "fine-tuning after pruning iteration 1" in captured.err
+    assert "  iteration 4 (epoch 1): loss " in captured.out and "  iteration 8 (epoch 1)" in captured.out
 
 
 @pytest.mark.parametrize("kwargs,message", [
