@@ -146,7 +146,7 @@ class PruningRecord:
             self.bar.update(min(round(100 * row["reduction"], 1), self.bar.total) - self.bar.n)
             objective = f"validation_{self.options.objective_metric_name}"
             if objective in row:
-                self.bar.set_postfix({objective: f"{row[objective]:.4g}"})
+                self.bar.set_postfix({objective: f"{row[objective]:.4g}"}, refresh=False)
         elif self.verbosity in ("pruning", "training"):
             if row["iteration"] == 0:
                 print(f"{'iteration':>9} {'learnables':>11} {'reduction':>9} {'filters':>7} "

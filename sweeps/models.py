@@ -1,7 +1,11 @@
-"""Model builders used by the jobs.
+"""Model builders for the jobs (any ``nn.Module`` builder works through ``model._target_``).
 
 >>> import torch
 >>> reference_cnn1d()(torch.zeros(2, 1, 40)).shape
+torch.Size([2, 10])
+>>> deeper_cnn1d()(torch.zeros(2, 1, 40)).shape, small_cnn2d()(torch.zeros(2, 1, 8, 8)).shape
+(torch.Size([2, 10]), torch.Size([2, 10]))
+>>> small_resnet()(torch.zeros(2, 1, 8, 8)).shape
 torch.Size([2, 10])
 """
 
@@ -10,12 +14,60 @@ from __future__ import annotations
 from torch import nn
 
 
+def _block(conv: type[nn.Module], norm: type[nn.Module], cin: int, cout: int, k: int, **kw) -> list[nn.Module]:
+    return [conv(cin, cout, k, padding=k // 2, **kw), norm(cout), nn.ReLU()]
+
+
 def reference_cnn1d(in_channels: int = 1, classes: int = 10, width: int = 32, kernel_size: int = 5) -> nn.Sequential:
     """The reference example's kind of network: two Conv1d+BatchNorm+ReLU blocks, global
     average pooling and a fully connected classifier."""
-    pad = kernel_size // 2
     return nn.Sequential(
-        nn.Conv1d(in_channels, width, kernel_size, padding=pad), nn.BatchNorm1d(width), nn.ReLU(),
-        nn.Conv1d(width, 2 * width, kernel_size, padding=pad), nn.BatchNorm1d(2 * width), nn.ReLU(),
+        *_block(nn.Conv1d, nn.BatchNorm1d, in_channels, width, kernel_size),
+        *_block(nn.Conv1d, nn.BatchNorm1d, width, 2 * width, kernel_size),
         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(2 * width, classes),
+    )
+
+
+def deeper_cnn1d(in_channels: int = 1, classes: int = 10, width: int = 64, depth: int = 3, kernel_size: int = 5,
+                 length: int = 40) -> nn.Sequential:
+    """``depth`` Conv1d(width)+BatchNorm+ReLU blocks, flatten and a linear classifier."""
+    layers = []
+    for k in range(depth):
+        layers += _block(nn.Conv1d, nn.BatchNorm1d, in_channels if k == 0 else width, width, kernel_size)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * length, classes))
+
+
+def small_cnn2d(in_channels: int = 1, classes: int = 10, width: int = 16) -> nn.Sequential:
+    """Two Conv2d blocks with max pooling, global pooling and a classifier (for 8x8 digits and up)."""
+    return nn.Sequential(
+        *_block(nn.Conv2d, nn.BatchNorm2d, in_channels, width, 3), nn.MaxPool2d(2),
+        *_block(nn.Conv2d, nn.BatchNorm2d, width, 2 * width, 3),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes),
+    )
+
+
+class BasicBlock(nn.Module):
+    """A residual block: two 3x3 convs with BatchNorm, a 1x1 projection when the width changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def small_resnet(in_channels: int = 1, classes: int = 10, width: int = 16) -> nn.Sequential:
+    """A stem and three residual stages (width, 2x, 4x; stride 2 between stages)."""
+    return nn.Sequential(
+        *_block(nn.Conv2d, nn.BatchNorm2d, in_channels, width, 3, bias=False),
+        BasicBlock(width, width), BasicBlock(width, 2 * width, stride=2), BasicBlock(2 * width, 4 * width, stride=2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, classes),
     )

@@ -1,0 +1,14 @@
+"""A Hydra sweeper for current Optuna (5.x): ``hydra/sweeper=taylorprune_optuna``.
+
+The published hydra-optuna-sweeper pins optuna<3; this plugin talks to Optuna's ask/tell
+interface directly. It knows only Hydra and Optuna (nothing of the project's jobs):
+
+- the search space comes from ``hydra.sweeper.params`` and the command line, in Hydra's sweep
+  grammar (``search_space``);
+- trials are asked ``n_jobs`` at a time, handed to the configured Hydra launcher as one batch,
+  and told their results (a float, a list for several objectives, or a dict
+  ``{"values": ..., "constraints": ...}``); a job that raises is recorded as FAIL;
+- ``storage`` + ``study_name`` + ``load_if_exists`` resume a study: each run adds ``n_trials``;
+- each job sees its trial number in the environment variable ``OPTUNA_TRIAL_NUMBER`` and the
+  study in ``hydra.sweeper`` (``HydraConfig``).
+"""

@@ -1,0 +1,54 @@
+"""Structured configs of the sweeper and its samplers, registered with Hydra's ConfigStore.
+
+Select with ``hydra/sweeper=taylorprune_optuna`` and ``hydra/sweeper/sampler=tpe|random|nsgaii|gp|grid``.
+Samplers keep Optuna's own defaults; only ``seed`` is exposed here (more keys can be added
+with ``+hydra.sweeper.sampler.<name>=<value>``).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class SamplerConf:
+    _target_: str = MISSING
+    seed: Optional[int] = None
+
+
+@dataclass
+class TaylorpruneOptunaSweeperConf:
+    """``direction``: "minimize"/"maximize" or a list of them (one per objective)."""
+
+    _target_: str = "hydra_plugins.taylorprune_optuna_sweeper.sweeper.OptunaSweeper"
+    _recursive_: bool = False  # the sweeper builds the sampler itself (grid space, constraints_func)
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: Any = "minimize"
+    study_name: Optional[str] = None
+    storage: Optional[str] = None
+    load_if_exists: bool = True
+    n_trials: int = 20
+    n_jobs: int = 1
+    max_failure_rate: float = 1.0
+    constraints: bool = False
+    params: Optional[Dict[str, str]] = None
+    results_file: Optional[str] = "optimization_results.yaml"
+
+
+SAMPLERS = {
+    "tpe": "optuna.samplers.TPESampler",
+    "random": "optuna.samplers.RandomSampler",
+    "nsgaii": "optuna.samplers.NSGAIISampler",
+    "gp": "optuna.samplers.GPSampler",
+    "grid": "optuna.samplers.GridSampler",
+}
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="taylorprune_optuna", node=TaylorpruneOptunaSweeperConf,
+            provider="taylorprune_optuna_sweeper")
+for _name, _target in SAMPLERS.items():
+    store.store(group="hydra/sweeper/sampler", name=_name, node=SamplerConf(_target_=_target),
+                provider="taylorprune_optuna_sweeper")

@@ -1,0 +1,80 @@
+"""The unpruned network of a job: trained once and cached, or loaded from a user's checkpoint.
+
+The cache key is a SHA-256 of the config that determines the trained weights (``data``,
+``model``, ``base.training`` and ``seed``), so every trial of a study that varies only
+pruning or fine-tuning settings reuses one base network. Files are written in the safe
+format of ``prune_core.serialize`` (temporary name, then rename), so concurrent jobs never
+read half a file.
+
+>>> from omegaconf import OmegaConf
+>>> a = OmegaConf.create({"data": {"n": 1}, "model": {"w": 2}, "base": {"training": {}}, "seed": 0})
+>>> cache_key(a) == cache_key(OmegaConf.merge(a, {"pruning": {"goal": 0.5}}))
+True
+>>> cache_key(a) == cache_key(OmegaConf.merge(a, {"seed": 1}))
+False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from prune_core import TrainingOptions, load_pruned, read_pruned, save_pruned
+from prune_core.data import as_source
+from prune_core.losses import resolve_loss
+from prune_core.training import TrainingLog, fine_tune
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(cfg: DictConfig) -> str:
+    """Hash of what determines the trained base network."""
+    keyed = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("data", "model")}
+    keyed["training"] = OmegaConf.to_container(cfg.base.training, resolve=True)
+    keyed["seed"] = cfg.seed
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:
+    """A user's network: the safe format (``save_pruned``) or a plain ``state_dict`` file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"base.checkpoint={str(path)!r} does not exist or is not a file")
+    try:
+        read_pruned(path)
+    except ValueError:
+        model = build()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise ValueError(f"base.checkpoint={str(path)!r} is neither a save_pruned file nor a state_dict of "
+                             f"the configured model: {type(exc).__name__}: {exc}") from exc
+        return model
+    return load_pruned(path, build)
+
+
+def base_network(cfg: DictConfig, data: dict, build: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+    """The trained unpruned network and where it came from (a checkpoint, the cache, or training now)."""
+    if cfg.base.checkpoint:
+        return load_checkpoint(cfg.base.checkpoint, build), f"checkpoint {cfg.base.checkpoint}"
+    folder = Path(cfg.base.cache_dir)
+    path = folder / f"base_{cache_key(cfg)}.pt"
+    if path.is_file():
+        return load_pruned(path, build), f"cache {path}"
+    torch.manual_seed(cfg.seed)
+    model = build()
+    options = TrainingOptions(**OmegaConf.to_container(cfg.base.training, resolve=True), seed=cfg.seed)
+    log.info(f"Training the base network ({options.max_epochs} epochs); cached as {path}")
+    fine_tune(model, as_source(data["x_train"], data["y_train"]), resolve_loss(cfg.pruning.loss), options,
+              TrainingLog(), generator=torch.Generator().manual_seed(cfg.seed))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_pruned(model, path, extra={"key": cache_key(cfg)})
+    return model, f"trained, cached {path}"

@@ -1,0 +1,96 @@
+"""``python -m sweeps.run``: one pruning run from the Hydra config; ``-m`` for an Optuna study.
+
+The job: check the tracking store, build the data and the model, get the trained base
+network (cached, or ``base.checkpoint``), run ``compress_network`` with every option from
+``pruning`` and ``training``, log everything to MLflow, and return the objectives named in
+``sweep.objectives`` (with ``sweep.constraints`` as Optuna constraints) to the sweeper.
+
+    python -m sweeps.run                                    # defaults: MNIST-1D, reference-like CNN
+    python -m sweeps.run pruning.goal=0.5 model=deeper_cnn1d
+    python -m sweeps.run -m                                 # the study in conf/config.yaml
+    python -m sweeps.run -m 'pruning.increment=tag(log, interval(0.02, 0.3))' hydra.sweeper.n_trials=20
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from prune_core import PruningInfo, TrainingOptions, compress_network
+from sweeps import tracking
+from sweeps.base_model import base_network
+
+log = logging.getLogger(__name__)
+DATA_KEYS = ("x_train", "y_train", "x_val", "y_val")
+
+
+def load_data(cfg: DictConfig) -> dict[str, torch.Tensor]:
+    data = instantiate(cfg.data)
+    missing = [k for k in DATA_KEYS if k not in data] if isinstance(data, dict) else list(DATA_KEYS)
+    if missing:
+        raise ValueError(f"data._target_={cfg.data.get('_target_')!r} must return a dict with {list(DATA_KEYS)}; "
+                         f"missing {missing}")
+    return data
+
+
+def objective_values(cfg: DictConfig, info: PruningInfo) -> dict[str, list[float]] | list[float]:
+    """The returned network's values of ``sweep.objectives`` (and ``sweep.constraints`` as floor - value)."""
+    rows = info.pruning_history
+    row = rows.loc[rows["iteration"] == info.returned_iteration].iloc[0]
+
+    def value(name: str) -> float:
+        if name not in row:
+            raise ValueError(f"sweep objective {name!r} is not in the pruning history; use one of "
+                             f"{[c for c in rows.columns if not c.startswith('channels[')]}")
+        return float(row[name])
+
+    values = [value(name) for name in cfg.sweep.objectives]
+    if not cfg.sweep.constraints:
+        return values
+    floors = cfg.sweep.constraints.items()
+    return {"values": values, "constraints": [float(floor) - value(name) for name, floor in floors]}
+
+
+def run_job(cfg: DictConfig):
+    uri = tracking.tracking_uri(cfg.tracking.uri)
+    tracking.check_reachable(uri)
+    data = load_data(cfg)
+    options = TrainingOptions(**OmegaConf.to_container(cfg.training, resolve=True),
+                              validation_data=(data["x_val"], data["y_val"]), seed=cfg.seed)
+    base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
+    log.info(f"Base network: {origin}")
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    checkpoints = output_dir / "checkpoints" if cfg.tracking.log_checkpoints else None
+    if checkpoints is not None:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    pruning = OmegaConf.to_container(cfg.pruning, resolve=True)
+    loss = pruning.pop("loss")
+    with tracking.job_run(uri, cfg) as run:
+        pruned, info = compress_network(base, data["x_train"], data["y_train"], loss, options,
+                                        checkpoint_path=checkpoints, plots_path=output_dir / "pruning_progress.png"
+                                        if pruning["plots"] != "none" else None, **pruning)
+        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_val"][:2])
+    result = objective_values(cfg, info)
+    log.info(f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
+             f"objectives {dict(zip(cfg.sweep.objectives, result['values'] if isinstance(result, dict) else result))}")
+    if not HydraConfig.get().mode.name == "MULTIRUN":
+        print(f"\nResults: {output_dir}\nMLflow:  mlflow ui --backend-store-uri {uri}")
+    if any(not math.isfinite(v) for v in (result["values"] if isinstance(result, dict) else result)):
+        raise RuntimeError(f"objectives are not finite: {result}")
+    return result
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

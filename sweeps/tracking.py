@@ -1,0 +1,221 @@
+"""MLflow tracking of pruning runs and studies.
+
+- ``tracking_uri``/``check_reachable``: the store (default: the embedded ``sqlite:///<cwd>/mlflow.db``;
+  any tracking URI through ``tracking.uri``), checked before any training.
+- ``StudyRunCallback`` (a Hydra callback, configured in ``conf/config.yaml``): one parent run
+  per ``-m`` invocation of a study; its id is written to the sweep folder for the jobs.
+- ``job_run``: one run per job (a child of the study run in a sweep), status FAILED when the
+  job raises and KILLED on Ctrl-C.
+- ``log_pruning``: the flattened config as params; per pruning iteration (step = iteration) and
+  per fine-tuning iteration (step = iteration) metrics, in batches of at most 1000; the three
+  history tables (``mlflow.load_table``-able JSON), the Hydra config, every checkpoint, the
+  progress plot and the final model (``mlflow.pytorch`` flavour and the safe format).
+
+>>> flatten({"a": {"b": 1, "c": [1, 2]}, "d": None})
+{'a.b': '1', 'a.c': '[1, 2]', 'd': 'None'}
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from prune_core import PruningInfo, save_pruned
+
+log = logging.getLogger(__name__)
+PARENT_FILE = "mlflow_parent_run_id"
+TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+PARAM_BATCH = 100
+
+
+def tracking_uri(uri: str | None) -> str:
+    """``uri``, or the embedded sqlite store in the working directory (an absolute path)."""
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, naming the URI, when the tracking store cannot be used."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise ValueError(f"tracking.uri={uri!r}: folder {str(folder)!r} does not exist")
+        return
+    previous = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise ValueError(f"tracking.uri={uri!r} cannot be reached: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    existing = client.get_experiment_by_name(name)
+    return existing.experiment_id if existing else client.create_experiment(name)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as ``{"a.b": "value"}`` (lists kept whole)."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(tree)}
+
+
+class StudyRunCallback(Callback):
+    """One MLflow parent run per study invocation (``-m``); jobs find its id in the sweep folder."""
+
+    def __init__(self, tracking: DictConfig) -> None:
+        self.tracking = tracking
+        self.run_id: str | None = None
+        self.client: MlflowClient | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        uri = tracking_uri(self.tracking.uri)
+        check_reachable(uri)
+        self.client = MlflowClient(uri)
+        sweeper = config.hydra.sweeper
+        study = sweeper.get("study_name") or "study"
+        tags = {"taylorprune.role": "study", "taylorprune.study": study,
+                "taylorprune.sampler": str(sweeper.get("sampler", {}).get("_target_", "")),
+                "taylorprune.sweep_dir": str(config.hydra.sweep.dir)}
+        run = self.client.create_run(experiment_id(self.client, self.tracking.experiment), run_name=f"study {study}",
+                                     tags=tags)
+        self.run_id = run.info.run_id
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(self.run_id)
+        atexit.register(self._end, "KILLED")
+        log.info(f"MLflow: study run {self.run_id} in experiment {self.tracking.experiment!r} at {uri}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        for name in ("optimization_results.yaml", "multirun.yaml"):
+            if (sweep_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(sweep_dir / name))
+        self._end("FINISHED")
+
+    def _end(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+            self.run_id = None
+
+
+def _trial_tags(cfg: DictConfig) -> tuple[dict[str, str], str | None]:
+    """Tags of a job's run and its parent run id (in a sweep)."""
+    tags = {"taylorprune.role": "trial"}
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {"taylorprune.role": "single"}, None
+    hydra = HydraConfig.get()
+    sweeper = hydra.sweeper
+    tags["taylorprune.study"] = str(sweeper.get("study_name") or "study")
+    tags["taylorprune.sampler"] = str(sweeper.get("sampler", {}).get("_target_", ""))
+    tags["taylorprune.trial"] = os.environ.get(TRIAL_ENV, str(hydra.job.num))
+    parent_file = Path(hydra.sweep.dir) / PARENT_FILE
+    return tags, parent_file.read_text().strip() if parent_file.is_file() else None
+
+
+@contextmanager
+def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
+    """The MLflow run of one job; FAILED if the job raises, KILLED on Ctrl-C."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    tags, parent = _trial_tags(cfg)
+    name = f"trial {tags['taylorprune.trial']}" if "taylorprune.trial" in tags else None
+    run = mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def _metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for start in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + BATCH], synchronous=True)
+
+
+def history_metrics(info: PruningInfo) -> list[Metric]:
+    """Per pruning iteration (``pruning/...``) and per fine-tuning iteration (``train/...``) metrics."""
+    now = int(time.time() * 1000)
+    metrics = []
+    pruning = info.pruning_history
+    keys = ["learnables", "reduction", "filters_removed", *(c for c in pruning if c.startswith("validation_"))]
+    for row in pruning.itertuples(index=False):
+        values = row._asdict()
+        metrics += [Metric(f"pruning/{k}", float(values[k]), now, int(values["iteration"])) for k in keys]
+    training = info.training_history
+    for column in (c for c in training.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
+        metrics += [Metric(f"train/{column}", float(v), now, int(step))
+                    for v, step in zip(training[column], training["iteration"], strict=True)]
+    validation = info.validation_history
+    for column in (c for c in validation.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
+        metrics += [Metric(f"validation/{column}", float(v), now, int(step))
+                    for v, step in zip(validation[column], validation["iteration"], strict=True)]
+    return metrics
+
+
+def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, pruned: nn.Module, output_dir: Path,
+                checkpoints: Path | None, example: torch.Tensor) -> None:
+    """Everything of a finished pruning run (see the module docstring)."""
+    client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
+    params = [Param(k, v[:6000]) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()]
+    for start in range(0, len(params), PARAM_BATCH):
+        client.log_batch(run_id, params=params[start:start + PARAM_BATCH], synchronous=True)
+    _metric_batches(client, run_id, history_metrics(info))
+    client.set_tag(run_id, "taylorprune.stop_reason", info.stop_reason)
+    for name in ("pruning_history", "training_history", "validation_history"):
+        table: pd.DataFrame = getattr(info, name)
+        mlflow.log_table(table, artifact_file=f"tables/{name}.json", run_id=run_id)
+    hydra_dir = output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        client.log_artifacts(run_id, str(hydra_dir), "hydra")
+    if checkpoints is not None and any(checkpoints.iterdir()):
+        client.log_artifacts(run_id, str(checkpoints), "checkpoints")
+    if info.figure is not None:
+        client.log_figure(run_id, info.figure, "pruning_progress.png")
+    save_pruned(pruned, output_dir / "pruned.pt", extra={"stop_reason": info.stop_reason})
+    client.log_artifact(run_id, str(output_dir / "pruned.pt"), "model_safe")
+    if cfg.tracking.log_model:
+        log_torch_model(pruned, example)
+
+
+def log_torch_model(model: nn.Module, example: torch.Tensor) -> None:
+    """``mlflow.pytorch.log_model`` as an exported program (pt2, no pickle), or pickled if export fails."""
+    model = model.cpu().eval()
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    try:
+        mlflow.pytorch.log_model(model, name="model", input_example=example.cpu().numpy(),
+                                 serialization_format="pt2", pip_requirements=requirements)
+    except Exception as exc:
+        log.warning(f"torch.export could not export the model ({type(exc).__name__}); logging it pickled instead")
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=requirements)
