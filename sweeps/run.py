@@ -28,15 +28,19 @@ from sweeps import tracking
 from sweeps.base_model import base_network
 
 log = logging.getLogger(__name__)
-DATA_KEYS = ("x_train", "y_train", "x_val", "y_val")
+REQUIRED_KEYS, VALIDATION_KEYS = ("x_train", "y_train"), ("x_val", "y_val")
 
 
 def load_data(cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """The data group's tensors: ``x_train``/``y_train`` and, optionally, ``x_val``/``y_val``."""
     data = instantiate(cfg.data)
-    missing = [k for k in DATA_KEYS if k not in data] if isinstance(data, dict) else list(DATA_KEYS)
+    missing = [k for k in REQUIRED_KEYS if k not in data] if isinstance(data, dict) else list(REQUIRED_KEYS)
     if missing:
-        raise ValueError(f"data._target_={cfg.data.get('_target_')!r} must return a dict with {list(DATA_KEYS)}; "
-                         f"missing {missing}")
+        raise ValueError(f"data._target_={cfg.data.get('_target_')!r} must return a dict with "
+                         f"{list(REQUIRED_KEYS + VALIDATION_KEYS)}; missing {missing}")
+    if not all(k in data for k in VALIDATION_KEYS) and cfg.pruning.validation_threshold is not None:
+        raise ValueError(f"pruning.validation_threshold={cfg.pruning.validation_threshold} needs validation data, "
+                         f"but data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
     return data
 
 
@@ -62,8 +66,9 @@ def run_job(cfg: DictConfig):
     uri = tracking.tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
     data = load_data(cfg)
-    options = TrainingOptions(**OmegaConf.to_container(cfg.training, resolve=True),
-                              validation_data=(data["x_val"], data["y_val"]), seed=cfg.seed)
+    validation = (data["x_val"], data["y_val"]) if all(k in data for k in VALIDATION_KEYS) else None
+    options = TrainingOptions(**OmegaConf.to_container(cfg.training, resolve=True), validation_data=validation,
+                              seed=cfg.seed)
     base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
     log.info(f"Base network: {origin}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -76,7 +81,7 @@ def run_job(cfg: DictConfig):
         pruned, info = compress_network(base, data["x_train"], data["y_train"], loss, options,
                                         checkpoint_path=checkpoints, plots_path=output_dir / "pruning_progress.png"
                                         if pruning["plots"] != "none" else None, **pruning)
-        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_val"][:2])
+        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2])
     result = objective_values(cfg, info)
     log.info(f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
              f"objectives {dict(zip(cfg.sweep.objectives, result['values'] if isinstance(result, dict) else result))}")

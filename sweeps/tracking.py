@@ -201,7 +201,9 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
         client.log_artifacts(run_id, str(hydra_dir), "hydra")
     if checkpoints is not None and any(checkpoints.iterdir()):
         client.log_artifacts(run_id, str(checkpoints), "checkpoints")
-    if info.figure is not None:
+    if (output_dir / "pruning_progress.png").is_file():  # already drawn by compress_network
+        client.log_artifact(run_id, str(output_dir / "pruning_progress.png"))
+    elif info.figure is not None:
         client.log_figure(run_id, info.figure, "pruning_progress.png")
     save_pruned(pruned, output_dir / "pruned.pt", extra={"stop_reason": info.stop_reason})
     client.log_artifact(run_id, str(output_dir / "pruned.pt"), "model_safe")

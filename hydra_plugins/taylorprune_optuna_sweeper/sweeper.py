@@ -58,6 +58,14 @@ def split_result(value: Any, n_objectives: int) -> tuple[list[float], list[float
     return values, constraints
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without its ``Study.stop()`` on exhaustion, which only works inside
+    ``study.optimize``; the sweeper checks ``is_exhausted`` before asking instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: DictConfig, direction: Any, study_name: str | None, storage: str | None,
                  load_if_exists: bool, n_trials: int, n_jobs: int, max_failure_rate: float, constraints: bool,
@@ -98,12 +106,13 @@ class OptunaSweeper(Sweeper):
         return {**configured, **from_command_line}, fixed
 
     def _sampler(self, space) -> optuna.samplers.BaseSampler:
-        extra = {}
-        if self.sampler_config._target_.endswith("GridSampler"):
+        extra, config = {}, self.sampler_config
+        if config._target_.endswith("GridSampler"):
             extra["search_space"] = grid(space)
+            config = OmegaConf.merge(config, {"_target_": f"{__name__}.{AskTellGridSampler.__name__}"})
         if self.constraints:
             extra["constraints_func"] = trial_constraints
-        return instantiate(self.sampler_config, **extra)
+        return instantiate(config, **extra)
 
     # -- the loop ----------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> list[optuna.trial.FrozenTrial]:
@@ -120,6 +129,9 @@ class OptunaSweeper(Sweeper):
                  f"({len(study.trials)} already in the study)")
         done = failed = 0
         while done < self.n_trials:
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                log.info(f"The grid is exhausted after {done} new trials")
+                break
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()),
                           f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"] for t in trials]
@@ -133,7 +145,7 @@ class OptunaSweeper(Sweeper):
             for trial, job in zip(trials, returns, strict=True):
                 failed += not self._tell(study, trial, job)
             done += len(trials)
-            if failed / done > self.max_failure_rate:
+            if done and failed / done > self.max_failure_rate:
                 raise RuntimeError(f"{failed} of {done} trials failed, more than hydra.sweeper.max_failure_rate="
                                    f"{self.max_failure_rate}; the study {study.study_name!r} stops here")
         self._report(study, sweep_dir)

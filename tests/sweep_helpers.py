@@ -1,0 +1,47 @@
+"""Running ``python -m sweeps.run`` as a user would, in a scratch folder, with a tiny fast setup."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small data, a short base training, a short pruning: each job takes a few seconds.
+FAST = ["data.num_samples=800", "base.training.max_epochs=3", "pruning.goal=0.3", "pruning.increment=0.15",
+        "training.max_epochs=1", "training.validation_frequency=5"]
+# replaces the default search space (hydra.sweeper.params) by two dimensions given on the command line
+FAST_SEARCH = ["hydra.sweeper.params=null", "pruning.num_importance_score_iterations=int(interval(2, 10))",
+               "training.max_epochs=range(1, 3)"]
+
+
+def run_app(cwd: Path, *overrides: str, multirun: bool = False, check: bool = True,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m sweeps.run [-m] overrides...`` in ``cwd``; fails the test with the output if it fails."""
+    command = [sys.executable, "-m", "sweeps.run", *(["-m"] if multirun else []), *overrides]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result
+
+
+def waves(n_train: int = 256, n_val: int = 128) -> dict[str, torch.Tensor]:
+    """A user dataset for ``data._target_``: which of 4 frequencies a noisy sine wave has (length 40)."""
+    gen = torch.Generator().manual_seed(0)
+    n = n_train + n_val
+    y = torch.randint(0, 4, (n,), generator=gen)
+    t = torch.arange(40.0)
+    phase = 6.283 * torch.rand(n, 1, generator=gen)
+    x = (torch.sin(6.283 * (y[:, None] + 1) * t / 40 + phase) + 0.3 * torch.randn(n, 40, generator=gen)).unsqueeze(1)
+    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_val": x[n_train:], "y_val": y[n_train:]}
+
+
+def train_only() -> dict[str, torch.Tensor]:
+    """A user dataset without a validation split."""
+    data = waves()
+    return {"x_train": data["x_train"], "y_train": data["y_train"]}

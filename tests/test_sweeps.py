@@ -1,0 +1,137 @@
+"""``python -m sweeps.run`` and ``-m``: single runs, studies, resuming, failures, samplers, MLflow contents."""
+
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.sweep_helpers import FAST, FAST_SEARCH, run_app
+
+pytestmark = pytest.mark.slow
+
+
+def store(tmp_path: Path) -> MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def runs(client: MlflowClient, experiment: str = "taylorprune"):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def study(tmp_path: Path, name: str = "taylorprune", storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_single_run_logs_everything_and_caches_the_base(tmp_path):
+    out = run_app(tmp_path, *FAST).stdout
+    assert "Compressed network has" in out and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in out
+    client = store(tmp_path)
+    (run,) = runs(client)
+    run_id = run.info.run_id
+    mlflow.set_experiment("taylorprune")
+    assert run.info.status == "FINISHED" and run.data.tags["taylorprune.role"] == "single"
+    params = run.data.params
+    assert params["pruning.goal"] == "0.3" and params["model._target_"] == "sweeps.models.reference_cnn1d"
+    table = mlflow.load_table("tables/pruning_history.json", run_ids=[run_id])
+    steps = [m.step for m in client.get_metric_history(run_id, "pruning/reduction")]
+    assert steps == table["iteration"].tolist() and table["reduction"].iloc[-1] >= 0.3
+    training = mlflow.load_table("tables/training_history.json", run_ids=[run_id])
+    assert len(client.get_metric_history(run_id, "train/loss")) == len(training) > 10
+    assert {"validation/accuracy", "pruning/validation_accuracy"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"tables", "hydra", "checkpoints", "model_safe", "pruning_progress.png"} <= artifacts
+    checkpoints = client.list_artifacts(run_id, "checkpoints")
+    assert len(checkpoints) == len(table) - 1
+    (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert model.source_run_id == run_id
+    loaded = mlflow.pytorch.load_model(model.model_uri)
+    assert loaded(torch.zeros(2, 1, 40)).shape == (2, 10)
+    again = run_app(tmp_path, *FAST, "pruning.goal=0.2").stdout
+    assert "Base network: cache" in again and len(runs(client)) == 2
+
+
+def test_study_resumes_and_continues_trial_numbers(tmp_path):
+    args = [*FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=2"]
+    run_app(tmp_path, *args, multirun=True)
+    run_app(tmp_path, *args, multirun=True)
+    trials = study(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    all_runs = runs(store(tmp_path))
+    parents = [r for r in all_runs if r.data.tags["taylorprune.role"] == "study"]
+    children = [r for r in all_runs if r.data.tags["taylorprune.role"] == "trial"]
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    assert sorted(int(c.data.tags["taylorprune.trial"]) for c in children) == [0, 1, 2, 3]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {p.info.run_id for p in parents}
+    assert {c.data.tags["taylorprune.sampler"] for c in children} == {"optuna.samplers.TPESampler"}
+    results = sorted((tmp_path / "multirun").rglob("optimization_results.yaml"))
+    assert len(results) == 2
+    front = yaml.safe_load(results[-1].read_text())["best_trials"]
+    assert front and all(set(row) == {"number", "values", "params"} for row in front)
+    assert set(front[0]["params"]) == {"pruning.num_importance_score_iterations", "training.max_epochs"}
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    run_app(tmp_path, *FAST, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null", "hydra.sweeper.n_trials=2",
+            "pruning.criterion=choice(taylor,bogus)", multirun=True)
+    states = {t.params["pruning.criterion"]: t.state for t in study(tmp_path).trials}
+    assert states == {"taylor": optuna.trial.TrialState.COMPLETE, "bogus": optuna.trial.TrialState.FAIL}
+    statuses = sorted(r.info.status for r in runs(store(tmp_path)) if r.data.tags["taylorprune.role"] == "trial")
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+def test_max_failure_rate_stops_a_broken_study(tmp_path):
+    result = run_app(tmp_path, *FAST, "hydra.sweeper.params=null", "hydra.sweeper.n_trials=4",
+                     "hydra.sweeper.max_failure_rate=0.5", "pruning.criterion=choice(bogus,wrong)", multirun=True,
+                     check=False)
+    assert result.returncode != 0
+    assert "more than hydra.sweeper.max_failure_rate=0.5" in result.stderr
+    assert [t.state for t in study(tmp_path).trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_constrained_single_objective_with_other_samplers_and_journal_storage(tmp_path):
+    run_app(tmp_path, *FAST, *FAST_SEARCH, "sweep=max_reduction", "sweep.constraints.validation_accuracy=15",
+            "hydra/sweeper/sampler=nsgaii", "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=journal:./journal.log",
+            "hydra.sweeper.study_name=constrained", multirun=True)
+    trials = study(tmp_path, "constrained", optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log")))).trials
+    assert len(trials) == 2 and all(len(t.values) == 1 and t.values[0] > 0.29 for t in trials)
+    assert all(t.user_attrs["constraints"][0] < 0 for t in trials), "accuracy stays above the 15% floor"
+    for sampler in ("random", "gp"):
+        run_app(tmp_path, *FAST, *FAST_SEARCH, f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.n_trials=1",
+                f"hydra.sweeper.study_name={sampler}", "hydra.sweeper.sampler.seed=3", multirun=True)
+        assert study(tmp_path, sampler).trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_user_dataset_and_model_through_target(tmp_path):
+    run_app(tmp_path, "data=custom", "data._target_=tests.sweep_helpers.waves", "model=deeper_cnn1d",
+            "model.width=8", "model.depth=2", "model.classes=4", "base.training.max_epochs=5", "pruning.goal=0.3",
+            "pruning.increment=0.15")
+    (run,) = runs(store(tmp_path))
+    assert run.data.params["data._target_"] == "tests.sweep_helpers.waves"
+    assert run.data.metrics["pruning/reduction"] >= 0.3
+
+
+@pytest.mark.parametrize("args,multirun,message", [
+    (["model=nonexistent"], False, "Could not find 'model/nonexistent'"),
+    (["tracking.uri=http://127.0.0.1:9"], False, "tracking.uri='http://127.0.0.1:9' cannot be reached"),
+    (["hydra.sweeper.params={pruning.increment: '0.1'}"], True, "hydra.sweeper.params must hold sweeps, but "
+                                                                "'pruning.increment=0.1' is a single value"),
+    (["pruning.increment=0.1"], True, "pruning.increment is both fixed on the command line"),
+    (["hydra.sweeper.storage=sqlite:////no/such/dir/o.db"], True, "hydra.sweeper.storage='sqlite:////no/such/dir/"
+                                                                  "o.db' cannot be opened"),
+    (["data=custom", "data._target_=tests.sweep_helpers.train_only", "pruning.validation_threshold=80"], False,
+     "pruning.validation_threshold=80 needs validation data"),
+    (["hydra.sweeper.params={pruning.validation_threshold: 'interval(80, 90)'}", "data=custom",
+      "data._target_=tests.sweep_helpers.train_only", "hydra.sweeper.n_trials=1"], True, "needs validation data"),
+])
+def test_bad_input(tmp_path, args, multirun, message):
+    result = run_app(tmp_path, *args, multirun=multirun, check=False)
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / ".cache").exists(), "nothing was trained"
