@@ -18,12 +18,16 @@ FAST_SEARCH = ["hydra.sweeper.params=null", "pruning.num_importance_score_iterat
                "training.max_epochs=range(1, 3)"]
 
 
+def app_env() -> dict[str, str]:
+    """The environment of a user's shell: the project importable, no MLflow settings leaking in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(ROOT)}
+
+
 def run_app(cwd: Path, *overrides: str, multirun: bool = False, check: bool = True,
             timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m sweeps.run [-m] overrides...`` in ``cwd``; fails the test with the output if it fails."""
     command = [sys.executable, "-m", "sweeps.run", *(["-m"] if multirun else []), *overrides]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=cwd, env=app_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-6000:]}")

@@ -1,5 +1,9 @@
 """``python -m sweeps.run`` and ``-m``: single runs, studies, resuming, failures, samplers, MLflow contents."""
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -9,7 +13,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import FAST, FAST_SEARCH, run_app
+from tests.sweep_helpers import FAST, FAST_SEARCH, app_env, run_app
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +139,32 @@ def test_bad_input(tmp_path, args, multirun, message):
     result = run_app(tmp_path, *args, multirun=multirun, check=False)
     assert message in result.stderr + result.stdout
     assert not (tmp_path / ".cache").exists(), "nothing was trained"
+
+
+def test_ctrl_c_leaves_the_study_and_the_runs_consistent(tmp_path):
+    command = [sys.executable, "-m", "sweeps.run", "-m", *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=3",
+               "pruning.goal=0.9", "pruning.increment=0.05", "training.max_epochs=range(3, 5)"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=app_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if (tmp_path / "mlflow.db").exists():
+                client = store(tmp_path)
+                exp = client.get_experiment_by_name("taylorprune")
+                running = exp and client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
+                                                     "tags.`taylorprune.role` = 'trial'")
+                if running:
+                    break
+        time.sleep(1.0)  # well inside the pruning loop
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode != 0, output[-3000:]
+    states = [t.state for t in study(tmp_path).trials]
+    assert optuna.trial.TrialState.RUNNING not in states and states[-1] == optuna.trial.TrialState.FAIL
+    statuses = {r.data.tags["taylorprune.role"]: r.info.status for r in runs(store(tmp_path))
+                if r.info.status != "FINISHED"}
+    assert statuses == {"trial": "KILLED", "study": "KILLED"}
