@@ -52,8 +52,8 @@ def test_sweep_runs_metrics_and_artifacts_are_on_the_server(server, tmp_path):
     work.mkdir()
     run_app(work, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=2", f"tracking.uri={server}", multirun=True)
     experiment = api(server, "experiments/get-by-name", experiment_name="taylorprune")["experiment"]
-    found = requests.post(f"{server}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment["experiment_id"]]},
-                          timeout=30).json()["runs"]
+    search = {"experiment_ids": [experiment["experiment_id"]]}
+    found = requests.post(f"{server}/api/2.0/mlflow/runs/search", json=search, timeout=30).json()["runs"]
     tags = [{t["key"]: t["value"] for t in run["data"]["tags"]} for run in found]
     assert sorted(t["taylorprune.role"] for t in tags) == ["study", "trial", "trial"]
     assert all(run["info"]["status"] == "FINISHED" for run in found)
