@@ -1,4 +1,5 @@
-# Set-up and everyday commands. `make demo` runs the main job, `make test` runs every test;
+# Set-up and everyday commands. `make demo` runs the main job (a short Optuna study of pruning
+# settings on MNIST-1D, tracked in MLflow), `make test` runs every test;
 # both create the virtual environment in .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) -m sweeps.demo
+	$(PY) -m sweeps.run -m
 
 test: install
 	$(PY) -m ruff check .
@@ -27,3 +28,4 @@ bench: install
 	$(PY) -m benchmarks.criteria
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.sweep_overhead

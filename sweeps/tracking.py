@@ -98,7 +98,7 @@ class StudyRunCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         uri = tracking_uri(self.tracking.uri)
         check_reachable(uri)
-        self.client = MlflowClient(uri)
+        self.client, self.uri = MlflowClient(uri), uri
         sweeper = config.hydra.sweeper
         study = sweeper.get("study_name") or "study"
         tags = {"taylorprune.role": "study", "taylorprune.study": study,
@@ -114,11 +114,13 @@ class StudyRunCallback(Callback):
         log.info(f"MLflow: study run {self.run_id} in experiment {self.tracking.experiment!r} at {uri}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
         for name in ("optimization_results.yaml", "multirun.yaml"):
             if (sweep_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(sweep_dir / name))
         self._end("FINISHED")
+        print(f"\nResults: {sweep_dir} (optimization_results.yaml: the best trials; one folder per trial)\n"
+              f"MLflow:  mlflow ui --backend-store-uri {self.uri}   (experiment {self.tracking.experiment!r})")
 
     def _end(self, status: str) -> None:
         if self.run_id is not None:

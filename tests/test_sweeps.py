@@ -168,3 +168,11 @@ def test_ctrl_c_leaves_the_study_and_the_runs_consistent(tmp_path):
     statuses = {r.data.tags["taylorprune.role"]: r.info.status for r in runs(store(tmp_path))
                 if r.info.status != "FINISHED"}
     assert statuses == {"trial": "KILLED", "study": "KILLED"}
+
+
+def test_parallel_trials_through_the_joblib_launcher(tmp_path):
+    run_app(tmp_path, *FAST, *FAST_SEARCH, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.n_trials=2", multirun=True)
+    assert [t.state for t in study(tmp_path).trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    trials = [r for r in runs(store(tmp_path)) if r.data.tags["taylorprune.role"] == "trial"]
+    assert sorted(r.data.tags["taylorprune.trial"] for r in trials) == ["0", "1"]
