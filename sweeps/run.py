@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prune_core import PruningInfo, TrainingOptions, compress_network
+from prune_core.compress import STOP_INTERRUPTED
 from sweeps import tracking
 from sweeps.base_model import base_network
 
@@ -82,6 +83,8 @@ def run_job(cfg: DictConfig):
                                         checkpoint_path=checkpoints, plots_path=output_dir / "pruning_progress.png"
                                         if pruning["plots"] != "none" else None, **pruning)
         tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2])
+        if info.stop_reason == STOP_INTERRUPTED:  # logged as far as it went; the run is KILLED, a study stops
+            raise KeyboardInterrupt
     result = objective_values(cfg, info)
     log.info(f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
              f"objectives {dict(zip(cfg.sweep.objectives, result['values'] if isinstance(result, dict) else result))}")
