@@ -173,3 +173,32 @@ def test_parallel_trials_through_the_joblib_launcher(tmp_path):
     assert [t.state for t in study(tmp_path).trials] == [optuna.trial.TrialState.COMPLETE] * 2
     trials = [r for r in runs(store(tmp_path)) if r.data.tags["taylorprune.role"] == "trial"]
     assert sorted(r.data.tags["taylorprune.trial"] for r in trials) == ["0", "1"]
+
+
+@pytest.mark.parametrize("form", ["safe", "state_dict"])
+def test_base_checkpoint_from_the_user(tmp_path, form):
+    from prune_core import save_pruned
+    from sweeps.models import small_cnn2d
+
+    torch.manual_seed(0)
+    net = small_cnn2d(width=8)
+    path = tmp_path / f"mine_{form}.pt"
+    if form == "safe":
+        save_pruned(net, path)
+    else:
+        torch.save(net.state_dict(), path)
+    out = run_app(tmp_path, "data=digits", "model=small_cnn2d", "model.width=8", f"base.checkpoint={path}",
+                  "pruning.goal=0.2", "pruning.increment=0.2").stdout
+    assert f"Base network: checkpoint {path}" in out and not (tmp_path / ".cache").exists()
+    (run,) = runs(store(tmp_path))
+    mlflow.set_experiment("taylorprune")
+    history = mlflow.load_table("tables/pruning_history.json", run_ids=[run.info.run_id])
+    assert history["learnables"].iloc[0] == sum(p.numel() for p in net.parameters())
+
+
+def test_digits_with_the_small_resnet_preset(tmp_path):
+    out = run_app(tmp_path, "+experiment=digits_resnet", "base.training.max_epochs=2", "pruning.goal=0.2",
+                  "pruning.increment=0.2").stdout
+    assert "Compressed network has" in out
+    (run,) = runs(store(tmp_path), "taylorprune-digits-resnet")
+    assert run.data.params["model._target_"] == "sweeps.models.small_resnet"
