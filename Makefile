@@ -20,7 +20,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --doctest-modules prune_core sweeps hydra_plugins tests
+	$(PY) -m pytest -q --doctest-modules prune_core sweeps hydra_plugins analysis tests
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import mlflow
 import pandas as pd
@@ -58,18 +59,11 @@ def check_reachable(uri: str) -> None:
         if not folder.is_dir():
             raise ValueError(f"tracking.uri={uri!r}: folder {str(folder)!r} does not exist")
         return
-    previous = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise ValueError(f"tracking.uri={uri!r} cannot be reached: {type(exc).__name__}: {str(exc)[:300]}") from exc
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

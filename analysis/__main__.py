@@ -1,0 +1,67 @@
+"""python -m analysis --experiment NAME [--tracking-uri URI] [--out DIR] [--max-drop 1.0]
+
+Writes the four figures (PNG), the experiment table and its Pareto front (CSV) to ``--out``
+and prints the chosen level: the highest learnables reduction within ``--max-drop`` points
+of validation accuracy of the unpruned network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from analysis import choose, load_experiment, pareto_front
+from analysis.plots import front_figure, hyperparameters_figure, progress_figure, trajectories_figure
+
+
+def write(path: Path, content) -> None:
+    """Through a temporary name, then renamed: nothing half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if hasattr(content, "savefig"):
+        content.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
+    else:
+        content.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    parser.add_argument("--out", default="analysis_out", help="folder for the figures and tables")
+    parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points the chosen level may lose")
+    parser.add_argument("--metric", default="validation_accuracy", help="validation column to maximise")
+    parser.add_argument("--hue", default=None, help="hyperparameter colouring the front figure")
+    args = parser.parse_args(argv)
+    try:
+        experiment = load_experiment(args.experiment, args.tracking_uri)
+        table = experiment.table
+        chosen = choose(table, max_drop=args.max_drop, metric=args.metric)
+        front = pareto_front(table, y=args.metric)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hue = args.hue or (experiment.hyperparameters[0] if experiment.hyperparameters else None)
+    write(out / "table.csv", table)
+    write(out / "pareto_front.csv", front)
+    write(out / "front.png", front_figure(table, front, chosen, hue=hue, metric=args.metric))
+    write(out / "trajectories.png", trajectories_figure(table, metric=args.metric))
+    if experiment.hyperparameters:
+        write(out / "hyperparameters.png", hyperparameters_figure(table, experiment.hyperparameters,
+                                                                  (args.metric, "reduction")))
+    write(out / "progress.png", progress_figure(table, chosen["run_id"], metric=args.metric))
+    left_out = f"; left out: {experiment.unfinished}" if experiment.unfinished else ""
+    print(f"{table['run_id'].nunique()} runs, {len(table)} candidate levels, {len(front)} on the Pareto front"
+          f"{left_out}. Written to {out}/")
+    print(f"Chosen (at most {args.max_drop} points below the unpruned network): trial {int(chosen['trial'])}, "
+          f"iteration {int(chosen['iteration'])}, reduction {100 * chosen['reduction']:.1f}%, "
+          f"{args.metric} {chosen[args.metric]:.2f}, checkpoint runs:/{chosen['run_id']}/{chosen['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

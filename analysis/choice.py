@@ -1,0 +1,83 @@
+"""Choosing the compression level to ship, and loading it.
+
+``choose(table, max_drop=1.0)``: the row with the highest learnables reduction whose
+validation accuracy is at most ``max_drop`` points below the unpruned network's (iteration 0
+of the same trial). ``choose(table, min_reduction=0.8)``: the most accurate row with at least
+that reduction. Only rows with a checkpoint are candidates, so the choice can always be
+loaded: ``load_choice(row, tracking_uri)`` downloads that checkpoint and rebuilds the network
+from the trial's own logged Hydra config (``model._target_``), as a plain ``nn.Module``.
+
+>>> import pandas as pd
+>>> rows = pd.DataFrame({"run_id": ["a"] * 3, "iteration": [0, 1, 2], "reduction": [0.0, 0.5, 0.8],
+...                      "validation_accuracy": [97.0, 96.5, 94.0], "checkpoint": [None, "c1", "c2"]})
+>>> float(choose(rows, max_drop=1.0)["reduction"]), int(choose(rows, min_reduction=0.6)["iteration"])
+(0.5, 2)
+"""
+
+from __future__ import annotations
+
+import os
+from unittest.mock import patch
+
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from prune_core import load_pruned
+
+
+def accuracy_drop(table: pd.DataFrame, metric: str = "validation_accuracy") -> pd.Series:
+    """Points lost against the same run's unpruned network (its iteration 0)."""
+    if metric not in table:
+        logged = [c for c in table.columns if c.startswith("validation_")]
+        raise ValueError(f"metric {metric!r} is not logged; logged metrics: {logged}")
+    baseline = table.loc[table["iteration"] == 0].set_index("run_id")[metric]
+    return table["run_id"].map(baseline) - table[metric]
+
+
+def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: float | None = None,
+           metric: str = "validation_accuracy") -> pd.Series:
+    """The row to ship under one rule (see the module docstring)."""
+    if (max_drop is None) == (min_reduction is None):
+        raise ValueError("give exactly one rule: max_drop (points of accuracy) or min_reduction (0..1)")
+    drop = accuracy_drop(table, metric)
+    loadable = table["checkpoint"].notna()
+    if max_drop is not None:
+        candidates = table[loadable & (drop <= max_drop)]
+        if candidates.empty:
+            raise ValueError(f"no row loses at most {max_drop} points of {metric}")
+        return candidates.sort_values(["reduction", metric], ascending=False).iloc[0]
+    candidates = table[loadable & (table["reduction"] >= min_reduction)]
+    if candidates.empty:
+        raise ValueError(f"no row with a checkpoint reaches a reduction of {min_reduction} "
+                         f"(the highest is {table['reduction'].max():.3f})")
+    return candidates.sort_values([metric, "reduction"], ascending=False).iloc[0]
+
+
+def run_config(run_id: str, tracking_uri: str) -> DictConfig:
+    """The Hydra config a run was made with (its ``hydra/config.yaml`` artifact)."""
+    with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        return OmegaConf.load(MlflowClient(tracking_uri).download_artifacts(run_id, "hydra/config.yaml"))
+
+
+def validation_accuracy(model: nn.Module, config: DictConfig) -> float:
+    """Accuracy (%) of ``model`` on the validation split of the run's own data config."""
+    data = instantiate(config.data)
+    with torch.no_grad():
+        predicted = model.eval()(data["x_val"]).argmax(1)
+    return 100.0 * float((predicted == data["y_val"]).float().mean())
+
+
+def load_choice(row: pd.Series, tracking_uri: str) -> nn.Module:
+    """The chosen network: its checkpoint, rebuilt from the trial's logged config (eval mode)."""
+    client = MlflowClient(tracking_uri)
+    config = run_config(row["run_id"], tracking_uri)
+    build = lambda: instantiate(config.model)  # noqa: E731
+    if not isinstance(row.get("checkpoint"), str):
+        raise ValueError(f"run {row['run_id']} iteration {row['iteration']} has no checkpoint to load")
+    with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        path = client.download_artifacts(row["run_id"], row["checkpoint"])
+    return load_pruned(path, build).eval()

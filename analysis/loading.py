@@ -1,0 +1,148 @@
+"""An MLflow experiment as one table: a row per (trial, pruning iteration).
+
+Every pruning iteration of every trial is a candidate compression level, so ``load_experiment``
+reads each run's ``tables/pruning_history.json`` artifact (written by ``sweeps.run``) and
+joins it with the run's identity and its hyperparameters:
+
+- ``trial`` (the Optuna trial number; -1 for a single run), ``run_id``, ``study``, ``status``,
+  ``stop_reason``, and ``returned`` (True on the iteration whose network the run returned);
+- the hyperparameters that differ between runs, typed (numbers as numbers, ``None`` as NaN);
+- ``iteration``, ``learnables``, ``reduction``, ``validation_<loss|metric>`` and the rest of
+  the pruning history;
+- ``checkpoint``: the artifact path of that iteration's checkpoint (None when it has none).
+
+Failed and still-running trials are left out unless ``include_unfinished=True``; their
+numbers are in ``Experiment.unfinished``. A study resumed several times (several parent runs)
+is one experiment: trials are identified by their tags, not by their parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest.mock import patch
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+HISTORY = "tables/pruning_history.json"
+RETURNS_PREVIOUS = ("Validation threshold crossed.", "Training loss is not finite.")
+ROLE, TRIAL, STUDY = "taylorprune.role", "taylorprune.trial", "taylorprune.study"
+
+
+@dataclass
+class Experiment:
+    """The rows (``table``), the swept hyperparameters and what was left out."""
+
+    name: str
+    tracking_uri: str
+    table: pd.DataFrame
+    hyperparameters: list[str]
+    unfinished: dict[str, int] = field(default_factory=dict)  # status -> number of runs left out
+
+    @property
+    def metrics(self) -> list[str]:
+        """The logged validation columns (``validation_loss``, ``validation_accuracy``, ...)."""
+        return [c for c in self.table.columns if c.startswith("validation_")]
+
+
+def typed(value: str):
+    """An MLflow param string as the value it was: int, float, bool, None or str."""
+    if value in ("None", "null"):
+        return None
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def resolve_uri(tracking_uri: str | None) -> str:
+    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the embedded ``sqlite:///<cwd>/mlflow.db``."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ValueError(f"tracking URI {uri!r}: there is no MLflow store at {uri.removeprefix('sqlite:///')!r}")
+    return uri
+
+
+def _client(uri: str) -> MlflowClient:
+    client = MlflowClient(uri)
+    try:
+        with patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            client.search_experiments(max_results=1)
+    except Exception as exc:
+        raise ValueError(f"tracking URI {uri!r} cannot be reached: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    return client
+
+
+def _numeric(column: pd.Series) -> pd.Series:
+    try:
+        return pd.to_numeric(column)
+    except (TypeError, ValueError):
+        return column
+
+
+def _history(client: MlflowClient, run) -> pd.DataFrame:
+    with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        path = client.download_artifacts(run.info.run_id, HISTORY)
+    with open(path) as handle:
+        payload = json.load(handle)
+    return pd.DataFrame(payload["data"], columns=payload["columns"])
+
+
+def load_experiment(name: str, tracking_uri: str | None = None, include_unfinished: bool = False) -> Experiment:
+    """Load experiment ``name`` (see the module docstring)."""
+    uri = resolve_uri(tracking_uri)
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        known = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"experiment {name!r} does not exist at {uri}; experiments there: {known}")
+    found = client.search_runs([experiment.experiment_id], max_results=50_000)
+    jobs = [r for r in found if r.data.tags.get(ROLE) in ("trial", "single")]
+    unfinished: dict[str, int] = {}
+    rows, params = [], []
+    for run in jobs:
+        if run.info.status != "FINISHED":
+            unfinished[run.info.status] = unfinished.get(run.info.status, 0) + 1
+            if not include_unfinished:
+                continue
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
+        if HISTORY not in artifacts:
+            continue
+        history = _history(client, run)
+        checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+        history["checkpoint"] = [path if (path := f"checkpoints/pruned_iteration_{int(k):03d}.pt") in checkpoints
+                                 else None for k in history["iteration"]]
+        stop = run.data.tags.get("taylorprune.stop_reason", "")
+        last = int(history["iteration"].max()) - (1 if stop in RETURNS_PREVIOUS else 0)
+        history["returned"] = history["iteration"] == last
+        history.insert(0, "stop_reason", stop)
+        history.insert(0, "status", run.info.status)
+        history.insert(0, "study", run.data.tags.get(STUDY))
+        history.insert(0, "run_id", run.info.run_id)
+        history.insert(0, "trial", int(run.data.tags.get(TRIAL, -1)))
+        rows.append(history)
+        params.append((run.info.run_id, run.data.params))
+    if not rows:
+        raise ValueError(f"experiment {name!r} has no finished trials with a pruning history "
+                         f"(runs left out by status: {unfinished or 'none'})")
+    table = pd.concat(rows, ignore_index=True)
+    values = pd.DataFrame({run_id: {k: typed(v) for k, v in p.items()} for run_id, p in params}).T
+    varying = [k for k in values.columns if values[k].astype(str).nunique() > 1]
+    swept = values[varying].apply(_numeric)
+    table = table.merge(swept, left_on="run_id", right_index=True, how="left")
+    table = table.sort_values(["trial", "run_id", "iteration"], ignore_index=True)
+    return Experiment(name, uri, table, varying, unfinished)
+
+
+def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its returned level and how long its pruning took (``time_s`` of the last iteration)."""
+    finals = table[table["returned"]].set_index("run_id")
+    seconds = table.groupby("run_id")["time_s"].max().rename("seconds")
+    return finals.join(seconds).reset_index().sort_values("trial", ignore_index=True)
