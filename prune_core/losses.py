@@ -82,7 +82,3 @@ def resolve_loss(loss: str | Callable) -> LossFn:
         return lambda outputs, targets: loss(*outputs, *targets)
     raise TypeError(f"loss must be a loss name or a callable, got {type(loss).__name__} {loss!r}")
 
-
-def classification_loss(loss: str | Callable) -> bool:
-    """Whether a loss name is a classification loss (accuracy then makes sense as a metric)."""
-    return isinstance(loss, str) and loss.lower().endswith("crossentropy")
