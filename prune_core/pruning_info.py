@@ -86,7 +86,9 @@ class PruningRecord:
         self.log = TrainingLog()
         self.checkpoints: list[Path] = []
         self.seconds = {"scoring": 0.0, "checkpoints": 0.0}
-        reachable = min(goal, prunable.graph.learnables_removed(prunable.graph.max_removal()) / self.original)
+        reachable = goal
+        if verbosity == "summary":  # the bar's end: the goal, or the most that can go
+            reachable = min(goal, prunable.graph.learnables_removed(prunable.graph.max_removal()) / self.original)
         self.bar = tqdm(total=round(100 * reachable, 1), disable=verbosity != "summary", unit="%",
                         desc="pruning", bar_format="{desc}: {n:.1f}/{total:.1f}% fewer learnables |{bar}| {elapsed}")
 

@@ -88,7 +88,7 @@ def run_job(cfg: DictConfig):
     result = objective_values(cfg, info)
     log.info(f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
              f"objectives {dict(zip(cfg.sweep.objectives, result['values'] if isinstance(result, dict) else result))}")
-    if not HydraConfig.get().mode.name == "MULTIRUN":
+    if HydraConfig.get().mode.name != "MULTIRUN":
         print(f"\nResults: {output_dir}\nMLflow:  mlflow ui --backend-store-uri {uri}")
     if any(not math.isfinite(v) for v in (result["values"] if isinstance(result, dict) else result)):
         raise RuntimeError(f"objectives are not finite: {result}")

@@ -169,14 +169,10 @@ def history_metrics(info: PruningInfo) -> list[Metric]:
     for row in pruning.itertuples(index=False):
         values = row._asdict()
         metrics += [Metric(f"pruning/{k}", float(values[k]), now, int(values["iteration"])) for k in keys]
-    training = info.training_history
-    for column in (c for c in training.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
-        metrics += [Metric(f"train/{column}", float(v), now, int(step))
-                    for v, step in zip(training[column], training["iteration"], strict=True)]
-    validation = info.validation_history
-    for column in (c for c in validation.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
-        metrics += [Metric(f"validation/{column}", float(v), now, int(step))
-                    for v, step in zip(validation[column], validation["iteration"], strict=True)]
+    for prefix, table in (("train", info.training_history), ("validation", info.validation_history)):
+        for column in (c for c in table.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
+            metrics += [Metric(f"{prefix}/{column}", float(v), now, int(step))
+                        for v, step in zip(table[column], table["iteration"], strict=True)]
     return metrics
 
 
