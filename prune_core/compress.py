@@ -149,10 +149,11 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     n_scoring = min(100 if num_importance_score_iterations == "auto" else num_importance_score_iterations, batches)
     best, best_row, stop, phase = copy.deepcopy(model), 0, None, "pruning"
     run.record(0, 0, {}, run.validate_start())
+    goal_learnables, step_learnables = (math.ceil(fraction * run.original - 1e-9) for fraction in (goal, increment))
     iteration = 0
     try:
         while stop is None:
-            if run.removed() >= math.ceil(goal * run.original - 1e-9):
+            if run.removed() >= goal_learnables:
                 stop = STOP_GOAL
                 break
             iteration += 1
@@ -162,8 +163,7 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
                 stop, model = STOP_DIVERGED, best
                 break
             timing["scoring_s"] = time.perf_counter() - started
-            goal_left = math.ceil(goal * run.original - 1e-9) - run.removed()
-            budget = min(math.ceil(increment * run.original - 1e-9), goal_left)
+            budget = min(step_learnables, goal_learnables - run.removed())
             started = time.perf_counter()
             chosen = prunable.choose(learnables=budget, floors=floors)
             if not chosen:
@@ -192,7 +192,9 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
         stop = STOP_INTERRUPTED
         if phase != "fine-tuning":
             model = best
-        else:
+        else:  # the current network, part-way through its fine-tuning: its row closes the history
+            if run.rows[-1]["iteration"] != iteration:
+                run.record(iteration, len(chosen), timing, None)
             best_row = len(run.rows) - 1
     return model, run.finish(model, stop, best_row, plots, plots_path)
 

@@ -125,7 +125,8 @@ def test_output_fn_and_ctrl_c_return_the_current_network(trained):
     pruned, info = compress_network(net, x, y, "crossentropy", options(output_fn=interrupt), increment=0.1,
                                     verbosity="off")
     assert info.stop_reason == "Stopped manually."
-    assert learnables(pruned) < history_learnables(info, 2), "the current (third) pruning is kept"
+    assert info.returned_iteration == 3 and learnables(pruned) == history_learnables(info, 3) < history_learnables(
+        info, 2), "the current (third) pruning is kept"
     assert info.training_history["pruning_iteration"].max() == 3
 
 
