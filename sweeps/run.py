@@ -68,6 +68,10 @@ def run_job(cfg: DictConfig):
     tracking.check_reachable(uri)
     data = load_data(cfg)
     validation = (data["x_val"], data["y_val"]) if all(k in data for k in VALIDATION_KEYS) else None
+    needs_validation = [n for n in [*cfg.sweep.objectives, *cfg.sweep.constraints] if n.startswith("validation_")]
+    if validation is None and needs_validation:
+        raise ValueError(f"sweep objectives/constraints {needs_validation} need validation data, but "
+                         f"data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
     options = TrainingOptions(**OmegaConf.to_container(cfg.training, resolve=True), validation_data=validation,
                               seed=cfg.seed)
     base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
@@ -86,11 +90,12 @@ def run_job(cfg: DictConfig):
         if info.stop_reason == STOP_INTERRUPTED:  # logged as far as it went; the run is KILLED, a study stops
             raise KeyboardInterrupt
     result = objective_values(cfg, info)
+    values = result["values"] if isinstance(result, dict) else result
     log.info(f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
-             f"objectives {dict(zip(cfg.sweep.objectives, result['values'] if isinstance(result, dict) else result))}")
+             f"objectives {dict(zip(cfg.sweep.objectives, values))}")
     if HydraConfig.get().mode.name != "MULTIRUN":
         print(f"\nResults: {output_dir}\nMLflow:  mlflow ui --backend-store-uri {uri}")
-    if any(not math.isfinite(v) for v in (result["values"] if isinstance(result, dict) else result)):
+    if not all(math.isfinite(v) for v in values):
         raise RuntimeError(f"objectives are not finite: {result}")
     return result
 

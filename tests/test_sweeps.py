@@ -132,6 +132,8 @@ def test_user_dataset_and_model_through_target(tmp_path):
                                                                   "o.db' cannot be opened"),
     (["data=custom", "data._target_=tests.sweep_helpers.train_only", "pruning.validation_threshold=80"], False,
      "pruning.validation_threshold=80 needs validation data"),
+    (["data=custom", "data._target_=tests.sweep_helpers.train_only"], False,
+     "sweep objectives/constraints ['validation_accuracy'] need validation data"),
     (["hydra.sweeper.params={pruning.validation_threshold: 'interval(80, 90)'}", "data=custom",
       "data._target_=tests.sweep_helpers.train_only", "hydra.sweeper.n_trials=1"], True, "needs validation data"),
 ])
