@@ -8,22 +8,21 @@ of validation accuracy of the unpruned network.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from analysis import choose, load_experiment, pareto_front
 from analysis.plots import front_figure, hyperparameters_figure, progress_figure, trajectories_figure
+from prune_core.atomic import atomic_path
 
 
 def write(path: Path, content) -> None:
-    """Through a temporary name, then renamed: nothing half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if hasattr(content, "savefig"):
-        content.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
-    else:
-        content.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    """A figure (PNG) or a table (CSV), through a temporary name: nothing half-written."""
+    with atomic_path(path) as tmp:
+        if hasattr(content, "savefig"):
+            content.savefig(tmp, dpi=110)
+        else:
+            content.to_csv(tmp, index=False)
 
 
 def main(argv: list[str] | None = None) -> int:

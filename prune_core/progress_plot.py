@@ -10,11 +10,12 @@ directly (no pyplot state, no display needed). ``save_figure`` writes it atomica
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+
+from prune_core.atomic import atomic_path
 
 
 def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, validation: pd.DataFrame,
@@ -53,12 +54,6 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"plots_path {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

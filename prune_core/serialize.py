@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from prune_core.atomic import atomic_path
 from prune_core.surgery import channel_attributes
 
 FORMAT = "taylorprune.pruned-model/1"
@@ -51,14 +51,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, extra: dict | None = 
     spec = pruned_spec(model)
     spec["extra"] = extra or {}
     payload = {"spec": json.dumps(spec), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_pruned(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
