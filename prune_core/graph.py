@@ -165,19 +165,10 @@ class ChannelGraph:
 
     def learnables_removed(self, unit_ids: Iterable[int]) -> int:
         """Exact number of parameters that removing these units deletes (entries belong to one unit each)."""
-        removed_per_site: dict[tuple[str, int], int] = {}
+        tally = RemovalTally(self)
         for uid in unit_ids:
-            for key, count in self.units[uid].counts.items():
-                if key[0] in self.param_shapes:
-                    removed_per_site[key] = removed_per_site.get(key, 0) + count
-        per_param: dict[str, dict[int, int]] = {}
-        for (name, dim), count in removed_per_site.items():
-            per_param.setdefault(name, {})[dim] = count
-        removed = 0
-        for name, dims in per_param.items():
-            shape = self.param_shapes[name]
-            removed += math.prod(shape) - math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
-        return removed
+            tally.add(uid)
+        return tally.total
 
     def unit_cost(self, uid: int) -> int:
         """Parameters removed by this unit alone."""
@@ -221,6 +212,28 @@ class ChannelGraph:
         order = sorted((u.id for u in units), key=lambda uid: -self.unit_cost(uid))
         return self.greedy_removal(order)
 
+
+class RemovalTally:
+    """Exact learnables removed by a growing set of units (no entry counted twice)."""
+
+    def __init__(self, graph: ChannelGraph) -> None:
+        self.graph = graph
+        self.removed_dims: dict[str, dict[int, int]] = {}
+        self.per_param: dict[str, int] = {}
+        self.total = 0
+
+    def add(self, uid: int) -> None:
+        touched = set()
+        for (name, dim), count in self.graph.units[uid].counts.items():
+            if name in self.graph.param_shapes:
+                dims = self.removed_dims.setdefault(name, {})
+                dims[dim] = dims.get(dim, 0) + count
+                touched.add(name)
+        for name in touched:
+            shape, dims = self.graph.param_shapes[name], self.removed_dims[name]
+            removed = math.prod(shape) - math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
+            self.total += removed - self.per_param.get(name, 0)
+            self.per_param[name] = removed
 
 def _selected(counts: dict[tuple[str, int], int], sites: dict[tuple[str, int], Site], names: list[str]) -> bool:
     """Whether a unit shrinks a named layer (or one inside it) other than through its inputs."""

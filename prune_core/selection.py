@@ -27,40 +27,9 @@ import math
 
 import numpy as np
 
-from prune_core.graph import ChannelGraph
+from prune_core.graph import ChannelGraph, RemovalTally
 
 ALLOCATIONS = ("global", "uniform")
-
-
-class RemovalTally:
-    """Exact learnables removed by a growing set of units (no entry counted twice)."""
-
-    def __init__(self, graph: ChannelGraph) -> None:
-        self.graph = graph
-        self.removed_dims: dict[str, dict[int, int]] = {}
-        self.per_param: dict[str, int] = {}
-        self.total = 0
-
-    @classmethod
-    def of(cls, graph: ChannelGraph, unit_ids: list[int]) -> int:
-        """Exact learnables removed by ``unit_ids``."""
-        tally = cls(graph)
-        for uid in unit_ids:
-            tally.add(uid)
-        return tally.total
-
-    def add(self, uid: int) -> None:
-        touched = set()
-        for (name, dim), count in self.graph.units[uid].counts.items():
-            if name in self.graph.param_shapes:
-                dims = self.removed_dims.setdefault(name, {})
-                dims[dim] = dims.get(dim, 0) + count
-                touched.add(name)
-        for name in touched:
-            shape, dims = self.graph.param_shapes[name], self.removed_dims[name]
-            removed = math.prod(shape) - math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
-            self.total += removed - self.per_param.get(name, 0)
-            self.per_param[name] = removed
 
 
 def choose_units(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None = None,
@@ -111,10 +80,11 @@ def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int,
         order[picked] = scores[picked]
         return choose_units(graph, order, floors=floors)
 
+    everything = take(1.0)
+    if graph.learnables_removed(everything) < learnables:
+        return everything
     low, high = 0.0, 1.0
-    if RemovalTally.of(graph, take(high)) < learnables:
-        return take(high)
     for _ in range(30):
         mid = (low + high) / 2
-        low, high = (low, mid) if RemovalTally.of(graph, take(mid)) >= learnables else (mid, high)
+        low, high = (low, mid) if graph.learnables_removed(take(mid)) >= learnables else (mid, high)
     return take(high)
