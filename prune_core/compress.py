@@ -47,7 +47,7 @@ from prune_core.options import TrainingOptions
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PLOTS, VERBOSITY, PruningInfo, PruningRecord
 from prune_core.selection import filter_floors
-from prune_core.training import fine_tune
+from prune_core.training import fine_tune, to_device
 
 STOP_GOAL = "Learnables reduction goal reached."
 STOP_MAXIMUM = "Maximum compression reached."
@@ -138,7 +138,7 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
         torch.manual_seed(options.seed)
         generator.manual_seed(options.seed)
     model = copy.deepcopy(model).to(options.torch_device())
-    example = tuple(x.to(options.torch_device()) for x in source.first_inputs(2))
+    example = to_device(source.first_inputs(2), options.torch_device())
     prunable = TaylorPrunableNetwork(model, example, layer_names=layer_names, leaf_modules=leaf_modules,
                                      criterion=criterion, normalization=normalization,
                                      per_learnable=per_learnable, allocation=allocation, seed=options.seed or 0)

@@ -32,6 +32,7 @@ from prune_core.importance import CRITERIA, TaylorAccumulator, filter_l1, normal
 from prune_core.losses import resolve_loss
 from prune_core.selection import ALLOCATIONS, choose_uniform, choose_units
 from prune_core.surgery import remove_units
+from prune_core.training import forward_outputs
 
 
 class TaylorPrunableNetwork:
@@ -90,8 +91,7 @@ class TaylorPrunableNetwork:
     def score_batch(self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], loss_fn) -> float:
         """``update_score`` with a resolved loss function (used by ``compress_network``)."""
         with self.scoring() as live:
-            out = self.model(*inputs)
-            value = loss_fn(tuple(out) if isinstance(out, (tuple, list)) else (out,), targets)
+            value = loss_fn(forward_outputs(self.model, inputs), targets)
             if live:
                 torch.autograd.grad(value, live, allow_unused=True)
         return float(value.detach())

@@ -24,7 +24,7 @@ from prune_core.options import TrainingOptions
 from prune_core.progress_plot import pruning_progress_figure, save_figure
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.serialize import save_pruned
-from prune_core.training import TrainingLog, evaluate
+from prune_core.training import TrainingLog, evaluate, to_device
 
 VERBOSITY = ("summary", "pruning", "training", "off")
 PLOTS = ("none", "pruning-progress")
@@ -104,8 +104,7 @@ class PruningRecord:
         try:
             for inputs, targets in self.source.batches(self.options.mini_batch_size, self.options.shuffle,
                                                        self.generator, limit=batches):
-                loss = self.prunable.score_batch(tuple(x.to(device) for x in inputs),
-                                                 tuple(t.to(device) for t in targets), self.loss_fn)
+                loss = self.prunable.score_batch(to_device(inputs, device), to_device(targets, device), self.loss_fn)
                 if not math.isfinite(loss):
                     return False
         finally:

@@ -65,11 +65,13 @@ class FineTuneOutcome:
     validation: dict | None = None
 
 
-def _to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every tensor of a batch part on ``device``."""
     return tuple(t.to(device, non_blocking=True) for t in tensors)
 
 
-def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def forward_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The network's outputs on ``inputs``, always as a tuple (several outputs are allowed)."""
     out = model(*inputs)
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -84,8 +86,8 @@ def evaluate(model: nn.Module, source: DataSource, loss_fn: LossFn, metrics: tup
     sums = {m.name: [0.0, 0] for m in metrics}
     try:
         for inputs, targets in source.batches(batch_size):
-            inputs, targets = _to_device(inputs, device), _to_device(targets, device)
-            outputs = _outputs(model, inputs)
+            inputs, targets = to_device(inputs, device), to_device(targets, device)
+            outputs = forward_outputs(model, inputs)
             n = len(targets[0])
             loss_sum += float(loss_fn(outputs, targets)) * n
             count += n
@@ -158,7 +160,7 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
             for group in optimizer.param_groups:
                 group["lr"] = learn_rate
             for inputs, targets in source.batches(options.mini_batch_size, options.shuffle, generator):
-                inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+                inputs, targets = to_device(inputs, device), to_device(targets, device)
                 loss, outputs = _step(model, optimizer, params, loss_fn, options, inputs, targets)
                 log.iteration += 1
                 row = {"pruning_iteration": pruning_iteration, "epoch": epoch + 1, "iteration": log.iteration,
@@ -195,7 +197,7 @@ def _step(model, optimizer, params, loss_fn, options, inputs, targets):
 
         def closure():
             optimizer.zero_grad(set_to_none=True)
-            outputs = _outputs(model, inputs)
+            outputs = forward_outputs(model, inputs)
             loss = loss_fn(outputs, targets)
             if options.l2_regularization:
                 loss = loss + 0.5 * options.l2_regularization * sum(p.square().sum() for p in params)
@@ -207,7 +209,7 @@ def _step(model, optimizer, params, loss_fn, options, inputs, targets):
         optimizer.step(closure)
         return seen["result"]
     optimizer.zero_grad(set_to_none=True)
-    outputs = _outputs(model, inputs)
+    outputs = forward_outputs(model, inputs)
     loss = loss_fn(outputs, targets)
     loss.backward()
     clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
