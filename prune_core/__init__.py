@@ -20,6 +20,7 @@ from prune_core.report import CompressionReport, analyze_compression
 from prune_core.serialize import load_pruned, read_pruned, save_pruned
 from prune_core.surgery import remove_units
 from prune_core.tracing import TraceFailure
+from prune_core.verify import SurgeryMismatch
 
 __all__ = [
     "ChannelGraph",
@@ -27,6 +28,7 @@ __all__ = [
     "ExampleInputMismatch",
     "Metric",
     "PruningInfo",
+    "SurgeryMismatch",
     "TaylorPrunableNetwork",
     "TrainingOptions",
     "TraceFailure",

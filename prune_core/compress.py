@@ -109,7 +109,7 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
                      checkpoint_frequency: int = 1, verbosity: str = "summary", plots: str = "none",
                      plots_path=None, criterion: str = "taylor", normalization: str = "l2",
                      per_learnable: bool = False, allocation: str = "global", min_filter_fraction: float = 0.0,
-                     leaf_modules: Iterable[str | type] = ()) -> tuple[nn.Module, PruningInfo]:
+                     leaf_modules: Iterable[str | type] = (), verify: bool = True) -> tuple[nn.Module, PruningInfo]:
     """Prune ``model`` iteratively; returns ``(pruned_model, info)``. See the module docstring.
 
     Call as ``compress_network(model, data, loss, options, ...)`` with ``data`` a DataLoader,
@@ -120,7 +120,9 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     figure; ``criterion`` ("taylor", "l1", "random"), ``normalization`` ("l2", "none"),
     ``per_learnable``, ``allocation`` ("global" or "uniform", see ``TaylorPrunableNetwork``) and
     ``min_filter_fraction`` (each layer keeps at least this fraction of its original filters)
-    change how filters are chosen; ``leaf_modules`` is as in ``ChannelGraph.build``.
+    change how filters are chosen; ``leaf_modules`` is as in ``ChannelGraph.build``. Every
+    surgery is checked on the first two training examples (``SurgeryMismatch`` if a pruned
+    network is not the zeroed original; nothing is returned then); ``verify=False`` skips it.
     """
     targets, loss, options = _parse_positional(args)
     options = TrainingOptions() if options is None else options
@@ -141,8 +143,9 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     example = to_device(source.first_inputs(2), options.torch_device())
     prunable = TaylorPrunableNetwork(model, example, layer_names=layer_names, leaf_modules=leaf_modules,
                                      criterion=criterion, normalization=normalization,
-                                     per_learnable=per_learnable, allocation=allocation, seed=options.seed or 0)
-    _require_prunable(prunable)
+                                     per_learnable=per_learnable, allocation=allocation, seed=options.seed or 0,
+                                     verify=verify)
+    prunable.require_prunable()
     run = PruningRecord(prunable, source, validation, loss_fn, options, goal, verbosity, generator)
     floors = filter_floors(prunable.graph, min_filter_fraction)
     batches = source.num_batches(options.mini_batch_size)
@@ -198,16 +201,3 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
             best_row = len(run.rows) - 1
     return model, run.finish(model, stop, best_row, plots, plots_path)
 
-
-def _require_prunable(prunable: TaylorPrunableNetwork) -> None:
-    graph = prunable.graph
-    if prunable.num_prunables == 0:
-        reasons = sorted({r for u in graph.units for r in u.reasons})
-        if not graph.units:
-            why = "it has no convolution filters the analysis can see"
-        elif not reasons:
-            why = "every prunable layer has a single filter left"
-        else:
-            why = "; ".join(reasons[:5])
-        raise ValueError(f"model has nothing to prune: {why}. Run prune_core.analyze_compression(model, example) "
-                         "for the full report")

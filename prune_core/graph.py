@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prune_core.preserve import preserved
 from prune_core.propagate import ChannelPropagation, Site
 from prune_core.tracing import example_inputs, trace_model
 
@@ -71,6 +72,7 @@ class ChannelGraph:
     grouped_convs: dict[str, int] = field(default_factory=dict)
     norm_groups: dict[str, int] = field(default_factory=dict)
     renormalizing: set[str] = field(default_factory=set)
+    example_input: tuple[torch.Tensor, ...] = ()  # what the analysis ran on; the surgery check reuses it
 
     @classmethod
     def build(
@@ -90,21 +92,21 @@ class ChannelGraph:
         """
         inputs = example_inputs(model, example_input)
         names = resolve_layer_names(model, layer_names)
-        gm = trace_model(model, leaf_modules)
-        prop = ChannelPropagation(gm, model)
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
         collecting = gc.isenabled()
         gc.disable()  # the analysis allocates many small objects and frees none of them
         try:
-            with torch.no_grad():
-                prop.run(*inputs)
-            return cls._from_propagation(model, prop, names)
+            with preserved(model):  # traced-through modules may update buffers as they run
+                gm = trace_model(model, leaf_modules, inputs)
+                prop = ChannelPropagation(gm, model)
+                model.eval()
+                with torch.no_grad():
+                    prop.run(*inputs)
+            graph = cls._from_propagation(model, prop, names)
         finally:
-            for module, mode in modes.items():
-                module.training = mode
             if collecting:
                 gc.enable()
+        graph.example_input = inputs
+        return graph
 
     @classmethod
     def _from_propagation(cls, model: nn.Module, prop: ChannelPropagation, names: list[str] | None) -> ChannelGraph:

@@ -111,6 +111,10 @@ SPLIT_FUNCTIONS = {torch.chunk, torch.split}
 SPLIT_METHODS = {"chunk", "split"}
 SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 SOFTMAX_METHODS = {"softmax", "log_softmax"}
+NORM_FUNCTIONS = {
+    F.batch_norm: "channel_norm_function", F.instance_norm: "channel_norm_function",
+    F.group_norm: "group_norm_function", F.layer_norm: "layer_norm_function",
+}
 
 
 def function_kind(target) -> str | None:
@@ -129,8 +133,8 @@ def function_kind(target) -> str | None:
             return kind
     if target is operator.getitem:
         return "getitem"
-    if target is F.layer_norm:
-        return "layer_norm_function"
+    if target in NORM_FUNCTIONS:
+        return NORM_FUNCTIONS[target]
     if f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in ELEMENTWISE_FUNCTION_NAMES:
         return "elementwise"
     return None

@@ -452,12 +452,67 @@ class ChannelPropagation(fx.Interpreter):
         m, fqn, lab = self._modules[n.target], n.target, lab_args[0]
         out = self._norm_sites(fqn, lab, m.num_channels, ("weight", "bias"), "num_channels")
         if out is not None:
-            # Channels normalised together go together: whole groups are removed.
-            vector, per = along(lab, 1, m.num_channels), m.num_channels // m.num_groups
-            for k in range(m.num_groups):
-                self.slots.unify_all(vector[k * per:(k + 1) * per])
-            self.norm_groups[fqn] = per
+            self._tie_norm_groups(fqn, along(lab, 1, m.num_channels), m.num_groups)
         return out
+
+    def _tie_norm_groups(self, fqn: str, vector: np.ndarray, num_groups: int) -> None:
+        """Channels normalised together go together: whole norm groups are removed."""
+        per = vector.size // num_groups
+        for k in range(num_groups):
+            self.slots.unify_all(vector[k * per:(k + 1) * per])
+        self.norm_groups[fqn] = per
+
+    # -- functional normalisation with a module's own tensors (timm's BatchNormAct2d, ...) ---
+    def _do_channel_norm_function(self, n, args, kwargs, lab_args, lab_kwargs, result):
+        """``F.batch_norm`` / ``F.instance_norm``: per channel along dim 1, like the modules."""
+        names = ("running_mean", "running_var", "weight", "bias")
+        tensors = [_arg(lab_args, lab_kwargs, i, name) for i, name in enumerate(names, start=1)]
+        return None if self._functional_norm(args[0], lab_args[0], tensors) is None else lab_args[0]
+
+    def _do_group_norm_function(self, n, args, kwargs, lab_args, lab_kwargs, result):
+        """``F.group_norm``: whole groups go, and the owning module's ``num_groups`` follows."""
+        tensors = [_arg(lab_args, lab_kwargs, 2, "weight"), _arg(lab_args, lab_kwargs, 3, "bias")]
+        owners = self._functional_norm(args[0], lab_args[0], tensors)
+        num_groups = _arg(args, kwargs, 1, "num_groups")
+        modules = [self._modules[name] for name in owners or ()]
+        if not modules or not all(getattr(m, "num_groups", None) == num_groups for m in modules):
+            return None  # the group count would not follow the pruning
+        vector = along(lab_args[0], 1, args[0].shape[1])
+        for name in owners:
+            self._tie_norm_groups(name, vector, num_groups)
+        return lab_args[0]
+
+    def _functional_norm(self, x, lab, tensors) -> list[str] | None:
+        """Channel-wise tensors of a functional norm follow the input's channels (dim 1).
+
+        ``tensors`` are the labels of the per-channel arguments: a parameter or buffer (a
+        site of its own, and the owning module's ``num_features``/``num_channels`` follows),
+        a computed per-channel tensor (its channels are tied to the input's) or None. Returns
+        the owning modules, or None when the layout is not understood.
+        """
+        size = x.shape[1] if isinstance(x, torch.Tensor) and x.ndim >= 2 else 0
+        vector = along(lab, 1, size) if isinstance(lab, np.ndarray) and size else None
+        if vector is None:
+            return None
+        owners = []
+        for tensor in tensors:
+            if isinstance(tensor, ParamRef):
+                if tensor.shape != (size,):
+                    return None
+                self._site(tensor.name, 0, vector, "follower")
+                owners.append(tensor.name.rpartition(".")[0])
+            elif isinstance(tensor, np.ndarray):
+                channels = along(tensor, 0, size) if tensor.ndim == 1 else None
+                if channels is None:
+                    return None
+                self.slots.unify_arrays(vector, channels)
+        owners = sorted(set(owners))
+        for name in owners:
+            module = self._modules.get(name)
+            for attribute in ("num_features", "num_channels"):
+                if getattr(module, attribute, None) == size:
+                    self._site(f"{name}.{attribute}", 0, vector, "follower", kind="attribute")
+        return owners
 
     def _do_layernorm(self, n, args, kwargs, lab_args, lab_kwargs, result):
         m, fqn, x = self._modules[n.target], n.target, args[0]

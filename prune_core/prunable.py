@@ -42,12 +42,14 @@ class TaylorPrunableNetwork:
     or "none"; ``per_learnable`` orders filters by score per learnable removed; ``allocation``
     "global" (default: lowest scores across all layers) or "uniform" (every group loses the same
     share of its filters; learnables budgets only). ``layer_names`` and ``leaf_modules`` are as
-    in ``ChannelGraph.build``.
+    in ``ChannelGraph.build``; ``verify=False`` skips the check after every surgery (see
+    ``remove_units``). Wrapping analyses ``model`` and leaves it as it is; ``prune`` shrinks it.
     """
 
     def __init__(self, model: nn.Module, example_input, *, layer_names: Iterable[str] | None = None,
                  leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "l2",
-                 per_learnable: bool = False, allocation: str = "global", seed: int = 0) -> None:
+                 per_learnable: bool = False, allocation: str = "global", seed: int = 0,
+                 verify: bool = True) -> None:
         if criterion not in CRITERIA:
             raise ValueError(f"criterion {criterion!r} is not supported; use one of {CRITERIA}")
         if allocation not in ALLOCATIONS:
@@ -58,7 +60,7 @@ class TaylorPrunableNetwork:
         self.layer_names = None if self.layer_names is None else list(self.layer_names)
         self.leaf_modules = tuple(leaf_modules)
         self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
-        self.allocation = allocation
+        self.allocation, self.verify = allocation, verify
         self._random = np.random.default_rng(seed)
         self.graph = self._build()
         self.taylor = TaylorAccumulator(self.graph)
@@ -114,7 +116,7 @@ class TaylorPrunableNetwork:
     def remove(self, unit_ids: list[int]) -> None:
         """Remove these units of ``graph``, then re-analyse the smaller model and reset the scores."""
         if unit_ids:
-            remove_units(self.model, self.graph, unit_ids)
+            remove_units(self.model, self.graph, unit_ids, verify=self.verify)
             self.graph = self._build()
         self.taylor = TaylorAccumulator(self.graph)
 
@@ -122,8 +124,23 @@ class TaylorPrunableNetwork:
         """Remove up to ``max_to_prune`` lowest-scoring filters; returns how many went."""
         if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
             raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
+        self.require_prunable()
         if self.criterion == "taylor" and self.taylor.examples == 0:
             raise RuntimeError("no scores yet: call update_score(...) or run a pass inside scoring() before prune()")
         chosen = self.choose(max_units=max_to_prune)
         self.remove(chosen)
         return len(chosen)
+
+    def require_prunable(self) -> None:
+        """Raise ValueError, with the analysis' reasons, when no filter can be pruned."""
+        if self.num_prunables > 0:
+            return
+        reasons = sorted({r for u in self.graph.units for r in u.reasons})
+        if not self.graph.units:
+            why = "it has no convolution filters the analysis can see"
+        elif not reasons:
+            why = "every prunable layer has a single filter left"
+        else:
+            why = "; ".join(reasons[:5])
+        raise ValueError(f"model has nothing to prune: {why}. Run prune_core.analyze_compression(model, example) "
+                         "for the full report")

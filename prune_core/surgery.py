@@ -6,6 +6,11 @@ updates the layers' channel attributes (``in_channels``, ``out_channels``, ``gro
 ``num_features``, ``in_features``, ...). The model keeps its classes and stays trainable and
 scriptable; any optimizer holding the old parameters must be rebuilt.
 
+Every surgery is checked (``verify``, on by default): on the graph's example input, the
+pruned model must equal the original with the removed channels zeroed at their consumers.
+If it does not, the model is put back exactly as it was and ``SurgeryMismatch`` names the
+units and layers involved.
+
 >>> import torch, torch.nn as nn
 >>> from prune_core.graph import ChannelGraph
 >>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Conv1d(8, 4, 3))
@@ -23,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.graph import ChannelGraph
+from prune_core.graph import ChannelGraph, owner
+from prune_core.verify import SurgeryMismatch, check_equivalent, reference_outputs
 
 # Channel-count attributes that follow the parameter shapes, per layer family.
 _CHANNEL_ATTRIBUTES = (
@@ -32,12 +38,44 @@ _CHANNEL_ATTRIBUTES = (
 )
 
 
-def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> None:
-    """Remove the channels of ``unit_ids`` (from ``graph``, built on this model) in place."""
+def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int], verify: bool = True) -> None:
+    """Remove the channels of ``unit_ids`` (from ``graph``, built on this model) in place.
+
+    ``verify=False`` skips the equivalence check (see the module docstring).
+    """
     unit_ids = list(unit_ids)
     graph.check_removal(unit_ids)
     plan = graph.removal_plan(unit_ids)
     modules = dict(model.named_modules())
+    if not verify:
+        _shrink(modules, graph, plan)
+        return
+    reference = reference_outputs(model, graph, unit_ids)
+    saved = {name: _state(modules[name]) for name in {owner(key[0]) for key in plan}}
+    try:
+        _shrink(modules, graph, plan)
+        check_equivalent(model, graph, unit_ids, reference)
+    except BaseException as exc:
+        for name, state in saved.items():
+            _restore(modules[name], state)
+        if isinstance(exc, SurgeryMismatch):
+            raise SurgeryMismatch(f"{exc} The network was left as it was.") from exc.__cause__
+        raise
+
+
+def _state(module: nn.Module) -> tuple[dict, dict, dict]:
+    return dict(module.__dict__), dict(module._parameters), dict(module._buffers)
+
+
+def _restore(module: nn.Module, state: tuple[dict, dict, dict]) -> None:
+    attributes, parameters, buffers = state
+    module.__dict__.update(attributes)
+    for current, saved in ((module._parameters, parameters), (module._buffers, buffers)):
+        current.clear()
+        current.update(saved)
+
+
+def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple[str, int], np.ndarray]) -> None:
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     attributes: dict[str, int] = {}
     for (name, dim), idx in plan.items():
@@ -81,7 +119,7 @@ def _sync_attributes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
             module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.GroupNorm) and name in graph.norm_groups:
+    elif name in graph.norm_groups:  # a GroupNorm, or a module calling F.group_norm with its own tensors
         module.num_groups = module.num_channels // graph.norm_groups[name]
 
 

@@ -10,6 +10,13 @@ nested submodules at any depth and functional code are seen operation by operati
 The model is traced in training mode, so that branches used only in training (auxiliary
 heads) are part of the graph and are kept consistent by surgery.
 
+Where symbolic tracing fails on Python control flow (``if x.shape[-1] != skip.shape[-1]:``,
+common in encoder-decoder and feature-pyramid models) and an example input is given, the
+model is traced again by ``_ConcreteTracer``: it runs every recorded operation on the example
+input as it goes, so a branch on shapes, sizes or lengths takes the example's path (the
+graph is specialised to it; the surgery check catches a branch that turns after pruning).
+A branch on tensor *values* is still refused: that control flow depends on the data.
+
 >>> import torch, torch.nn as nn
 >>> gm = trace_model(nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU()))
 >>> [n.op for n in gm.graph.nodes]
@@ -18,12 +25,15 @@ heads) are part of the graph and are kept consistent by surgery.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import fx, nn
+from torch.fx.node import map_arg
 
 from prune_core.ops import module_kind
+from prune_core.preserve import preserved
 
 
 class TraceFailure(ValueError):
@@ -53,11 +63,63 @@ class _ChannelTracer(fx.Tracer):
             raise
 
 
-def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
-    """Symbolically trace ``model`` (in training mode) into a GraphModule sharing its modules.
+class _ConcreteProxy(fx.Proxy):
+    """A proxy whose ``len`` is the length of its concrete value (a shape, a tuple, a batch)."""
+
+    def __len__(self) -> int:
+        return len(self.tracer.values[self.node])
+
+
+class _ConcreteTracer(_ChannelTracer):
+    """Traces while running every operation on the example input (see the module docstring)."""
+
+    def __init__(self, leaf_modules: set[str], leaf_types: tuple[type, ...], inputs: Sequence[torch.Tensor]) -> None:
+        super().__init__(leaf_modules, leaf_types)
+        self.inputs = list(inputs)
+        self.values: dict[fx.Node, object] = {}
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        args, kwargs = map_arg((args, kwargs), lambda a: self.values[a])
+        if kind == "placeholder":
+            position = sum(n.op == "placeholder" for n in self.values)
+            value = self.inputs[position] if position < len(self.inputs) else (args[0] if args else None)
+        elif kind == "get_attr":
+            value = operator.attrgetter(target)(self.root)
+        elif kind == "call_function":
+            value = target(*args, **kwargs)
+        elif kind == "call_method":
+            value = getattr(args[0], target)(*args[1:], **kwargs)
+        elif kind == "call_module":
+            value = self.root.get_submodule(target)(*args, **kwargs)
+        else:
+            value = None
+        self.values[node] = value
+        return node
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = self.values[obj.node]
+        if isinstance(value, torch.Tensor):  # a branch on tensor values: data-dependent, refused
+            return super().to_bool(obj)
+        return bool(value)
+
+    def iter(self, obj: fx.Proxy):
+        value = self.values[obj.node]
+        if isinstance(value, torch.Tensor):
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(value))])
+
+
+def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = (),
+                example_input: Sequence[torch.Tensor] | None = None) -> fx.GraphModule:
+    """Trace ``model`` (in training mode) into a GraphModule sharing its modules.
 
     ``leaf_modules`` names modules (dotted paths) or module classes that are not traced into;
-    their channels are left unpruned.
+    their channels are left unpruned. With ``example_input`` (a tuple of tensors), a model that
+    symbolic tracing refuses for shape-dependent control flow is traced concretely on it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -68,26 +130,34 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx
     if unknown:
         raise ValueError(f"leaf_modules names {unknown} that are not modules of the model")
     tracer = _ChannelTracer(names, types)
-    modes = {m: m.training for m in model.modules()}
-    model.train()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:
-        where = tracer.failed_at
-        place = f"the forward of `{where}` ({type(known[where]).__name__})" if where else "the model's forward"
-        fix = (
-            f"mark it as a leaf with leaf_modules=[{where!r}] (its channels are then not pruned)"
-            if where
-            else "make the forward traceable by torch.fx (no Python control flow on tensor values)"
-        )
-        raise TraceFailure(
-            f"could not trace the model: {place} raised {type(exc).__name__}: {exc}. To go on, {fix}, "
-            "or exclude it from pruning."
-        ) from exc
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with preserved(model):
+        model.train()
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:
+            if example_input is None:
+                raise _trace_failure(tracer, known, exc) from exc
+            concrete = _ConcreteTracer(names, types, example_input)
+            try:
+                graph = concrete.trace(model)
+            except Exception:
+                raise _trace_failure(tracer, known, exc) from exc
     return fx.GraphModule(model, graph)
+
+
+def _trace_failure(tracer: _ChannelTracer, known: dict[str, nn.Module], exc: Exception) -> TraceFailure:
+    """The error for a model neither tracer could trace, naming the module where it failed."""
+    where = tracer.failed_at
+    place = f"the forward of `{where}` ({type(known[where]).__name__})" if where else "the model's forward"
+    fix = (
+        f"mark it as a leaf with leaf_modules=[{where!r}] (its channels are then not pruned)"
+        if where
+        else "make the forward traceable by torch.fx (no Python control flow on tensor values)"
+    )
+    return TraceFailure(
+        f"could not trace the model: {place} raised {type(exc).__name__}: {exc}. To go on, {fix}, "
+        "or exclude it from pruning."
+    )
 
 
 def example_inputs(model: nn.Module, example_input) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,116 @@
+"""The surgery check: a pruned network must equal the original with the removed channels zeroed.
+
+Removing a unit is exactly zeroing its channels where they enter the layers that consume them
+(the input weights of the consuming convs and linears). ``reference_outputs`` runs the model
+*before* the surgery with those input weights zeroed (``torch.func.functional_call`` with
+zeroed copies: the model itself is not touched), and ``check_equivalent`` compares the pruned
+model's outputs with it on the graph's example input, in eval mode. ``remove_units`` runs both
+around every surgery and puts the model back as it was when they differ.
+
+Units that cross a layer norm over channels cannot be checked this way (the norm renormalises
+over the channels that remain, so pruning is not zeroing there): for those the check is that
+the pruned model runs and gives outputs of the same shapes, all finite where the reference is.
+
+>>> import torch, torch.nn as nn
+>>> from prune_core.graph import ChannelGraph
+>>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3)).eval()
+>>> graph = ChannelGraph.build(net, torch.randn(2, 1, 16))
+>>> reference = reference_outputs(net, graph, [1, 2])
+>>> with torch.no_grad():   # a correct surgery, by hand: filters 1 and 2 and their input channels
+...     net[0].weight, net[0].bias = nn.Parameter(net[0].weight[[0, 3]]), nn.Parameter(net[0].bias[[0, 3]])
+...     net[2].weight = nn.Parameter(net[2].weight[:, [0, 3]])
+>>> check_equivalent(net, graph, [1, 2], reference)    # silent when equal
+>>> with torch.no_grad():
+...     net[2].weight[0, 0] += 1.0
+>>> check_equivalent(net, graph, [1, 2], reference)   # doctest: +ELLIPSIS
+Traceback (most recent call last):
+prune_core.verify.SurgeryMismatch: the pruned network differs from the original with the removed channels zeroed ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from prune_core.graph import ChannelGraph
+from prune_core.preserve import preserved
+
+# Allowed difference, relative to the largest reference output (at least 1), per dtype.
+_RELATIVE_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class SurgeryMismatch(RuntimeError):
+    """A surgery gave a network that is not the original with the removed channels zeroed."""
+
+
+def _outputs(value) -> list[torch.Tensor]:
+    """Every tensor inside a model's output (a tensor, tuple, list, dict or named tuple)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _outputs(item)]
+    return []
+
+
+def _run(model: nn.Module, graph: ChannelGraph, replaced: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    with preserved(model), torch.no_grad():
+        model.eval()
+        if replaced:
+            return _outputs(functional_call(model, replaced, graph.example_input, strict=False))
+        return _outputs(model(*graph.example_input))
+
+
+def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> list[torch.Tensor]:
+    """``model``'s outputs on the example input with the units' channels zeroed at their consumers."""
+    params = dict(model.named_parameters())
+    zeroed: dict[str, torch.Tensor] = {}
+    for (name, dim), idx in graph.removal_plan(unit_ids).items():
+        if graph.sites[(name, dim)].role == "input" and name in params:
+            base = zeroed.get(name, params[name].detach())
+            zeroed[name] = base.index_fill(dim, torch.as_tensor(idx, device=base.device), 0.0)
+    return _run(model, graph, zeroed)
+
+
+def _involved(graph: ChannelGraph, unit_ids: Sequence[int]) -> str:
+    units = sorted(unit_ids)
+    producers = sorted({p for uid in units for p in graph.units[uid].producers})
+    members = sorted({m for uid in units for m in graph.units[uid].members} - set(producers))
+    shown = ", ".join(map(str, units[:12])) + (f", ... ({len(units)} in all)" if len(units) > 12 else "")
+    return (f"units [{shown}] (filters of {', '.join(f'`{p}`' for p in producers[:10]) or 'no layer'}; "
+            f"also shrinking {', '.join(f'`{m}`' for m in members[:10]) or 'nothing else'})")
+
+
+def check_equivalent(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int],
+                     reference: list[torch.Tensor]) -> None:
+    """Raise ``SurgeryMismatch`` unless the pruned ``model`` reproduces ``reference`` (see the module docstring)."""
+    advice = ("This is a fault of the channel analysis, not of your model: please report it. To go on, keep "
+              "the layers involved out of pruning (leaf_modules=[...] or layer_names=[...]).")
+    try:
+        pruned = _run(model, graph)
+    except Exception as exc:
+        raise SurgeryMismatch(f"the pruned network no longer runs on the example input after removing "
+                              f"{_involved(graph, unit_ids)}: {type(exc).__name__}: {exc}. {advice}") from exc
+    shapes = [tuple(t.shape) for t in reference], [tuple(t.shape) for t in pruned]
+    if shapes[0] != shapes[1]:
+        raise SurgeryMismatch(f"removing {_involved(graph, unit_ids)} changed the output shapes from {shapes[0]} "
+                              f"to {shapes[1]}. {advice}")
+    renormalized = any(set(graph.units[uid].members) & graph.renormalizing for uid in unit_ids)
+    for i, (ref, out) in enumerate(zip(reference, pruned)):
+        if not ref.is_floating_point():
+            continue
+        if renormalized:
+            if not bool(torch.isfinite(out)[torch.isfinite(ref)].all()):
+                raise SurgeryMismatch(f"removing {_involved(graph, unit_ids)} made output {i} non-finite. {advice}")
+            continue
+        scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+        tolerance = _RELATIVE_TOLERANCE.get(ref.dtype, 1e-4) * scale
+        error = float((out - ref).abs().max()) if ref.numel() else 0.0
+        if not error <= tolerance:
+            raise SurgeryMismatch(
+                f"the pruned network differs from the original with the removed channels zeroed by {error:.3g} "
+                f"(tolerance {tolerance:.3g}) at output {i}, after removing {_involved(graph, unit_ids)}. {advice}")
