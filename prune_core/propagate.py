@@ -362,6 +362,8 @@ class ChannelPropagation(fx.Interpreter):
         parts = index if isinstance(index, tuple) else (index,)
         if not all(p is None or p is Ellipsis or isinstance(p, (int, slice)) for p in parts):
             return None
+        if set(varying_dims(container)) & set(_indexed_dims(parts, container.ndim)):
+            return None  # constant positions along channels (DPN's x[:, :k]) would be wrong once pruned
         return compress(np.broadcast_to(container, tuple(args[0].shape))[index])
 
     def _do_layer_norm_function(self, n, args, kwargs, lab_args, lab_kwargs, result):
@@ -526,12 +528,30 @@ class ChannelPropagation(fx.Interpreter):
         return self._norm_sites(n.target, lab_args[0], m.num_parameters, ("weight",), "num_parameters")
 
     def _do_channel_shuffle(self, n, args, kwargs, lab_args, lab_kwargs, result):
+        """``view(N, g, C // g, ...)``, swap, flatten: each of the g groups must lose the same positions."""
         m, lab = self._modules[n.target], lab_args[0]
         size = args[0].shape[1]
         vector = along(lab, 1, size) if isinstance(lab, np.ndarray) else None
         if vector is None:
             return None
-        return shaped(vector.reshape(m.groups, size // m.groups).T.reshape(-1), lab.ndim, 1)
+        rows = vector.reshape(m.groups, size // m.groups)
+        for row in rows[1:]:
+            self.slots.unify_arrays(rows[0], row)
+        return shaped(rows.T.reshape(-1), lab.ndim, 1)
+
+
+def _indexed_dims(parts: tuple, ndim: int) -> list[int]:
+    """The dims of an ``ndim``-dimensional tensor that an index selects from (anything but a full ``:``)."""
+    real = [p for p in parts if p is not None]
+    dims, dim = [], 0
+    for part in real:
+        if part is Ellipsis:
+            dim = ndim - (len(real) - 1 - real.index(Ellipsis))
+            continue
+        if part != slice(None):
+            dims.append(dim)
+        dim += 1
+    return dims
 
 
 def _reshape_blocks(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:

@@ -1,10 +1,12 @@
 """Save and load pruned models without pickle.
 
 A pruned checkpoint is one file written by ``torch.save`` that holds only plain data: a
-JSON spec (format version, the channel attributes of every layer, the shape and dtype of
-every parameter and buffer) and the ``state_dict``. ``load_pruned`` rebuilds the original
-architecture with ``build_fn``, shrinks it to the spec and loads the weights with
-``torch.load(weights_only=True)``, so no code is ever unpickled. Writes go to a temporary
+JSON spec (format version, the channel attributes of every layer, every layer's class and
+constructor attributes, the shape and dtype of every parameter and buffer) and the
+``state_dict``. ``load_pruned`` rebuilds the original architecture with ``build_fn``, shrinks
+it to the spec, refuses it if any layer's class or attributes (kernel size, padding, ...)
+differ from the saved ones, and loads the weights with ``torch.load(weights_only=True)``, so
+no code is ever unpickled. Writes go to a temporary
 file in the same folder, then are renamed into place.
 
 >>> import tempfile, os, torch, torch.nn as nn
@@ -40,7 +42,21 @@ def pruned_spec(model: nn.Module) -> dict:
     tensors = {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                for name, t in model.state_dict().items()}
     modules = {name: attrs for name, m in model.named_modules() if (attrs := channel_attributes(m))}
-    return {"format": FORMAT, "modules": modules, "tensors": tensors}
+    layers = {name: {"class": type(m).__qualname__, "attributes": constructor_attributes(m)}
+              for name, m in model.named_modules()}
+    return {"format": FORMAT, "modules": modules, "layers": layers, "tensors": tensors}
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (tuple, list)) and all(_plain(v) for v in value)
+
+
+def constructor_attributes(module: nn.Module) -> dict:
+    """A module's plain public attributes (kernel_size, stride, eps, ...), as JSON-able values."""
+    return json.loads(json.dumps({k: v for k, v in vars(module).items()
+                                  if not k.startswith("_") and k != "training" and _plain(v)}))
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> None:
@@ -79,8 +95,33 @@ def load_pruned(path: str | os.PathLike, build_fn: Callable[[], nn.Module]) -> n
     if not isinstance(model, nn.Module):
         raise TypeError(f"build_fn must return a torch.nn.Module, got {type(model).__name__}")
     shrink_to_spec(model, spec, source=str(path))
+    check_layers(model, spec, source=str(path))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def check_layers(model: nn.Module, spec: dict, source: str = "spec") -> None:
+    """Refuse ``model`` when a layer's class or a constructor attribute differs from ``spec``'s."""
+    layers = spec.get("layers", {})
+    if not isinstance(layers, dict):
+        raise ValueError(f"{source} has a malformed 'layers' entry ({type(layers).__name__}, expected a mapping)")
+    modules = dict(model.named_modules())
+    differences = []
+    for name, saved in layers.items():
+        module = modules.get(name)
+        if module is None or not isinstance(saved, dict):
+            differences.append(f"`{name}`: in the checkpoint, not in the architecture from build_fn")
+            continue
+        if saved.get("class") != type(module).__qualname__:
+            differences.append(f"`{name}`: class {saved.get('class')} saved, {type(module).__qualname__} built")
+            continue
+        built = constructor_attributes(module)
+        for attr, value in (saved.get("attributes") or {}).items():
+            if attr in built and json.dumps(built[attr]) != json.dumps(value):
+                differences.append(f"`{name}`.{attr}: {value!r} saved, {built[attr]!r} built")
+    if differences:
+        raise ValueError(f"{source} does not match the architecture from build_fn: {'; '.join(differences[:10])}"
+                         + (f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""))
 
 
 def shrink_to_spec(model: nn.Module, spec: dict, source: str = "spec") -> None:

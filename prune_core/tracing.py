@@ -77,28 +77,39 @@ class _ConcreteTracer(_ChannelTracer):
         super().__init__(leaf_modules, leaf_types)
         self.inputs = list(inputs)
         self.values: dict[fx.Node, object] = {}
+        self.running = False  # True while an operation runs for its value: nothing is recorded then
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
 
+    def call_module(self, m, forward, args, kwargs):
+        return forward(*args, **kwargs) if self.running else super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self.running else super().getattr(attr, attr_val, parameter_proxy_cache)
+
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
-        args, kwargs = map_arg((args, kwargs), lambda a: self.values[a])
+        self.running = True
+        try:
+            self.values[node] = self._value(kind, target, *map_arg((args, kwargs), lambda a: self.values[a]))
+        finally:
+            self.running = False
+        return node
+
+    def _value(self, kind, target, args, kwargs):
         if kind == "placeholder":
             position = sum(n.op == "placeholder" for n in self.values)
-            value = self.inputs[position] if position < len(self.inputs) else (args[0] if args else None)
-        elif kind == "get_attr":
-            value = operator.attrgetter(target)(self.root)
-        elif kind == "call_function":
-            value = target(*args, **kwargs)
-        elif kind == "call_method":
-            value = getattr(args[0], target)(*args[1:], **kwargs)
-        elif kind == "call_module":
-            value = self.root.get_submodule(target)(*args, **kwargs)
-        else:
-            value = None
-        self.values[node] = value
-        return node
+            return self.inputs[position] if position < len(self.inputs) else (args[0] if args else None)
+        if kind == "get_attr":
+            return operator.attrgetter(target)(self.root)
+        if kind == "call_function":
+            return target(*args, **kwargs)
+        if kind == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        if kind == "call_module":
+            return self.root.get_submodule(target)(*args, **kwargs)
+        return None  # the output node
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         value = self.values[obj.node]

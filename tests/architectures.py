@@ -247,6 +247,64 @@ class ShuffleNet(nn.Module):
         return self.fc(self.tail(x).mean((2, 3)))
 
 
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm-style: a BatchNorm subclass whose forward calls F.batch_norm with its own tensors."""
+
+    def forward(self, x):
+        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                                   self.momentum, self.eps))
+
+
+class GroupNormAct(nn.GroupNorm):
+    def forward(self, x):
+        return F.silu(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+
+
+class AffineInstanceNorm(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.num_features = channels
+        self.weight, self.bias = nn.Parameter(torch.rand(channels) + 0.5), nn.Parameter(torch.randn(channels))
+
+    def forward(self, x):
+        return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.1, 1e-5)
+
+
+class FunctionalNorms(nn.Module):
+    """Batch, group and instance norms written with torch.nn.functional (timm's BatchNormAct2d, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), BatchNormAct(8)
+        self.conv2, self.gn = nn.Conv2d(8, 8, 3, padding=1), GroupNormAct(4, 8)
+        self.conv3, self.inorm = nn.Conv2d(8, 6, 3, padding=1), AffineInstanceNorm(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.gn(self.conv2(self.bn(self.conv1(x))))
+        return self.fc(self.inorm(self.conv3(x)).relu().mean((2, 3)))
+
+
+class SkipUpsample(nn.Module):
+    """Encoder-decoder with a branch on shapes (not symbolically traceable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip = nn.Conv2d(3, 4, 3, padding=1)
+        self.down = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.head = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        skip = self.skip(x)
+        y = self.up(self.down(x))
+        if y.shape[-1] != skip.shape[-1]:
+            y = F.interpolate(y, size=skip.shape[-2:])
+        return self.head(torch.cat([y, skip], dim=1))
+
+
 ARCHITECTURES = {
     "reference_cnn1d": lambda: (ReferenceCNN1d(), torch.randn(4, 1, 40)),
     "flatten_groupnorm": lambda: (FlattenCNN(), torch.randn(2, 3, 8, 8)),
@@ -259,4 +317,6 @@ ARCHITECTURES = {
     "conv_transpose": lambda: (TransposeNet(), torch.randn(2, 1, 8, 8)),
     "shuffle": lambda: (ShuffleNet(), torch.randn(2, 3, 8, 8)),
     "layernorm_channels": lambda: (LayerNormCNN(), torch.randn(2, 3, 6, 6)),
+    "functional_norms": lambda: (FunctionalNorms(), torch.randn(2, 3, 8, 8)),
+    "shape_branch": lambda: (SkipUpsample(), torch.randn(2, 3, 9, 9)),
 }

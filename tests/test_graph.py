@@ -147,3 +147,40 @@ def test_analysis_leaves_the_model_untouched():
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_functional_norms_follow_their_channels_and_owning_modules():
+    model, g = build("functional_norms")
+    assert producers(g) == {("conv1",), ("conv2",), ("conv3",)}
+    sites = set(g.sites)
+    assert {("bn.running_mean", 0), ("bn.num_features", 0), ("gn.weight", 0), ("gn.num_channels", 0),
+            ("inorm.weight", 0), ("inorm.num_features", 0)} <= sites
+    assert g.norm_groups == {"gn": 2}  # F.group_norm: whole groups of 8 / 4 channels
+
+
+def test_a_shape_branch_is_traced_on_the_example_input():
+    model, example = ARCHITECTURES["shape_branch"]()
+    try:
+        torch.fx.symbolic_trace(model)
+        raise AssertionError("symbolic tracing was expected to refuse the shape branch")
+    except torch.fx.proxy.TraceError:
+        pass
+    g = ChannelGraph.build(model, example)
+    assert producers(g) == {("down.0",), ("skip",), ("up",)}
+
+
+class ChannelSlice(nn.Module):
+    """DPN-style: a constant slice along channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head, self.other = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1), nn.Conv2d(3, 6, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x)[:, :4]) + self.other(x)[:, 2:4]
+
+
+def test_a_constant_slice_along_channels_blocks_them():
+    g = ChannelGraph.build(ChannelSlice(), torch.randn(1, 3, 4, 4))
+    assert not g.removable_units()
+    assert any("unsupported operation `_operator.getitem`" in r for u in g.units for r in u.reasons)

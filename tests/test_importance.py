@@ -143,3 +143,10 @@ def test_prune_before_scoring_is_refused():
         prunable.prune(0)
     with pytest.raises(ValueError, match="criterion 'taylor2' is not supported"):
         TaylorPrunableNetwork(small_net(), torch.zeros(1, 2, 12), criterion="taylor2")
+
+
+def test_prune_on_a_network_with_nothing_prunable_says_why():
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten())  # its filters reach the output
+    prunable = TaylorPrunableNetwork(net, torch.zeros(1, 2, 8))
+    with pytest.raises(ValueError, match="model has nothing to prune: reaches the network output"):
+        prunable.prune()

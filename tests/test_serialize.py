@@ -74,3 +74,10 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_pruned(FlattenCNN(), path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_builder_with_other_layer_settings_is_refused_with_the_attributes_named(tmp_path):
+    save_pruned(torch.nn.Sequential(torch.nn.Conv1d(1, 8, 3)), tmp_path / "m.pt")
+    other = lambda: torch.nn.Sequential(torch.nn.Conv1d(1, 8, 5, padding=2))  # noqa: E731
+    with pytest.raises(ValueError, match=r"`0`.kernel_size: \[3\] saved, \[5\] built; `0`.padding: \[0\] saved"):
+        load_pruned(tmp_path / "m.pt", other)

@@ -6,23 +6,17 @@ import pytest
 import torch
 
 from tests.equivalence import check_surgery
+from tests.zoos import TORCHVISION_ZOO, torchvision_model
 
 models = pytest.importorskip("torchvision.models")
 
-ZOO = [
-    "resnet18", "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "resnext50_32x4d",
-    "efficientnet_b0", "regnet_y_400mf", "googlenet", "squeezenet1_1", "shufflenet_v2_x0_5", "mnasnet0_5",
-    "convnext_tiny",
-]
 RENORMALISING = {"convnext_tiny"}  # LayerNorm over channels: exact zero-equivalence does not hold
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", TORCHVISION_ZOO)
 def test_torchvision_model_prunes_correctly(name):
-    torch.manual_seed(0)
-    kwargs = {"init_weights": True} if name == "googlenet" else {}
-    model = getattr(models, name)(weights=None, num_classes=10, **kwargs)
-    result = check_surgery(model, torch.randn(2, 3, 64, 64), fraction=0.3)
+    model, example = torchvision_model(name)
+    result = check_surgery(model, example, fraction=0.3)
     assert len(result["removed"]) > 0.2 * len(result["graph"].removable_units())
     assert result["params"] == result["predicted_params"]
     if name not in RENORMALISING:

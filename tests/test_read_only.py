@@ -1,0 +1,77 @@
+"""Analysis is read-only: the caller's parameters, buffers, requires_grad flags and modes stay bit-identical.
+
+Checked on every model of every zoo the tests use (the small architectures and torchvision's
+reference set here; timm's families in ``test_timm_zoo``), for everything that looks at a model
+without being asked to shrink it: ``ChannelGraph.build``, ``analyze_compression``,
+``TaylorPrunableNetwork`` set-up, scoring, and the surgery check's reference pass.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prune_core import ChannelGraph, TaylorPrunableNetwork, analyze_compression
+from prune_core.verify import reference_outputs
+from tests.architectures import ARCHITECTURES
+from tests.zoos import TORCHVISION_ZOO, timm_model, torchvision_model
+
+
+def snapshot(model: torch.nn.Module) -> tuple:
+    return (copy.deepcopy(model.state_dict()), [m.training for m in model.modules()],
+            [p.requires_grad for p in model.parameters()])
+
+
+def assert_unchanged(model: torch.nn.Module, before: tuple) -> None:
+    state, modes, flags = before
+    now = model.state_dict()
+    changed = [k for k, v in state.items() if not torch.equal(now[k], v)]
+    assert not changed, f"{len(changed)} tensors changed, e.g. {changed[:3]}"
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def mixed_state(model: torch.nn.Module, train: bool) -> torch.nn.Module:
+    """Train or eval mode with one frozen parameter, so modes and flags have something to lose."""
+    model.train(train)
+    first = next(model.parameters(), None)
+    if first is not None:
+        first.requires_grad_(False)
+    return model
+
+
+def check_read_only(model: torch.nn.Module, example) -> None:
+    before = snapshot(model)
+    graph = ChannelGraph.build(model, example)
+    assert_unchanged(model, before)
+    analyze_compression(model, example, verbose=False)
+    assert_unchanged(model, before)
+    if graph.removable_units():
+        TaylorPrunableNetwork(model, example)
+        assert_unchanged(model, before)
+        reference_outputs(model, graph, graph.greedy_removal([u.id for u in graph.removable_units()][:3]))
+        assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_small_architectures_are_left_as_they_were(name, train):
+    model, example = ARCHITECTURES[name]()
+    check_read_only(mixed_state(model, train), example)
+
+
+@pytest.mark.parametrize("name", TORCHVISION_ZOO)
+def test_torchvision_models_are_left_as_they_were(name):
+    model, example = torchvision_model(name)
+    check_read_only(mixed_state(model, train=False), example)
+
+
+def test_scoring_leaves_buffers_and_modes_alone():
+    model, example = timm_model("regnety_002")  # BatchNormAct2d: traced through, F.batch_norm(training=True)
+    prunable = TaylorPrunableNetwork(mixed_state(model, train=False), example)
+    before = snapshot(model)
+    prunable.update_score(torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,)))
+    assert_unchanged(model, before)
+    assert all(p.grad is None for p in model.parameters())
