@@ -8,8 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from prune_core import ChannelGraph, SurgeryMismatch, TaylorPrunableNetwork, TrainingOptions, compress_network
-from prune_core import ops, remove_units
+from prune_core import (
+    ChannelGraph,
+    SurgeryMismatch,
+    TaylorPrunableNetwork,
+    TrainingOptions,
+    compress_network,
+    ops,
+    remove_units,
+)
 from prune_core.verify import reference_outputs
 
 
