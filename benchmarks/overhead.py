@@ -9,6 +9,12 @@ validation, and everything else: channel analysis and surgery, optimizer rebuild
 checkpoints, copies of the last good network and the history bookkeeping. Target: everything
 else < 2% of the total.
 
+The built-in surgery check (``verify``) is measured by running the same compression with it
+on and off in the same process: its cost is the difference in total time, as a share of a
+pruning iteration (target < 5%). Re-analysis: ``ChannelGraph.build`` on the network before
+pruning against the same call on the network after one 5% step (target: the re-analysis
+under 20% of the first).
+
 Part 2: on the same batch, a scoring pass (``TaylorPrunableNetwork.score_batch``: forward,
 backward to the hooked activations only, scores reduced in the gradient hooks) against a
 plain training step (forward, backward, Adam step), for the MNIST-1D network (batch 64) and
@@ -21,6 +27,7 @@ Run: ``python -m benchmarks.overhead``. Writes ``benchmarks/results/overhead.md`
 
 from __future__ import annotations
 
+import copy
 import platform
 import statistics
 import tempfile
@@ -34,7 +41,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.criteria import LOSS, make_network
-from prune_core import TaylorPrunableNetwork, TrainingOptions, compress_network
+from prune_core import ChannelGraph, TaylorPrunableNetwork, TrainingOptions, compress_network
 from prune_core.data import as_source
 from prune_core.training import TrainingLog, fine_tune
 from sweeps.datasets import mnist1d_tensors
@@ -42,14 +49,15 @@ from sweeps.datasets import mnist1d_tensors
 RESULTS = Path(__file__).parent / "results"
 
 
-def time_split(model: nn.Module, train: tuple, validation: tuple, goal: float, epochs: int) -> dict[str, float]:
+def time_split(model: nn.Module, train: tuple, validation: tuple, goal: float, epochs: int,
+               verify: bool = True) -> dict[str, float]:
     """Run ``compress_network`` (5% steps up to ``goal``, checkpoints every iteration) and split its time."""
     options = TrainingOptions("adam", initial_learn_rate=5e-4, max_epochs=epochs, mini_batch_size=64,
                               shuffle="every-epoch", metrics=["accuracy"], seed=0, validation_data=validation,
                               validation_frequency=10_000)
     with tempfile.TemporaryDirectory() as folder:
         _, info = compress_network(model, *train, "crossentropy", options, goal=goal, increment=0.05,
-                                   checkpoint_path=folder, verbosity="off")
+                                   checkpoint_path=folder, verbosity="off", verify=verify)
     rows, seconds = info.pruning_history, info.seconds
     total = seconds["total"]
     validation_s = seconds.get("validation", 0.0) + seconds.get("initial_validation", 0.0)
@@ -79,6 +87,23 @@ def split_table(title: str, split: dict[str, float]) -> list[str]:
                     f"Everything but fine-tuning, validation and scoring: {other:.3f} s = "
                     f"**{100 * other / total:.2f}%** of the total (target < 2%), a fixed "
                     f"{1e3 * other / split['iterations']:.0f} ms per pruning iteration.", ""]
+
+
+def check_and_reanalysis(title: str, model: nn.Module, train: tuple, validation: tuple, goal: float,
+                         epochs: int) -> tuple[dict[str, float], list[str]]:
+    """The time split with the surgery check on, and the rows comparing it with the check off."""
+    on = time_split(model, train, validation, goal, epochs, verify=True)
+    off = time_split(model, train, validation, goal, epochs, verify=False)
+    per_iteration_on, per_iteration_off = on["total"] / on["iterations"], off["total"] / off["iterations"]
+    example = train[0][:2]
+    first = median_seconds(lambda: ChannelGraph.build(model, example), 5)
+    prunable = TaylorPrunableNetwork(copy.deepcopy(model), example)
+    prunable.remove(prunable.choose(learnables=int(0.05 * prunable.graph.total_learnables)))
+    again = median_seconds(lambda: ChannelGraph.build(prunable.model, example), 5)
+    row = (f"| {title} | {1e3 * per_iteration_off:.0f} | {1e3 * per_iteration_on:.0f} | "
+           f"{100 * (per_iteration_on - per_iteration_off) / per_iteration_on:.1f}% | {1e3 * first:.1f} | "
+           f"{1e3 * again:.1f} | {100 * again / first:.0f}% |")
+    return on, [row]
 
 
 def peak_bytes(fn) -> int:
@@ -141,12 +166,18 @@ def main() -> None:
              f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 2 threads. "
              "Produced by `python -m benchmarks.overhead`. Adam fine-tuning, 5% steps, validation after "
              "every fine-tuning, a checkpoint every iteration.", ""]
-    lines += split_table("MNIST-1D network (3x Conv1d(64), 67k learnables), 4000 examples, 90% in 5% steps, "
-                         "2 epochs each", time_split(small, (data["x_train"], data["y_train"]),
-                                                     (data["x_test"], data["y_test"]), goal=0.9, epochs=2))
-    lines += split_table("ResNet-18 (11.2M learnables), 1280 random 3x32x32 images, 15% in 5% steps, 1 epoch each",
-                         time_split(torchvision.models.resnet18(num_classes=10), (images[:1024], labels[:1024]),
-                                    (images[1024:], labels[1024:]), goal=0.15, epochs=1))
+    small_title = "MNIST-1D network (3x Conv1d(64), 67k learnables), 4000 examples, 90% in 5% steps, 2 epochs each"
+    small_split, small_rows = check_and_reanalysis(
+        "MNIST-1D network", small, (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"]), 0.9, 2)
+    resnet_title = "ResNet-18 (11.2M learnables), 1280 random 3x32x32 images, 15% in 5% steps, 1 epoch each"
+    resnet_split, resnet_rows = check_and_reanalysis(
+        "ResNet-18", torchvision.models.resnet18(num_classes=10), (images[:1024], labels[:1024]),
+        (images[1024:], labels[1024:]), 0.15, 1)
+    lines += split_table(small_title, small_split) + split_table(resnet_title, resnet_split)
+    lines += ["## The surgery check and re-analysis (targets: check < 5% of an iteration, re-analysis < 20% of the "
+              "first)", "", "| network | iteration, check off (ms) | iteration, check on (ms) | check's share | "
+              "first analysis (ms) | re-analysis after one 5% step (ms) | re-analysis / first |",
+              "|---|---:|---:|---:|---:|---:|---:|", *small_rows, *resnet_rows, ""]
     torch.manual_seed(0)
     cases = [step_versus_scoring("MNIST-1D 3x Conv1d(64)", make_network(), data["x_train"][:64],
                                  data["y_train"][:64], repeat=50),

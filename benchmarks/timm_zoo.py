@@ -71,7 +71,7 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _random_share(graph, fraction: float, seed: int = 0) -> list[int]:
+def random_share(graph, fraction: float, seed: int = 0) -> list[int]:
     """A random ``fraction`` of every channel group's removable units, every layer keeping one."""
     rng = np.random.default_rng(seed)
     groups: dict[tuple, list[int]] = {}
@@ -97,7 +97,7 @@ def ours(model: nn.Module, x: torch.Tensor) -> dict:
     analysis_s = time.perf_counter() - start
     row = {"ours_analysis_s": round(analysis_s, 3), "ours_unchanged": _state_unchanged(model, state, modes),
            "ours_units": len(graph.units), "ours_removable": len(graph.removable_units())}
-    chosen = _random_share(graph, FRACTION)
+    chosen = random_share(graph, FRACTION)
     if not chosen:
         reasons = pd.Series([r for u in graph.units for r in u.reasons]).value_counts()
         return row | {"ours": "refused", "ours_reason": reasons.index[0][:120] if len(reasons) else "no filters"}

@@ -147,6 +147,44 @@ class ChannelGraph:
             renormalizing=set(prop.renormalizing),
         )
 
+    def after_removal(self, unit_ids: Iterable[int], model: nn.Module) -> ChannelGraph | None:
+        """The graph of ``model`` once ``remove_units`` has removed ``unit_ids``, without re-analysing it.
+
+        Removing whole units changes no coupling: every other unit keeps its channels, counts,
+        layers and reasons, and only the removed entries leave each site (ids are renumbered).
+        That holds while every site keeps at least two units: a layer down to its last unit
+        can change kind (a grouped convolution left with one group is an ordinary one, whose
+        filters a fresh analysis makes prunable one by one; a channel split down to one
+        channel per piece is a size-1 dim). Then this returns None and the caller re-analyses.
+        The surgery check still runs the real model after every surgery, so a forward that
+        changes with the channel count is caught there.
+        """
+        removed = np.zeros(len(self.units) + 1, dtype=bool)  # the extra entry stands for -1 (no unit)
+        removed[np.fromiter(unit_ids, np.int64)] = True
+        renumber = np.append(np.cumsum(~removed[:-1]) - 1, -1)
+        kept = [u for u in self.units if not removed[u.id]]
+
+        def shrink(ids: np.ndarray) -> np.ndarray:
+            return renumber[ids[~removed[ids]]]
+
+        remaining = {}
+        for key, ids in self.site_units.items():
+            remaining[key] = shrink(ids)
+            if removed[ids].any() and np.unique(remaining[key][remaining[key] >= 0]).size == 1:
+                return None  # this removal left the site with its last unit
+
+        sites = {key: Site(site.vector[~removed[self.site_units[key]]], site.kind, site.role)
+                 for key, site in self.sites.items()}
+        return ChannelGraph(
+            units=[Unit(k, u.counts, u.producers, u.members, u.reasons) for k, u in enumerate(kept)],
+            sites=sites,
+            site_units=remaining,
+            param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
+            producer_units={fqn: shrink(ids) for fqn, ids in self.producer_units.items()},
+            grouped_convs=self.grouped_convs, norm_groups=self.norm_groups, renormalizing=self.renormalizing,
+            example_input=self.example_input,
+        )
+
     # -- queries --------------------------------------------------------------------------
     @property
     def total_learnables(self) -> int:

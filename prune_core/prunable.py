@@ -114,10 +114,10 @@ class TaylorPrunableNetwork:
                             per_learnable=self.per_learnable, floors=floors)
 
     def remove(self, unit_ids: list[int]) -> None:
-        """Remove these units of ``graph``, then re-analyse the smaller model and reset the scores."""
+        """Remove these units of ``graph``, update the graph to the smaller model and reset the scores."""
         if unit_ids:
             remove_units(self.model, self.graph, unit_ids, verify=self.verify)
-            self.graph = self._build()
+            self.graph = self.graph.after_removal(unit_ids, self.model) or self._build()
         self.taylor = TaylorAccumulator(self.graph)
 
     def prune(self, max_to_prune: int = 8) -> int:
