@@ -25,6 +25,7 @@ test: install
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m benchmarks.graph_zoo
+	$(PY) -m benchmarks.timm_zoo
 	$(PY) -m benchmarks.criteria
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.inference

@@ -20,6 +20,7 @@ integer arrays.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -248,20 +249,26 @@ class ChannelPropagation(fx.Interpreter):
         Merging a channel dim with others is always safe. Splitting one (ShuffleNet's
         ``view(N, g, C // g, H, W)``) stays valid after pruning only if every outer slice
         loses the same inner positions, so those are tied. A channel-carrying output size
-        given as a constant would break after pruning, so it blocks.
+        given as a constant would break after pruning, so it blocks. A size read from
+        *another* tensor's channel count (EdgeNeXt's ``attention.reshape(B, N, C)`` with
+        ``B, N, C = x.shape``) must change with it: that dim's positions are tied to the other
+        tensor's channels (which blocks them where this tensor's count is fixed), and a size
+        computed from another tensor's channel count blocks both.
         """
         x, lab = args[0], lab_args[0]
         if not isinstance(lab, np.ndarray) or not isinstance(result, torch.Tensor):
             return None
         in_shape, out_shape = tuple(x.shape), tuple(result.shape)
         out = np.broadcast_to(lab, in_shape).reshape(out_shape)
-        dynamic = _dynamic_sizes(n, len(out_shape))
+        sizes = _reshape_sizes(n, len(out_shape))
+        if not all([self._size_follows(n, size, out, dim) for dim, size in enumerate(sizes)]):
+            return None
         varying = set(varying_dims(lab))
         for dims_in, dims_out in _reshape_blocks(in_shape, out_shape):
             if not varying & set(dims_in):
                 continue
             sized = [d for d in dims_out if out_shape[d] > 1]
-            if not sized or not dynamic[sized[-1]]:
+            if not sized or not (sizes[sized[-1]] == -1 or isinstance(sizes[sized[-1]], fx.Node)):
                 return None
             if len(sized) > 1:
                 outer = int(np.prod([out_shape[d] for d in sized[:-1]]))
@@ -270,6 +277,34 @@ class ChannelPropagation(fx.Interpreter):
                 for row in rows[1:]:
                     self.slots.unify_arrays(rows[0], row)
         return compress(out)
+
+    def _size_follows(self, n: fx.Node, size, out: np.ndarray, dim: int) -> bool:
+        """Whether output size ``size`` (an int or an fx node) of reshape ``n`` stays right (see above)."""
+        if not isinstance(size, fx.Node):
+            return True
+        others = [(t, d) for t, d in _shape_reads(size) if t is not n.args[0] and self._carries_channels(t, d)]
+        if not others:
+            return True
+        source = _size_source(size)
+        if source is not None and others == [source]:
+            tensor, d = source
+            theirs = self.labels[tensor]
+            theirs = along(theirs, d % theirs.ndim, out.shape[dim])
+            mine = along(compress(out), dim, out.shape[dim])
+            if mine is not None and theirs is not None:
+                self.slots.unify_arrays(mine, theirs)
+                return True
+        for tensor, _ in others:
+            self._block(self.labels.get(tensor), f"its channel count sets a size of `{n.name}`")
+        return False
+
+    def _carries_channels(self, tensor: fx.Node, dim: int | None) -> bool:
+        """Whether pruning can change ``tensor``'s size along ``dim`` (None: along any dim)."""
+        labels = self.labels.get(tensor)
+        if not isinstance(labels, np.ndarray):
+            return True
+        varying = varying_dims(labels)
+        return bool(varying) if dim is None else dim % labels.ndim in varying
 
     def _do_permute(self, n, args, kwargs, lab_args, lab_kwargs, result):
         lab = lab_args[0]
@@ -577,16 +612,48 @@ def _reshape_blocks(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> li
     return blocks
 
 
-def _dynamic_sizes(n: fx.Node, ndim: int) -> list[bool]:
-    """Which output sizes of a reshape are computed at run time (-1 or from a tensor's size)."""
+def _reshape_sizes(n: fx.Node, ndim: int) -> list:
+    """Each output size of a reshape as written: an int (-1 included), or the fx node computing it."""
     name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
     if name not in ("view", "reshape"):
-        return [True] * ndim
+        return [-1] * ndim  # flatten, squeeze, unflatten, view_as...: sizes follow the tensors involved
     sizes = list(n.args[1:]) if n.op == "call_method" else list(n.args[1:2])
     if "shape" in n.kwargs or "size" in n.kwargs:
         sizes = [n.kwargs.get("shape", n.kwargs.get("size"))]
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
         sizes = list(sizes[0])
-    if len(sizes) != ndim:  # view_as-like forms: sizes come from another tensor
-        return [True] * ndim
-    return [isinstance(s, fx.Node) or s == -1 for s in sizes]
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and ndim != 1:  # a whole shape: x.view(y.shape)
+        return [sizes[0]] * ndim
+    if len(sizes) != ndim:
+        return [-1] * ndim
+    return sizes
+
+
+def _size_source(node: fx.Node) -> tuple[fx.Node, int] | None:
+    """``(tensor, dim)`` when ``node`` is one size of a tensor: ``t.shape[d]``, ``t.size(d)``, ``t.size()[d]``."""
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2 and isinstance(node.args[1], int):
+        return node.args[0], node.args[1]
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
+        base = node.args[0]
+        if isinstance(base, fx.Node) and (
+                (base.op == "call_function" and base.target is getattr and base.args[1] == "shape")
+                or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)):
+            return base.args[0], node.args[1]
+    return None
+
+
+def _shape_reads(node: fx.Node) -> list[tuple[fx.Node, int | None]]:
+    """Every tensor size an fx size expression reads, as ``(tensor, dim)`` (dim None: the whole shape)."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        source = _size_source(current)
+        if source is not None:
+            found.append(source)
+            continue
+        if (current.op == "call_function" and current.target is getattr) or (
+                current.op == "call_method" and current.target == "size"):
+            found.append((current.args[0], None))
+            continue
+        stack.extend(a for a in current.all_input_nodes)
+    return found
