@@ -104,7 +104,8 @@ def ours(model: nn.Module, x: torch.Tensor) -> dict:
     chosen = random_share(graph, FRACTION)
     if not chosen:
         reasons = pd.Series([r for u in graph.units for r in u.reasons]).value_counts()
-        return row | {"ours": "refused", "ours_reason": reasons.index[0][:120] if len(reasons) else "no filters"}
+        why = reasons.index[0][:120] if len(reasons) else f"no filters seen; not understood: {graph.unsupported[:3]}"
+        return row | {"ours": "refused", "ours_reason": why}
     reference = reference_outputs(model, graph, chosen)
     pruned = copy.deepcopy(model)
     start = time.perf_counter()

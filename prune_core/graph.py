@@ -73,6 +73,7 @@ class ChannelGraph:
     norm_groups: dict[str, int] = field(default_factory=dict)
     renormalizing: set[str] = field(default_factory=set)
     example_input: tuple[torch.Tensor, ...] = ()  # what the analysis ran on; the surgery check reuses it
+    unsupported: tuple[str, ...] = ()  # operations the analysis did not understand
 
     @classmethod
     def build(
@@ -145,6 +146,7 @@ class ChannelGraph:
             grouped_convs=dict(prop.grouped_convs),
             norm_groups=dict(prop.norm_groups),
             renormalizing=set(prop.renormalizing),
+            unsupported=tuple(prop.unsupported),
         )
 
     def after_removal(self, unit_ids: Iterable[int], model: nn.Module) -> ChannelGraph | None:
@@ -182,7 +184,7 @@ class ChannelGraph:
             param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
             producer_units={fqn: shrink(ids) for fqn, ids in self.producer_units.items()},
             grouped_convs=self.grouped_convs, norm_groups=self.norm_groups, renormalizing=self.renormalizing,
-            example_input=self.example_input,
+            example_input=self.example_input, unsupported=self.unsupported,
         )
 
     # -- queries --------------------------------------------------------------------------

@@ -111,6 +111,7 @@ class ChannelPropagation(fx.Interpreter):
         self.grouped_convs: dict[str, int] = {}
         self.norm_groups: dict[str, int] = {}
         self.renormalizing: set[str] = set()
+        self.unsupported: dict[str, None] = {}  # operations not understood, in the order met
         self._modules = dict(model.named_modules())
         self._parameters = {name for name, _ in model.named_parameters()}
 
@@ -173,6 +174,7 @@ class ChannelPropagation(fx.Interpreter):
         return slots
 
     def _unsupported(self, n: fx.Node, lab_args, lab_kwargs, result, what: str):
+        self.unsupported[what] = None
         self._block((lab_args, lab_kwargs), f"used by unsupported operation `{what}` (node `{n.name}`)")
         return self._fresh(result, f"output of unsupported operation `{what}` (node `{n.name}`)")
 

@@ -138,6 +138,8 @@ class TaylorPrunableNetwork:
         reasons = sorted({r for u in self.graph.units for r in u.reasons})
         if not self.graph.units:
             why = "it has no convolution filters the analysis can see"
+            if self.graph.unsupported:
+                why += f" (operations it does not understand: {', '.join(self.graph.unsupported[:5])})"
         elif not reasons:
             why = "every prunable layer has a single filter left"
         else:

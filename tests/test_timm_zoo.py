@@ -20,7 +20,10 @@ from tests.zoos import TIMM_FAMILIES, timm_model
 
 pytest.importorskip("timm")
 
-REFUSED: dict[str, str] = {}
+# family: an operation the analysis does not understand there. NF-ResNet's ScaledStdConv2d standardises
+# its weight in forward and calls F.conv2d: a functional convolution, whose input channels could not be
+# removed exactly anyway (the standardisation statistics would change).
+REFUSED = {"nfnet": "torch.conv2d"}
 
 
 @pytest.mark.parametrize("family", list(TIMM_FAMILIES))
@@ -32,7 +35,7 @@ def test_timm_family_is_left_as_it_was_and_prunes_exactly(family):
     chosen = random_share(graph, 0.2)
     if family in REFUSED:
         assert not chosen
-        assert any(REFUSED[family] in reason for unit in graph.units for reason in unit.reasons)
+        assert any(REFUSED[family] in what for what in graph.unsupported)
         return
     assert len(chosen) > 0.1 * len(graph.removable_units())
     pruned = copy.deepcopy(model)
