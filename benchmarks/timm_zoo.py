@@ -11,11 +11,10 @@ run at 64x64 (a few families need a larger input: ``INPUT_SIZE``). This project:
    channels zeroed at their consumers (``prune_core.verify``), and the parameter count equals
    the analysis' prediction.
 
-Each family is one of: ``pruned and equivalent``, ``pruned, renormalising norm`` (some removed
-units cross a LayerNorm over channels, which renormalises over the channels that remain, so
-pruning is not zeroing there: the outputs are checked for shape and finiteness only),
-``refused`` (nothing prunable; the main reason), ``error``, ``silently wrong`` (the check above
-fails) or ``over 60 s``. Torch-Pruning
+Each family is one of: ``pruned and equivalent``, ``refused`` (nothing prunable; the main
+reason), ``error``, ``silently wrong`` (the check above fails) or ``over 60 s``. (Where a
+LayerNorm over channels loses channels, the reference normalises over the kept ones: see
+``prune_core.verify``.) Torch-Pruning
 (``MetaPruner``, random importance, ratio 0.2, the classifier protected) runs on the same model
 in the same process; it has no equivalence check, so its outcome is ``pruned`` (the network
 runs, keeps its output shape and lost parameters), ``error`` or ``over 60 s``.
@@ -67,7 +66,6 @@ FAMILIES = {
 }
 INPUT_SIZE = {"inception_v3": 96, "tresnet_m": 96, "legacy_xception": 96, "hrnet_w18_small": 64}
 LIMIT_S = 60.0
-SHAPE_CHECKED = "pruned, renormalising norm"  # LayerNorm over channels: outputs checked for shape and finiteness
 FRACTION = 0.2
 
 
@@ -112,11 +110,10 @@ def ours(model: nn.Module, x: torch.Tensor) -> dict:
     remove_units(pruned, graph, chosen, verify=False)
     row["ours_surgery_s"] = round(time.perf_counter() - start, 3)
     row["ours_params_after"] = _params(pruned)
-    renormalized = any(set(graph.units[uid].members) & graph.renormalizing for uid in chosen)
     try:
         check_equivalent(pruned, graph, chosen, reference)
         exact = _params(pruned) == graph.total_learnables - graph.learnables_removed(chosen)
-        outcome = ("silently wrong" if not exact else SHAPE_CHECKED if renormalized else "pruned and equivalent")
+        outcome = "pruned and equivalent" if exact else "silently wrong"
         reason = "" if exact else "parameter count differs from the analysis"
     except SurgeryMismatch as exc:
         outcome, reason = "silently wrong", str(exc)[:160]

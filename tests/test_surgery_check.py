@@ -17,7 +17,7 @@ from prune_core import (
     ops,
     remove_units,
 )
-from prune_core.verify import reference_outputs
+from prune_core.verify import check_equivalent, reference_outputs
 
 
 class Shuffled(nn.Module):
@@ -86,3 +86,19 @@ def test_the_check_passes_silently_on_a_correct_rule():
     assert graph.units[0].counts[("conv.weight", 0)] == 2  # each shuffle group loses the same position
     remove_units(model, graph, [0, 1])
     assert model.conv.out_channels == 4 and model.head.in_channels == 4
+
+
+def test_a_layer_norm_over_channels_is_checked_exactly():
+    from tests.architectures import ARCHITECTURES
+
+    model, example = ARCHITECTURES["layernorm_channels"]()
+    model.eval()
+    graph = ChannelGraph.build(model, example)
+    chosen = [u.id for u in graph.removable_units()][:2]
+    reference = reference_outputs(model, graph, chosen)
+    remove_units(model, graph, chosen)  # exact: the reference normalises over the kept channels
+    check_equivalent(model, graph, chosen, reference)
+    with torch.no_grad():
+        model.norm.weight[0] += 0.5  # a wrong affine entry in the renormalising norm
+    with pytest.raises(SurgeryMismatch, match="differs from the original"):
+        check_equivalent(model, graph, chosen, reference)
