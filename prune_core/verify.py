@@ -13,7 +13,7 @@ zeroing: in the reference run, such a norm (``F.layer_norm`` called inside a mod
 channels read zero. Every surgery is then checked exactly, layer norms included.
 
 >>> import torch, torch.nn as nn
->>> from prune_core.graph import ChannelGraph, owner
+>>> from prune_core.graph import ChannelGraph
 >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3)).eval()
 >>> graph = ChannelGraph.build(net, torch.randn(2, 1, 16))
 >>> reference = reference_outputs(net, graph, [1, 2])
