@@ -253,9 +253,10 @@ class ChannelPropagation(fx.Interpreter):
         loses the same inner positions, so those are tied. A channel-carrying output size
         given as a constant would break after pruning, so it blocks. A size read from
         *another* tensor's channel count (EdgeNeXt's ``attention.reshape(B, N, C)`` with
-        ``B, N, C = x.shape``) must change with it: that dim's positions are tied to the other
-        tensor's channels (which blocks them where this tensor's count is fixed), and a size
-        computed from another tensor's channel count blocks both.
+        ``B, N, C = x.shape``) must change with it: unless that dim holds the same channels
+        (ShuffleNet's second view, reordered), its positions are tied to the other tensor's
+        channels (which blocks them where this tensor's count is fixed); a size computed from
+        another tensor's channel count blocks both.
         """
         x, lab = args[0], lab_args[0]
         if not isinstance(lab, np.ndarray) or not isinstance(result, torch.Tensor):
@@ -294,7 +295,8 @@ class ChannelPropagation(fx.Interpreter):
             theirs = along(theirs, d % theirs.ndim, out.shape[dim])
             mine = along(compress(out), dim, out.shape[dim])
             if mine is not None and theirs is not None:
-                self.slots.unify_arrays(mine, theirs)
+                if sorted(map(self.slots.find, mine.tolist())) != sorted(map(self.slots.find, theirs.tolist())):
+                    self.slots.unify_arrays(mine, theirs)  # not the same channels, maybe reordered: tie them
                 return True
         for tensor, _ in others:
             self._block(self.labels.get(tensor), f"its channel count sets a size of `{n.name}`")
