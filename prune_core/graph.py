@@ -120,23 +120,35 @@ class ChannelGraph:
         producers: list[set[str]] = [set() for _ in order]
         for root, fqn in producer_pairs:
             producers[unit_of_root[root]].add(fqn)
-        site_units, counts = {}, [{} for _ in order]
-        members: list[set[str]] = [set() for _ in order]
-        for key, site in prop.sites.items():
-            units_here = unit_of_root[root_of[site.vector]]
-            site_units[key] = units_here
+        # (unit, site, count) for every site a unit touches; units touching the same sites alike (the
+        # filters of one layer, say) share one counts dict and members tuple.
+        keys, site_units, pairs = list(prop.sites), {}, []
+        for i, key in enumerate(keys):
+            units_here = site_units[key] = unit_of_root[root_of[prop.sites[key].vector]]
             present, how_many = np.unique(units_here[units_here >= 0], return_counts=True)
-            module = owner(key[0])
-            for k, c in zip(present.tolist(), how_many.tolist()):
-                counts[k][key] = c
-                members[k].add(module)
+            pairs.append((present, np.full(present.size, i), how_many))
+        if pairs:
+            unit_ids, site_ids, site_counts = (np.concatenate(column) for column in zip(*pairs))
+        else:
+            unit_ids = site_ids = site_counts = np.zeros(0, np.int64)
+        by_unit = np.lexsort((site_ids, unit_ids))
+        unit_ids, site_ids, site_counts = unit_ids[by_unit], site_ids[by_unit], site_counts[by_unit]
+        bounds = np.searchsorted(unit_ids, np.arange(len(order) + 1))
+        site_owner = [owner(key[0]) for key in keys]
+        shared: dict[tuple[bytes, bytes], tuple[dict, tuple[str, ...], bool]] = {}
         units = []
         for k, root in enumerate(order):
-            reasons = set(slots.reasons(root))
-            if names is not None and not _selected(counts[k], prop.sites, names):
-                reasons.add("not affected by the requested layer_names")
-            units.append(Unit(k, counts[k], tuple(sorted(producers[k])), tuple(sorted(members[k])),
-                              tuple(sorted(reasons))))
+            sites_k, counts_k = site_ids[bounds[k]:bounds[k + 1]], site_counts[bounds[k]:bounds[k + 1]]
+            signature = (sites_k.tobytes(), counts_k.tobytes())
+            if signature not in shared:
+                counts = {keys[i]: c for i, c in zip(sites_k.tolist(), counts_k.tolist())}
+                selected = names is None or _selected(counts, prop.sites, names)
+                shared[signature] = (counts, tuple(sorted({site_owner[i] for i in sites_k.tolist()})), selected)
+            counts, members, selected = shared[signature]
+            reasons = slots.reasons(root)
+            if not selected:
+                reasons = reasons | {"not affected by the requested layer_names"}
+            units.append(Unit(k, counts, tuple(sorted(producers[k])), members, tuple(sorted(reasons))))
         return cls(
             units=units,
             sites=prop.sites,

@@ -448,8 +448,12 @@ class ChannelPropagation(fx.Interpreter):
             self._module_sites(fqn, ("weight", "bias"), out, "filter")
         else:
             in_per, out_per = m.in_channels // m.groups, m.out_channels // m.groups
-            reps = [self.slots.unify_all(vector[k * in_per:(k + 1) * in_per]) for k in range(m.groups)]
-            out = np.repeat(np.asarray(reps, dtype=np.int64), out_per)
+            if in_per == 1:  # depthwise: each group is one input channel already
+                reps = vector
+            else:
+                reps = np.asarray([self.slots.unify_all(vector[k * in_per:(k + 1) * in_per])
+                                   for k in range(m.groups)], dtype=np.int64)
+            out = np.repeat(reps, out_per)
             self._module_sites(fqn, ("weight", "bias"), out)
             self.grouped_convs[fqn] = out_per
         return shaped(out, result.ndim, cdim)

@@ -141,19 +141,24 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = (),
     if unknown:
         raise ValueError(f"leaf_modules names {unknown} that are not modules of the model")
     tracer = _ChannelTracer(names, types)
-    with preserved(model):
-        model.train()
-        try:
-            graph = tracer.trace(model)
-        except Exception as exc:
-            if example_input is None:
-                raise _trace_failure(tracer, known, exc) from exc
-            concrete = _ConcreteTracer(names, types, example_input)
+    attributes = set(vars(model))
+    try:
+        with preserved(model):
+            model.train()
             try:
-                graph = concrete.trace(model)
-            except Exception:
-                raise _trace_failure(tracer, known, exc) from exc
-    return fx.GraphModule(model, graph)
+                graph = tracer.trace(model)
+            except Exception as exc:
+                if example_input is None:
+                    raise _trace_failure(tracer, known, exc) from exc
+                concrete = _ConcreteTracer(names, types, example_input)
+                try:
+                    graph = concrete.trace(model)
+                except Exception:
+                    raise _trace_failure(tracer, known, exc) from exc
+        return fx.GraphModule(model, graph)  # copies the tensor constants fx stored on the model...
+    finally:
+        for name in set(vars(model)) - attributes:  # ...which are taken off it again
+            delattr(model, name)
 
 
 def _trace_failure(tracer: _ChannelTracer, known: dict[str, nn.Module], exc: Exception) -> TraceFailure:

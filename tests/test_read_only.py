@@ -21,11 +21,12 @@ from tests.zoos import TORCHVISION_ZOO, timm_model, torchvision_model
 
 def snapshot(model: torch.nn.Module) -> tuple:
     return (copy.deepcopy(model.state_dict()), [m.training for m in model.modules()],
-            [p.requires_grad for p in model.parameters()])
+            [p.requires_grad for p in model.parameters()], [sorted(vars(m)) for m in model.modules()])
 
 
 def assert_unchanged(model: torch.nn.Module, before: tuple) -> None:
-    state, modes, flags = before
+    state, modes, flags, attributes = before
+    assert [sorted(vars(m)) for m in model.modules()] == attributes, "attributes were added or removed"
     now = model.state_dict()
     changed = [k for k, v in state.items() if not torch.equal(now[k], v)]
     assert not changed, f"{len(changed)} tensors changed, e.g. {changed[:3]}"
@@ -66,6 +67,22 @@ def test_small_architectures_are_left_as_they_were(name, train):
 def test_torchvision_models_are_left_as_they_were(name):
     model, example = torchvision_model(name)
     check_read_only(mixed_state(model, train=False), example)
+
+
+class TensorConstant(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x) + torch.tensor([1.0])  # fx stores this constant on the traced module
+
+
+def test_tracing_leaves_no_attribute_behind():
+    model = TensorConstant()
+    before = snapshot(model)
+    ChannelGraph.build(model, torch.randn(1, 3, 4, 4))
+    assert_unchanged(model, before)
 
 
 def test_scoring_leaves_buffers_and_modes_alone():
