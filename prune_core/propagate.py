@@ -285,14 +285,13 @@ class ChannelPropagation(fx.Interpreter):
         """Whether output size ``size`` (an int or an fx node) of reshape ``n`` stays right (see above)."""
         if not isinstance(size, fx.Node):
             return True
-        others = [(t, d) for t, d in _shape_reads(size) if t is not n.args[0] and self._carries_channels(t, d)]
+        others = [(t, d) for t, d in self._shape_reads(size) if t is not n.args[0] and self._carries_channels(t, d)]
         if not others:
             return True
         source = _size_source(size)
-        if source is not None and others == [source]:
-            tensor, d = source
-            theirs = self.labels[tensor]
-            theirs = along(theirs, d % theirs.ndim, out.shape[dim])
+        theirs = self.labels.get(source[0]) if source is not None else None
+        if others == [source] and isinstance(theirs, np.ndarray):
+            theirs = along(theirs, source[1] % theirs.ndim, out.shape[dim])
             mine = along(compress(out), dim, out.shape[dim])
             if mine is not None and theirs is not None:
                 if sorted(map(self.slots.find, mine.tolist())) != sorted(map(self.slots.find, theirs.tolist())):
@@ -301,6 +300,23 @@ class ChannelPropagation(fx.Interpreter):
         for tensor, _ in others:
             self._block(self.labels.get(tensor), f"its channel count sets a size of `{n.name}`")
         return False
+
+    def _shape_reads(self, node: fx.Node) -> list[tuple[fx.Node, int | None]]:
+        """Every tensor size a size expression reads, as ``(tensor, dim)``; dim None: a whole shape, or values."""
+        found, stack = [], [node]
+        while stack:
+            current = stack.pop()
+            source = _size_source(current)
+            if source is not None:
+                found.append(source)
+            elif isinstance(self.labels.get(current), np.ndarray):  # a tensor: its values set the size
+                found.append((current, None))
+            elif (current.op == "call_function" and current.target is getattr) or (
+                    current.op == "call_method" and current.target == "size"):
+                found.append((current.args[0], None))
+            else:
+                stack.extend(current.all_input_nodes)
+        return found
 
     def _carries_channels(self, tensor: fx.Node, dim: int | None) -> bool:
         """Whether pruning can change ``tensor``'s size along ``dim`` (None: along any dim)."""
@@ -648,20 +664,3 @@ def _size_source(node: fx.Node) -> tuple[fx.Node, int] | None:
                 or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)):
             return base.args[0], node.args[1]
     return None
-
-
-def _shape_reads(node: fx.Node) -> list[tuple[fx.Node, int | None]]:
-    """Every tensor size an fx size expression reads, as ``(tensor, dim)`` (dim None: the whole shape)."""
-    found, stack = [], [node]
-    while stack:
-        current = stack.pop()
-        source = _size_source(current)
-        if source is not None:
-            found.append(source)
-            continue
-        if (current.op == "call_function" and current.target is getattr) or (
-                current.op == "call_method" and current.target == "size"):
-            found.append((current.args[0], None))
-            continue
-        stack.extend(a for a in current.all_input_nodes)
-    return found
