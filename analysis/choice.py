@@ -5,7 +5,9 @@ validation accuracy is at most ``max_drop`` points below the unpruned network's 
 of the same trial). ``choose(table, min_reduction=0.8)``: the most accurate row with at least
 that reduction. Only rows with a checkpoint are candidates, so the choice can always be
 loaded: ``load_choice(row, tracking_uri)`` downloads that checkpoint and rebuilds the network
-from the trial's own logged Hydra config (``model._target_``), as a plain ``nn.Module``.
+from the trial's own logged Hydra config (``model._target_``), as a plain ``nn.Module``. The
+logged config is untrusted input: only allow-listed builders are instantiated (``allowed``),
+or pass your own ``builder``.
 
 >>> import pandas as pd
 >>> rows = pd.DataFrame({"run_id": ["a"] * 3, "iteration": [0, 1, 2], "reduction": [0.0, 0.5, 0.8],
@@ -17,15 +19,16 @@ from the trial's own logged Hydra config (``model._target_``), as a plain ``nn.M
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from unittest.mock import patch
 
 import pandas as pd
 import torch
-from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from analysis.allowed import check_targets, instantiate_allowed
 from prune_core import load_pruned
 
 
@@ -58,26 +61,42 @@ def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: fl
 
 
 def run_config(run_id: str, tracking_uri: str) -> DictConfig:
-    """The Hydra config a run was made with (its ``hydra/config.yaml`` artifact)."""
+    """The Hydra config a run was made with (its ``hydra/config.yaml`` artifact; read, never instantiated)."""
     with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        return OmegaConf.load(MlflowClient(tracking_uri).download_artifacts(run_id, "hydra/config.yaml"))
+        path = MlflowClient(tracking_uri).download_artifacts(run_id, "hydra/config.yaml")
+    try:
+        config = OmegaConf.load(path)
+    except Exception as exc:
+        raise ValueError(f"run {run_id}: its hydra/config.yaml is not a readable config ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from exc
+    if not isinstance(config, DictConfig):
+        raise ValueError(f"run {run_id}: its hydra/config.yaml holds a {type(config).__name__}, not a mapping")
+    return config
 
 
-def validation_accuracy(model: nn.Module, config: DictConfig) -> float:
-    """Accuracy (%) of ``model`` on the validation split of the run's own data config."""
-    data = instantiate(config.data)
+def validation_accuracy(model: nn.Module, config: DictConfig, allowed: Iterable[str] = ()) -> float:
+    """Accuracy (%) of ``model`` on the validation split of the run's own data config (allow-listed builders)."""
+    data = instantiate_allowed(config.get("data"), "data", allowed)
     with torch.no_grad():
         predicted = model.eval()(data["x_val"]).argmax(1)
     return 100.0 * float((predicted == data["y_val"]).float().mean())
 
 
-def load_choice(row: pd.Series, tracking_uri: str) -> nn.Module:
-    """The chosen network: its checkpoint, rebuilt from the trial's logged config (eval mode)."""
+def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Module] | None = None,
+                allowed: Iterable[str] = ()) -> nn.Module:
+    """The chosen network: its checkpoint, rebuilt from the trial's logged config (eval mode).
+
+    The config's ``model._target_`` must be one of the allow-listed builders or named in
+    ``allowed``; ``builder`` (a function returning the unpruned architecture) replaces it.
+    """
     client = MlflowClient(tracking_uri)
-    config = run_config(row["run_id"], tracking_uri)
-    build = lambda: instantiate(config.model)  # noqa: E731
+    if builder is None:
+        config = run_config(row["run_id"], tracking_uri)
+        model_config = config.get("model")
+        check_targets(model_config, "model", allowed)  # refused before anything is downloaded
+        builder = lambda: instantiate_allowed(model_config, "model", allowed)  # noqa: E731
     if not isinstance(row.get("checkpoint"), str):
         raise ValueError(f"run {row['run_id']} iteration {row['iteration']} has no checkpoint to load")
     with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         path = client.download_artifacts(row["run_id"], row["checkpoint"])
-    return load_pruned(path, build).eval()
+    return load_pruned(path, builder).eval()
