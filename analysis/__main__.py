@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                   (args.metric, "reduction")))
     write(out / "progress.png", progress_figure(table, chosen["run_id"], metric=args.metric))
     left_out = f"; left out: {experiment.unfinished}" if experiment.unfinished else ""
+    for run_id, why in experiment.left_out.items():
+        print(f"left out run {run_id}: {why}", file=sys.stderr)
     print(f"{table['run_id'].nunique()} runs, {len(table)} candidate levels, {len(front)} on the Pareto front"
           f"{left_out}. Written to {out}/")
     print(f"Chosen (at most {args.max_drop} points below the unpruned network): trial {int(chosen['trial'])}, "

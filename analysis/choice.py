@@ -19,7 +19,9 @@ or pass your own ``builder``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from unittest.mock import patch
 
 import pandas as pd
@@ -62,10 +64,9 @@ def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: fl
 
 def run_config(run_id: str, tracking_uri: str) -> DictConfig:
     """The Hydra config a run was made with (its ``hydra/config.yaml`` artifact; read, never instantiated)."""
-    with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        path = MlflowClient(tracking_uri).download_artifacts(run_id, "hydra/config.yaml")
     try:
-        config = OmegaConf.load(path)
+        with _downloaded(tracking_uri, run_id, "hydra/config.yaml") as path:
+            config = OmegaConf.load(path)
     except Exception as exc:
         raise ValueError(f"run {run_id}: its hydra/config.yaml is not a readable config ({type(exc).__name__}: "
                          f"{str(exc)[:200]})") from exc
@@ -89,7 +90,6 @@ def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Modu
     The config's ``model._target_`` must be one of the allow-listed builders or named in
     ``allowed``; ``builder`` (a function returning the unpruned architecture) replaces it.
     """
-    client = MlflowClient(tracking_uri)
     if builder is None:
         config = run_config(row["run_id"], tracking_uri)
         model_config = config.get("model")
@@ -97,6 +97,17 @@ def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Modu
         builder = lambda: instantiate_allowed(model_config, "model", allowed)  # noqa: E731
     if not isinstance(row.get("checkpoint"), str):
         raise ValueError(f"run {row['run_id']} iteration {row['iteration']} has no checkpoint to load")
-    with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        path = client.download_artifacts(row["run_id"], row["checkpoint"])
-    return load_pruned(path, builder).eval()
+    with _downloaded(tracking_uri, row["run_id"], row["checkpoint"]) as path:
+        try:
+            return load_pruned(path, builder).eval()
+        except ValueError as exc:
+            raise ValueError(f"run {row['run_id']}, iteration {row['iteration']}: checkpoint {row['checkpoint']!r} "
+                             f"cannot be loaded: {str(exc).replace(repr(str(path)), 'it')}") from exc
+
+
+@contextmanager
+def _downloaded(tracking_uri: str, run_id: str, artifact: str) -> Iterator[str]:
+    """A run's artifact in a temporary folder, removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="taylorprune-artifact-") as folder, \
+            patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        yield MlflowClient(tracking_uri).download_artifacts(run_id, artifact, dst_path=folder)

@@ -12,7 +12,10 @@ joins it with the run's identity and its hyperparameters:
 - ``checkpoint``: the artifact path of that iteration's checkpoint (None when it has none).
 
 Failed and still-running trials are left out unless ``include_unfinished=True``; their
-numbers are in ``Experiment.unfinished``. A study resumed several times (several parent runs)
+numbers are in ``Experiment.unfinished``. A finished run whose history table is missing or
+unreadable (truncated, not the logged layout) is left out too, with the reason, in
+``Experiment.left_out``: one bad run does not stop the analysis. Artifacts are downloaded into
+one temporary folder that is removed before this returns. A study resumed several times (several parent runs)
 is one experiment: trials are identified by their tags, not by their parent.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest.mock import patch
@@ -41,6 +45,7 @@ class Experiment:
     table: pd.DataFrame
     hyperparameters: list[str]
     unfinished: dict[str, int] = field(default_factory=dict)  # status -> number of runs left out
+    left_out: dict[str, str] = field(default_factory=dict)  # run id -> why its history could not be read
 
     @property
     def metrics(self) -> list[str]:
@@ -87,12 +92,21 @@ def _numeric(column: pd.Series) -> pd.Series:
         return column
 
 
-def _history(client: MlflowClient, run) -> pd.DataFrame:
+def _history(client: MlflowClient, run, folder: str) -> pd.DataFrame:
+    """The run's pruning history; ValueError, naming what is wrong, when it is not a readable table."""
     with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        path = client.download_artifacts(run.info.run_id, HISTORY)
-    with open(path) as handle:
-        payload = json.load(handle)
-    return pd.DataFrame(payload["data"], columns=payload["columns"])
+        path = client.download_artifacts(run.info.run_id, HISTORY, dst_path=folder)
+    try:
+        with open(path) as handle:
+            payload = json.load(handle)
+        history = pd.DataFrame(payload["data"], columns=payload["columns"])
+        history["iteration"] = pd.to_numeric(history["iteration"], errors="raise").astype(int)
+    except Exception as exc:
+        raise ValueError(f"{HISTORY} is not a readable history table ({type(exc).__name__}: {str(exc)[:120]})") \
+            from exc
+    if history.empty:
+        raise ValueError(f"{HISTORY} has no rows")
+    return history
 
 
 def load_experiment(name: str, tracking_uri: str | None = None, include_unfinished: bool = False) -> Experiment:
@@ -106,39 +120,45 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
     found = client.search_runs([experiment.experiment_id], max_results=50_000)
     jobs = [r for r in found if r.data.tags.get(ROLE) in ("trial", "single")]
     unfinished: dict[str, int] = {}
+    left_out: dict[str, str] = {}
     rows, params = [], []
-    for run in jobs:
-        if run.info.status != "FINISHED":
-            unfinished[run.info.status] = unfinished.get(run.info.status, 0) + 1
-            if not include_unfinished:
+    with tempfile.TemporaryDirectory(prefix="taylorprune-analysis-") as folder:
+        for run in jobs:
+            if run.info.status != "FINISHED":
+                unfinished[run.info.status] = unfinished.get(run.info.status, 0) + 1
+                if not include_unfinished:
+                    continue
+            if HISTORY not in {a.path for a in client.list_artifacts(run.info.run_id, "tables")}:
+                left_out[run.info.run_id] = f"no {HISTORY} artifact"
                 continue
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
-        if HISTORY not in artifacts:
-            continue
-        history = _history(client, run)
-        checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-        history["checkpoint"] = [path if (path := f"checkpoints/pruned_iteration_{int(k):03d}.pt") in checkpoints
-                                 else None for k in history["iteration"]]
-        stop = run.data.tags.get("taylorprune.stop_reason", "")
-        last = int(history["iteration"].max()) - (1 if stop in RETURNS_PREVIOUS else 0)
-        history["returned"] = history["iteration"] == last
-        history.insert(0, "stop_reason", stop)
-        history.insert(0, "status", run.info.status)
-        history.insert(0, "study", run.data.tags.get(STUDY))
-        history.insert(0, "run_id", run.info.run_id)
-        history.insert(0, "trial", int(run.data.tags.get(TRIAL, -1)))
-        rows.append(history)
-        params.append((run.info.run_id, run.data.params))
+            try:
+                history = _history(client, run, folder)
+            except ValueError as exc:
+                left_out[run.info.run_id] = str(exc)
+                continue
+            checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+            history["checkpoint"] = [path if (path := f"checkpoints/pruned_iteration_{int(k):03d}.pt") in checkpoints
+                                     else None for k in history["iteration"]]
+            stop = run.data.tags.get("taylorprune.stop_reason", "")
+            last = int(history["iteration"].max()) - (1 if stop in RETURNS_PREVIOUS else 0)
+            history["returned"] = history["iteration"] == last
+            history.insert(0, "stop_reason", stop)
+            history.insert(0, "status", run.info.status)
+            history.insert(0, "study", run.data.tags.get(STUDY))
+            history.insert(0, "run_id", run.info.run_id)
+            history.insert(0, "trial", int(run.data.tags.get(TRIAL, -1)))
+            rows.append(history)
+            params.append((run.info.run_id, run.data.params))
     if not rows:
         raise ValueError(f"experiment {name!r} has no finished trials with a pruning history "
-                         f"(runs left out by status: {unfinished or 'none'})")
+                         f"(runs left out by status: {unfinished or 'none'}; unreadable: {left_out or 'none'})")
     table = pd.concat(rows, ignore_index=True)
     values = pd.DataFrame({run_id: {k: typed(v) for k, v in p.items()} for run_id, p in params}).T
     varying = [k for k in values.columns if values[k].astype(str).nunique() > 1]
     swept = values[varying].apply(_numeric)
     table = table.merge(swept, left_on="run_id", right_index=True, how="left")
     table = table.sort_values(["trial", "run_id", "iteration"], ignore_index=True)
-    return Experiment(name, uri, table, varying, unfinished)
+    return Experiment(name, uri, table, varying, unfinished, left_out)
 
 
 def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
