@@ -50,6 +50,8 @@ def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: fl
         raise ValueError("give exactly one rule: max_drop (points of accuracy) or min_reduction (0..1)")
     drop = accuracy_drop(table, metric)
     loadable = table["checkpoint"].notna()
+    if "rejected" in table:
+        loadable &= ~table["rejected"].astype(bool)
     if max_drop is not None:
         candidates = table[loadable & (drop <= max_drop)]
         if candidates.empty:

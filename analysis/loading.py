@@ -5,7 +5,9 @@ reads each run's ``tables/pruning_history.json`` artifact (written by ``sweeps.r
 joins it with the run's identity and its hyperparameters:
 
 - ``trial`` (the Optuna trial number; -1 for a single run), ``run_id``, ``study``, ``status``,
-  ``stop_reason``, and ``returned`` (True on the iteration whose network the run returned);
+  ``stop_reason``, ``returned`` (True on the iteration whose network the run returned: the
+  run's ``taylorprune.returned_iteration`` tag) and ``rejected`` (True on the iteration after it
+  when the run crossed its validation threshold or diverged: a network that was not kept);
 - the hyperparameters that differ between runs, typed (numbers as numbers, ``None`` as NaN);
 - ``iteration``, ``learnables``, ``reduction``, ``validation_<loss|metric>`` and the rest of
   the pruning history;
@@ -109,6 +111,14 @@ def _history(client: MlflowClient, run, folder: str) -> pd.DataFrame:
     return history
 
 
+def returned_iteration(tags: dict[str, str], last_iteration: int) -> int:
+    """The iteration whose network a run returned: its tag, or (runs logged before the tag) its stop reason."""
+    tagged = tags.get("taylorprune.returned_iteration")
+    if tagged is not None and tagged.lstrip("-").isdigit():
+        return int(tagged)
+    return last_iteration - (1 if tags.get("taylorprune.stop_reason", "") in RETURNS_PREVIOUS else 0)
+
+
 def load_experiment(name: str, tracking_uri: str | None = None, include_unfinished: bool = False) -> Experiment:
     """Load experiment ``name`` (see the module docstring)."""
     uri = resolve_uri(tracking_uri)
@@ -140,8 +150,9 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
             history["checkpoint"] = [path if (path := f"checkpoints/pruned_iteration_{int(k):03d}.pt") in checkpoints
                                      else None for k in history["iteration"]]
             stop = run.data.tags.get("taylorprune.stop_reason", "")
-            last = int(history["iteration"].max()) - (1 if stop in RETURNS_PREVIOUS else 0)
+            last = returned_iteration(run.data.tags, int(history["iteration"].max()))
             history["returned"] = history["iteration"] == last
+            history["rejected"] = history["iteration"] > last
             history.insert(0, "stop_reason", stop)
             history.insert(0, "status", run.info.status)
             history.insert(0, "study", run.data.tags.get(STUDY))

@@ -6,8 +6,11 @@
   per ``-m`` invocation of a study; its id is written to the sweep folder for the jobs.
 - ``job_run``: one run per job (a child of the study run in a sweep), status FAILED when the
   job raises and KILLED on Ctrl-C.
-- ``log_pruning``: the flattened config as params; per pruning iteration (step = iteration) and
-  per fine-tuning iteration (step = iteration) metrics, in batches of at most 1000; the three
+- ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
+  values, as single-value metrics named after the study's objectives (``validation_accuracy``,
+  ``reduction``, ...: what the MLflow UI's run table shows) and the tag
+  ``taylorprune.returned_iteration``; per pruning iteration (``pruning/...``, step = iteration)
+  and per fine-tuning iteration (step = iteration) history metrics, in batches of at most 1000; the three
   history tables (``mlflow.load_table``-able JSON), the Hydra config, every checkpoint, the
   progress plot and the final model (``mlflow.pytorch`` flavour and the safe format).
 
@@ -176,6 +179,14 @@ def history_metrics(info: PruningInfo) -> list[Metric]:
     return metrics
 
 
+def result_metrics(info: PruningInfo, names: list[str]) -> list[Metric]:
+    """The returned network's values (its row of the pruning history) under the given names."""
+    rows = info.pruning_history
+    row = rows.loc[rows["iteration"] == info.returned_iteration].iloc[0]
+    now = int(time.time() * 1000)
+    return [Metric(name, float(row[name]), now, 0) for name in dict.fromkeys(names) if name in row]
+
+
 def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, pruned: nn.Module, output_dir: Path,
                 checkpoints: Path | None, example: torch.Tensor) -> None:
     """Everything of a finished pruning run (see the module docstring)."""
@@ -183,8 +194,11 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
     params = [Param(k, v[:6000]) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()]
     for start in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[start:start + PARAM_BATCH], synchronous=True)
-    _metric_batches(client, run_id, history_metrics(info))
+    names = [*cfg.sweep.objectives, *cfg.sweep.constraints, "reduction", "learnables",
+             *(c for c in info.pruning_history.columns if c.startswith("validation_"))]
+    _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info))
     client.set_tag(run_id, "taylorprune.stop_reason", info.stop_reason)
+    client.set_tag(run_id, "taylorprune.returned_iteration", str(info.returned_iteration))
     for name in ("pruning_history", "training_history", "validation_history"):
         table: pd.DataFrame = getattr(info, name)
         mlflow.log_table(table, artifact_file=f"tables/{name}.json", run_id=run_id)

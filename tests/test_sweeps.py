@@ -13,6 +13,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analysis import choose, load_experiment, pareto_front
 from tests.sweep_helpers import FAST, FAST_SEARCH, app_env, run_app
 
 pytestmark = pytest.mark.slow
@@ -204,3 +205,28 @@ def test_digits_with_the_small_resnet_preset(tmp_path):
     assert "Compressed network has" in out
     (run,) = runs(store(tmp_path), "taylorprune-digits-resnet")
     assert run.data.params["model._target_"] == "sweeps.models.small_resnet"
+
+
+def test_the_run_table_shows_the_returned_network_when_trials_cross_their_threshold(tmp_path):
+    # accuracy must stay above 99.9%: every trial crosses at its first pruning iteration and returns the unpruned one
+    run_app(tmp_path, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=2", "pruning.validation_threshold=99.9",
+            multirun=True)
+    trials = {t.number: t for t in study(tmp_path).trials}
+    client = store(tmp_path)
+    checked = 0
+    for run in runs(client):
+        if run.data.tags["taylorprune.role"] != "trial":
+            continue
+        trial = trials[int(run.data.tags["taylorprune.trial"])]
+        metrics = run.data.metrics  # what the MLflow UI's run table and compare view show
+        assert run.data.tags["taylorprune.returned_iteration"] == "0"
+        assert (metrics["validation_accuracy"], metrics["reduction"]) == pytest.approx(tuple(trial.values))
+        assert metrics["reduction"] == 0.0 < metrics["pruning/reduction"]  # the latest step is the rejected network
+        checked += 1
+    assert checked == 2
+    table = load_experiment("taylorprune", f"sqlite:///{tmp_path / 'mlflow.db'}").table
+    assert table.loc[table["iteration"] == 1, "rejected"].all() and not table.loc[table["returned"], "rejected"].any()
+    assert not pareto_front(table)["rejected"].any()
+    assert pareto_front(table, include_rejected=True)["rejected"].any()
+    with pytest.raises(ValueError, match="no row with a checkpoint reaches a reduction of 0.1"):
+        choose(table, min_reduction=0.1)
