@@ -32,6 +32,7 @@ from torch import nn
 
 from analysis.allowed import check_targets, instantiate_allowed
 from prune_core import load_pruned
+from sweeps import contract
 
 
 def accuracy_drop(table: pd.DataFrame, metric: str = "validation_accuracy") -> pd.Series:
@@ -67,7 +68,7 @@ def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: fl
 def run_config(run_id: str, tracking_uri: str) -> DictConfig:
     """The Hydra config a run was made with (its ``hydra/config.yaml`` artifact; read, never instantiated)."""
     try:
-        with _downloaded(tracking_uri, run_id, "hydra/config.yaml") as path:
+        with _downloaded(tracking_uri, run_id, contract.CONFIG) as path:
             config = OmegaConf.load(path)
     except Exception as exc:
         raise ValueError(f"run {run_id}: its hydra/config.yaml is not a readable config ({type(exc).__name__}: "

@@ -27,15 +27,15 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from unittest.mock import patch
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-HISTORY = "tables/pruning_history.json"
-RETURNS_PREVIOUS = ("Validation threshold crossed.", "Training loss is not finite.")
-ROLE, TRIAL, STUDY = "taylorprune.role", "taylorprune.trial", "taylorprune.study"
+from prune_core import StopReason
+from sweeps import contract
+
+HISTORY = contract.table("pruning_history")
 
 
 @dataclass
@@ -70,21 +70,10 @@ def typed(value: str):
 
 
 def resolve_uri(tracking_uri: str | None) -> str:
-    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the embedded ``sqlite:///<cwd>/mlflow.db``."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ValueError(f"tracking URI {uri!r}: there is no MLflow store at {uri.removeprefix('sqlite:///')!r}")
+    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; checked it can be read."""
+    uri = contract.tracking_uri(tracking_uri)
+    contract.check_reachable(uri, f"tracking URI {uri!r}", store_must_exist=True)
     return uri
-
-
-def _client(uri: str) -> MlflowClient:
-    client = MlflowClient(uri)
-    try:
-        with patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
-            client.search_experiments(max_results=1)
-    except Exception as exc:
-        raise ValueError(f"tracking URI {uri!r} cannot be reached: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    return client
 
 
 def _numeric(column: pd.Series) -> pd.Series:
@@ -113,22 +102,23 @@ def _history(client: MlflowClient, run, folder: str) -> pd.DataFrame:
 
 def returned_iteration(tags: dict[str, str], last_iteration: int) -> int:
     """The iteration whose network a run returned: its tag, or (runs logged before the tag) its stop reason."""
-    tagged = tags.get("taylorprune.returned_iteration")
+    tagged = tags.get(contract.RETURNED_ITERATION)
     if tagged is not None and tagged.lstrip("-").isdigit():
         return int(tagged)
-    return last_iteration - (1 if tags.get("taylorprune.stop_reason", "") in RETURNS_PREVIOUS else 0)
+    stop = tags.get(contract.STOP_REASON, "")
+    return last_iteration - (1 if stop in set(StopReason) and StopReason(stop).returns_previous else 0)
 
 
 def load_experiment(name: str, tracking_uri: str | None = None, include_unfinished: bool = False) -> Experiment:
     """Load experiment ``name`` (see the module docstring)."""
     uri = resolve_uri(tracking_uri)
-    client = _client(uri)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments())
         raise ValueError(f"experiment {name!r} does not exist at {uri}; experiments there: {known}")
     found = client.search_runs([experiment.experiment_id], max_results=50_000)
-    jobs = [r for r in found if r.data.tags.get(ROLE) in ("trial", "single")]
+    jobs = [r for r in found if r.data.tags.get(contract.ROLE) in contract.JOB_ROLES]
     unfinished: dict[str, int] = {}
     left_out: dict[str, str] = {}
     rows, params = [], []
@@ -146,18 +136,18 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
             except ValueError as exc:
                 left_out[run.info.run_id] = str(exc)
                 continue
-            checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-            history["checkpoint"] = [path if (path := f"checkpoints/pruned_iteration_{int(k):03d}.pt") in checkpoints
-                                     else None for k in history["iteration"]]
-            stop = run.data.tags.get("taylorprune.stop_reason", "")
+            checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, contract.CHECKPOINTS)}
+            history["checkpoint"] = [path if (path := contract.checkpoint(int(k))) in checkpoints else None
+                                     for k in history["iteration"]]
+            stop = run.data.tags.get(contract.STOP_REASON, "")
             last = returned_iteration(run.data.tags, int(history["iteration"].max()))
             history["returned"] = history["iteration"] == last
             history["rejected"] = history["iteration"] > last
             history.insert(0, "stop_reason", stop)
             history.insert(0, "status", run.info.status)
-            history.insert(0, "study", run.data.tags.get(STUDY))
+            history.insert(0, "study", run.data.tags.get(contract.STUDY))
             history.insert(0, "run_id", run.info.run_id)
-            history.insert(0, "trial", int(run.data.tags.get(TRIAL, -1)))
+            history.insert(0, "trial", int(run.data.tags.get(contract.TRIAL, -1)))
             rows.append(history)
             params.append((run.info.run_id, run.data.params))
     if not rows:

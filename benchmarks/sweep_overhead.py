@@ -33,7 +33,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import sweeps.run
-from sweeps import tracking
+from sweeps import contract, tracking
 
 RESULTS = Path(__file__).parent / "results"
 SPENT: dict[str, float] = defaultdict(float)
@@ -96,7 +96,7 @@ def main() -> None:
     timed(tracking.StudyRunCallback, "on_multirun_start", "mlflow_study")
     timed(tracking.StudyRunCallback, "on_multirun_end", "mlflow_study")
     for owner, name in ((mlflow, "start_run"), (mlflow, "end_run"), (mlflow, "set_experiment"),
-                        (tracking, "check_reachable")):
+                        (contract, "check_reachable")):
         timed(owner, name, "mlflow")
     timed(tracking, "log_torch_model", "model")
     tracking.log_pruning = capture_info(tracking.log_pruning)
@@ -114,7 +114,7 @@ def main() -> None:
     total = time.perf_counter() - started
     jobs, mlflow_s = SPENT["jobs"], SPENT["mlflow"] + SPENT["mlflow_study"]
     bookkeeping = total - jobs - SPENT["mlflow_study"]
-    count, batch_s, single_s = batching_comparison(tracking.tracking_uri(None))
+    count, batch_s, single_s = batching_comparison(contract.tracking_uri(None))
     lines = [
         "# Sweep overhead: MLflow logging and sweeper bookkeeping",
         "",
@@ -138,7 +138,7 @@ def main() -> None:
         f"Per trial: {total / args.trials:.2f} s in all, {mlflow_s / args.trials:.2f} s of MLflow logging "
         f"({SPENT['model'] / args.trials:.2f} s of it the model export), "
         f"{bookkeeping / args.trials:.2f} s of bookkeeping. Time to the first completed trial: "
-        f"{first_trial_end(tracking.tracking_uri(None)) - started_epoch:.1f} s (base network training included).",
+        f"{first_trial_end(contract.tracking_uri(None)) - started_epoch:.1f} s (base network training included).",
         "",
         f"Logging one trial's {count} metric values: `log_batch` in chunks of 1000: {batch_s:.2f} s; "
         f"one `log_metric` call each: {single_s:.2f} s ({single_s / batch_s:.0f}x slower).",

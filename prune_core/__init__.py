@@ -15,9 +15,10 @@ from prune_core.metrics import Metric
 from prune_core.options import TrainingOptions
 from prune_core.propagate import ExampleInputMismatch
 from prune_core.prunable import TaylorPrunableNetwork
-from prune_core.pruning_info import PruningInfo
+from prune_core.pruning_info import PruningInfo, checkpoint_name
 from prune_core.report import CompressionReport, analyze_compression
 from prune_core.serialize import load_pruned, read_pruned, save_pruned
+from prune_core.stop_reason import StopReason
 from prune_core.surgery import remove_units
 from prune_core.tracing import TraceFailure
 from prune_core.verify import SurgeryMismatch
@@ -28,12 +29,14 @@ __all__ = [
     "ExampleInputMismatch",
     "Metric",
     "PruningInfo",
+    "StopReason",
     "SurgeryMismatch",
     "TaylorPrunableNetwork",
     "TrainingOptions",
     "TraceFailure",
     "Unit",
     "analyze_compression",
+    "checkpoint_name",
     "compress_network",
     "load_pruned",
     "read_pruned",

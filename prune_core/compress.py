@@ -47,14 +47,8 @@ from prune_core.options import TrainingOptions
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PLOTS, VERBOSITY, PruningInfo, PruningRecord
 from prune_core.selection import filter_floors
+from prune_core.stop_reason import StopReason
 from prune_core.training import fine_tune, to_device
-
-STOP_GOAL = "Learnables reduction goal reached."
-STOP_MAXIMUM = "Maximum compression reached."
-STOP_THRESHOLD = "Validation threshold crossed."
-STOP_DIVERGED = "Training loss is not finite."
-STOP_OUTPUT_FN = "Stopped by output function."
-STOP_INTERRUPTED = "Stopped manually."
 
 
 def _parse_positional(args: tuple) -> tuple:
@@ -157,20 +151,20 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     try:
         while stop is None:
             if run.removed() >= goal_learnables:
-                stop = STOP_GOAL
+                stop = StopReason.GOAL
                 break
             iteration += 1
             timing, phase = {}, "pruning"
             started = time.perf_counter()
             if criterion == "taylor" and not run.score(n_scoring):
-                stop, model = STOP_DIVERGED, best
+                stop, model = StopReason.DIVERGED, best
                 break
             timing["scoring_s"] = time.perf_counter() - started
             budget = min(step_learnables, goal_learnables - run.removed())
             started = time.perf_counter()
             chosen = prunable.choose(learnables=budget, floors=floors)
             if not chosen:
-                stop = STOP_MAXIMUM
+                stop = StopReason.MAXIMUM
                 break
             prunable.remove(chosen)
             timing["surgery_s"] = time.perf_counter() - started
@@ -180,19 +174,19 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
             timing["fine_tuning_s"] = time.perf_counter() - started
             run.record(iteration, len(chosen), timing, outcome.validation)
             if outcome.status == "diverged":
-                stop, model = STOP_DIVERGED, best
+                stop, model = StopReason.DIVERGED, best
                 break
             if outcome.status == "stopped":
-                stop, best_row = STOP_OUTPUT_FN, len(run.rows) - 1
+                stop, best_row = StopReason.OUTPUT_FN, len(run.rows) - 1
                 break
             if validation_threshold is not None and run.crossed(outcome.validation, validation_threshold):
-                stop, model = STOP_THRESHOLD, best
+                stop, model = StopReason.THRESHOLD, best
                 break
             if checkpoint_path is not None and iteration % checkpoint_frequency == 0:
                 run.checkpoint(model, Path(checkpoint_path), iteration)
             best, best_row = copy.deepcopy(model), len(run.rows) - 1
     except KeyboardInterrupt:
-        stop = STOP_INTERRUPTED
+        stop = StopReason.INTERRUPTED
         if phase != "fine-tuning":
             model = best
         else:  # the current network, part-way through its fine-tuning: its row closes the history

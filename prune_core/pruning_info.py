@@ -45,7 +45,8 @@ class PruningInfo:
       ``learn_rate``, ``time_s``.
     - ``validation_history``: one row per validation: ``pruning_iteration``, ``epoch``,
       ``iteration``, ``loss``, each metric, ``time_s``.
-    - ``pruned_layers`` (dotted module paths), ``stop_reason``, ``summary`` (the text printed),
+    - ``pruned_layers`` (dotted module paths), ``stop_reason`` (the message, a plain ``str``;
+      compare it with ``StopReason`` members), ``summary`` (the text printed),
       ``returned_iteration`` (the pruning iteration of the network returned), ``figure`` (with
       ``plots="pruning-progress"``), ``checkpoints`` (paths written), ``seconds`` (time per phase).
     """
@@ -70,6 +71,11 @@ class PruningInfo:
 
 def learnables(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def checkpoint_name(iteration: int) -> str:
+    """The file name of pruning iteration ``iteration``'s checkpoint (``pruned_iteration_007.pt``)."""
+    return f"pruned_iteration_{iteration:03d}.pt"
 
 
 class PruningRecord:
@@ -158,7 +164,7 @@ class PruningRecord:
 
     def checkpoint(self, model: nn.Module, folder: Path, iteration: int) -> None:
         started = time.perf_counter()
-        path = folder / f"pruned_iteration_{iteration:03d}.pt"
+        path = folder / checkpoint_name(iteration)
         row = self.rows[-1]
         save_pruned(model, path, extra={k: v for k, v in row.items() if not k.startswith("channels[")})
         self.checkpoints.append(path)
@@ -191,5 +197,5 @@ class PruningRecord:
             if plots_path is not None:
                 save_figure(figure, plots_path)
         seconds = {**self.seconds, **self.log.seconds, "total": self.log.elapsed()}
-        return PruningInfo(pruning, training, validation, layers, stop_reason, summary,
+        return PruningInfo(pruning, training, validation, layers, str(stop_reason), summary,
                            int(pruning["iteration"].iloc[returned_row]), figure, list(self.checkpoints), seconds)

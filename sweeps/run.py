@@ -23,9 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prune_core import PruningInfo, TrainingOptions, compress_network
-from prune_core.compress import STOP_INTERRUPTED
-from sweeps import tracking
+from prune_core import PruningInfo, StopReason, TrainingOptions, compress_network
+from sweeps import contract, tracking
 from sweeps.base_model import base_network
 
 log = logging.getLogger(__name__)
@@ -64,8 +63,8 @@ def objective_values(cfg: DictConfig, info: PruningInfo) -> dict[str, list[float
 
 
 def run_job(cfg: DictConfig):
-    uri = tracking.tracking_uri(cfg.tracking.uri)
-    tracking.check_reachable(uri)
+    uri = contract.tracking_uri(cfg.tracking.uri)
+    contract.check_reachable(uri, f"tracking.uri={uri!r}")
     data = load_data(cfg)
     validation = (data["x_val"], data["y_val"]) if all(k in data for k in VALIDATION_KEYS) else None
     needs_validation = [n for n in [*cfg.sweep.objectives, *cfg.sweep.constraints] if n.startswith("validation_")]
@@ -87,7 +86,7 @@ def run_job(cfg: DictConfig):
                                         checkpoint_path=checkpoints, plots_path=output_dir / "pruning_progress.png"
                                         if pruning["plots"] != "none" else None, **pruning)
         tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2])
-        if info.stop_reason == STOP_INTERRUPTED:  # logged as far as it went; the run is KILLED, a study stops
+        if info.stop_reason == StopReason.INTERRUPTED:  # logged as far as it went; the run is KILLED, a study stops
             raise KeyboardInterrupt
     result = objective_values(cfg, info)
     values = result["values"] if isinstance(result, dict) else result

@@ -1,7 +1,8 @@
 """MLflow tracking of pruning runs and studies.
 
-- ``tracking_uri``/``check_reachable``: the store (default: the embedded ``sqlite:///<cwd>/mlflow.db``;
-  any tracking URI through ``tracking.uri``), checked before any training.
+- the store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
+  ``sqlite:///<cwd>/mlflow.db`` (``contract.tracking_uri``), checked before any training. Every tag
+  and artifact name comes from ``sweeps.contract``, which ``analysis`` reads with.
 - ``StudyRunCallback`` (a Hydra callback, configured in ``conf/config.yaml``): one parent run
   per ``-m`` invocation of a study; its id is written to the sweep folder for the jobs.
 - ``job_run``: one run per job (a child of the study run in a sweep), status FAILED when the
@@ -28,7 +29,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 import mlflow
 import pandas as pd
@@ -42,31 +42,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_core import PruningInfo, save_pruned
+from sweeps import contract
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 PARAM_BATCH = 100
-
-
-def tracking_uri(uri: str | None) -> str:
-    """``uri``, or the embedded sqlite store in the working directory (an absolute path)."""
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def check_reachable(uri: str) -> None:
-    """Fail fast, naming the URI, when the tracking store cannot be used."""
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise ValueError(f"tracking.uri={uri!r}: folder {str(folder)!r} does not exist")
-        return
-    try:
-        with patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"):
-            MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as exc:
-        raise ValueError(f"tracking.uri={uri!r} cannot be reached: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -93,14 +75,14 @@ class StudyRunCallback(Callback):
         self.client: MlflowClient | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        uri = tracking_uri(self.tracking.uri)
-        check_reachable(uri)
+        uri = contract.tracking_uri(self.tracking.uri)
+        contract.check_reachable(uri, f"tracking.uri={uri!r}")
         self.client, self.uri = MlflowClient(uri), uri
         sweeper = config.hydra.sweeper
         study = sweeper.get("study_name") or "study"
-        tags = {"taylorprune.role": "study", "taylorprune.study": study,
-                "taylorprune.sampler": str(sweeper.get("sampler", {}).get("_target_", "")),
-                "taylorprune.sweep_dir": str(config.hydra.sweep.dir)}
+        tags = {contract.ROLE: "study", contract.STUDY: study,
+                contract.SAMPLER: str(sweeper.get("sampler", {}).get("_target_", "")),
+                contract.SWEEP_DIR: str(config.hydra.sweep.dir)}
         run = self.client.create_run(experiment_id(self.client, self.tracking.experiment), run_name=f"study {study}",
                                      tags=tags)
         self.run_id = run.info.run_id
@@ -127,14 +109,14 @@ class StudyRunCallback(Callback):
 
 def _trial_tags(cfg: DictConfig) -> tuple[dict[str, str], str | None]:
     """Tags of a job's run and its parent run id (in a sweep)."""
-    tags = {"taylorprune.role": "trial"}
+    tags = {contract.ROLE: "trial"}
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return {"taylorprune.role": "single"}, None
+        return {contract.ROLE: "single"}, None
     hydra = HydraConfig.get()
     sweeper = hydra.sweeper
-    tags["taylorprune.study"] = str(sweeper.get("study_name") or "study")
-    tags["taylorprune.sampler"] = str(sweeper.get("sampler", {}).get("_target_", ""))
-    tags["taylorprune.trial"] = os.environ.get(TRIAL_ENV, str(hydra.job.num))
+    tags[contract.STUDY] = str(sweeper.get("study_name") or "study")
+    tags[contract.SAMPLER] = str(sweeper.get("sampler", {}).get("_target_", ""))
+    tags[contract.TRIAL] = os.environ.get(TRIAL_ENV, str(hydra.job.num))
     parent_file = Path(hydra.sweep.dir) / PARENT_FILE
     return tags, parent_file.read_text().strip() if parent_file.is_file() else None
 
@@ -145,7 +127,7 @@ def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.tracking.experiment)
     tags, parent = _trial_tags(cfg)
-    name = f"trial {tags['taylorprune.trial']}" if "taylorprune.trial" in tags else None
+    name = f"trial {tags[contract.TRIAL]}" if contract.TRIAL in tags else None
     run = mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags)
     try:
         yield run
@@ -197,16 +179,16 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
     names = [*cfg.sweep.objectives, *cfg.sweep.constraints, "reduction", "learnables",
              *(c for c in info.pruning_history.columns if c.startswith("validation_"))]
     _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info))
-    client.set_tag(run_id, "taylorprune.stop_reason", info.stop_reason)
-    client.set_tag(run_id, "taylorprune.returned_iteration", str(info.returned_iteration))
-    for name in ("pruning_history", "training_history", "validation_history"):
+    client.set_tag(run_id, contract.STOP_REASON, info.stop_reason)
+    client.set_tag(run_id, contract.RETURNED_ITERATION, str(info.returned_iteration))
+    for name in contract.TABLES:
         table: pd.DataFrame = getattr(info, name)
-        mlflow.log_table(table, artifact_file=f"tables/{name}.json", run_id=run_id)
+        mlflow.log_table(table, artifact_file=contract.table(name), run_id=run_id)
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
-        client.log_artifacts(run_id, str(hydra_dir), "hydra")
+        client.log_artifacts(run_id, str(hydra_dir), contract.HYDRA_DIR)
     if checkpoints is not None and any(checkpoints.iterdir()):
-        client.log_artifacts(run_id, str(checkpoints), "checkpoints")
+        client.log_artifacts(run_id, str(checkpoints), contract.CHECKPOINTS)
     if (output_dir / "pruning_progress.png").is_file():  # already drawn by compress_network
         client.log_artifact(run_id, str(output_dir / "pruning_progress.png"))
     elif info.figure is not None:

@@ -2,11 +2,12 @@
 
 import mlflow
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from prune_core import PruningInfo
-from sweeps import tracking
+from sweeps import contract, tracking
 
 
 def fake_history(steps: int) -> PruningInfo:
@@ -44,7 +45,17 @@ def test_flattened_config_params():
 
 def test_tracking_uri_defaults_to_an_absolute_sqlite_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert tracking.tracking_uri("http://example:5000") == "http://example:5000"
-    mlflow.set_tracking_uri(tracking.tracking_uri(None))
-    tracking.check_reachable(tracking.tracking_uri(None))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert contract.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert contract.tracking_uri("http://example:5000") == "http://example:5000"
+    mlflow.set_tracking_uri(contract.tracking_uri(None))
+    contract.check_reachable(contract.tracking_uri(None), "tracking.uri")
+    with pytest.raises(ValueError, match="there is no MLflow store at"):
+        contract.check_reachable(contract.tracking_uri(None), "tracking URI", store_must_exist=True)
+
+
+def test_the_app_and_the_analysis_honour_mlflow_tracking_uri_alike(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert contract.tracking_uri(None) == "http://tracking.example:5000"  # one resolution for writer and reader
+    assert contract.tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"

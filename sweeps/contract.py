@@ -1,0 +1,71 @@
+"""The MLflow layout that ``sweeps`` writes and ``analysis`` reads back: every name in one place.
+
+Dependency-light (MLflow is imported only to probe a server), so the reader does not pull in
+Hydra or the app. Tags, artifact paths, checkpoint names and the tracking URI's resolution:
+
+- the store: ``tracking_uri(uri)`` is ``uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
+  ``sqlite:///<cwd>/mlflow.db``, for the app and the analysis alike; ``check_reachable`` fails
+  fast, naming the URI;
+- tags: ``ROLE`` (``"study"``, ``"trial"`` or ``"single"``), ``STUDY``, ``TRIAL``, ``SAMPLER``,
+  ``SWEEP_DIR``, ``STOP_REASON`` and ``RETURNED_ITERATION`` (the iteration whose network a run
+  returned);
+- artifacts: ``CONFIG`` (the composed Hydra config), ``table(name)`` (the history tables),
+  ``checkpoint(iteration)``.
+
+>>> table("pruning_history"), checkpoint(3)
+('tables/pruning_history.json', 'checkpoints/pruned_iteration_003.pt')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from unittest.mock import patch
+
+from prune_core import checkpoint_name
+
+ROLE, STUDY, TRIAL = "taylorprune.role", "taylorprune.study", "taylorprune.trial"
+SAMPLER, SWEEP_DIR = "taylorprune.sampler", "taylorprune.sweep_dir"
+STOP_REASON, RETURNED_ITERATION = "taylorprune.stop_reason", "taylorprune.returned_iteration"
+JOB_ROLES = ("trial", "single")
+
+HYDRA_DIR, CONFIG = "hydra", "hydra/config.yaml"
+TABLES = ("pruning_history", "training_history", "validation_history")
+CHECKPOINTS = "checkpoints"
+
+
+def table(name: str) -> str:
+    """The artifact path of a history table (``mlflow.load_table``-able JSON)."""
+    return f"tables/{name}.json"
+
+
+def checkpoint(iteration: int) -> str:
+    """The artifact path of a pruning iteration's checkpoint."""
+    return f"{CHECKPOINTS}/{checkpoint_name(iteration)}"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded sqlite store in the working directory."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, label: str, store_must_exist: bool = False) -> None:
+    """Raise ValueError, starting with ``label``, when the store at ``uri`` cannot be used.
+
+    A sqlite store needs its folder (the writer creates the file) or, with ``store_must_exist``
+    (a reader), the file itself; a server must answer within 10 s, without retries.
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if store_must_exist and not path.is_file():
+            raise ValueError(f"{label}: there is no MLflow store at {str(path)!r}")
+        if not path.parent.is_dir():
+            raise ValueError(f"{label}: folder {str(path.parent)!r} does not exist")
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise ValueError(f"{label} cannot be reached: {type(exc).__name__}: {str(exc)[:300]}") from exc
