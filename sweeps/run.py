@@ -3,7 +3,8 @@
 The job: check the tracking store, build the data and the model, get the trained base
 network (cached, or ``base.checkpoint``), run ``compress_network`` with every option from
 ``pruning`` and ``training``, log everything to MLflow, and return the objectives named in
-``sweep.objectives`` (with ``sweep.constraints`` as Optuna constraints) to the sweeper.
+``sweep.objectives`` (with ``sweep.constraints`` as Optuna constraints, and the MLflow run id as
+the trial's ``mlflow_run_id`` user attribute) to the sweeper.
 
     python -m sweeps.run                                    # defaults: MNIST-1D, reference-like CNN
     python -m sweeps.run pruning.goal=0.5 model=deeper_cnn1d
@@ -89,7 +90,9 @@ def run_job(cfg: DictConfig):
         if info.stop_reason == StopReason.INTERRUPTED:  # logged as far as it went; the run is KILLED, a study stops
             raise KeyboardInterrupt
     result = objective_values(cfg, info)
-    values = result["values"] if isinstance(result, dict) else result
+    result = (result if isinstance(result, dict) else {"values": result}) | {
+        "user_attrs": {"mlflow_run_id": run.info.run_id}}  # Optuna keeps which MLflow run holds the trial
+    values = result["values"]
     log.info(f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
              f"objectives {dict(zip(cfg.sweep.objectives, values))}")
     if HydraConfig.get().mode.name != "MULTIRUN":

@@ -78,7 +78,11 @@ def test_study_resumes_and_continues_trial_numbers(tmp_path):
     results = sorted((tmp_path / "multirun").rglob("optimization_results.yaml"))
     assert len(results) == 2
     front = yaml.safe_load(results[-1].read_text())["best_trials"]
-    assert front and all(set(row) == {"number", "values", "params"} for row in front)
+    assert front and all(set(row) == {"number", "values", "params", "user_attrs"} for row in front)
+    assert yaml.safe_load(results[-1].read_text())["metric_names"] == ["validation_accuracy", "reduction"]
+    run_ids = {r.info.run_id for r in all_runs}
+    assert all(t.user_attrs["mlflow_run_id"] in run_ids for t in trials)
+    assert study(tmp_path).metric_names == ["validation_accuracy", "reduction"]
     assert set(front[0]["params"]) == {"pruning.num_importance_score_iterations", "training.max_epochs"}
 
 

@@ -7,7 +7,10 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
   grammar (``search_space``);
 - trials are asked ``n_jobs`` at a time, handed to the configured Hydra launcher as one batch,
   and told their results (a float, a list for several objectives, or a dict
-  ``{"values": ..., "constraints": ...}``); a job that raises is recorded as FAIL;
+  ``{"values": ..., "constraints": ..., "user_attrs": ...}``, the attributes stored on the
+  trial); a job that raises is recorded as FAIL;
+- ``metric_names`` (one per objective) become the study's metric names, which
+  optuna-dashboard and ``optuna.visualization`` show instead of "Objective 0";
 - ``storage`` + ``study_name`` + ``load_if_exists`` resume a study: each run adds ``n_trials``;
 - each job sees its trial number in the environment variable ``OPTUNA_TRIAL_NUMBER`` and the
   study in ``hydra.sweeper`` (``HydraConfig``).

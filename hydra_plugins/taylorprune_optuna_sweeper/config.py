@@ -36,6 +36,7 @@ class TaylorpruneOptunaSweeperConf:
     constraints: bool = False
     params: Optional[Dict[str, str]] = None
     results_file: Optional[str] = "optimization_results.yaml"
+    metric_names: Any = None  # a list, one per objective: shown by optuna-dashboard and optuna.visualization
 
 
 SAMPLERS = {

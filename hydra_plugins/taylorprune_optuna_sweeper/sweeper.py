@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from hydra.core.plugins import Plugins
@@ -45,17 +45,27 @@ def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
     return trial.user_attrs.get(CONSTRAINTS_ATTR, (math.inf,))
 
 
-def split_result(value: Any, n_objectives: int) -> tuple[list[float], list[float] | None]:
-    """A job's return value as objective values (and constraints, from a dict return)."""
-    constraints = None
+class JobResult(NamedTuple):
+    """What a job returned: objective values, Optuna constraints (or None) and user attributes to store."""
+
+    values: list[float]
+    constraints: list[float] | None = None
+    user_attrs: dict[str, Any] = {}
+
+
+def split_result(value: Any, n_objectives: int) -> JobResult:
+    """A job's return value: a number, a list, or a dict with ``values`` and optionally ``constraints``
+    and ``user_attrs`` (stored on the trial, e.g. the job's tracking run id)."""
+    constraints, user_attrs = None, {}
     if isinstance(value, (dict, DictConfig)):
         constraints = [float(c) for c in value.get("constraints", [])] or None
+        user_attrs = {str(k): v for k, v in dict(value.get("user_attrs") or {}).items()}
         value = value["values"]
     values = [float(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [float(value)]
     if len(values) != n_objectives:
         raise ValueError(f"the job returned {len(values)} objective values, but hydra.sweeper.direction "
                          f"has {n_objectives}")
-    return values, constraints
+    return JobResult(values, constraints, user_attrs)
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -69,7 +79,7 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: DictConfig, direction: Any, study_name: str | None, storage: str | None,
                  load_if_exists: bool, n_trials: int, n_jobs: int, max_failure_rate: float, constraints: bool,
-                 params: DictConfig | None, results_file: str | None) -> None:
+                 params: DictConfig | None, results_file: str | None, metric_names: Any = None) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
         for d in directions:
@@ -83,6 +93,10 @@ class OptunaSweeper(Sweeper):
         self.directions, self.load_if_exists = directions, load_if_exists
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.constraints, self.results_file = constraints, results_file
+        self.metric_names = None if metric_names is None else [str(name) for name in metric_names]
+        if self.metric_names is not None and len(self.metric_names) != len(directions):
+            raise ValueError(f"hydra.sweeper.metric_names={self.metric_names} names {len(self.metric_names)} "
+                             f"objectives, but hydra.sweeper.direction has {len(directions)}")
         self.params = {} if params is None else {str(k): str(v) for k, v in params.items()}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -122,6 +136,8 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage),
                                     sampler=self._sampler(space), directions=self.directions,
                                     load_if_exists=self.load_if_exists)
+        if self.metric_names is not None and study.metric_names != self.metric_names:
+            study.set_metric_names(self.metric_names)  # what optuna-dashboard and optuna.visualization show
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -153,11 +169,13 @@ class OptunaSweeper(Sweeper):
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job) -> bool:
         try:
-            values, constraints = split_result(job.return_value, len(self.directions))
+            values, constraints, user_attrs = split_result(job.return_value, len(self.directions))
         except Exception as exc:  # the job raised, or returned something unusable
             log.warning(f"Trial {trial.number} failed: {type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
             return False
+        for key, value in user_attrs.items():
+            trial.set_user_attr(key, value)
         if constraints is not None:
             trial.set_user_attr(CONSTRAINTS_ATTR, constraints)
         if not all(math.isfinite(v) for v in values):
@@ -172,13 +190,15 @@ class OptunaSweeper(Sweeper):
         best = study.best_trials if complete else []
         if self.constraints:
             best = [t for t in best if all(c <= 0 for c in trial_constraints(t))]
-        rows = [{"number": t.number, "values": list(t.values), "params": dict(t.params)} for t in best]
+        rows = [{"number": t.number, "values": list(t.values), "params": dict(t.params),
+                 "user_attrs": {k: v for k, v in t.user_attrs.items() if k != CONSTRAINTS_ATTR}} for t in best]
         title = "Pareto-optimal trials" if len(self.directions) > 1 else "Best trial"
         log.info(f"{title} of study {study.study_name!r} ({len(complete)} complete of {len(study.trials)}):")
         for row in rows:
             log.info(f"  trial {row['number']}: values {row['values']} params {row['params']}")
         if self.results_file:
-            result = {"study_name": study.study_name, "directions": self.directions, "best_trials": rows}
+            result = {"study_name": study.study_name, "directions": self.directions,
+                      "metric_names": study.metric_names, "best_trials": rows}
             path = sweep_dir / self.results_file
             tmp = path.with_suffix(path.suffix + ".tmp")
             OmegaConf.save(OmegaConf.create(result), tmp)
