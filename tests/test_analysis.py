@@ -160,3 +160,6 @@ def test_notebooks_run_end_to_end(sweep, name):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the figures are drawn"
+    if name == "sweep_insights.ipynb":  # importances per objective, under the study's metric names
+        importances = next(o["data"]["text/plain"] for o in notebook.cells[4]["outputs"] if "data" in o)
+        assert "'validation_accuracy': {" in importances and "'reduction': {" in importances
