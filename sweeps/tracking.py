@@ -13,7 +13,8 @@
   ``taylorprune.returned_iteration``; per pruning iteration (``pruning/...``, step = iteration)
   and per fine-tuning iteration (step = iteration) history metrics, in batches of at most 1000; the three
   history tables (``mlflow.load_table``-able JSON), the Hydra config, every checkpoint, the
-  progress plot and the final model (``mlflow.pytorch`` flavour and the safe format).
+  progress plot and the final model (``mlflow.pytorch`` flavour, named ``trial-<N>`` in a study and
+  linked to the returned iteration's step; and the safe format).
 
 >>> flatten({"a": {"b": 1, "c": [1, 2]}, "d": None})
 {'a.b': '1', 'a.c': '[1, 2]', 'd': 'None'}
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import optuna
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -41,8 +43,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hydra_plugins.taylorprune_optuna_sweeper.sweeper import open_storage
 from prune_core import PruningInfo, save_pruned
-from sweeps import contract
+from sweeps import contract, study_summary
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
@@ -83,9 +86,11 @@ class StudyRunCallback(Callback):
         tags = {contract.ROLE: "study", contract.STUDY: study,
                 contract.SAMPLER: str(sweeper.get("sampler", {}).get("_target_", "")),
                 contract.SWEEP_DIR: str(config.hydra.sweep.dir)}
-        run = self.client.create_run(experiment_id(self.client, self.tracking.experiment), run_name=f"study {study}",
-                                     tags=tags)
+        self.experiment_id = experiment_id(self.client, self.tracking.experiment)
+        run = self.client.create_run(self.experiment_id, run_name=f"study {study}", tags=tags)
         self.run_id = run.info.run_id
+        params = [Param(k, v[:6000]) for k, v in study_summary.study_params(config).items()]
+        self.client.log_batch(self.run_id, params=params, synchronous=True)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.run_id)
@@ -97,9 +102,12 @@ class StudyRunCallback(Callback):
         for name in ("optimization_results.yaml", "multirun.yaml"):
             if (sweep_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(sweep_dir / name))
+        sweeper = config.hydra.sweeper
+        study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(sweeper.storage))
+        study_summary.log_study_plots(self.client, self.run_id, study, self.tracking.experiment, self.uri)
         self._end("FINISHED")
         print(f"\nResults: {sweep_dir} (optimization_results.yaml: the best trials; one folder per trial)\n"
-              f"MLflow:  mlflow ui --backend-store-uri {self.uri}   (experiment {self.tracking.experiment!r})")
+              f"MLflow:  {study_summary.runs_page(self.uri, self.experiment_id)}")
 
     def _end(self, status: str) -> None:
         if self.run_id is not None:
@@ -127,7 +135,11 @@ def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.tracking.experiment)
     tags, parent = _trial_tags(cfg)
-    name = f"trial {tags[contract.TRIAL]}" if contract.TRIAL in tags else None
+    if contract.TRIAL in tags:
+        name = f"trial {tags[contract.TRIAL]}"
+    else:  # a single run: what was pruned, on what, to which goal
+        model, data = (str(cfg[group].get("_target_", group)).rpartition(".")[2] for group in ("model", "data"))
+        name = f"{model} on {data}, goal {cfg.pruning.goal}"
     run = mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags)
     try:
         yield run
@@ -196,16 +208,21 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
     save_pruned(pruned, output_dir / "pruned.pt", extra={"stop_reason": info.stop_reason})
     client.log_artifact(run_id, str(output_dir / "pruned.pt"), "model_safe")
     if cfg.tracking.log_model:
-        log_torch_model(pruned, example)
+        trial = run.data.tags.get(contract.TRIAL)
+        log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
 
 
-def log_torch_model(model: nn.Module, example: torch.Tensor) -> None:
-    """``mlflow.pytorch.log_model`` as an exported program (pt2, no pickle), or pickled if export fails."""
+def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model", step: int = 0) -> None:
+    """``mlflow.pytorch.log_model`` as an exported program (pt2, no pickle), or pickled if export fails.
+
+    ``step`` links the logged model to that step's metrics: the returned network's pruning iteration.
+    """
     model = model.cpu().eval()
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     try:
-        mlflow.pytorch.log_model(model, name="model", input_example=example.cpu().numpy(),
+        mlflow.pytorch.log_model(model, name=name, input_example=example.cpu().numpy(), step=step,
                                  serialization_format="pt2", pip_requirements=requirements)
     except Exception as exc:
         log.warning(f"torch.export could not export the model ({type(exc).__name__}); logging it pickled instead")
-        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=requirements)
+        mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", step=step,
+                                 pip_requirements=requirements)

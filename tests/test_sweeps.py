@@ -41,6 +41,7 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
     run_id = run.info.run_id
     mlflow.set_experiment("taylorprune")
     assert run.info.status == "FINISHED" and run.data.tags["taylorprune.role"] == "single"
+    assert run.info.run_name == "reference_cnn1d on mnist1d, goal 0.3"
     params = run.data.params
     assert params["pruning.goal"] == "0.3" and params["model._target_"] == "sweeps.models.reference_cnn1d"
     table = mlflow.load_table("tables/pruning_history.json", run_ids=[run_id])
@@ -64,7 +65,8 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
 def test_study_resumes_and_continues_trial_numbers(tmp_path):
     args = [*FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=2"]
     run_app(tmp_path, *args, multirun=True)
-    run_app(tmp_path, *args, multirun=True)
+    out = run_app(tmp_path, *args, multirun=True).stdout
+    assert "#/experiments/1/runs" in out
     trials = study(tmp_path).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials)
@@ -72,6 +74,16 @@ def test_study_resumes_and_continues_trial_numbers(tmp_path):
     parents = [r for r in all_runs if r.data.tags["taylorprune.role"] == "study"]
     children = [r for r in all_runs if r.data.tags["taylorprune.role"] == "trial"]
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    for parent in parents:  # the parent run summarises its study
+        assert parent.data.params["sampler"] == "optuna.samplers.TPESampler"
+        assert parent.data.params["n_trials"] == "2"
+        assert parent.data.params["search/training.max_epochs"] == "range(1, 3)"
+        plots = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
+        assert {"optuna/pareto_front.html", "optuna/param_importances_validation_accuracy.html",
+                "optuna/param_importances_reduction.html"} <= plots
+        assert "pareto_front.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
+    models = mlflow.search_logged_models(experiment_ids=[children[0].info.experiment_id], output_format="list")
+    assert sorted(m.name for m in models) == ["trial-0", "trial-1", "trial-2", "trial-3"]
     assert sorted(int(c.data.tags["taylorprune.trial"]) for c in children) == [0, 1, 2, 3]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {p.info.run_id for p in parents}
     assert {c.data.tags["taylorprune.sampler"] for c in children} == {"optuna.samplers.TPESampler"}
