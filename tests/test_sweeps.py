@@ -246,3 +246,15 @@ def test_the_run_table_shows_the_returned_network_when_trials_cross_their_thresh
     assert pareto_front(table, include_rejected=True)["rejected"].any()
     with pytest.raises(ValueError, match="no row with a checkpoint reaches a reduction of 0.1"):
         choose(table, min_reduction=0.1)
+
+
+def test_a_diverged_run_shows_the_network_it_returned(tmp_path):
+    run_app(tmp_path, *FAST, "training.solver=sgdm", "training.initial_learn_rate=1e6")
+    (run,) = runs(store(tmp_path))
+    assert run.data.tags["taylorprune.stop_reason"] == "Training loss is not finite."
+    returned = int(run.data.tags["taylorprune.returned_iteration"])
+    mlflow.set_experiment("taylorprune")
+    table = mlflow.load_table("tables/pruning_history.json", run_ids=[run.info.run_id])
+    row = table.loc[table["iteration"] == returned].iloc[0]
+    assert run.data.metrics["reduction"] == pytest.approx(row["reduction"])  # what Optuna would record
+    assert run.data.metrics["pruning/reduction"] > run.data.metrics["reduction"]  # the diverged step
