@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -103,7 +103,8 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
                      checkpoint_frequency: int = 1, verbosity: str = "summary", plots: str = "none",
                      plots_path=None, criterion: str = "taylor", normalization: str = "l2",
                      per_learnable: bool = False, allocation: str = "global", min_filter_fraction: float = 0.0,
-                     leaf_modules: Iterable[str | type] = (), verify: bool = True) -> tuple[nn.Module, PruningInfo]:
+                     leaf_modules: Iterable[str | type] = (), verify: bool = True,
+                     iteration_fn: Callable[[dict], None] | None = None) -> tuple[nn.Module, PruningInfo]:
     """Prune ``model`` iteratively; returns ``(pruned_model, info)``. See the module docstring.
 
     Call as ``compress_network(model, data, loss, options, ...)`` with ``data`` a DataLoader,
@@ -117,6 +118,8 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     change how filters are chosen; ``leaf_modules`` is as in ``ChannelGraph.build``. Every
     surgery is checked on the first two training examples (``SurgeryMismatch`` if a pruned
     network is not the zeroed original; nothing is returned then); ``verify=False`` skips it.
+    ``iteration_fn(row)`` is called with each pruning iteration's history row as soon as it is
+    recorded (iteration 0 included): to log it live, say.
     """
     targets, loss, options = _parse_positional(args)
     options = TrainingOptions() if options is None else options
@@ -140,7 +143,7 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
                                      per_learnable=per_learnable, allocation=allocation, seed=options.seed or 0,
                                      verify=verify)
     prunable.require_prunable()
-    run = PruningRecord(prunable, source, validation, loss_fn, options, goal, verbosity, generator)
+    run = PruningRecord(prunable, source, validation, loss_fn, options, goal, verbosity, generator, iteration_fn)
     floors = filter_floors(prunable.graph, min_filter_fraction)
     batches = source.num_batches(options.mini_batch_size)
     n_scoring = min(100 if num_importance_score_iterations == "auto" else num_importance_score_iterations, batches)

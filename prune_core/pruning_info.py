@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +83,10 @@ class PruningRecord:
     """Bookkeeping of one ``compress_network`` run (see the module docstring)."""
 
     def __init__(self, prunable: TaylorPrunableNetwork, source: DataSource, validation: DataSource | None, loss_fn,
-                 options: TrainingOptions, goal: float, verbosity: str, generator: torch.Generator) -> None:
+                 options: TrainingOptions, goal: float, verbosity: str, generator: torch.Generator,
+                 iteration_fn: Callable[[dict], None] | None = None) -> None:
         self.prunable, self.source, self.validation = prunable, source, validation
+        self.iteration_fn = iteration_fn
         self.loss_fn, self.options, self.verbosity, self.generator = loss_fn, options, verbosity, generator
         self.original = prunable.graph.total_learnables
         self.original_shapes = dict(prunable.graph.param_shapes)
@@ -147,6 +150,8 @@ class PruningRecord:
                     for fqn in self.producers})
         self.rows.append(row)
         self._report(row)
+        if self.iteration_fn is not None:
+            self.iteration_fn(dict(row))
 
     def _report(self, row: dict) -> None:
         if self.verbosity == "summary":

@@ -22,6 +22,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from prune_core import PruningInfo, StopReason, TrainingOptions, compress_network
@@ -83,10 +84,11 @@ def run_job(cfg: DictConfig):
     pruning = OmegaConf.to_container(cfg.pruning, resolve=True)
     loss = pruning.pop("loss")
     with tracking.job_run(uri, cfg) as run:
+        live = tracking.LiveLog(MlflowClient(uri), run.info.run_id)
         pruned, info = compress_network(base, data["x_train"], data["y_train"], loss, options,
                                         checkpoint_path=checkpoints, plots_path=output_dir / "pruning_progress.png"
-                                        if pruning["plots"] != "none" else None, **pruning)
-        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2])
+                                        if pruning["plots"] != "none" else None, iteration_fn=live, **pruning)
+        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2], live)
         if info.stop_reason == StopReason.INTERRUPTED:  # logged as far as it went; the run is KILLED, a study stops
             raise KeyboardInterrupt
     result = objective_values(cfg, info)

@@ -7,6 +7,8 @@
   per ``-m`` invocation of a study; its id is written to the sweep folder for the jobs.
 - ``job_run``: one run per job (a child of the study run in a sweep), status FAILED when the
   job raises and KILLED on Ctrl-C.
+- ``LiveLog``: each pruning iteration's ``pruning/...`` metrics logged asynchronously as it
+  happens, so a long trial shows in the UI while it runs;
 - ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
   values, as single-value metrics named after the study's objectives (``validation_accuracy``,
   ``reduction``, ...: what the MLflow UI's run table shows) and the tag
@@ -144,9 +146,11 @@ def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     try:
         yield run
     except KeyboardInterrupt:
+        mlflow.flush_async_logging()
         mlflow.end_run("KILLED")
         raise
     except BaseException:
+        mlflow.flush_async_logging()
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
@@ -157,19 +161,50 @@ def _metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) ->
         client.log_batch(run_id, metrics=metrics[start:start + BATCH], synchronous=True)
 
 
-def history_metrics(info: PruningInfo) -> list[Metric]:
-    """Per pruning iteration (``pruning/...``) and per fine-tuning iteration (``train/...``) metrics."""
+def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
+    """One pruning iteration's ``pruning/...`` metrics (step = iteration)."""
+    keys = ["learnables", "reduction", "filters_removed", *(k for k in row if k.startswith("validation_"))]
+    return [Metric(f"pruning/{k}", float(row[k]), timestamp, int(row["iteration"])) for k in keys if k in row]
+
+
+class LiveLog:
+    """Logs each pruning iteration as it is recorded (``compress_network(iteration_fn=...)``), with MLflow's
+    asynchronous logging: the UI shows a trial while it runs, and pruning stays off the wait.
+
+    >>> live = LiveLog(MlflowClient(uri), run.info.run_id)                   # doctest: +SKIP
+    >>> pruned, info = compress_network(..., iteration_fn=live)              # doctest: +SKIP
+    >>> live.flush()                                                         # doctest: +SKIP
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id, self.pending = client, run_id, []
+
+    def __call__(self, row: dict) -> None:
+        metrics = pruning_metrics(row, int(time.time() * 1000))
+        self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+    def flush(self) -> None:
+        """Wait until everything logged so far is stored."""
+        for operation in self.pending:
+            operation.wait()
+        self.pending.clear()
+
+
+def history_metrics(info: PruningInfo, pruning: bool = True) -> list[Metric]:
+    """Per pruning iteration (``pruning/...``, unless logged live) and per fine-tuning iteration (``train/...``,
+    ``validation/...``) metrics, time-stamped when they happened (from the tables' ``time_s``)."""
     now = int(time.time() * 1000)
     metrics = []
-    pruning = info.pruning_history
-    keys = ["learnables", "reduction", "filters_removed", *(c for c in pruning if c.startswith("validation_"))]
-    for row in pruning.itertuples(index=False):
-        values = row._asdict()
-        metrics += [Metric(f"pruning/{k}", float(values[k]), now, int(values["iteration"])) for k in keys]
-    for prefix, table in (("train", info.training_history), ("validation", info.validation_history)):
+    if pruning:
+        for row in info.pruning_history.to_dict("records"):
+            metrics += pruning_metrics(row, now)
+    tables = (("train", info.training_history), ("validation", info.validation_history))
+    started = now - int(1000 * max([0.0, *(float(t["time_s"].max()) for _, t in tables if len(t))]))
+    for prefix, table in tables:
+        stamps = [started + int(1000 * t) for t in table["time_s"]] if "time_s" in table else [now] * len(table)
         for column in (c for c in table.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
-            metrics += [Metric(f"{prefix}/{column}", float(v), now, int(step))
-                        for v, step in zip(table[column], table["iteration"], strict=True)]
+            metrics += [Metric(f"{prefix}/{column}", float(v), stamp, int(step))
+                        for v, step, stamp in zip(table[column], table["iteration"], stamps, strict=True)]
     return metrics
 
 
@@ -182,15 +217,18 @@ def result_metrics(info: PruningInfo, names: list[str]) -> list[Metric]:
 
 
 def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, pruned: nn.Module, output_dir: Path,
-                checkpoints: Path | None, example: torch.Tensor) -> None:
-    """Everything of a finished pruning run (see the module docstring)."""
+                checkpoints: Path | None, example: torch.Tensor, live: LiveLog | None = None) -> None:
+    """Everything of a finished pruning run (see the module docstring); ``live``: the pruning metrics
+    already logged as they happened (waited for here)."""
     client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
+    if live is not None:
+        live.flush()
     params = [Param(k, v[:6000]) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()]
     for start in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[start:start + PARAM_BATCH], synchronous=True)
     names = [*cfg.sweep.objectives, *cfg.sweep.constraints, "reduction", "learnables",
              *(c for c in info.pruning_history.columns if c.startswith("validation_"))]
-    _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info))
+    _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info, pruning=live is None))
     client.set_tag(run_id, contract.STOP_REASON, info.stop_reason)
     client.set_tag(run_id, contract.RETURNED_ITERATION, str(info.returned_iteration))
     for name in contract.TABLES:

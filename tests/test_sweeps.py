@@ -45,8 +45,12 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
     params = run.data.params
     assert params["pruning.goal"] == "0.3" and params["model._target_"] == "sweeps.models.reference_cnn1d"
     table = mlflow.load_table("tables/pruning_history.json", run_ids=[run_id])
-    steps = [m.step for m in client.get_metric_history(run_id, "pruning/reduction")]
-    assert steps == table["iteration"].tolist() and table["reduction"].iloc[-1] >= 0.3
+    history = sorted(client.get_metric_history(run_id, "pruning/reduction"), key=lambda m: m.step)
+    assert [m.step for m in history] == table["iteration"].tolist() and table["reduction"].iloc[-1] >= 0.3
+    stamps = [m.timestamp for m in history]  # logged live, as each iteration happened
+    assert stamps == sorted(stamps) and stamps[-1] > stamps[0]
+    train_stamps = [m.timestamp for m in client.get_metric_history(run_id, "train/loss")]
+    assert max(train_stamps) > min(train_stamps)  # when each step happened, not one time for all
     training = mlflow.load_table("tables/training_history.json", run_ids=[run_id])
     assert len(client.get_metric_history(run_id, "train/loss")) == len(training) > 10
     assert {"validation/accuracy", "pruning/validation_accuracy"} <= set(run.data.metrics)
