@@ -64,10 +64,10 @@ def _optuna_plots(study: optuna.Study) -> dict[str, object]:
     return plots
 
 
-def log_study_plots(client: MlflowClient, run_id: str, study: optuna.Study, experiment: str, uri: str) -> None:
-    """Attach the study's plots to the parent run (see the module docstring)."""
+def log_study_plots(client: MlflowClient, run_id: str, study: optuna.Study | None, experiment: str, uri: str) -> None:
+    """Attach the study's plots to the parent run (see the module docstring); ``study`` None: the front only."""
     with tempfile.TemporaryDirectory(prefix="taylorprune-study-") as folder:
-        for name, draw in _optuna_plots(study).items():
+        for name, draw in (_optuna_plots(study) if study is not None else {}).items():
             try:
                 draw().write_html(Path(folder) / name, include_plotlyjs="cdn")
             except Exception as exc:  # e.g. fewer than two complete trials

@@ -105,7 +105,11 @@ class StudyRunCallback(Callback):
             if (sweep_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(sweep_dir / name))
         sweeper = config.hydra.sweeper
-        study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(sweeper.storage))
+        try:  # an in-memory study (storage null) is gone with the sweeper: no Optuna plots then
+            study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(sweeper.storage))
+        except Exception as exc:
+            log.warning(f"Optuna study not reloaded for its plots: {type(exc).__name__}: {exc}")
+            study = None
         study_summary.log_study_plots(self.client, self.run_id, study, self.tracking.experiment, self.uri)
         self._end("FINISHED")
         print(f"\nResults: {sweep_dir} (optimization_results.yaml: the best trials; one folder per trial)\n"
