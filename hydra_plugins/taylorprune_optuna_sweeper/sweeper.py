@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -137,7 +138,9 @@ class OptunaSweeper(Sweeper):
                                     sampler=self._sampler(space), directions=self.directions,
                                     load_if_exists=self.load_if_exists)
         if self.metric_names is not None and study.metric_names != self.metric_names:
-            study.set_metric_names(self.metric_names)  # what optuna-dashboard and optuna.visualization show
+            with warnings.catch_warnings():  # experimental in Optuna 5, and used as documented
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(self.metric_names)  # what optuna-dashboard and optuna.visualization show
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
