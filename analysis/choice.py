@@ -18,19 +18,15 @@ or pass your own ``builder``.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from unittest.mock import patch
+from collections.abc import Callable, Iterable
 
 import pandas as pd
 import torch
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from analysis.allowed import check_targets, instantiate_allowed
+from analysis.loading import downloaded
 from prune_core import load_pruned
 from sweeps import contract
 
@@ -68,7 +64,7 @@ def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: fl
 def run_config(run_id: str, tracking_uri: str) -> DictConfig:
     """The Hydra config a run was made with (its ``hydra/config.yaml`` artifact; read, never instantiated)."""
     try:
-        with _downloaded(tracking_uri, run_id, contract.CONFIG) as path:
+        with downloaded(tracking_uri, run_id, contract.CONFIG) as path:
             config = OmegaConf.load(path)
     except Exception as exc:
         raise ValueError(f"run {run_id}: its hydra/config.yaml is not a readable config ({type(exc).__name__}: "
@@ -100,17 +96,9 @@ def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Modu
         builder = lambda: instantiate_allowed(model_config, "model", allowed)  # noqa: E731
     if not isinstance(row.get("checkpoint"), str):
         raise ValueError(f"run {row['run_id']} iteration {row['iteration']} has no checkpoint to load")
-    with _downloaded(tracking_uri, row["run_id"], row["checkpoint"]) as path:
+    with downloaded(tracking_uri, row["run_id"], row["checkpoint"]) as path:
         try:
             return load_pruned(path, builder).eval()
         except ValueError as exc:
             raise ValueError(f"run {row['run_id']}, iteration {row['iteration']}: checkpoint {row['checkpoint']!r} "
                              f"cannot be loaded: {str(exc).replace(repr(str(path)), 'it')}") from exc
-
-
-@contextmanager
-def _downloaded(tracking_uri: str, run_id: str, artifact: str) -> Iterator[str]:
-    """A run's artifact in a temporary folder, removed when the block ends."""
-    with tempfile.TemporaryDirectory(prefix="taylorprune-artifact-") as folder, \
-            patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        yield MlflowClient(tracking_uri).download_artifacts(run_id, artifact, dst_path=folder)

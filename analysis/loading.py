@@ -16,9 +16,9 @@ joins it with the run's identity and its hyperparameters:
 Failed and still-running trials are left out unless ``include_unfinished=True``; their
 numbers are in ``Experiment.unfinished``. A finished run whose history table is missing or
 unreadable (truncated, not the logged layout) is left out too, with the reason, in
-``Experiment.left_out``: one bad run does not stop the analysis. Artifacts are downloaded into
-one temporary folder that is removed before this returns. A study resumed several times (several parent runs)
-is one experiment: trials are identified by their tags, not by their parent.
+``Experiment.left_out``: one bad run does not stop the analysis. Every artifact is downloaded
+into a temporary folder that is removed once it is read (``downloaded``). A study resumed several
+times (several parent runs) is one experiment: trials are identified by their tags, not by their parent.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from unittest.mock import patch
 
@@ -83,12 +85,18 @@ def _numeric(column: pd.Series) -> pd.Series:
         return column
 
 
-def _history(client: MlflowClient, run, folder: str) -> pd.DataFrame:
+@contextmanager
+def downloaded(tracking_uri: str, run_id: str, artifact: str) -> Iterator[str]:
+    """A run's artifact in a temporary folder, removed when the block ends (nothing left in /tmp)."""
+    with tempfile.TemporaryDirectory(prefix="taylorprune-artifact-") as folder, \
+            patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        yield MlflowClient(tracking_uri).download_artifacts(run_id, artifact, dst_path=folder)
+
+
+def _history(uri: str, run) -> pd.DataFrame:
     """The run's pruning history; ValueError, naming what is wrong, when it is not a readable table."""
-    with patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        path = client.download_artifacts(run.info.run_id, HISTORY, dst_path=folder)
     try:
-        with open(path) as handle:
+        with downloaded(uri, run.info.run_id, HISTORY) as path, open(path) as handle:
             payload = json.load(handle)
         history = pd.DataFrame(payload["data"], columns=payload["columns"])
         history["iteration"] = pd.to_numeric(history["iteration"], errors="raise").astype(int)
@@ -122,34 +130,33 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
     unfinished: dict[str, int] = {}
     left_out: dict[str, str] = {}
     rows, params = [], []
-    with tempfile.TemporaryDirectory(prefix="taylorprune-analysis-") as folder:
-        for run in jobs:
-            if run.info.status != "FINISHED":
-                unfinished[run.info.status] = unfinished.get(run.info.status, 0) + 1
-                if not include_unfinished:
-                    continue
-            if HISTORY not in {a.path for a in client.list_artifacts(run.info.run_id, "tables")}:
-                left_out[run.info.run_id] = f"no {HISTORY} artifact"
+    for run in jobs:
+        if run.info.status != "FINISHED":
+            unfinished[run.info.status] = unfinished.get(run.info.status, 0) + 1
+            if not include_unfinished:
                 continue
-            try:
-                history = _history(client, run, folder)
-            except ValueError as exc:
-                left_out[run.info.run_id] = str(exc)
-                continue
-            checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, contract.CHECKPOINTS)}
-            history["checkpoint"] = [path if (path := contract.checkpoint(int(k))) in checkpoints else None
-                                     for k in history["iteration"]]
-            stop = run.data.tags.get(contract.STOP_REASON, "")
-            last = returned_iteration(run.data.tags, int(history["iteration"].max()))
-            history["returned"] = history["iteration"] == last
-            history["rejected"] = history["iteration"] > last
-            history.insert(0, "stop_reason", stop)
-            history.insert(0, "status", run.info.status)
-            history.insert(0, "study", run.data.tags.get(contract.STUDY))
-            history.insert(0, "run_id", run.info.run_id)
-            history.insert(0, "trial", int(run.data.tags.get(contract.TRIAL, -1)))
-            rows.append(history)
-            params.append((run.info.run_id, run.data.params))
+        if HISTORY not in {a.path for a in client.list_artifacts(run.info.run_id, "tables")}:
+            left_out[run.info.run_id] = f"no {HISTORY} artifact"
+            continue
+        try:
+            history = _history(uri, run)
+        except ValueError as exc:
+            left_out[run.info.run_id] = str(exc)
+            continue
+        checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, contract.CHECKPOINTS)}
+        history["checkpoint"] = [path if (path := contract.checkpoint(int(k))) in checkpoints else None
+                                 for k in history["iteration"]]
+        stop = run.data.tags.get(contract.STOP_REASON, "")
+        last = returned_iteration(run.data.tags, int(history["iteration"].max()))
+        history["returned"] = history["iteration"] == last
+        history["rejected"] = history["iteration"] > last
+        history.insert(0, "stop_reason", stop)
+        history.insert(0, "status", run.info.status)
+        history.insert(0, "study", run.data.tags.get(contract.STUDY))
+        history.insert(0, "run_id", run.info.run_id)
+        history.insert(0, "trial", int(run.data.tags.get(contract.TRIAL, -1)))
+        rows.append(history)
+        params.append((run.info.run_id, run.data.params))
     if not rows:
         raise ValueError(f"experiment {name!r} has no finished trials with a pruning history "
                          f"(runs left out by status: {unfinished or 'none'}; unreadable: {left_out or 'none'})")
