@@ -83,8 +83,11 @@ def test_study_resumes_and_continues_trial_numbers(tmp_path):
         assert parent.data.params["n_trials"] == "2"
         assert parent.data.params["search/training.max_epochs"] == "range(1, 3)"
         plots = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
-        assert {"optuna/pareto_front.html", "optuna/param_importances_validation_accuracy.html",
-                "optuna/param_importances_reduction.html"} <= plots
+        # an importance plot is skipped (with a warning) where an objective took one value in every trial
+        assert "optuna/pareto_front.html" in plots and plots <= {
+            "optuna/pareto_front.html", "optuna/param_importances_validation_accuracy.html",
+            "optuna/param_importances_reduction.html"}
+        assert any(p.startswith("optuna/param_importances_") for p in plots)
         assert "pareto_front.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
     models = mlflow.search_logged_models(experiment_ids=[children[0].info.experiment_id], output_format="list")
     assert sorted(m.name for m in models) == ["trial-0", "trial-1", "trial-2", "trial-3"]
