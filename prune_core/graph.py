@@ -181,14 +181,14 @@ class ChannelGraph:
         def shrink(ids: np.ndarray) -> np.ndarray:
             return renumber[ids[~removed[ids]]]
 
-        remaining = {}
+        remaining, sites = {}, {}
         for key, ids in self.site_units.items():
-            remaining[key] = shrink(ids)
-            if removed[ids].any() and np.unique(remaining[key][remaining[key] >= 0]).size == 1:
+            gone = removed[ids]
+            remaining[key] = renumber[ids[~gone]]
+            if gone.any() and np.unique(remaining[key][remaining[key] >= 0]).size == 1:
                 return None  # this removal left the site with its last unit
-
-        sites = {key: Site(site.vector[~removed[self.site_units[key]]], site.kind, site.role)
-                 for key, site in self.sites.items()}
+            site = self.sites[key]
+            sites[key] = Site(site.vector[~gone], site.kind, site.role)
         return ChannelGraph(
             units=[Unit(k, u.counts, u.producers, u.members, u.reasons) for k, u in enumerate(kept)],
             sites=sites,

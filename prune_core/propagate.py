@@ -58,21 +58,21 @@ class ExampleInputMismatch(ValueError):
     """The example input does not run through the model."""
 
 
-def _leaves(value):
+def leaves(value):
     """Every non-container value inside nested tuples, lists and dicts."""
     if isinstance(value, (tuple, list)):
         for item in value:
-            yield from _leaves(item)
+            yield from leaves(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _leaves(item)
+            yield from leaves(item)
     else:
         yield value
 
 
 def _walk(labels):
     """Every label array inside a nested structure of labels."""
-    return (leaf for leaf in _leaves(labels) if isinstance(leaf, np.ndarray))
+    return (leaf for leaf in leaves(labels) if isinstance(leaf, np.ndarray))
 
 
 def _tensor_pairs(values, labels):
@@ -187,7 +187,7 @@ class ChannelPropagation(fx.Interpreter):
         if n.op == "output":
             self._block(lab_args, "reaches the network output")
             return None
-        if not any(isinstance(v, torch.Tensor) for v in _leaves(result)):
+        if not any(isinstance(v, torch.Tensor) for v in leaves(result)):
             return None
         if n.op == "call_module":
             module = self._modules[n.target]

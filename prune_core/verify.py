@@ -41,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 
 from prune_core.graph import ChannelGraph, owner
 from prune_core.preserve import preserved
+from prune_core.propagate import leaves
 
 # Allowed difference, relative to the largest reference output (at least 1), per dtype.
 _RELATIVE_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -52,13 +53,7 @@ class SurgeryMismatch(RuntimeError):
 
 def _outputs(value) -> list[torch.Tensor]:
     """Every tensor inside a model's output (a tensor, tuple, list, dict or named tuple)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _outputs(item)]
-    return []
+    return [leaf for leaf in leaves(value) if isinstance(leaf, torch.Tensor)]
 
 
 class _KeptChannelsLayerNorm(TorchFunctionMode):
