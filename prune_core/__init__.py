@@ -9,7 +9,7 @@
 Conv1d(1, 6, kernel_size=(3,), stride=(1,))
 """
 
-from prune_core.compress import compress_network
+from prune_core.compress import check_pruning_options, compress_network
 from prune_core.graph import ChannelGraph, Unit
 from prune_core.metrics import Metric
 from prune_core.options import TrainingOptions
@@ -37,6 +37,7 @@ __all__ = [
     "Unit",
     "analyze_compression",
     "checkpoint_name",
+    "check_pruning_options",
     "compress_network",
     "load_pruned",
     "read_pruned",

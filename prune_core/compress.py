@@ -33,6 +33,7 @@ Pruning compressed 2 layers: "0","3"
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -42,11 +43,12 @@ import torch
 from torch import nn
 
 from prune_core.data import as_source
+from prune_core.importance import CRITERIA, NORMALIZATIONS
 from prune_core.losses import resolve_loss
 from prune_core.options import TrainingOptions
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PLOTS, VERBOSITY, PruningInfo, PruningRecord
-from prune_core.selection import filter_floors
+from prune_core.selection import ALLOCATIONS, filter_floors
 from prune_core.stop_reason import StopReason
 from prune_core.training import fine_tune, to_device
 
@@ -67,32 +69,57 @@ def _parse_positional(args: tuple) -> tuple:
     return args[0], args[1], args[2] if len(args) > 2 else None
 
 
-def _check_arguments(goal, increment, validation_threshold, options: TrainingOptions, iterations_per_fine_tune: int,
-                     num_importance_score_iterations, checkpoint_path, checkpoint_frequency, verbosity, plots,
-                     plots_path) -> None:
-    for name, value in (("goal", goal), ("increment", increment)):
+def check_pruning_options(**options) -> None:
+    """Raise ValueError (or TypeError) for a ``compress_network`` keyword option, or a ``loss``, that no
+    data could make valid: cheap, so an app can check its configuration before loading data or training.
+    Options that need the data (``checkpoint_path``, ``plots_path``, validation) are checked by
+    ``compress_network`` itself.
+
+    >>> check_pruning_options(goal=0.5, increment=0.1, loss="crossentropy")
+    >>> check_pruning_options(increment=0)
+    Traceback (most recent call last):
+    ValueError: increment must be a number in (0, 1], got 0
+    """
+    known = [name for name, p in inspect.signature(compress_network).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - {*known, "loss"})
+    if unknown:
+        raise TypeError(f"compress_network has no option {unknown[0]!r}; its options are {known}")
+    if "loss" in options:
+        resolve_loss(options["loss"])
+    for name in ("goal", "increment"):
+        value = options.get(name, 0.5)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    if validation_threshold is not None:
-        if isinstance(validation_threshold, bool) or not isinstance(validation_threshold, (int, float)):
-            raise TypeError(f"validation_threshold must be a number or None, got {validation_threshold!r}")
+    threshold = options.get("validation_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise TypeError(f"validation_threshold must be a number or None, got {threshold!r}")
+    n = options.get("num_importance_score_iterations", "auto")
+    if n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"num_importance_score_iterations must be 'auto' or a positive integer, got {n!r}")
+    frequency = options.get("checkpoint_frequency", 1)
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise ValueError(f"checkpoint_frequency must be a positive integer, got {frequency!r}")
+    for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS), ("criterion", CRITERIA),
+                          ("normalization", NORMALIZATIONS), ("allocation", ALLOCATIONS)):
+        if name in options and options[name] not in allowed:
+            raise ValueError(f"{name} {options[name]!r} is not supported; use one of {allowed}")
+    fraction = options.get("min_filter_fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"min_filter_fraction must be in [0, 1), got {fraction!r}")
+
+
+def _check_arguments(options: TrainingOptions, iterations_per_fine_tune: int, checkpoint_path, plots_path,
+                     **checked) -> None:
+    check_pruning_options(**checked)
+    if checked["validation_threshold"] is not None:
         if options.validation_data is None:
             raise ValueError("validation_threshold needs validation data: set options.validation_data")
         if options.validation_frequency > iterations_per_fine_tune:
             raise ValueError(f"options.validation_frequency={options.validation_frequency} is too large: each "
                              f"fine-tuning runs only {iterations_per_fine_tune} iterations, so validation_threshold "
                              f"could never be checked; use a validation_frequency <= {iterations_per_fine_tune}")
-    n = num_importance_score_iterations
-    if n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"num_importance_score_iterations must be 'auto' or a positive integer, got {n!r}")
     if checkpoint_path is not None and not Path(checkpoint_path).is_dir():
         raise ValueError(f"checkpoint_path {str(checkpoint_path)!r} is not an existing folder; create it first")
-    if isinstance(checkpoint_frequency, bool) or not isinstance(checkpoint_frequency, int) or checkpoint_frequency < 1:
-        raise ValueError(f"checkpoint_frequency must be a positive integer, got {checkpoint_frequency!r}")
-    if verbosity not in VERBOSITY:
-        raise ValueError(f"verbosity {verbosity!r} is not supported; use one of {VERBOSITY}")
-    if plots not in PLOTS:
-        raise ValueError(f"plots {plots!r} is not supported; use one of {PLOTS}")
     if plots_path is not None and not Path(plots_path).parent.is_dir():
         raise ValueError(f"plots_path {str(plots_path)!r}: folder {str(Path(plots_path).parent)!r} does not exist")
 
@@ -129,9 +156,11 @@ def compress_network(model: nn.Module, data, *args, goal: float = 1.0, validatio
     source = as_source(data, targets)
     validation = None if options.validation_data is None else as_source(options.validation_data,
                                                                          argument="options.validation_data")
-    _check_arguments(goal, increment, validation_threshold, options,
-                     options.max_epochs * source.num_batches(options.mini_batch_size), num_importance_score_iterations,
-                     checkpoint_path, checkpoint_frequency, verbosity, plots, plots_path)
+    _check_arguments(options, options.max_epochs * source.num_batches(options.mini_batch_size), checkpoint_path,
+                     plots_path, goal=goal, increment=increment, validation_threshold=validation_threshold,
+                     num_importance_score_iterations=num_importance_score_iterations,
+                     checkpoint_frequency=checkpoint_frequency, verbosity=verbosity, plots=plots, criterion=criterion,
+                     normalization=normalization, allocation=allocation, min_filter_fraction=min_filter_fraction)
     generator = torch.Generator()
     if options.seed is not None:
         torch.manual_seed(options.seed)

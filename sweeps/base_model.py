@@ -4,7 +4,9 @@ The cache key is a SHA-256 of the config that determines the trained weights (``
 ``model``, ``base.training`` and ``seed``), so every trial of a study that varies only
 pruning or fine-tuning settings reuses one base network. Files are written in the safe
 format of ``prune_core.serialize`` (temporary name, then rename), so concurrent jobs never
-read half a file.
+read half a file. A network whose weights are not all finite is never cached (the job fails,
+naming the cause), and a cache file that cannot be read is trained again and replaced, after a
+warning.
 
 >>> from omegaconf import OmegaConf
 >>> a = OmegaConf.create({"data": {"n": 1}, "model": {"w": 2}, "base": {"training": {}}, "seed": 0})
@@ -68,13 +70,22 @@ def base_network(cfg: DictConfig, data: dict, build: Callable[[], nn.Module]) ->
     folder = Path(cfg.base.cache_dir)
     path = folder / f"base_{cache_key(cfg)}.pt"
     if path.is_file():
-        return load_pruned(path, build), f"cache {path}"
+        try:
+            return load_pruned(path, build), f"cache {path}"
+        except Exception as exc:  # a corrupt or foreign file: never fail every trial on it
+            log.warning(f"The cached base network {path} cannot be read ({type(exc).__name__}: {exc}); "
+                        "training it again")
     torch.manual_seed(cfg.seed)
     model = build()
     options = TrainingOptions(**OmegaConf.to_container(cfg.base.training, resolve=True), seed=cfg.seed)
     log.info(f"Training the base network ({options.max_epochs} epochs); cached as {path}")
     fine_tune(model, as_source(data["x_train"], data["y_train"]), resolve_loss(cfg.pruning.loss), options,
               TrainingLog(), generator=torch.Generator().manual_seed(cfg.seed))
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
+    if broken:
+        raise ValueError(f"the base network trained to non-finite weights ({broken[:3]}): not cached; lower "
+                         f"base.training.initial_learn_rate={options.initial_learn_rate} or check the data")
     folder.mkdir(parents=True, exist_ok=True)
     save_pruned(model, path, extra={"key": cache_key(cfg)})
     return model, f"trained, cached {path}"

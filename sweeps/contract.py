@@ -7,8 +7,8 @@ Hydra or the app. Tags, artifact paths, checkpoint names and the tracking URI's 
   ``sqlite:///<cwd>/mlflow.db``, for the app and the analysis alike; ``check_reachable`` fails
   fast, naming the URI;
 - tags: ``ROLE`` (``"study"``, ``"trial"`` or ``"single"``), ``STUDY``, ``TRIAL``, ``SAMPLER``,
-  ``SWEEP_DIR``, ``STOP_REASON`` and ``RETURNED_ITERATION`` (the iteration whose network a run
-  returned);
+  ``SWEEP_DIR``, ``STOP_REASON``, ``RETURNED_ITERATION`` (the iteration whose network a run
+  returned) and ``WORKER`` (the process that wrote the run, as JSON: what reaping reads);
 - artifacts: ``CONFIG`` (the composed Hydra config), ``table(name)`` (the history tables),
   ``checkpoint(iteration)``.
 
@@ -22,11 +22,13 @@ import os
 from pathlib import Path
 from unittest.mock import patch
 
+from hydra_plugins.taylorprune_optuna_sweeper.storage import creation_lock
 from prune_core import checkpoint_name
 
 ROLE, STUDY, TRIAL = "taylorprune.role", "taylorprune.study", "taylorprune.trial"
 SAMPLER, SWEEP_DIR = "taylorprune.sampler", "taylorprune.sweep_dir"
 STOP_REASON, RETURNED_ITERATION = "taylorprune.stop_reason", "taylorprune.returned_iteration"
+WORKER = "taylorprune.worker"
 JOB_ROLES = ("trial", "single")
 
 HYDRA_DIR, CONFIG = "hydra", "hydra/config.yaml"
@@ -69,3 +71,13 @@ def check_reachable(uri: str, label: str, store_must_exist: bool = False) -> Non
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise ValueError(f"{label} cannot be reached: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
+def open_store(uri: str, label: str) -> None:
+    """``check_reachable`` for a writer, then create an embedded (sqlite) store's schema under a lock."""
+    check_reachable(uri, label)
+    if uri.startswith("sqlite:///"):
+        from mlflow.tracking import MlflowClient
+
+        with creation_lock(uri.removeprefix("sqlite:///")):
+            MlflowClient(uri).search_experiments(max_results=1)

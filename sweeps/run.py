@@ -1,10 +1,12 @@
 """``python -m sweeps.run``: one pruning run from the Hydra config; ``-m`` for an Optuna study.
 
-The job: check the tracking store, build the data and the model, get the trained base
-network (cached, or ``base.checkpoint``), run ``compress_network`` with every option from
-``pruning`` and ``training``, log everything to MLflow, and return the objectives named in
+The job: check the configuration (``sweeps.job_config``) and the tracking store, build the data
+(every value finite) and the model, get the trained base network (cached, or
+``base.checkpoint``), run ``compress_network`` with every option from ``pruning`` and
+``training``, log everything to MLflow, and return the objectives named in
 ``sweep.objectives`` (with ``sweep.constraints`` as Optuna constraints, and the MLflow run id as
-the trial's ``mlflow_run_id`` user attribute) to the sweeper.
+the trial's ``mlflow_run_id`` user attribute) to the sweeper. SIGTERM is handled like Ctrl-C, in
+the app and in its launcher workers: the trial fails, its runs are KILLED, the study stops.
 
     python -m sweeps.run                                    # defaults: MNIST-1D, reference-like CNN
     python -m sweeps.run pruning.goal=0.5 model=deeper_cnn1d
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 from pathlib import Path
 
 import hydra
@@ -28,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from prune_core import PruningInfo, StopReason, TrainingOptions, compress_network
 from sweeps import contract, tracking
 from sweeps.base_model import base_network
+from sweeps.job_config import check_job_config
 
 log = logging.getLogger(__name__)
 REQUIRED_KEYS, VALIDATION_KEYS = ("x_train", "y_train"), ("x_val", "y_val")
@@ -43,7 +48,23 @@ def load_data(cfg: DictConfig) -> dict[str, torch.Tensor]:
     if not all(k in data for k in VALIDATION_KEYS) and cfg.pruning.validation_threshold is not None:
         raise ValueError(f"pruning.validation_threshold={cfg.pruning.validation_threshold} needs validation data, "
                          f"but data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
+    for key in ("x_train", "x_val"):
+        values = data.get(key)
+        if isinstance(values, torch.Tensor) and values.is_floating_point() and not bool(values.isfinite().all()):
+            index = int((~values.isfinite()).flatten(1).any(1).nonzero()[0])
+            raise ValueError(f"data._target_={cfg.data.get('_target_')!r}: {key}[{index}] holds a non-finite value "
+                             f"(NaN or inf); clean the data before pruning")
     return data
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def stop_on_sigterm() -> None:
+    """Handle SIGTERM (a scheduler's pre-emption, ``kill``) like Ctrl-C in this process (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def objective_values(cfg: DictConfig, info: PruningInfo) -> dict[str, list[float]] | list[float]:
@@ -65,8 +86,10 @@ def objective_values(cfg: DictConfig, info: PruningInfo) -> dict[str, list[float
 
 
 def run_job(cfg: DictConfig):
+    stop_on_sigterm()  # again here: a launcher's worker process runs only this
+    check_job_config(cfg)
     uri = contract.tracking_uri(cfg.tracking.uri)
-    contract.check_reachable(uri, f"tracking.uri={uri!r}")
+    contract.open_store(uri, f"tracking.uri={uri!r}")
     data = load_data(cfg)
     validation = (data["x_val"], data["y_val"]) if all(k in data for k in VALIDATION_KEYS) else None
     needs_validation = [n for n in [*cfg.sweep.objectives, *cfg.sweep.constraints] if n.startswith("validation_")]
@@ -88,8 +111,10 @@ def run_job(cfg: DictConfig):
         pruned, info = compress_network(base, data["x_train"], data["y_train"], loss, options,
                                         checkpoint_path=checkpoints, plots_path=output_dir / "pruning_progress.png"
                                         if pruning["plots"] != "none" else None, iteration_fn=live, **pruning)
-        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2], live)
-        if info.stop_reason == StopReason.INTERRUPTED:  # logged as far as it went; the run is KILLED, a study stops
+        interrupted = info.stop_reason == StopReason.INTERRUPTED
+        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2], live,
+                             log_model=cfg.tracking.log_model and not interrupted)
+        if interrupted:  # logged as far as it went (no model export: stop quickly); the run is KILLED
             raise KeyboardInterrupt
     result = objective_values(cfg, info)
     result = (result if isinstance(result, dict) else {"values": result}) | {
@@ -110,4 +135,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    stop_on_sigterm()
+    with tracking.closing_studies():
+        main()

@@ -3,10 +3,15 @@
 - the store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
   ``sqlite:///<cwd>/mlflow.db`` (``contract.tracking_uri``), checked before any training. Every tag
   and artifact name comes from ``sweeps.contract``, which ``analysis`` reads with.
-- ``StudyRunCallback`` (a Hydra callback, configured in ``conf/config.yaml``): one parent run
-  per ``-m`` invocation of a study; its id is written to the sweep folder for the jobs.
+- ``StudyRunCallback`` (a Hydra callback, configured in ``conf/config.yaml``): checks the
+  configuration and the store before anything starts (a clear line and a non-zero exit otherwise),
+  then opens one parent run per ``-m`` invocation of a study; its id stays in this process and
+  its workers (``$TAYLORPRUNE_STUDY_RUN``), never in a folder another invocation could share.
+  It reaps runs that dead processes left RUNNING (``sweeps.reaping``) when the study starts and
+  ends. ``closing_studies()`` ends the parent run KILLED on Ctrl-C or SIGTERM and FAILED on any
+  other error, with its children still RUNNING marked KILLED.
 - ``job_run``: one run per job (a child of the study run in a sweep), status FAILED when the
-  job raises and KILLED on Ctrl-C.
+  job raises and KILLED on Ctrl-C or SIGTERM.
 - ``LiveLog``: each pruning iteration's ``pruning/...`` metrics logged asynchronously as it
   happens, so a long trial shows in the UI while it runs;
 - ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
@@ -45,12 +50,15 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hydra_plugins.taylorprune_optuna_sweeper.sweeper import open_storage
+from hydra_plugins.taylorprune_optuna_sweeper.storage import open_storage
+from hydra_plugins.taylorprune_optuna_sweeper.workers import this_worker
 from prune_core import PruningInfo, save_pruned
 from sweeps import contract, study_summary
+from sweeps.job_config import check_job_config
+from sweeps.reaping import reap_runs, worker_tag
 
 log = logging.getLogger(__name__)
-PARENT_FILE = "mlflow_parent_run_id"
+STUDY_RUN_ENV = "TAYLORPRUNE_STUDY_RUN"  # the parent run's id, for the jobs of this invocation only
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 PARAM_BATCH = 100
@@ -72,7 +80,9 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 class StudyRunCallback(Callback):
-    """One MLflow parent run per study invocation (``-m``); jobs find its id in the sweep folder."""
+    """One MLflow parent run per study invocation (``-m``); see the module docstring."""
+
+    open_runs: list[StudyRunCallback] = []  # the studies of this process not yet ended
 
     def __init__(self, tracking: DictConfig) -> None:
         self.tracking = tracking
@@ -81,22 +91,26 @@ class StudyRunCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         uri = contract.tracking_uri(self.tracking.uri)
-        contract.check_reachable(uri, f"tracking.uri={uri!r}")
+        try:  # Hydra turns a callback's exception into a warning: exit here, with one clear line
+            check_job_config(config)
+            contract.open_store(uri, f"tracking.uri={uri!r}")
+        except ValueError as exc:
+            raise SystemExit(f"Error: {exc}") from None
         self.client, self.uri = MlflowClient(uri), uri
+        self.experiment_id = experiment_id(self.client, self.tracking.experiment)
+        reap_runs(self.client, self.experiment_id)
         sweeper = config.hydra.sweeper
         study = sweeper.get("study_name") or "study"
         tags = {contract.ROLE: "study", contract.STUDY: study,
                 contract.SAMPLER: str(sweeper.get("sampler", {}).get("_target_", "")),
-                contract.SWEEP_DIR: str(config.hydra.sweep.dir)}
-        self.experiment_id = experiment_id(self.client, self.tracking.experiment)
+                contract.SWEEP_DIR: str(config.hydra.sweep.dir), contract.WORKER: worker_tag(this_worker())}
         run = self.client.create_run(self.experiment_id, run_name=f"study {study}", tags=tags)
         self.run_id = run.info.run_id
+        StudyRunCallback.open_runs.append(self)
+        atexit.register(self.end, "FAILED")  # ended already, unless something bypassed closing_studies
+        os.environ[STUDY_RUN_ENV] = self.run_id  # inherited by launcher workers started from here on
         params = [Param(k, v[:6000]) for k, v in study_summary.study_params(config).items()]
         self.client.log_batch(self.run_id, params=params, synchronous=True)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_FILE).write_text(self.run_id)
-        atexit.register(self._end, "KILLED")
         log.info(f"MLflow: study run {self.run_id} in experiment {self.tracking.experiment!r} at {uri}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -110,15 +124,39 @@ class StudyRunCallback(Callback):
         except Exception as exc:
             log.warning(f"Optuna study not reloaded for its plots: {type(exc).__name__}: {exc}")
             study = None
+        reap_runs(self.client, self.experiment_id, study)
         study_summary.log_study_plots(self.client, self.run_id, study, self.tracking.experiment, self.uri)
-        self._end("FINISHED")
+        self.end("FINISHED")
         print(f"\nResults: {sweep_dir} (optimization_results.yaml: the best trials; one folder per trial)\n"
               f"MLflow:  {study_summary.runs_page(self.uri, self.experiment_id)}")
 
-    def _end(self, status: str) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status)
-            self.run_id = None
+    def end(self, status: str) -> None:
+        """End the parent run with ``status``; children still RUNNING (workers that were stopped) become KILLED."""
+        if self.run_id is None:
+            return
+        run_id, self.run_id = self.run_id, None
+        StudyRunCallback.open_runs.remove(self)
+        if status != "FINISHED":
+            children = self.client.search_runs([self.experiment_id], max_results=5000, filter_string=(
+                f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"))
+            for child in children:
+                self.client.set_terminated(child.info.run_id, "KILLED")
+        self.client.set_terminated(run_id, status)
+        if os.environ.get(STUDY_RUN_ENV) == run_id:
+            del os.environ[STUDY_RUN_ENV]
+
+
+@contextmanager
+def closing_studies() -> Iterator[None]:
+    """Around the app: a study run still open when it stops is KILLED (Ctrl-C, SIGTERM) or FAILED (an error,
+    including every trial failing); a study that ended normally was FINISHED by its callback already."""
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for callback in list(StudyRunCallback.open_runs):
+            callback.end(status)
+        raise
 
 
 def _trial_tags(cfg: DictConfig) -> tuple[dict[str, str], str | None]:
@@ -131,8 +169,7 @@ def _trial_tags(cfg: DictConfig) -> tuple[dict[str, str], str | None]:
     tags[contract.STUDY] = str(sweeper.get("study_name") or "study")
     tags[contract.SAMPLER] = str(sweeper.get("sampler", {}).get("_target_", ""))
     tags[contract.TRIAL] = os.environ.get(TRIAL_ENV, str(hydra.job.num))
-    parent_file = Path(hydra.sweep.dir) / PARENT_FILE
-    return tags, parent_file.read_text().strip() if parent_file.is_file() else None
+    return tags, os.environ.get(STUDY_RUN_ENV)
 
 
 @contextmanager
@@ -141,6 +178,7 @@ def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.tracking.experiment)
     tags, parent = _trial_tags(cfg)
+    tags[contract.WORKER] = worker_tag(this_worker())
     if contract.TRIAL in tags:
         name = f"trial {tags[contract.TRIAL]}"
     else:  # a single run: what was pruned, on what, to which goal
@@ -221,9 +259,10 @@ def result_metrics(info: PruningInfo, names: list[str]) -> list[Metric]:
 
 
 def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, pruned: nn.Module, output_dir: Path,
-                checkpoints: Path | None, example: torch.Tensor, live: LiveLog | None = None) -> None:
+                checkpoints: Path | None, example: torch.Tensor, live: LiveLog | None = None,
+                log_model: bool = True) -> None:
     """Everything of a finished pruning run (see the module docstring); ``live``: the pruning metrics
-    already logged as they happened (waited for here)."""
+    already logged as they happened (waited for here); ``log_model``: also the ``mlflow.pytorch`` model."""
     client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
     if live is not None:
         live.flush()
@@ -249,7 +288,7 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
         client.log_figure(run_id, info.figure, "pruning_progress.png")
     save_pruned(pruned, output_dir / "pruned.pt", extra={"stop_reason": info.stop_reason})
     client.log_artifact(run_id, str(output_dir / "pruned.pt"), "model_safe")
-    if cfg.tracking.log_model:
+    if log_model:
         trial = run.data.tags.get(contract.TRIAL)
         log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
 

@@ -49,3 +49,10 @@ def train_only() -> dict[str, torch.Tensor]:
     """A user dataset without a validation split."""
     data = waves()
     return {"x_train": data["x_train"], "y_train": data["y_train"]}
+
+
+def waves_with_nan() -> dict[str, torch.Tensor]:
+    """``waves`` with one NaN in training example 5."""
+    data = waves()
+    data["x_train"][5, 0, 7] = float("nan")
+    return data

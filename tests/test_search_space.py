@@ -5,7 +5,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hydra_plugins.taylorprune_optuna_sweeper.search_space import as_override, grid, search_space
-from hydra_plugins.taylorprune_optuna_sweeper.sweeper import open_storage, split_result
+from hydra_plugins.taylorprune_optuna_sweeper.storage import open_storage
+from hydra_plugins.taylorprune_optuna_sweeper.sweeper import split_result
 
 
 @pytest.mark.parametrize("expression,expected", [

@@ -37,6 +37,12 @@ class TaylorpruneOptunaSweeperConf:
     params: Optional[Dict[str, str]] = None
     results_file: Optional[str] = "optimization_results.yaml"
     metric_names: Any = None  # a list, one per objective: shown by optuna-dashboard and optuna.visualization
+    # Reaping trials of workers that died on other hosts (database storages): a RUNNING trial whose
+    # heartbeat (recorded every heartbeat_interval s) is older than grace_period s (default 2x) is failed.
+    heartbeat_interval: Optional[int] = None
+    grace_period: Optional[int] = None
+    retry_failed_trials: int = 0  # a reaped trial is asked again with its parameters, at most this many times
+    worker_id: Optional[int] = None  # mixed into the sampler seed: give one per worker started together
 
 
 SAMPLERS = {

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
@@ -18,27 +21,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
 from hydra_plugins.taylorprune_optuna_sweeper.search_space import GRAMMAR, as_override, grid, search_space
+from hydra_plugins.taylorprune_optuna_sweeper.storage import open_storage
+from hydra_plugins.taylorprune_optuna_sweeper.workers import WORKER_ATTR, is_gone, this_worker
 
 log = logging.getLogger(__name__)
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
 CONSTRAINTS_ATTR = "constraints"
-
-
-def open_storage(storage: str | None):
-    """``None`` (in memory), a database URL (sqlite:///, postgresql://, ...) or ``journal:PATH``."""
-    if storage is None:
-        return None
-    if storage.startswith("journal:"):
-        path = Path(storage.removeprefix("journal:")).expanduser()
-        if not path.parent.is_dir():
-            raise ValueError(f"hydra.sweeper.storage={storage!r}: folder {str(path.parent)!r} does not exist")
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return optuna.storages.journal.JournalStorage(backend)
-    try:
-        return optuna.storages.RDBStorage(storage)
-    except Exception as exc:
-        raise ValueError(f"hydra.sweeper.storage={storage!r} cannot be opened: {type(exc).__name__}: {exc}. "
-                         "Use a database URL (sqlite:///path.db, postgresql://user@host/db) or journal:PATH") from exc
 
 
 def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
@@ -69,6 +57,44 @@ def split_result(value: Any, n_objectives: int) -> JobResult:
     return JobResult(values, constraints, user_attrs)
 
 
+def sampler_seed(seed: int, trials_at_start: int, worker_id: int | None) -> int:
+    """The seed of one invocation's sampler: from the configured seed, the number of trials the study held
+    when the invocation started (a resumed study differs) and the worker id (workers started together
+    differ), so no invocation replays another's suggestions; reproducible for the same three.
+
+    >>> sampler_seed(0, 0, None) == sampler_seed(0, 0, 0), sampler_seed(0, 0, None) == sampler_seed(0, 4, None)
+    (True, False)
+    """
+    entropy = [seed, trials_at_start, 0 if worker_id is None else worker_id]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+@contextmanager
+def heartbeats(storage, trials: Sequence[optuna.Trial]) -> Iterator[None]:
+    """Record the trials' heartbeats every ``heartbeat_interval`` seconds while they run (a database storage
+    with heartbeats on; otherwise nothing). Optuna does this only inside ``study.optimize``."""
+    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial in trials:
+                storage.record_heartbeat(trial._trial_id)  # the id Optuna's own heartbeat thread records
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class AskTellGridSampler(optuna.samplers.GridSampler):
     """Optuna's GridSampler without its ``Study.stop()`` on exhaustion, which only works inside
     ``study.optimize``; the sweeper checks ``is_exhausted`` before asking instead."""
@@ -80,15 +106,22 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: DictConfig, direction: Any, study_name: str | None, storage: str | None,
                  load_if_exists: bool, n_trials: int, n_jobs: int, max_failure_rate: float, constraints: bool,
-                 params: DictConfig | None, results_file: str | None, metric_names: Any = None) -> None:
+                 params: DictConfig | None, results_file: str | None, metric_names: Any = None,
+                 heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 retry_failed_trials: int = 0, worker_id: int | None = None) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
         for d in directions:
             if d not in ("minimize", "maximize"):
                 raise ValueError(f"hydra.sweeper.direction entry {d!r} must be 'minimize' or 'maximize'")
-        for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
-            if not isinstance(value, int) or value < 1:
+        for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_interval", heartbeat_interval),
+                            ("grace_period", grace_period)):
+            if (value is not None or name in ("n_trials", "n_jobs")) and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"hydra.sweeper.{name} must be a positive integer, got {value!r}")
+        if not isinstance(retry_failed_trials, int) or retry_failed_trials < 0:
+            raise ValueError(f"hydra.sweeper.retry_failed_trials must be an integer >= 0, got {retry_failed_trials!r}")
+        if grace_period is not None and heartbeat_interval is None:
+            raise ValueError(f"hydra.sweeper.grace_period={grace_period} needs hydra.sweeper.heartbeat_interval")
         if not 0 <= max_failure_rate <= 1:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
         self.directions, self.load_if_exists = directions, load_if_exists
@@ -99,6 +132,9 @@ class OptunaSweeper(Sweeper):
             raise ValueError(f"hydra.sweeper.metric_names={self.metric_names} names {len(self.metric_names)} "
                              f"objectives, but hydra.sweeper.direction has {len(directions)}")
         self.params = {} if params is None else {str(k): str(v) for k, v in params.items()}
+        self.heartbeat_interval, self.grace_period, self.worker_id = heartbeat_interval, grace_period, worker_id
+        self.retry = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry_failed_trials)
+                      if retry_failed_trials else None)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
@@ -120,8 +156,10 @@ class OptunaSweeper(Sweeper):
                                  f"hydra.sweeper.params ({key}={self.params[key]}); drop one of them")
         return {**configured, **from_command_line}, fixed
 
-    def _sampler(self, space) -> optuna.samplers.BaseSampler:
+    def _sampler(self, space, seed: int | None) -> optuna.samplers.BaseSampler:
         extra, config = {}, self.sampler_config
+        if seed is not None:
+            config = OmegaConf.merge(config, {"seed": seed})
         if config._target_.endswith("GridSampler"):
             extra["search_space"] = grid(space)
             config = OmegaConf.merge(config, {"_target_": f"{__name__}.{AskTellGridSampler.__name__}"})
@@ -134,13 +172,22 @@ class OptunaSweeper(Sweeper):
         space, fixed = self._space(arguments)
         if not space:
             raise ValueError(f"nothing to search: give hydra.sweeper.params or sweeps on the command line ({GRAMMAR})")
-        study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage),
-                                    sampler=self._sampler(space), directions=self.directions,
-                                    load_if_exists=self.load_if_exists)
+        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period, self.retry)
+        with warnings.catch_warnings():  # heartbeats are recorded here, not by study.optimize (see heartbeats)
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return self._run(space, fixed, storage)
+
+    def _run(self, space, fixed: list[str], storage) -> list[optuna.trial.FrozenTrial]:
+        """The study's loop (see the package docstring) on an opened ``storage``."""
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self._sampler(space, None),
+                                    directions=self.directions, load_if_exists=self.load_if_exists)
+        self._reap(study)
+        seed = self.sampler_config.get("seed")
+        if seed is not None:  # see sampler_seed
+            study.sampler = self._sampler(space, sampler_seed(seed, len(study.trials), self.worker_id))
         if self.metric_names is not None and study.metric_names != self.metric_names:
-            with warnings.catch_warnings():  # experimental in Optuna 5, and used as documented
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(self.metric_names)  # what optuna-dashboard and optuna.visualization show
+            study.set_metric_names(self.metric_names)  # what optuna-dashboard and optuna.visualization show
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -151,12 +198,16 @@ class OptunaSweeper(Sweeper):
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 log.info(f"The grid is exhausted after {done} new trials")
                 break
+            optuna.storages.fail_stale_trials(study)  # heartbeats (if on): workers that died on any host
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            for trial in trials:
+                trial.set_user_attr(WORKER_ATTR, this_worker())
             overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()),
                           f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"] for t in trials]
             try:
                 self.validate_batch_is_legal(overrides)
-                returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+                with heartbeats(storage, trials):
+                    returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
             except BaseException:
                 for trial in trials:
                     study.tell(trial, state=TrialState.FAIL)
@@ -168,7 +219,25 @@ class OptunaSweeper(Sweeper):
                 raise RuntimeError(f"{failed} of {done} trials failed, more than hydra.sweeper.max_failure_rate="
                                    f"{self.max_failure_rate}; the study {study.study_name!r} stops here")
         self._report(study, sweep_dir)
+        if done and failed == done:
+            raise RuntimeError(f"every one of the {done} trials of this run failed (see the warnings above); "
+                               f"the study {study.study_name!r} has no new result")
         return study.best_trials
+
+    def _reap(self, study: optuna.Study) -> None:
+        """Fail the RUNNING trials whose worker ran on this host and is gone (and retry them, if asked)."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get(WORKER_ATTR)
+            if not is_gone(worker):
+                continue
+            try:
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (ValueError, RuntimeError):  # another worker reaped it first
+                continue
+            log.warning(f"Trial {trial.number} was RUNNING, but its worker (pid {worker['pid']} on "
+                        f"{worker['host']}) is gone: marked FAIL")
+            if self.retry is not None:
+                self.retry(study, trial)  # asks again with its parameters (Optuna's own retry callback)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job) -> bool:
         try:
