@@ -32,6 +32,7 @@ from prune_core import TrainingOptions, load_pruned, read_pruned, save_pruned
 from prune_core.data import as_source
 from prune_core.losses import resolve_loss
 from prune_core.training import TrainingLog, fine_tune
+from sweeps.devices import job_device, job_index
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ def base_network(cfg: DictConfig, data: dict, build: Callable[[], nn.Module]) ->
                         "training it again")
     torch.manual_seed(cfg.seed)
     model = build()
-    options = TrainingOptions(**OmegaConf.to_container(cfg.base.training, resolve=True), seed=cfg.seed)
+    training = OmegaConf.to_container(cfg.base.training, resolve=True)
+    training["device"] = job_device(training.get("device", "auto"), job_index())
+    options = TrainingOptions(**training, seed=cfg.seed)
     log.info(f"Training the base network ({options.max_epochs} epochs); cached as {path}")
     fine_tune(model, as_source(data["x_train"], data["y_train"]), resolve_loss(cfg.pruning.loss), options,
               TrainingLog(), generator=torch.Generator().manual_seed(cfg.seed))

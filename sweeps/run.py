@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from prune_core import PruningInfo, StopReason, TrainingOptions, compress_network
 from sweeps import contract, tracking
 from sweeps.base_model import base_network
+from sweeps.devices import job_device, job_index
 from sweeps.job_config import check_job_config
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ def run_job(cfg: DictConfig):
     if validation is None and needs_validation:
         raise ValueError(f"sweep objectives/constraints {needs_validation} need validation data, but "
                          f"data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
-    options = TrainingOptions(**OmegaConf.to_container(cfg.training, resolve=True), validation_data=validation,
-                              seed=cfg.seed)
+    device = job_device(cfg.training.device, job_index(HydraConfig.get().job.get("num") or 0))
+    options = TrainingOptions(**OmegaConf.to_container(cfg.training, resolve=True) | {"device": device},
+                              validation_data=validation, seed=cfg.seed)
     base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
     log.info(f"Base network: {origin}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)

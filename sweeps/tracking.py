@@ -46,6 +46,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -65,8 +66,17 @@ PARAM_BATCH = 100
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if absent (by whichever of several workers gets there first)."""
     existing = client.get_experiment_by_name(name)
-    return existing.experiment_id if existing else client.create_experiment(name)
+    if existing is not None:
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created by another worker in the meantime
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -90,12 +100,18 @@ class StudyRunCallback(Callback):
         self.client: MlflowClient | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        uri = contract.tracking_uri(self.tracking.uri)
         try:  # Hydra turns a callback's exception into a warning: exit here, with one clear line
-            check_job_config(config)
-            contract.open_store(uri, f"tracking.uri={uri!r}")
+            self._start(config)
         except ValueError as exc:
             raise SystemExit(f"Error: {exc}") from None
+        except Exception as exc:
+            raise SystemExit(f"Error: the study's MLflow run could not be started at tracking.uri="
+                             f"{contract.tracking_uri(self.tracking.uri)!r}: {type(exc).__name__}: {exc}") from None
+
+    def _start(self, config: DictConfig) -> None:
+        uri = contract.tracking_uri(self.tracking.uri)
+        check_job_config(config)
+        contract.open_store(uri, f"tracking.uri={uri!r}")
         self.client, self.uri = MlflowClient(uri), uri
         self.experiment_id = experiment_id(self.client, self.tracking.experiment)
         reap_runs(self.client, self.experiment_id)
