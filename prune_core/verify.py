@@ -103,8 +103,10 @@ def _kept_norm_channels(graph: ChannelGraph, plan: dict) -> dict[str, torch.Tens
 
 def _run(model: nn.Module, graph: ChannelGraph, replaced: dict[str, torch.Tensor] | None = None,
          kept: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    device = next((t.device.type for t in graph.example_input if isinstance(t, torch.Tensor)), "cpu")
     with preserved(model), torch.no_grad(), ExitStack() as stack:
         model.eval()
+        stack.enter_context(torch.autocast(device, enabled=False))  # full precision under a caller's autocast
         if kept:
             mode = stack.enter_context(_KeptChannelsLayerNorm(model, kept))
             stack.enter_context(mode.hooks)

@@ -67,8 +67,10 @@ def sweep(tmp_path_factory):
     for trials in (2, 1):
         run_app(folder, *FAST, *FAST_SEARCH, f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.sampler.seed=1",
                 multirun=True)
-    run_app(folder, *FAST, "hydra.sweeper.params=null", "hydra.sweeper.study_name=broken",
-            "pruning.criterion=choice(bogus)", "hydra.sweeper.n_trials=1", multirun=True)
+    failed = run_app(folder, *FAST, "hydra.sweeper.params=null", "hydra.sweeper.study_name=broken",
+                     "pruning.layer_names=choice(no_such_layer)", "hydra.sweeper.n_trials=1", multirun=True,
+                     check=False)
+    assert failed.returncode != 0, "a study whose every trial failed fails"
     return folder, f"sqlite:///{folder / 'mlflow.db'}"
 
 
@@ -140,8 +142,8 @@ def test_experiment_without_finished_trials(sweep, tmp_path):
     folder, _ = sweep
     scratch = tmp_path / "only_failures"
     scratch.mkdir()
-    run_app(scratch, *FAST, "hydra.sweeper.params=null", "pruning.criterion=choice(bogus)",
-            "hydra.sweeper.n_trials=1", multirun=True)
+    run_app(scratch, *FAST, "hydra.sweeper.params=null", "pruning.layer_names=choice(no_such_layer)",
+            "hydra.sweeper.n_trials=1", multirun=True, check=False)
     with pytest.raises(ValueError, match="experiment 'taylorprune' has no finished trials .*FAILED"):
         load_experiment("taylorprune", f"sqlite:///{scratch / 'mlflow.db'}")
 

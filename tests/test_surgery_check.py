@@ -102,3 +102,13 @@ def test_a_layer_norm_over_channels_is_checked_exactly():
         model.norm.weight[0] += 0.5  # a wrong affine entry in the renormalising norm
     with pytest.raises(SurgeryMismatch, match="differs from the original"):
         check_equivalent(model, graph, chosen, reference)
+
+
+def test_the_check_runs_in_full_precision_under_a_callers_autocast():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 38, 4))
+    graph = ChannelGraph.build(net, torch.randn(2, 1, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 fine-tuning around it, say
+        assert net(torch.randn(2, 1, 40)).dtype == torch.bfloat16
+        (reference,) = reference_outputs(net, graph, [0])
+    assert reference.dtype == torch.float32
