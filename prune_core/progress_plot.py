@@ -3,8 +3,15 @@
 ``pruning_progress_figure(pruning, training, validation, metric)`` draws, against the
 fine-tuning iteration, (1) the learnable parameters left after each pruning iteration,
 (2) the training loss and the validation loss, (3) a metric (accuracy, ...) when one was
-computed; dotted lines mark where each pruning iteration begins. It uses ``matplotlib.figure``
-directly (no pyplot state, no display needed). ``save_figure`` writes it atomically.
+computed; dotted lines mark where each pruning iteration begins. A history without any
+fine-tuning step yet (stopped during the first iteration) draws empty panels. It uses
+``matplotlib.figure`` directly (no pyplot state, no display needed). ``save_figure`` writes it
+atomically.
+
+>>> empty = pd.DataFrame()
+>>> fig = pruning_progress_figure(pd.DataFrame({"iteration": [0], "learnables": [1000]}), empty, empty, "accuracy")
+>>> len(fig.axes)
+3
 """
 
 from __future__ import annotations
@@ -29,18 +36,20 @@ def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, valid
     axes[0].step(ends, pruning["learnables"] / 1e3, where="post", marker="o", color="tab:purple")
     axes[0].set_ylabel("learnables (thousands)")
     axes[0].set_title("Pruning progress")
-    axes[1].plot(training["iteration"], training["loss"], lw=0.8, alpha=0.7, label="training")
+    if len(training):
+        axes[1].plot(training["iteration"], training["loss"], lw=0.8, alpha=0.7, label="training")
     if len(validation):
         axes[1].plot(validation["iteration"], validation["loss"], "o-", ms=3, color="k", label="validation")
     axes[1].set_ylabel("loss")
     if panels == 3:
-        if metric in training:
+        if metric in training and len(training):
             axes[2].plot(training["iteration"], training[metric], lw=0.8, alpha=0.7, label="training")
         if metric in validation:
             axes[2].plot(validation["iteration"], validation[metric], "o-", ms=3, color="k", label="validation")
         axes[2].set_ylabel(f"{metric} (%)" if metric in ("accuracy", "error-rate") else metric)
     for ax in axes[1:]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        if ax.lines:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     for ax in axes:
         for start in starts:
             ax.axvline(start - 0.5, color="0.7", ls=":", lw=0.8)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 from pathlib import Path
 
 import hydra
@@ -30,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from prune_core import PruningInfo, StopReason, TrainingOptions, compress_network
-from sweeps import contract, tracking
+from sweeps import contract, interrupts, tracking
 from sweeps.base_model import base_network
 from sweeps.devices import job_device, job_index
 from sweeps.job_config import check_job_config
@@ -58,16 +56,6 @@ def load_data(cfg: DictConfig) -> dict[str, torch.Tensor]:
     return data
 
 
-def _raise_interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-def stop_on_sigterm() -> None:
-    """Handle SIGTERM (a scheduler's pre-emption, ``kill``) like Ctrl-C in this process (main thread only)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
 def objective_values(cfg: DictConfig, info: PruningInfo) -> dict[str, list[float]] | list[float]:
     """The returned network's values of ``sweep.objectives`` (and ``sweep.constraints`` as floor - value)."""
     rows = info.pruning_history
@@ -87,7 +75,16 @@ def objective_values(cfg: DictConfig, info: PruningInfo) -> dict[str, list[float
 
 
 def run_job(cfg: DictConfig):
-    stop_on_sigterm()  # again here: a launcher's worker process runs only this
+    interrupts.install()  # again here: a launcher's worker process runs only this
+    try:
+        return _run_job(cfg)
+    except Exception as exc:  # a signal that came back out of torch as another exception is still a stop
+        if interrupts.interrupted(exc):
+            raise KeyboardInterrupt(f"interrupted ({type(exc).__name__}: {exc})") from exc
+        raise
+
+
+def _run_job(cfg: DictConfig):
     check_job_config(cfg)
     uri = contract.tracking_uri(cfg.tracking.uri)
     contract.open_store(uri, f"tracking.uri={uri!r}")
@@ -137,6 +134,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    stop_on_sigterm()
+    interrupts.install()
     with tracking.closing_studies():
         main()

@@ -54,7 +54,7 @@ from torch import nn
 from hydra_plugins.taylorprune_optuna_sweeper.storage import open_storage
 from hydra_plugins.taylorprune_optuna_sweeper.workers import this_worker
 from prune_core import PruningInfo, save_pruned
-from sweeps import contract, study_summary
+from sweeps import contract, interrupts, study_summary
 from sweeps.job_config import check_job_config
 from sweeps.reaping import reap_runs, worker_tag
 
@@ -169,7 +169,7 @@ def closing_studies() -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if interrupts.interrupted(exc) else "FAILED"
         for callback in list(StudyRunCallback.open_runs):
             callback.end(status)
         raise
@@ -203,13 +203,9 @@ def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     run = mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags)
     try:
         yield run
-    except KeyboardInterrupt:
+    except BaseException as exc:
         mlflow.flush_async_logging()
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.flush_async_logging()
-        mlflow.end_run("FAILED")
+        mlflow.end_run("KILLED" if interrupts.interrupted(exc) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
 

@@ -85,3 +85,13 @@ def test_trials_through_the_submitit_local_launcher(tmp_path):
 def test_concurrent_trials_get_their_own_gpu(index, count, expected):
     assert job_device("auto", index, count) == expected
     assert job_device("cpu", index, count) == "cpu"
+
+
+def test_the_slurm_launcher_example_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 120)

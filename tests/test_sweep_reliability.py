@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import IntDistribution
 
+from hydra_plugins.taylorprune_optuna_sweeper.storage import creation_lock
 from hydra_plugins.taylorprune_optuna_sweeper.workers import is_gone
 from prune_core import read_pruned
 from sweeps.reaping import read_worker_tag
@@ -63,11 +64,9 @@ def running_trial_runs(folder: Path, count: int):
     """Once ``count`` trial runs are RUNNING in the store (read while the app writes it), those runs."""
     if not (folder / "mlflow.db").is_file():
         return None
-    try:
+    with creation_lock(folder / "mlflow.db"):  # never open a store while the app creates its schema
         found = [r for r in all_runs(folder)
                  if r.info.status == "RUNNING" and r.data.tags.get("taylorprune.role") == "trial"]
-    except Exception:  # the store is being created by the app right now
-        return None
     return found if len(found) >= count else None
 
 

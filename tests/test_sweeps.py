@@ -1,9 +1,6 @@
 """``python -m sweeps.run`` and ``-m``: single runs, studies, resuming, failures, samplers, MLflow contents."""
 
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -14,7 +11,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis import choose, load_experiment, pareto_front
-from tests.sweep_helpers import FAST, FAST_SEARCH, app_env, run_app
+from tests.sweep_helpers import FAST, FAST_SEARCH, run_app
+from tests.test_sweep_reliability import LONG, finish, running_trial_runs, start_app, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -169,29 +167,21 @@ def test_bad_input(tmp_path, args, multirun, message):
     assert not (tmp_path / ".cache").exists(), "nothing was trained"
 
 
-def test_ctrl_c_leaves_the_study_and_the_runs_consistent(tmp_path):
-    # trials long enough (about 20 s) to be interrupted in the middle of one
-    command = [sys.executable, "-m", "sweeps.run", "-m", *FAST, "hydra.sweeper.params=null", "hydra.sweeper.n_trials=3",
-               "data.num_samples=5000", "pruning.goal=0.9", "pruning.increment=0.05",
-               "training.max_epochs=range(8, 10)"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=app_env() | {"PYTHONUNBUFFERED": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    try:
-        for line in process.stdout:  # wait until the first trial is pruning, then press Ctrl-C
-            seen.append(line)
-            if "Base network:" in line:
-                break
-        time.sleep(3.0)
-        process.send_signal(signal.SIGINT)
-        output = "".join(seen) + process.communicate(timeout=120)[0]
-    finally:
-        process.kill()
+@pytest.mark.parametrize("moment", ["first iteration", "later"])
+def test_ctrl_c_stops_the_study_and_leaves_it_consistent(tmp_path, moment):
+    # trials long enough (about 20 s) to be interrupted in the middle of one; the first iteration is
+    # where an interrupt once came out of the job as a plain failure, and the study went on
+    process = start_app(tmp_path, *LONG, "hydra.sweeper.n_trials=3")
+    (run,) = wait_for(lambda: running_trial_runs(tmp_path, 1), "a trial run to start")
+    if moment == "later":
+        wait_for(lambda: len(store(tmp_path).get_metric_history(run.info.run_id, "pruning/reduction")) >= 3,
+                 "two pruning iterations")
+    process.send_signal(signal.SIGINT)
+    output = finish(process)
     assert process.returncode != 0, output[-3000:]
     states = [t.state for t in study(tmp_path).trials]
-    assert optuna.trial.TrialState.RUNNING not in states and states[-1] == optuna.trial.TrialState.FAIL
-    statuses = {r.data.tags["taylorprune.role"]: r.info.status for r in runs(store(tmp_path))
-                if r.info.status != "FINISHED"}
+    assert states == [optuna.trial.TrialState.FAIL], "the study stopped at once: no further trial"
+    statuses = {r.data.tags["taylorprune.role"]: r.info.status for r in runs(store(tmp_path))}
     assert statuses == {"trial": "KILLED", "study": "KILLED"}
 
 
