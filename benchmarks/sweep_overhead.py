@@ -96,7 +96,7 @@ def main() -> None:
     timed(tracking.StudyRunCallback, "on_multirun_start", "mlflow_study")
     timed(tracking.StudyRunCallback, "on_multirun_end", "mlflow_study")
     for owner, name in ((mlflow, "start_run"), (mlflow, "end_run"), (mlflow, "set_experiment"),
-                        (contract, "check_reachable")):
+                        (contract, "open_store")):
         timed(owner, name, "mlflow")
     timed(tracking, "log_torch_model", "model")
     tracking.log_pruning = capture_info(tracking.log_pruning)

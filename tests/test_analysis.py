@@ -109,7 +109,7 @@ def test_cli_writes_figures_tables_and_the_choice(sweep, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "taylorprune", "--tracking-uri", uri,
                              "--out", str(out), "--max-drop", "50"], capture_output=True, text=True, env=app_env(),
-                            timeout=300)
+                            timeout=900)
     assert result.returncode == 0, result.stderr
     assert "Chosen (at most 50.0 points below the unpruned network): trial" in result.stdout
     assert {p.name for p in out.iterdir()} == {"table.csv", "pareto_front.csv", "front.png", "trajectories.png",
@@ -131,7 +131,7 @@ def test_cli_bad_input(sweep, args, message, tmp_path):
     command = [sys.executable, "-m", "analysis", *args]
     if "--tracking-uri" not in args:
         command += ["--tracking-uri", uri]
-    result = subprocess.run(command, capture_output=True, text=True, env=app_env(), timeout=300, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, env=app_env(), timeout=900, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr
     if args[1] == "nope":
         assert "experiments there: " in result.stderr and "'taylorprune'" in result.stderr
@@ -157,7 +157,7 @@ def test_notebooks_run_end_to_end(sweep, name):
     env = {"TAYLORPRUNE_EXPERIMENT": "taylorprune", "MLFLOW_TRACKING_URI": uri,
            "TAYLORPRUNE_OPTUNA_STORAGE": f"sqlite:///{folder / 'optuna.db'}", "PYTHONPATH": str(ROOT)}
     with patch.dict(os.environ, env):  # the kernel inherits this environment
-        NotebookClient(notebook, timeout=300, kernel_name="python3",
+        NotebookClient(notebook, timeout=900, kernel_name="python3",
                        resources={"metadata": {"path": str(folder)}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
