@@ -30,3 +30,4 @@ bench: install
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.inference
 	$(PY) -m benchmarks.sweep_overhead
+	$(PY) -m benchmarks.scale_out

@@ -67,7 +67,7 @@ def throughput(base: str, work: Path, trials: int, workers: int, cache: Path, se
     started = time.perf_counter()
     wait([app(folder, *common) for folder in folders])
     elapsed = time.perf_counter() - started
-    done = [t for t in optuna.load_study(study_name="taylorprune", storage=study).trials
+    done = [t for t in optuna.load_study(study_name=f"scale-out-{workers}", storage=study).trials
             if t.state == optuna.trial.TrialState.COMPLETE]
     return len(done) / elapsed * 3600
 
