@@ -13,5 +13,10 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
   optuna-dashboard and ``optuna.visualization`` show instead of "Objective 0";
 - ``storage`` + ``study_name`` + ``load_if_exists`` resume a study: each run adds ``n_trials``;
 - each job sees its trial number in the environment variable ``OPTUNA_TRIAL_NUMBER`` and the
-  study in ``hydra.sweeper`` (``HydraConfig``).
+  study in ``hydra.sweeper`` (``HydraConfig``);
+- many workers share a study: each trial records its worker (``workers``), a starting worker
+  fails the trials of dead workers on its host, ``heartbeat_interval`` reaps those of other
+  hosts (``storage``), ``retry_failed_trials`` runs a reaped trial again, and each invocation's
+  sampler seed also depends on the trials already in the study and ``worker_id``;
+- a run in which every trial failed raises, so the command exits non-zero.
 """
