@@ -31,7 +31,6 @@ import copy
 import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,6 +38,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from benchmarks.publish import RESULTS, publish
 from prune_core import TrainingOptions, compress_network
 from prune_core.data import as_source
 from prune_core.losses import resolve_loss
@@ -55,7 +55,6 @@ OURS = {
     "random": {"criterion": "random"},
 }
 THEIRS = {"tp-taylor": tp.importance.TaylorImportance, "tp-l1": lambda: tp.importance.MagnitudeImportance(p=1)}
-RESULTS = Path(__file__).parent / "results"
 LOSS = resolve_loss("crossentropy")
 
 
@@ -198,8 +197,7 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args) -> None:
         "",
         f"Mean run time per method (s): {records.groupby('method', sort=False)['seconds'].mean().round(0).to_dict()}",
     ]
-    (RESULTS / "criteria.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("criteria", lines)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,15 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-from pathlib import Path
 
 import torch
 import torchvision
 
 from benchmarks.criteria import LOSS
 from benchmarks.overhead import median_seconds, time_split
+from benchmarks.publish import publish
 from prune_core import TaylorPrunableNetwork
 
-RESULTS = Path(__file__).parent / "results"
 IMAGES, BATCH = 4096, 128
 
 
@@ -123,10 +122,7 @@ def main() -> None:
     for mode in ("fp32", "bf16"):
         lines += step_versus_scoring(mode)
     lines.append(f"\nMeasured in {time.perf_counter() - started:.0f} s.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gpu.md").write_text(text)
+    publish("gpu", lines)
 
 
 if __name__ == "__main__":

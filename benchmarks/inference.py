@@ -26,11 +26,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.criteria import make_network
+from benchmarks.publish import publish
 from prune_core import ChannelGraph, TrainingOptions, compress_network, load_pruned, remove_units
 from prune_core.importance import filter_l1, normalize
 from sweeps.datasets import mnist1d_tensors
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -105,9 +104,7 @@ def main() -> None:
             lines.append(f"| {name} | {variant} | {row[0]:,} | {row[1]:,} | {100 * (1 - row[1] / base[1]):.0f}% | "
                          f"{row[2]:.3f} | {base[2] / row[2]:.2f}x | {row[3]:.2f} | {base[3] / row[3]:.2f}x |")
             print(lines[-1], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "inference.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("inference", lines)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import statistics
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torchvision
@@ -40,12 +39,11 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.criteria import LOSS, make_network
+from benchmarks.publish import publish
 from prune_core import ChannelGraph, TaylorPrunableNetwork, TrainingOptions, compress_network, remove_units
 from prune_core.data import as_source
 from prune_core.training import TrainingLog, fine_tune
 from sweeps.datasets import mnist1d_tensors
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def time_split(model: nn.Module, train: tuple, validation: tuple, goal: float, epochs: int,
@@ -201,9 +199,7 @@ def main() -> None:
         lines.append(f"| {c['network']} | {c['batch']} | {c['train step (ms)']:.2f} | {c['scoring pass (ms)']:.2f} "
                      f"| {c['time ratio']:.2f} | {c['train step peak (MiB)']:.1f} | {c['scoring peak (MiB)']:.1f} "
                      f"| {c['memory ratio']:.2f} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("overhead", lines)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 
+from benchmarks.publish import publish
 from tests.services import create_database, mlflow_server, postgres
 
-RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -138,10 +138,7 @@ def main() -> None:
     stores = ("sqlite", "PostgreSQL")
     total = {store: statistics.fsum(v for (_, s), v in cost.items() if s == store) for store in stores}
     lines.append(f"| **total** | {1000 * total['sqlite']:.1f} | {1000 * total['PostgreSQL']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale_out.md").write_text(text)
+    publish("scale_out", lines)
 
 
 if __name__ == "__main__":

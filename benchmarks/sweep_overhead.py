@@ -33,9 +33,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import sweeps.run
+from benchmarks.publish import publish
 from sweeps import contract, tracking
 
-RESULTS = Path(__file__).parent / "results"
 SPENT: dict[str, float] = defaultdict(float)
 CAPTURED: dict[str, object] = {}
 
@@ -143,10 +143,7 @@ def main() -> None:
         f"Logging one trial's {count} metric values: `log_batch` in chunks of 1000: {batch_s:.2f} s; "
         f"one `log_metric` call each: {single_s:.2f} s ({single_s / batch_s:.0f}x slower).",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    text = "\n".join(lines) + "\n"
-    (RESULTS / "sweep_overhead.md").write_text(text)
-    print(text)
+    publish("sweep_overhead", lines)
 
 
 if __name__ == "__main__":
