@@ -1,29 +1,42 @@
-# Set-up and everyday commands. `make demo` runs the main job (a short Optuna study of pruning
-# settings on MNIST-1D, tracked in MLflow), `make test` runs every test;
-# both create the virtual environment in .venv on first use.
+# Set-up and everyday commands; each target creates the virtual environment in .venv on first use
+# and installs the extras it needs (pyproject.toml):
+#   make install     prune_core and the sweep app ([sweeps])
+#   make demo        a short Optuna study of pruning settings on MNIST-1D, tracked in MLflow ([analysis])
+#   make test        lint, then every test ([test]; what CI runs)
+#   make test-fast   lint, then the tests not marked slow
+#   make lint        ruff over the whole repository
+#   make bench       every benchmark ([bench]); results in benchmarks/results/
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torchvision pins the matching torch; both are plain PyPI releases.
 TORCH := torch==2.14.1 torchvision==0.29.1
+TESTED := prune_core sweeps hydra_plugins analysis tests
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-fast lint bench
 
-install: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH) -e ".[test]"
+
+# One stamp per extra: pip adds only what that extra needs beyond what is installed.
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet $(TORCH) -e ".[$*]"
 	touch $@
 
-demo: install
+install: $(VENV)/.installed-sweeps
+
+demo: $(VENV)/.installed-analysis
 	$(PY) -m sweeps.run -m
 
-test: install
+lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --doctest-modules prune_core sweeps hydra_plugins analysis tests
 
-bench: install
-	$(PY) -m pip install --quiet -e ".[bench]"
+test: lint
+	$(PY) -m pytest -q --doctest-modules $(TESTED)
+
+test-fast: lint
+	$(PY) -m pytest -q --doctest-modules -m "not slow" $(TESTED)
+
+bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.graph_zoo
 	$(PY) -m benchmarks.timm_zoo
 	$(PY) -m benchmarks.criteria

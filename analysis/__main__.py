@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analysis import choose, load_experiment, pareto_front
 from analysis.plots import front_figure, hyperparameters_figure, progress_figure, trajectories_figure
-from prune_core.atomic import atomic_path
+from prune_core.channels import atomic_path
 
 
 def write(path: Path, content) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from analysis.allowed import check_targets, instantiate_allowed
 from analysis.loading import downloaded
 from prune_core import load_pruned
+from prune_core.finetune import resolve_metric
 from sweeps import contract
 
 
@@ -77,9 +78,9 @@ def run_config(run_id: str, tracking_uri: str) -> DictConfig:
 def validation_accuracy(model: nn.Module, config: DictConfig, allowed: Iterable[str] = ()) -> float:
     """Accuracy (%) of ``model`` on the validation split of the run's own data config (allow-listed builders)."""
     data = instantiate_allowed(config.get("data"), "data", allowed)
+    accuracy = resolve_metric("accuracy")
     with torch.no_grad():
-        predicted = model.eval()(data["x_val"]).argmax(1)
-    return 100.0 * float((predicted == data["y_val"]).float().mean())
+        return accuracy.finish(*accuracy.batch(model.eval()(data["x_val"]), data["y_val"]))
 
 
 def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Module] | None = None,

@@ -39,10 +39,8 @@ import torch_pruning as tp
 from torch import nn
 
 from benchmarks.publish import RESULTS, publish
-from prune_core import TrainingOptions, compress_network
-from prune_core.data import as_source
-from prune_core.losses import resolve_loss
-from prune_core.training import TrainingLog, evaluate, fine_tune
+from prune_core import TrainingOptions, compress_network, train_network
+from prune_core.finetune import TrainingLog, as_source, evaluate, fine_tune, resolve_loss
 from sweeps.datasets import mnist1d_tensors
 
 LEVELS = (0.5, 0.7, 0.8, 0.9)
@@ -85,10 +83,9 @@ def train_base(data: dict, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = make_network()
     options = TrainingOptions("adam", initial_learn_rate=1e-3, max_epochs=30, mini_batch_size=64,
-                              shuffle="every-epoch", learn_rate_schedule="piecewise", learn_rate_drop_period=20)
-    fine_tune(model, as_source(data["x_train"], data["y_train"]), LOSS, options, TrainingLog(),
-              generator=torch.Generator().manual_seed(seed))
-    return model
+                              shuffle="every-epoch", learn_rate_schedule="piecewise", learn_rate_drop_period=20,
+                              seed=seed)
+    return train_network(model, (data["x_train"], data["y_train"]), LOSS, options)[0]
 
 
 def run_ours(base: nn.Module, data: dict, seed: int, levers: dict) -> list[tuple[float, float]]:

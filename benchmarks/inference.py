@@ -27,8 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.criteria import make_network
 from benchmarks.publish import publish
-from prune_core import ChannelGraph, TrainingOptions, compress_network, load_pruned, remove_units
-from prune_core.importance import filter_l1, normalize
+from prune_core import TaylorPrunableNetwork, TrainingOptions, compress_network, load_pruned, remove_units
 from sweeps.datasets import mnist1d_tensors
 
 
@@ -74,8 +73,8 @@ def resnet_half() -> list[tuple[str, nn.Module]]:
     unpruned = torchvision.models.resnet18(num_classes=10)
     unpruned.load_state_dict(model.state_dict())
     example = torch.randn(1, 3, 64, 64)
-    graph = ChannelGraph.build(model, example)
-    scores = normalize(graph, filter_l1(model, graph))
+    prunable = TaylorPrunableNetwork(model, example, criterion="l1")
+    graph, scores = prunable.graph, prunable.scores()
     groups: dict[tuple[str, ...], list[int]] = {}
     for unit in graph.removable_units():
         groups.setdefault(unit.producers, []).append(unit.id)

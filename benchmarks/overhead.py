@@ -40,9 +40,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.criteria import LOSS, make_network
 from benchmarks.publish import publish
-from prune_core import ChannelGraph, TaylorPrunableNetwork, TrainingOptions, compress_network, remove_units
-from prune_core.data import as_source
-from prune_core.training import TrainingLog, fine_tune
+from prune_core import (
+    ChannelGraph,
+    TaylorPrunableNetwork,
+    TrainingOptions,
+    compress_network,
+    remove_units,
+    train_network,
+)
 from sweeps.datasets import mnist1d_tensors
 
 
@@ -165,8 +170,8 @@ def main() -> None:
     data = mnist1d_tensors(seed=42)
     torch.manual_seed(0)
     small = make_network()
-    fine_tune(small, as_source(data["x_train"], data["y_train"]), LOSS,
-              TrainingOptions("adam", max_epochs=5, mini_batch_size=64), TrainingLog())
+    train_network(small, (data["x_train"], data["y_train"]), LOSS,
+                  TrainingOptions("adam", max_epochs=5, mini_batch_size=64))
     images = torch.randn(1280, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 10, (1280,), generator=torch.Generator().manual_seed(1))
     lines = ["# Where compress_network's time goes", "",

@@ -8,13 +8,13 @@ run at 64x64 (a few families need a larger input: ``INPUT_SIZE``). This project:
 2. removes a random 20% of every channel group's removable units (``remove_units`` with the
    built-in check off, so that a wrong surgery shows here instead of being refused);
 3. checks masked equivalence: the pruned outputs equal the original's with the removed
-   channels zeroed at their consumers (``prune_core.verify``), and the parameter count equals
+   channels zeroed at their consumers (``prune_core.channels.verify``), and the parameter count equals
    the analysis' prediction.
 
 Each family is one of: ``pruned and equivalent``, ``refused`` (nothing prunable; the main
 reason), ``error``, ``silently wrong`` (the check above fails) or ``over 60 s``. (Where a
 LayerNorm over channels loses channels, the reference normalises over the kept ones: see
-``prune_core.verify``.) Torch-Pruning
+``prune_core.channels.verify``.) Torch-Pruning
 (``MetaPruner``, random importance, ratio 0.2, the classifier protected) runs on the same model
 in the same process; it has no equivalence check, so its outcome is ``pruned`` (the network
 runs, keeps its output shape and lost parameters), ``error`` or ``over 60 s``.
@@ -91,7 +91,7 @@ def _state_unchanged(model: nn.Module, state: dict, modes: list[bool]) -> bool:
 
 def ours(model: nn.Module, x: torch.Tensor) -> dict:
     from prune_core import ChannelGraph, remove_units
-    from prune_core.verify import SurgeryMismatch, check_equivalent, reference_outputs
+    from prune_core.channels import SurgeryMismatch, check_equivalent, reference_outputs
 
     state, modes = copy.deepcopy(model.state_dict()), [m.training for m in model.modules()]
     start = time.perf_counter()

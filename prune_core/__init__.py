@@ -1,5 +1,13 @@
 """prune_core: structured (filter) pruning of PyTorch networks.
 
+Two wings under one roof. ``prune_core.channels`` knows which channels of a network can go
+and removes them (``ChannelGraph``, ``remove_units``, ``analyze_compression``, ``save_pruned``);
+``prune_core.finetune`` trains (``TrainingOptions``, ``train_network``, data, losses, metrics).
+The top joins them: ``compress_network`` (with ``PruningOptions``), ``TaylorPrunableNetwork``,
+the criteria and allocations. Three extension points take code of one's own without editing
+the package: ``register_criterion``, ``register_allocation`` and ``register_module_rule``.
+These names are the public API; the modules behind them are private.
+
 >>> import torch, torch.nn as nn
 >>> import prune_core as pc
 >>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2))
@@ -9,38 +17,60 @@
 Conv1d(1, 6, kernel_size=(3,), stride=(1,))
 """
 
-from prune_core.compress import check_pruning_options, compress_network
-from prune_core.graph import ChannelGraph, Unit
-from prune_core.metrics import Metric
-from prune_core.options import TrainingOptions
-from prune_core.propagate import ExampleInputMismatch
+from prune_core.channels import (
+    ChannelGraph,
+    CompressionReport,
+    ExampleInputMismatch,
+    SurgeryMismatch,
+    TraceFailure,
+    Unit,
+    analyze_compression,
+    channelwise,
+    load_pruned,
+    read_pruned,
+    register_module_rule,
+    remove_units,
+    save_pruned,
+)
+from prune_core.compress import compress_network
+from prune_core.finetune import Metric, TrainingInfo, TrainingOptions, train_network
+from prune_core.importance import CRITERIA, Criterion, register_criterion
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PruningInfo, checkpoint_name
-from prune_core.report import CompressionReport, analyze_compression
-from prune_core.serialize import load_pruned, read_pruned, save_pruned
+from prune_core.pruning_options import AUTO_SCORE_ITERATIONS, PruningKeywords, PruningOptions
+from prune_core.selection import ALLOCATIONS, Allocation, register_allocation
 from prune_core.stop_reason import StopReason
-from prune_core.surgery import remove_units
-from prune_core.tracing import TraceFailure
-from prune_core.verify import SurgeryMismatch
 
 __all__ = [
+    "ALLOCATIONS",
+    "AUTO_SCORE_ITERATIONS",
+    "Allocation",
+    "CRITERIA",
     "ChannelGraph",
     "CompressionReport",
+    "Criterion",
     "ExampleInputMismatch",
     "Metric",
     "PruningInfo",
+    "PruningKeywords",
+    "PruningOptions",
     "StopReason",
     "SurgeryMismatch",
     "TaylorPrunableNetwork",
+    "TrainingInfo",
     "TrainingOptions",
     "TraceFailure",
     "Unit",
     "analyze_compression",
+    "channelwise",
     "checkpoint_name",
-    "check_pruning_options",
     "compress_network",
     "load_pruned",
     "read_pruned",
+    "register_allocation",
+    "register_criterion",
+    "register_module_rule",
     "remove_units",
     "save_pruned",
+    "train_network",
 ]

@@ -1,4 +1,12 @@
-"""Filter importance: the activation Taylor criterion (Molchanov et al. 2017) and two baselines.
+"""Filter importance: criteria registered by name, the activation Taylor criterion (Molchanov et al.
+2017) and two baselines.
+
+A criterion is a ``Criterion`` subclass registered with ``register_criterion(name, cls)``;
+``TaylorPrunableNetwork`` and ``compress_network`` build one per channel graph (again after
+every surgery) and ask it for one raw score per removal unit. One that ``needs_gradients``
+records ordinary forward/backward passes inside ``recording(model)``: ``compress_network``
+runs ``num_importance_score_iterations`` of them before every removal. "taylor", "l1" and
+"random" are registered the same way a user's own criterion is.
 
 Taylor: removing a filter is the same as zeroing its channel where it is consumed (the input
 of every conv, conv-transpose or linear layer it feeds; the surgery tests check exactly
@@ -13,15 +21,15 @@ input (a view, so the gradient that reaches it is this layer's share only) and r
 gradient hook that reduces (activation, gradient) to one number per example and unit and lets
 both go. Nothing is kept between batches.
 
-Baselines: ``filter_l1`` (sum of absolute filter weights of the unit's producers, Li et al.
-2017) and ``random_unit_scores``.
+Baselines: "l1" (sum of absolute filter weights of the unit's producers, Li et al. 2017) and
+"random".
 
 ``normalize`` turns raw unit scores into comparable ones: the scores of each channel group
 (units removed from the same producers) are divided by their L2 norm (``"l2"``; ``"none"``
 keeps them raw); units that cannot be removed get ``inf``.
 
 >>> import torch, torch.nn as nn
->>> from prune_core.graph import ChannelGraph
+>>> from prune_core.channels.graph import ChannelGraph
 >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(24, 2))
 >>> graph = ChannelGraph.build(net, torch.zeros(1, 1, 8))
 >>> taylor = TaylorAccumulator(graph)
@@ -29,22 +37,87 @@ keeps them raw); units that cannot be removed get ``inf``.
 ...     nn.functional.cross_entropy(net(torch.randn(5, 1, 8)), torch.tensor([0, 1, 0, 1, 1])).backward()
 >>> taylor.examples, normalize(graph, taylor.unit_scores()).shape
 (5, (4,))
+
+A criterion of one's own (here: the filters' largest absolute weight):
+
+>>> class MaxWeight(Criterion):
+...     def scores(self, model):
+...         return self.graph_scores(model, lambda w: w.abs().flatten(1).amax(1))
+>>> register_criterion("max-weight", MaxWeight)
+>>> CRITERIA.get("max-weight")(graph, np.random.default_rng(0)).scores(net).shape
+(4,)
+>>> CRITERIA.unregister("max-weight")
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from prune_core.graph import ChannelGraph, owner
+from prune_core.channels import ChannelGraph, owner
+from prune_core.registry import Registry
 
-CRITERIA = ("taylor", "l1", "random")
 NORMALIZATIONS = ("l2", "none")
 
+
+class Criterion:
+    """How important each removal unit of ``graph`` is; subclass it and register it by name.
+
+    Override ``scores(model)``: one raw score per unit of ``graph`` (lower goes first; scores of
+    units that cannot be removed are ignored). A criterion with ``needs_gradients = True``
+    overrides ``recording`` and ``examples`` too. ``normalized = False`` skips the per-group
+    normalisation. ``rng`` is the random generator of the pruning run (seeded by its seed).
+    """
+
+    needs_gradients: ClassVar[bool] = False
+    normalized: ClassVar[bool] = True
+
+    def __init__(self, graph: ChannelGraph, rng: np.random.Generator) -> None:
+        self.graph, self.rng = graph, rng
+
+    @contextmanager
+    def recording(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
+        """Record the forward/backward passes run inside; yields the tensors whose gradients it needs."""
+        yield []
+
+    @property
+    def examples(self) -> int:
+        """Examples recorded since this criterion was built."""
+        return 0
+
+    def scores(self, model: nn.Module) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement scores(model)")
+
+    def graph_scores(self, model: nn.Module, per_filter: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        """Sum ``per_filter(filters)`` (one value per filter; ``filters`` is the weight with the filters
+        along dim 0) over each unit's producer layers: the usual shape of a weight-based criterion."""
+        modules = dict(model.named_modules())
+        removable = _removable(self.graph)
+        out = np.zeros(len(self.graph.units))
+        for fqn, units in self.graph.producer_units.items():
+            if not removable[units].any():
+                continue
+            weight = modules[fqn].weight.detach()
+            filter_dim = 1 if isinstance(modules[fqn], nn.modules.conv._ConvTransposeNd) else 0
+            values = per_filter(weight.movedim(filter_dim, 0)).double().cpu().numpy()
+            keep = units >= 0
+            np.add.at(out, units[keep], values[keep])
+        return out
+
+
+CRITERIA: Registry[type[Criterion]] = Registry("criterion", "prune_core.register_criterion")
+
+
+def register_criterion(name: str, criterion: type[Criterion], *, replace: bool = False) -> None:
+    """Make ``criterion`` (a ``Criterion`` subclass) available as ``criterion=name``."""
+    if not (isinstance(criterion, type) and issubclass(criterion, Criterion)):
+        raise TypeError(f"criterion {name!r} must be a subclass of prune_core.Criterion, got {criterion!r}")
+    CRITERIA.register(name, criterion, replace=replace)
 
 def _removable(graph: ChannelGraph) -> np.ndarray:
     """Boolean per unit, with a trailing False so that index -1 (no unit) reads as not removable."""
@@ -122,22 +195,6 @@ class TaylorAccumulator:
         return out
 
 
-def filter_l1(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
-    """Raw score of every unit: the summed absolute weights of its filters (Li et al. 2017)."""
-    modules = dict(model.named_modules())
-    removable = _removable(graph)
-    out = np.zeros(len(graph.units))
-    for fqn, units in graph.producer_units.items():
-        if not removable[units].any():
-            continue
-        weight = modules[fqn].weight.detach()
-        filter_dim = 1 if isinstance(modules[fqn], nn.modules.conv._ConvTransposeNd) else 0
-        norms = weight.abs().movedim(filter_dim, 0).flatten(1).sum(1).double().cpu().numpy()
-        keep = units >= 0
-        np.add.at(out, units[keep], norms[keep])
-    return out
-
-
 def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "l2") -> np.ndarray:
     """Scores comparable across layers (``inf`` for units that cannot be removed); see the module docstring."""
     if normalization not in NORMALIZATIONS:
@@ -154,8 +211,42 @@ def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "l2") -
     return scores
 
 
-def random_unit_scores(graph: ChannelGraph, generator: np.random.Generator) -> np.ndarray:
-    """Uniform random scores (``inf`` for units that cannot be removed): the random baseline."""
-    scores = generator.random(len(graph.units))
-    scores[[not u.removable for u in graph.units]] = np.inf
-    return scores
+class TaylorCriterion(Criterion):
+    """"taylor": the activation Taylor criterion (see the module docstring)."""
+
+    needs_gradients = True
+
+    def __init__(self, graph: ChannelGraph, rng: np.random.Generator) -> None:
+        super().__init__(graph, rng)
+        self.accumulator = TaylorAccumulator(graph)
+
+    def recording(self, model: nn.Module):
+        return self.accumulator.hooks(model)
+
+    @property
+    def examples(self) -> int:
+        return self.accumulator.examples
+
+    def scores(self, model: nn.Module) -> np.ndarray:
+        return self.accumulator.unit_scores()
+
+
+class L1Criterion(Criterion):
+    """"l1": the summed absolute weights of a unit's filters (Li et al. 2017)."""
+
+    def scores(self, model: nn.Module) -> np.ndarray:
+        return self.graph_scores(model, lambda filters: filters.abs().flatten(1).sum(1))
+
+
+class RandomCriterion(Criterion):
+    """"random": uniform random scores, the baseline every criterion must beat."""
+
+    normalized = False
+
+    def scores(self, model: nn.Module) -> np.ndarray:
+        return self.rng.random(len(self.graph.units))
+
+
+register_criterion("taylor", TaylorCriterion)
+register_criterion("l1", L1Criterion)
+register_criterion("random", RandomCriterion)

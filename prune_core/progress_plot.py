@@ -5,7 +5,8 @@ fine-tuning iteration, (1) the learnable parameters left after each pruning iter
 (2) the training loss and the validation loss, (3) a metric (accuracy, ...) when one was
 computed; dotted lines mark where each pruning iteration begins. A history without any
 fine-tuning step yet (stopped during the first iteration) draws empty panels. It uses
-``matplotlib.figure`` directly (no pyplot state, no display needed). ``save_figure`` writes it
+``matplotlib.figure`` directly (no pyplot state, no display needed), imported only when a
+figure is drawn. ``save_figure`` writes it
 atomically.
 
 >>> empty = pd.DataFrame()
@@ -18,16 +19,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from prune_core.atomic import atomic_path
+from prune_core.channels import atomic_path
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: prune_core itself does not need it
+    from matplotlib.figure import Figure
 
 
 def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, validation: pd.DataFrame,
                             metric: str = "loss") -> Figure:
     """The figure described in the module docstring (the history tables of ``PruningInfo``)."""
+    from matplotlib.figure import Figure
+
     panels = 2 if metric == "loss" else 3
     fig = Figure(figsize=(9, 2.6 * panels), layout="constrained")
     axes = fig.subplots(panels, 1, sharex=True)

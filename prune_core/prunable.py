@@ -20,6 +20,7 @@ The analogue of MATLAB's ``taylorPrunableNetwork`` / ``updateScore`` / ``updateP
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -27,33 +28,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.graph import ChannelGraph
-from prune_core.importance import CRITERIA, TaylorAccumulator, filter_l1, normalize, random_unit_scores
-from prune_core.losses import resolve_loss
-from prune_core.selection import ALLOCATIONS, choose_uniform, choose_units
-from prune_core.surgery import remove_units
-from prune_core.training import forward_outputs
+from prune_core.channels import ChannelGraph, remove_units
+from prune_core.finetune import resolve_loss
+from prune_core.finetune.training import forward_outputs, to_device
+from prune_core.importance import CRITERIA, NORMALIZATIONS, Criterion, normalize
+from prune_core.selection import ALLOCATIONS
 
 
 class TaylorPrunableNetwork:
     """Wraps ``model`` for score accumulation and pruning (see the module docstring).
 
-    ``criterion`` is "taylor" (default), "l1" or "random"; ``normalization`` "l2" (default)
-    or "none"; ``per_learnable`` orders filters by score per learnable removed; ``allocation``
-    "global" (default: lowest scores across all layers) or "uniform" (every group loses the same
-    share of its filters; learnables budgets only). ``layer_names`` and ``leaf_modules`` are as
-    in ``ChannelGraph.build``; ``verify=False`` skips the check after every surgery (see
-    ``remove_units``). Wrapping analyses ``model`` and leaves it as it is; ``prune`` shrinks it.
+    Args:
+        model: the network; wrapping analyses it and leaves it as it is, ``prune`` shrinks it.
+        example_input: a tensor or tuple of tensors the model runs on (for the channel analysis).
+        layer_names, leaf_modules: as in ``ChannelGraph.build``.
+        criterion: a registered criterion name: "taylor" (default), "l1", "random" or one's own
+            (``prune_core.register_criterion``).
+        normalization: "l2" (default) or "none" (see ``prune_core.importance``).
+        per_learnable: order filters by score per learnable removed.
+        allocation: a registered allocation name: "global" (default: lowest scores across all
+            layers), "uniform" (every group loses the same share of its filters; learnables budgets
+            only) or one's own (``prune_core.register_allocation``).
+        seed: seeds the generator a criterion may use ("random").
+        verify: check every surgery (see ``remove_units``); False skips it.
     """
 
     def __init__(self, model: nn.Module, example_input, *, layer_names: Iterable[str] | None = None,
                  leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "l2",
                  per_learnable: bool = False, allocation: str = "global", seed: int = 0,
                  verify: bool = True) -> None:
-        if criterion not in CRITERIA:
-            raise ValueError(f"criterion {criterion!r} is not supported; use one of {CRITERIA}")
-        if allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation {allocation!r} is not supported; use one of {ALLOCATIONS}")
+        self._criterion_class = CRITERIA.get(criterion)
+        self._allocate = ALLOCATIONS.get(allocation)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization {normalization!r} is not supported; use one of {NORMALIZATIONS}")
         self.model = model
         self.example_input = example_input
         self.layer_names = [layer_names] if isinstance(layer_names, str) else layer_names
@@ -63,74 +70,95 @@ class TaylorPrunableNetwork:
         self.allocation, self.verify = allocation, verify
         self._random = np.random.default_rng(seed)
         self.graph = self._build()
-        self.taylor = TaylorAccumulator(self.graph)
+        self.scorer: Criterion = self._criterion_class(self.graph, self._random)
 
     def _build(self) -> ChannelGraph:
         return ChannelGraph.build(self.model, self.example_input, self.layer_names, self.leaf_modules)
 
     @property
+    def needs_gradients(self) -> bool:
+        """Whether the criterion scores from forward/backward passes (``update_score``, ``score_batches``)."""
+        return self.scorer.needs_gradients
+
+    @property
     def num_prunables(self) -> int:
         """Number of filters (removal units) that can still be pruned, every layer keeping one."""
         blocked = np.array([0.0 if u.removable else np.inf for u in self.graph.units])
-        return len(choose_units(self.graph, blocked))
+        return len(ALLOCATIONS.get("global")(self.graph, blocked, learnables=None, max_units=None,
+                                             per_learnable=False, floors=None))
 
     @contextmanager
     def scoring(self) -> Iterator[list[torch.Tensor]]:
-        """Accumulate Taylor scores from the forward/backward passes run inside the block."""
-        with self.taylor.hooks(self.model) as live:
+        """Accumulate scores from the forward/backward passes run inside the block."""
+        with self.scorer.recording(self.model) as live:
             yield live
 
     def update_score(self, inputs, targets, loss: str | Callable = "crossentropy") -> float:
         """One scoring pass on a batch (no weight update, gradients of the weights untouched); returns the loss.
 
         ``inputs``/``targets`` are tensors or tuples of tensors; ``loss`` a name from
-        ``prune_core.losses`` or a callable ``loss(*outputs, *targets)``.
+        ``prune_core.finetune`` losses or a callable ``loss(*outputs, *targets)``.
         """
         inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
         targets = targets if isinstance(targets, (tuple, list)) else (targets,)
         return self.score_batch(tuple(inputs), tuple(targets), resolve_loss(loss))
 
     def score_batch(self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], loss_fn) -> float:
-        """``update_score`` with a resolved loss function (used by ``compress_network``)."""
+        """``update_score`` with a resolved loss function."""
         with self.scoring() as live:
             value = loss_fn(forward_outputs(self.model, inputs), targets)
             if live:
                 torch.autograd.grad(value, live, allow_unused=True)
         return float(value.detach())
 
+    def score_batches(self, batches: Iterable, loss_fn, device: torch.device | None = None) -> bool:
+        """Scoring passes over ``batches`` (``(inputs, targets)`` tuples of tensors) in eval mode, the model's
+        mode restored after; False as soon as a loss is not finite (what ``compress_network`` runs)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for inputs, targets in batches:
+                if device is not None:
+                    inputs, targets = to_device(inputs, device), to_device(targets, device)
+                if not math.isfinite(self.score_batch(inputs, targets, loss_fn)):
+                    return False
+        finally:
+            self.model.train(was_training)
+        return True
+
     def scores(self) -> np.ndarray:
         """One score per unit of ``graph`` under the criterion (``inf`` where not removable)."""
-        if self.criterion == "random":
-            return random_unit_scores(self.graph, self._random)
-        raw = self.taylor.unit_scores() if self.criterion == "taylor" else filter_l1(self.model, self.graph)
-        return normalize(self.graph, raw, self.normalization)
+        raw = np.asarray(self.scorer.scores(self.model), dtype=np.float64)
+        if raw.shape != (len(self.graph.units),):
+            raise ValueError(f"criterion {self.criterion!r} returned {raw.shape} scores for "
+                             f"{len(self.graph.units)} units")
+        if self.scorer.normalized:
+            return normalize(self.graph, raw, self.normalization)
+        return np.where([u.removable for u in self.graph.units], raw, np.inf)
 
     def choose(self, *, max_units: int | None = None, learnables: int | None = None,
                floors: dict | None = None) -> list[int]:
         """The units ``prune`` would remove under a count or learnables budget."""
-        if self.allocation == "uniform" and learnables is not None:
-            return choose_uniform(self.graph, self.scores(), learnables=learnables, floors=floors)
-        return choose_units(self.graph, self.scores(), max_units=max_units, learnables=learnables,
-                            per_learnable=self.per_learnable, floors=floors)
+        return list(self._allocate(self.graph, self.scores(), learnables=learnables, max_units=max_units,
+                                   per_learnable=self.per_learnable, floors=floors))
 
     def remove(self, unit_ids: list[int]) -> None:
         """Remove these units of ``graph``, update the graph to the smaller model and reset the scores."""
         if unit_ids:
             remove_units(self.model, self.graph, unit_ids, verify=self.verify)
             self.graph = self.graph.after_removal(unit_ids, self.model) or self._build()
-        self.taylor = TaylorAccumulator(self.graph)
+        self.scorer = self._criterion_class(self.graph, self._random)
 
     def prune(self, max_to_prune: int = 8) -> int:
         """Remove up to ``max_to_prune`` lowest-scoring filters; returns how many went."""
         if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
             raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
         self.require_prunable()
-        if self.criterion == "taylor" and self.taylor.examples == 0:
+        if self.scorer.needs_gradients and self.scorer.examples == 0:
             raise RuntimeError("no scores yet: call update_score(...) or run a pass inside scoring() before prune()")
         chosen = self.choose(max_units=max_to_prune)
         self.remove(chosen)
         return len(chosen)
-
     def require_prunable(self) -> None:
         """Raise ValueError, with the analysis' reasons, when no filter can be pruned."""
         if self.num_prunables > 0:

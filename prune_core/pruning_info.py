@@ -1,34 +1,36 @@
 """``PruningInfo`` (what ``compress_network`` returns besides the network) and the record it is built from.
 
-``PruningRecord`` holds the bookkeeping of one run: the learnables before pruning, one
-history row per pruning iteration, the fine-tuning log, checkpoints, the per-iteration
-printout; ``finish`` turns it into a ``PruningInfo`` with DataFrames, the pruned layers, the
-summary text and the progress figure.
+``PruningRecord`` holds the bookkeeping of one run and nothing else: the learnables before
+pruning, one history row per pruning iteration, the fine-tuning log, the checkpoints written
+and the time per phase. It hands each row to a reporter (``reporting``) and to the caller's
+``iteration_fn``; ``finish`` turns it into a ``PruningInfo`` with DataFrames, the pruned
+layers, the summary text and the progress figure.
+
+>>> import torch.nn as nn
+>>> record = PruningRecord(nn.Linear(4, 2), producers=["0"], objective="loss", verbosity="off")
+>>> record.record(nn.Linear(4, 1), 0, {}, None, channels={"0": 1})
+>>> record.rows[0]["reduction"], record.rows[0]["channels[0]"]
+(0.5, 1)
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
-from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
 
-from prune_core.data import DataSource
-from prune_core.options import TrainingOptions
+from prune_core.channels import owner
+from prune_core.finetune import TrainingLog
 from prune_core.progress_plot import pruning_progress_figure, save_figure
-from prune_core.prunable import TaylorPrunableNetwork
-from prune_core.serialize import save_pruned
-from prune_core.training import TrainingLog, evaluate, to_device
+from prune_core.reporting import make_reporter
 
-VERBOSITY = ("summary", "pruning", "training", "off")
-PLOTS = ("none", "pruning-progress")
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -80,108 +82,59 @@ def checkpoint_name(iteration: int) -> str:
 
 
 class PruningRecord:
-    """Bookkeeping of one ``compress_network`` run (see the module docstring)."""
+    """Bookkeeping of one ``compress_network`` run (see the module docstring).
 
-    def __init__(self, prunable: TaylorPrunableNetwork, source: DataSource, validation: DataSource | None, loss_fn,
-                 options: TrainingOptions, goal: float, verbosity: str, generator: torch.Generator,
-                 iteration_fn: Callable[[dict], None] | None = None) -> None:
-        self.prunable, self.source, self.validation = prunable, source, validation
-        self.iteration_fn = iteration_fn
-        self.loss_fn, self.options, self.verbosity, self.generator = loss_fn, options, verbosity, generator
-        self.original = prunable.graph.total_learnables
-        self.original_shapes = dict(prunable.graph.param_shapes)
-        self.producers = list(prunable.graph.producer_units)
+    ``model`` is the network before pruning; ``producers`` the layers whose filters are counted in
+    each row; ``objective`` the validation value the reporter shows; ``reachable`` the reduction
+    the progress bar ends at.
+    """
+
+    def __init__(self, model: nn.Module, *, producers: list[str], objective: str, verbosity: str,
+                 reachable: float = 1.0, iteration_fn: Callable[[dict], None] | None = None) -> None:
+        self.original = learnables(model)
+        self.original_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        self.producers, self.objective, self.iteration_fn = list(producers), objective, iteration_fn
         self.rows: list[dict] = []
         self.log = TrainingLog()
         self.checkpoints: list[Path] = []
         self.seconds = {"scoring": 0.0, "checkpoints": 0.0}
-        reachable = goal
-        if verbosity == "summary":  # the bar's end: the goal, or the most that can go
-            reachable = min(goal, prunable.graph.learnables_removed(prunable.graph.max_removal()) / self.original)
-        self.bar = tqdm(total=round(100 * reachable, 1), disable=verbosity != "summary", unit="%",
-                        desc="pruning", bar_format="{desc}: {n:.1f}/{total:.1f}% fewer learnables |{bar}| {elapsed}")
+        self.reporter = make_reporter(verbosity, objective=objective, reachable=reachable)
 
-    def removed(self) -> int:
-        return self.original - learnables(self.prunable.model)
+    def removed(self, model: nn.Module) -> int:
+        """Learnables gone from ``model`` since the start."""
+        return self.original - learnables(model)
 
-    def score(self, batches: int) -> bool:
-        """Taylor scores from ``batches`` mini-batches in eval mode (no side effects); False if a loss is not finite."""
-        started = time.perf_counter()
-        model, device = self.prunable.model, self.options.torch_device()
-        was_training = model.training
-        model.eval()
-        try:
-            for inputs, targets in self.source.batches(self.options.mini_batch_size, self.options.shuffle,
-                                                       self.generator, limit=batches):
-                loss = self.prunable.score_batch(to_device(inputs, device), to_device(targets, device), self.loss_fn)
-                if not math.isfinite(loss):
-                    return False
-        finally:
-            model.train(was_training)
-            self.seconds["scoring"] += time.perf_counter() - started
-        return True
-
-    def validate_start(self) -> dict | None:
-        """Validation of the input network (iteration 0), also logged in the validation history."""
-        if self.validation is None:
-            return None
-        started = time.perf_counter()
-        values = evaluate(self.prunable.model, self.validation, self.loss_fn, self.options.resolved_metrics,
-                          self.options.mini_batch_size, self.options.torch_device())
-        row = {"pruning_iteration": 0, "epoch": 0, "iteration": 0, **values, "time_s": self.log.elapsed()}
-        self.log.validation.append(row)
-        self.log.add_time("initial_validation", started)
-        return row
-
-    def crossed(self, validation: dict | None, threshold: float) -> bool:
-        value = validation[self.options.objective_metric_name]
-        return value < threshold if self.options.objective_maximized else value > threshold
-
-    def record(self, iteration: int, filters_removed: int, timing: dict, validation: dict | None) -> None:
-        current = learnables(self.prunable.model)
+    def record(self, model: nn.Module, iteration: int, timing: dict, validation: dict | None, *,
+               filters_removed: int = 0, channels: dict[str, int]) -> None:
+        """Add the history row of pruning iteration ``iteration``: ``model`` after it, its ``timing``
+        (seconds per phase), the ``validation`` values and the filters left in each producer."""
+        current = learnables(model)
         row = {"iteration": iteration, "learnables": current, "reduction": 1 - current / self.original,
                "filters_removed": filters_removed, "end_iteration": self.log.iteration}
         if validation is not None:
             row.update({f"validation_{k}": v for k, v in validation.items()
                         if k not in ("pruning_iteration", "epoch", "iteration", "time_s")})
         row.update({"scoring_s": 0.0, "surgery_s": 0.0, "fine_tuning_s": 0.0, **timing, "time_s": self.log.elapsed()})
-        graph = self.prunable.graph
-        row.update({f"channels[{fqn}]": graph.producer_units[fqn].size if fqn in graph.producer_units else 0
-                    for fqn in self.producers})
+        row.update({f"channels[{fqn}]": channels.get(fqn, 0) for fqn in self.producers})
+        self.seconds["scoring"] += row["scoring_s"]
         self.rows.append(row)
-        self._report(row)
+        self.reporter.row(row)
         if self.iteration_fn is not None:
             self.iteration_fn(dict(row))
 
-    def _report(self, row: dict) -> None:
-        if self.verbosity == "summary":
-            self.bar.update(min(round(100 * row["reduction"], 1), self.bar.total) - self.bar.n)
-            objective = f"validation_{self.options.objective_metric_name}"
-            if objective in row:
-                self.bar.set_postfix({objective: f"{row[objective]:.4g}"}, refresh=False)
-        elif self.verbosity in ("pruning", "training"):
-            if row["iteration"] == 0:
-                print(f"{'iteration':>9} {'learnables':>11} {'reduction':>9} {'filters':>7} "
-                      f"{'validation':>10} {'time (s)':>9}")
-            value = row.get(f"validation_{self.options.objective_metric_name}", math.nan)
-            print(f"{row['iteration']:>9d} {row['learnables']:>11,d} {100 * row['reduction']:>8.1f}% "
-                  f"{row['filters_removed']:>7d} {value:>10.4g} {row['time_s']:>9.1f}", flush=True)
-
-    def checkpoint(self, model: nn.Module, folder: Path, iteration: int) -> None:
-        started = time.perf_counter()
-        path = folder / checkpoint_name(iteration)
-        row = self.rows[-1]
-        save_pruned(model, path, extra={k: v for k, v in row.items() if not k.startswith("channels[")})
+    def checkpointed(self, path: Path, started: float) -> None:
+        """A checkpoint was written to ``path``, starting at ``time.perf_counter()`` value ``started``."""
         self.checkpoints.append(path)
         self.seconds["checkpoints"] += time.perf_counter() - started
 
     def pruned_layers(self, model: nn.Module) -> list[str]:
         now = {name: tuple(p.shape) for name, p in model.named_parameters()}
-        changed = {name.rpartition(".")[0] for name, shape in self.original_shapes.items() if now.get(name) != shape}
+        changed = {owner(name) for name, shape in self.original_shapes.items() if now.get(name) != shape}
         return [name for name, _ in model.named_modules() if name in changed]
 
-    def finish(self, model: nn.Module, stop_reason: str, returned_row: int, plots: str, plots_path) -> PruningInfo:
-        self.bar.close()
+    def finish(self, model: nn.Module, stop_reason: str, returned_row: int, *, figure_metric: str | None,
+               plots_path=None) -> PruningInfo:
+        """The ``PruningInfo`` of the run; ``figure_metric`` (None: no figure) is the metric the figure shows."""
         pruning = pd.DataFrame(self.rows)
         training, validation = pd.DataFrame(self.log.training), pd.DataFrame(self.log.validation)
         layers = self.pruned_layers(model)
@@ -189,16 +142,10 @@ class PruningRecord:
         quoted = ",".join(f'"{name}"' for name in layers)
         summary = (f"Compressed network has {100 * reduction:.1f}% fewer learnable parameters.\n"
                    f"Pruning compressed {len(layers)} layers: {quoted}")
-        if self.verbosity != "off":
-            if self.verbosity != "summary":
-                print(f"Stop reason: {stop_reason}")
-            print(summary)
+        self.reporter.finish(str(stop_reason), summary)
         figure = None
-        if plots == "pruning-progress":
-            metrics = [m.name for m in self.options.resolved_metrics]
-            shown = self.options.objective_metric_name
-            shown = metrics[0] if shown == "loss" and metrics else shown
-            figure = pruning_progress_figure(pruning, training, validation, shown)
+        if figure_metric is not None:
+            figure = pruning_progress_figure(pruning, training, validation, figure_metric)
             if plots_path is not None:
                 save_figure(figure, plots_path)
         seconds = {**self.seconds, **self.log.seconds, "total": self.log.elapsed()}

@@ -10,26 +10,52 @@ the learnables the unit removes (cheap-to-keep filters go last).
 from the same producers) loses the same share of its filters, the smallest share that reaches
 the budget, and the scores pick which filters within each group.
 
+Allocations are registered by name (``register_allocation``): "global" is ``choose_units``,
+"uniform" is ``choose_uniform`` under a learnables budget (``choose_units`` under a count). An
+allocation is a function ``(graph, scores, *, learnables, max_units, per_learnable, floors)``
+returning the unit ids to remove; ``choose_units`` on a reordered score vector is the usual way
+to write one.
+
 >>> import torch, torch.nn as nn
 >>> import numpy as np
->>> from prune_core.graph import ChannelGraph
+>>> from prune_core.channels.graph import ChannelGraph
 >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3))
 >>> graph = ChannelGraph.build(net, torch.zeros(1, 1, 8))
 >>> choose_units(graph, np.array([0.4, 0.1, 0.3, 0.2]), learnables=15)   # 10 learnables per filter
 [1, 3]
 >>> choose_units(graph, np.array([0.4, 0.1, 0.3, 0.2]), max_units=10)
 [1, 3, 2]
+>>> ALLOCATIONS.get("global")(graph, np.array([0.4, 0.1, 0.3, 0.2]), learnables=15, max_units=None,
+...                           per_learnable=False, floors=None)
+[1, 3]
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 
-from prune_core.graph import ChannelGraph, RemovalTally
+from prune_core.channels import ChannelGraph, RemovalTally
+from prune_core.registry import Registry
 
-ALLOCATIONS = ("global", "uniform")
+
+class Allocation(Protocol):
+    """Which units to remove under a budget (see the module docstring)."""
+
+    def __call__(self, graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None, max_units: int | None,
+                 per_learnable: bool, floors: dict[tuple[str, int], int] | None) -> list[int]: ...
+
+
+ALLOCATIONS: Registry[Allocation] = Registry("allocation", "prune_core.register_allocation")
+
+
+def register_allocation(name: str, allocation: Allocation, *, replace: bool = False) -> None:
+    """Make ``allocation`` available as ``allocation=name``."""
+    if not callable(allocation):
+        raise TypeError(f"allocation {name!r} must be a function, got {allocation!r}")
+    ALLOCATIONS.register(name, allocation, replace=replace)
 
 
 def choose_units(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None = None,
@@ -88,3 +114,14 @@ def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int,
         mid = (low + high) / 2
         low, high = (low, mid) if graph.learnables_removed(take(mid)) >= learnables else (mid, high)
     return take(high)
+
+
+def _uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None, max_units: int | None,
+             per_learnable: bool, floors: dict[tuple[str, int], int] | None) -> list[int]:
+    if learnables is None:  # a count budget has no share to spread: rank globally
+        return choose_units(graph, scores, max_units=max_units, per_learnable=per_learnable, floors=floors)
+    return choose_uniform(graph, scores, learnables=learnables, floors=floors)
+
+
+register_allocation("global", choose_units)
+register_allocation("uniform", _uniform)

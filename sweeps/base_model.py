@@ -1,9 +1,9 @@
 """The unpruned network of a job: trained once and cached, or loaded from a user's checkpoint.
 
 The cache key is a SHA-256 of the config that determines the trained weights (``data``,
-``model``, ``base.training`` and ``seed``), so every trial of a study that varies only
+``model``, ``base.training``, ``loss`` and ``seed``), so every trial of a study that varies only
 pruning or fine-tuning settings reuses one base network. Files are written in the safe
-format of ``prune_core.serialize`` (temporary name, then rename), so concurrent jobs never
+format of ``prune_core.save_pruned`` (temporary name, then rename), so concurrent jobs never
 read half a file. A network whose weights are not all finite is never cached (the job fails,
 naming the cause), and a cache file that cannot be read is trained again and replaced, after a
 warning.
@@ -28,11 +28,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from prune_core import TrainingOptions, load_pruned, read_pruned, save_pruned
-from prune_core.data import as_source
-from prune_core.losses import resolve_loss
-from prune_core.training import TrainingLog, fine_tune
+from prune_core import load_pruned, read_pruned, save_pruned, train_network
 from sweeps.devices import job_device, job_index
+from sweeps.job_config import training_options
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ def cache_key(cfg: DictConfig) -> str:
     """Hash of what determines the trained base network."""
     keyed = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("data", "model")}
     keyed["training"] = OmegaConf.to_container(cfg.base.training, resolve=True)
-    keyed["seed"] = cfg.seed
+    keyed["seed"], keyed["loss"] = cfg.seed, cfg.get("loss")
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -78,12 +76,10 @@ def base_network(cfg: DictConfig, data: dict, build: Callable[[], nn.Module]) ->
                         "training it again")
     torch.manual_seed(cfg.seed)
     model = build()
-    training = OmegaConf.to_container(cfg.base.training, resolve=True)
-    training["device"] = job_device(training.get("device", "auto"), job_index())
-    options = TrainingOptions(**training, seed=cfg.seed)
+    options = training_options(cfg, "base.training",
+                               device=job_device(cfg.base.training.get("device", "auto"), job_index()))
     log.info(f"Training the base network ({options.max_epochs} epochs); cached as {path}")
-    fine_tune(model, as_source(data["x_train"], data["y_train"]), resolve_loss(cfg.pruning.loss), options,
-              TrainingLog(), generator=torch.Generator().manual_seed(cfg.seed))
+    train_network(model, (data["x_train"], data["y_train"]), cfg.loss, options)
     broken = [name for name, tensor in model.state_dict().items()
               if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
     if broken:

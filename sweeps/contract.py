@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from unittest.mock import patch
 
-from hydra_plugins.taylorprune_optuna_sweeper.storage import creation_lock
+from hydra_plugins.taylorprune_optuna_sweeper import creation_lock
 from prune_core import checkpoint_name
 
 ROLE, STUDY, TRIAL = "taylorprune.role", "taylorprune.study", "taylorprune.trial"

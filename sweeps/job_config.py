@@ -1,13 +1,16 @@
-"""Checks of a job's configuration that need no data: run before any data is loaded or anything trained.
+"""A job's options from its configuration, checked before any data is loaded or anything trained.
 
-``check_job_config(cfg)`` raises ValueError naming the config group, the value and what is
-allowed, for the pruning options (``prune_core.check_pruning_options``) and the fine-tuning and
-base-training options (``prune_core.TrainingOptions``). ``sweeps.run`` calls it first in every
-job, and the study's callback calls it once before the study starts, so a bad value given on the
-command line fails in a second and leaves no run, study or cache behind.
+``pruning_options(cfg, ...)`` and ``training_options(cfg, group, ...)`` build prune_core's
+``PruningOptions`` and ``TrainingOptions`` from the ``pruning``, ``training`` and
+``base.training`` groups (the app adds what it owns: folders, callbacks, validation data, the
+seed). ``check_job_config(cfg)`` builds all three and resolves ``loss``, raising ValueError
+naming the group, the value and what is allowed. Hydra's schemas (``sweeps.schemas``) have
+already refused wrong types and unknown keys; this refuses values the dataclasses do not allow.
+``sweeps.run`` calls it first in every job, and the study's callback once before the study
+starts, so a bad value on the command line fails in a second and leaves no run, study or cache.
 
 >>> from omegaconf import OmegaConf
->>> cfg = OmegaConf.create({"seed": 0, "pruning": {"increment": 0, "loss": "crossentropy"},
+>>> cfg = OmegaConf.create({"seed": 0, "loss": "crossentropy", "pruning": {"increment": 0},
 ...                         "training": {}, "base": {"training": {}}})
 >>> check_job_config(cfg)
 Traceback (most recent call last):
@@ -16,19 +19,40 @@ ValueError: pruning: increment must be a number in (0, 1], got 0
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
-from prune_core import TrainingOptions, check_pruning_options
+from prune_core import PruningOptions, TrainingOptions
+from prune_core.finetune import resolve_loss
+
+
+def _group(cfg: DictConfig, group: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.select(cfg, group), resolve=True)
+
+
+def pruning_options(cfg: DictConfig, **runtime: Any) -> PruningOptions:
+    """``PruningOptions`` from ``cfg.pruning`` and ``runtime`` (checkpoint_path, plots_path, iteration_fn)."""
+    try:
+        return PruningOptions(**_group(cfg, "pruning"), **runtime)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"pruning: {exc}") from exc
+
+
+def training_options(cfg: DictConfig, group: str = "training", **runtime: Any) -> TrainingOptions:
+    """``TrainingOptions`` from config group ``group`` ("training" or "base.training"), seeded by ``cfg.seed``."""
+    try:
+        return TrainingOptions(**(_group(cfg, group) | runtime), seed=cfg.seed)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{group}: {exc}") from exc
 
 
 def check_job_config(cfg: DictConfig) -> None:
     """Raise ValueError for a configured value that no data could make valid (see the module docstring)."""
     try:
-        check_pruning_options(**OmegaConf.to_container(cfg.pruning, resolve=True))
+        resolve_loss(cfg.loss)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"pruning: {exc}") from exc
+        raise ValueError(f"loss: {exc}") from exc
+    pruning_options(cfg)
     for group in ("training", "base.training"):
-        try:
-            TrainingOptions(**OmegaConf.to_container(OmegaConf.select(cfg, group), resolve=True), seed=cfg.seed)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{group}: {exc}") from exc
+        training_options(cfg, group)

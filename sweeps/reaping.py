@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from mlflow.tracking import MlflowClient
 
-from hydra_plugins.taylorprune_optuna_sweeper.workers import is_gone
+from hydra_plugins.taylorprune_optuna_sweeper import is_gone
 from sweeps import contract
 
 log = logging.getLogger(__name__)

@@ -25,15 +25,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from prune_core import PruningInfo, StopReason, TrainingOptions, compress_network
+from prune_core import PruningInfo, StopReason, compress_network
 from sweeps import contract, interrupts, tracking
 from sweeps.base_model import base_network
 from sweeps.devices import job_device, job_index
-from sweeps.job_config import check_job_config
+from sweeps.job_config import check_job_config, pruning_options, training_options
+from sweeps.schemas import register_schemas
 
 log = logging.getLogger(__name__)
+register_schemas()  # before Hydra composes the config
 REQUIRED_KEYS, VALIDATION_KEYS = ("x_train", "y_train"), ("x_val", "y_val")
 
 
@@ -95,21 +97,18 @@ def _run_job(cfg: DictConfig):
         raise ValueError(f"sweep objectives/constraints {needs_validation} need validation data, but "
                          f"data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
     device = job_device(cfg.training.device, job_index(HydraConfig.get().job.get("num") or 0))
-    options = TrainingOptions(**OmegaConf.to_container(cfg.training, resolve=True) | {"device": device},
-                              validation_data=validation, seed=cfg.seed)
+    options = training_options(cfg, device=device, validation_data=validation)
     base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
     log.info(f"Base network: {origin}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     checkpoints = output_dir / "checkpoints" if cfg.tracking.log_checkpoints else None
     if checkpoints is not None:
         checkpoints.mkdir(parents=True, exist_ok=True)
-    pruning = OmegaConf.to_container(cfg.pruning, resolve=True)
-    loss = pruning.pop("loss")
     with tracking.job_run(uri, cfg) as run:
         live = tracking.LiveLog(MlflowClient(uri), run.info.run_id)
-        pruned, info = compress_network(base, data["x_train"], data["y_train"], loss, options,
-                                        checkpoint_path=checkpoints, plots_path=output_dir / "pruning_progress.png"
-                                        if pruning["plots"] != "none" else None, iteration_fn=live, **pruning)
+        plots_path = output_dir / "pruning_progress.png" if cfg.pruning.plots != "none" else None
+        settings = pruning_options(cfg, checkpoint_path=checkpoints, plots_path=plots_path, iteration_fn=live)
+        pruned, info = compress_network(base, data["x_train"], data["y_train"], cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED
         tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2], live,
                              log_model=cfg.tracking.log_model and not interrupted)

@@ -51,8 +51,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hydra_plugins.taylorprune_optuna_sweeper.storage import open_storage
-from hydra_plugins.taylorprune_optuna_sweeper.workers import this_worker
+from hydra_plugins.taylorprune_optuna_sweeper import open_storage, this_worker
 from prune_core import PruningInfo, save_pruned
 from sweeps import contract, interrupts, study_summary
 from sweeps.job_config import check_job_config

@@ -12,7 +12,7 @@ import pytest
 
 from analysis import load_choice, load_experiment
 from prune_core import save_pruned
-from prune_core.atomic import atomic_path
+from prune_core.channels import atomic_path
 from sweeps.models import small_cnn2d
 
 HISTORY = pd.DataFrame({"iteration": [0, 1], "learnables": [100, 60], "reduction": [0.0, 0.4],

@@ -9,10 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prune_core import TrainingOptions, compress_network, load_pruned
-from prune_core.data import as_source
-from prune_core.losses import resolve_loss
-from prune_core.metrics import Metric
-from prune_core.training import evaluate
+from prune_core.finetune import Metric, as_source, evaluate, resolve_loss
 
 
 def waves(n: int = 256, seed: int = 0):
@@ -195,7 +192,7 @@ def test_nested_layer_names_with_slash():
 
 
 def test_num_importance_score_iterations(trained, monkeypatch):
-    from prune_core.prunable import TaylorPrunableNetwork
+    from prune_core import TaylorPrunableNetwork
     net, x, y = trained
     counted = []
     original = TaylorPrunableNetwork.score_batch

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune_core import ChannelGraph, TaylorPrunableNetwork
-from prune_core.importance import TaylorAccumulator, filter_l1, normalize, random_unit_scores
+from prune_core import CRITERIA, ChannelGraph, Criterion, TaylorPrunableNetwork, register_criterion
 from tests.architectures import ARCHITECTURES
 
 
@@ -31,13 +30,13 @@ def direct_taylor(net: nn.Module, consumer: int, x: torch.Tensor, y: torch.Tenso
 def test_taylor_scores_match_direct_computation_over_several_batches():
     net = small_net().eval()
     graph = ChannelGraph.build(net, torch.zeros(1, 2, 12))
-    taylor = TaylorAccumulator(graph)
+    taylor = CRITERIA.get("taylor")(graph, np.random.default_rng(0))
     batches = [(torch.randn(n, 2, 12), torch.randint(0, 3, (n,))) for n in (5, 7)]
     for x, y in batches:
-        with taylor.hooks(net) as live:
+        with taylor.recording(net) as live:
             loss = F.cross_entropy(net(x), y)
             torch.autograd.grad(loss, live)
-    scores = taylor.unit_scores()
+    scores = taylor.scores(net)
     # conv 0's filters are consumed by conv 3; conv 3's by the linear layer after flatten (10 features each)
     for producer, consumer, per_channel in (("0", 3, None), ("3", 6, 10)):
         expected = sum(direct_taylor(net, consumer, x, y, per_channel) for x, y in batches) / 12
@@ -51,10 +50,10 @@ def test_taylor_estimates_the_loss_change_of_a_removal():
     net = small_net().eval()
     graph = ChannelGraph.build(net, torch.zeros(1, 2, 12))
     x, y = torch.randn(1, 2, 12), torch.tensor([1])
-    taylor = TaylorAccumulator(graph)
-    with taylor.hooks(net) as live:
+    taylor = CRITERIA.get("taylor")(graph, np.random.default_rng(0))
+    with taylor.recording(net) as live:
         torch.autograd.grad(F.cross_entropy(net(x), y), live)
-    scores, base = taylor.unit_scores(), F.cross_entropy(net(x), y).item()
+    scores, base = taylor.scores(net), F.cross_entropy(net(x), y).item()
     changes = []
     for channel, uid in enumerate(graph.producer_units["3"]):
         handle = net[4].register_forward_hook(lambda m, a, out, c=channel: out.index_fill(1, torch.tensor([c]), 0.0))
@@ -65,11 +64,26 @@ def test_taylor_estimates_the_loss_change_of_a_removal():
     assert np.corrcoef(*ranks)[0, 1] > 0.5
 
 
-def test_normalize_per_group_and_coupled_units():
+class Counting(Criterion):
+    """Unit k scores k + 1: raw scores whose normalisation is easy to check."""
+
+    def scores(self, model):
+        return np.arange(1, len(self.graph.units) + 1, dtype=float)
+
+
+@pytest.fixture
+def counting():
+    register_criterion("counting", Counting)
+    yield
+    CRITERIA.unregister("counting")
+
+
+def test_normalize_per_group_and_coupled_units(counting):
     model, example = ARCHITECTURES["residual"]()
-    graph = ChannelGraph.build(model, example)
+    prunable = TaylorPrunableNetwork(model, example, criterion="counting")
+    graph = prunable.graph
     raw = np.arange(1, len(graph.units) + 1, dtype=float)
-    scores = normalize(graph, raw, "l2")
+    scores = prunable.scores()
     groups = {}
     for unit in graph.removable_units():
         groups.setdefault(unit.producers, []).append(unit.id)
@@ -77,19 +91,20 @@ def test_normalize_per_group_and_coupled_units():
     for ids in groups.values():
         np.testing.assert_allclose(scores[ids], raw[ids] / np.linalg.norm(raw[ids]))
     assert np.isinf(scores[[u.id for u in graph.units if not u.removable]]).all()
-    np.testing.assert_allclose(normalize(graph, raw, "none")[np.isfinite(scores)], raw[np.isfinite(scores)])
+    unnormalized = TaylorPrunableNetwork(model, example, criterion="counting", normalization="none").scores()
+    np.testing.assert_allclose(unnormalized[np.isfinite(scores)], raw[np.isfinite(scores)])
     with pytest.raises(ValueError, match="normalization 'max' is not supported"):
-        normalize(graph, raw, "max")
+        TaylorPrunableNetwork(model, example, normalization="max")
 
 
 def test_l1_and_random_baselines():
     net = small_net()
     graph = ChannelGraph.build(net, torch.zeros(1, 2, 12))
-    l1 = filter_l1(net, graph)
+    l1 = CRITERIA.get("l1")(graph, np.random.default_rng(0)).scores(net)
     np.testing.assert_allclose(l1[graph.producer_units["0"]], net[0].weight.detach().abs().sum((1, 2)).numpy(),
                                rtol=1e-6)
-    a = random_unit_scores(graph, np.random.default_rng(1))
-    b = random_unit_scores(graph, np.random.default_rng(1))
+    a = CRITERIA.get("random")(graph, np.random.default_rng(1)).scores(net)
+    b = CRITERIA.get("random")(graph, np.random.default_rng(1)).scores(net)
     np.testing.assert_array_equal(a, b)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from prune_core import ChannelGraph, TaylorPrunableNetwork, analyze_compression
-from prune_core.verify import reference_outputs
+from prune_core.channels import reference_outputs
 from tests.architectures import ARCHITECTURES
 from tests.zoos import TORCHVISION_ZOO, timm_model, torchvision_model
 

@@ -4,10 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from prune_core import TrainingOptions, compress_network
-from prune_core.data import as_source
-from prune_core.losses import resolve_loss
-from prune_core.training import TrainingLog, fine_tune
+from prune_core import TrainingOptions, compress_network, train_network
 from sweeps.datasets import mnist1d_tensors
 from sweeps.models import reference_cnn1d
 
@@ -18,7 +15,7 @@ def test_reference_example_compresses_to_the_maximum(capsys):
     data = mnist1d_tensors(seed=42)
     net = reference_cnn1d()   # Conv1d+BN+ReLU twice, global average pooling, a fully connected classifier
     train = TrainingOptions("adam", max_epochs=15, mini_batch_size=64, initial_learn_rate=3e-3, seed=0)
-    fine_tune(net, as_source(data["x_train"], data["y_train"]), resolve_loss("crossentropy"), train, TrainingLog())
+    train_network(net, (data["x_train"], data["y_train"]), "crossentropy", train)
     options = TrainingOptions("adam", max_epochs=1, mini_batch_size=64, metrics=["accuracy"],
                               validation_data=(data["x_test"], data["y_test"]), validation_frequency=20, seed=0)
     pruned, info = compress_network(net, data["x_train"], data["y_train"], "crossentropy", options, increment=0.05)

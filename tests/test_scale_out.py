@@ -90,6 +90,9 @@ def test_concurrent_trials_get_their_own_gpu(index, count, expected):
 def test_the_slurm_launcher_example_composes():
     from hydra import compose, initialize_config_dir
 
+    from sweeps.schemas import register_schemas
+    register_schemas()
+
     with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher

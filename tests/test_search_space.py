@@ -4,9 +4,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hydra_plugins.taylorprune_optuna_sweeper.search_space import as_override, grid, search_space
-from hydra_plugins.taylorprune_optuna_sweeper.storage import open_storage
-from hydra_plugins.taylorprune_optuna_sweeper.sweeper import split_result
+from hydra_plugins.taylorprune_optuna_sweeper import as_override, grid, open_storage, search_space, split_result
 
 
 @pytest.mark.parametrize("expression,expected", [

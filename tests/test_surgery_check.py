@@ -14,10 +14,10 @@ from prune_core import (
     TaylorPrunableNetwork,
     TrainingOptions,
     compress_network,
-    ops,
+    register_module_rule,
     remove_units,
 )
-from prune_core.verify import check_equivalent, reference_outputs
+from prune_core.channels import check_equivalent, reference_outputs, unregister_module_rule
 
 
 class Shuffled(nn.Module):
@@ -32,9 +32,11 @@ class Shuffled(nn.Module):
 
 
 @pytest.fixture
-def wrong_rule(monkeypatch):
+def wrong_rule():
     """A deliberately wrong coupling rule: channel shuffle treated as channel-wise (it permutes channels)."""
-    monkeypatch.setitem(ops._KIND_BY_FORWARD, nn.ChannelShuffle.forward, "elementwise")
+    register_module_rule(nn.ChannelShuffle, "elementwise")
+    yield
+    unregister_module_rule(nn.ChannelShuffle)
 
 
 def state(model: nn.Module) -> tuple:

@@ -16,8 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import IntDistribution
 
-from hydra_plugins.taylorprune_optuna_sweeper.storage import creation_lock
-from hydra_plugins.taylorprune_optuna_sweeper.workers import is_gone
+from hydra_plugins.taylorprune_optuna_sweeper import creation_lock, is_gone
 from prune_core import read_pruned
 from sweeps.reaping import read_worker_tag
 from tests.sweep_helpers import FAST, FAST_SEARCH, app_env, run_app
@@ -154,6 +153,9 @@ def test_unreachable_tracking_server_fails_the_study_before_training(tmp_path):
     ("pruning.increment=0", "Error: pruning: increment must be a number in (0, 1], got 0"),
     ("training.mini_batch_size=-1", "Error: training: mini_batch_size must be a positive integer, got -1"),
     ("pruning.criterion=bogus", "Error: pruning: criterion 'bogus' is not supported"),
+    ("pruning.normalization=l3", "Error: pruning: normalization 'l3' is not supported; use one of ('l2', 'none')"),
+    ("pruning.goal=abc", "Value 'abc' of type 'str' could not be converted to Float\n    full_key: pruning.goal"),
+    ("loss=cross-entropy", "Error: loss: loss 'cross-entropy' is not a known loss name"),
 ])
 def test_a_bad_config_value_fails_before_any_work_and_leaves_nothing(tmp_path, bad, message):
     result = run_app(tmp_path, *FAST, *FAST_SEARCH, bad, multirun=True, check=False)

@@ -10,11 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from prune_core import TrainingOptions
-from prune_core.data import as_source
-from prune_core.losses import NAMED_LOSSES, resolve_loss
-from prune_core.metrics import resolve_metric
-from prune_core.training import TrainingLog, evaluate, fine_tune
+from prune_core import TrainingOptions, train_network
+from prune_core.finetune import NAMED_LOSSES, TrainingLog, as_source, evaluate, fine_tune, resolve_loss, resolve_metric
 
 
 def toy_classification(n: int = 96, seed: int = 0):
@@ -191,3 +188,22 @@ def test_device_auto_and_seeded_runs_repeat():
                   generator=torch.Generator().manual_seed(5))
         runs.append([r["loss"] for r in log.training])
     assert runs[0] == runs[1]
+
+
+def test_train_network_is_trainnet():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    opts = TrainingOptions("adam", max_epochs=3, mini_batch_size=16, metrics=["accuracy"], seed=0,
+                           validation_data=(x, y), validation_frequency=4)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        net, info = train_network(nn.Linear(3, 2), (x, y), "crossentropy", opts)
+        runs.append(info.training_history["loss"].tolist())
+    assert info.status == "completed" and len(info.training_history) == 12
+    assert list(info.validation_history["iteration"]) == [4, 8, 12]
+    assert runs[0] == runs[1], "options.seed fixes the shuffling"
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    assert len(train_network(nn.Linear(3, 2), loader, "crossentropy", opts)[1].training_history) == 6
+    with pytest.raises(TypeError, match="options must be a prune_core.TrainingOptions, got dict"):
+        train_network(net, (x, y), "crossentropy", {"max_epochs": 1})

@@ -22,7 +22,7 @@ class SamplerConf:
 class TaylorpruneOptunaSweeperConf:
     """``direction``: "minimize"/"maximize" or a list of them (one per objective)."""
 
-    _target_: str = "hydra_plugins.taylorprune_optuna_sweeper.sweeper.OptunaSweeper"
+    _target_: str = "hydra_plugins.taylorprune_optuna_sweeper._sweeper.OptunaSweeper"
     _recursive_: bool = False  # the sweeper builds the sampler itself (grid space, constraints_func)
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: Any = MISSING
@@ -33,7 +33,7 @@ class TaylorpruneOptunaSweeperConf:
     n_trials: int = 20
     n_jobs: int = 1
     max_failure_rate: float = 1.0
-    constraints: bool = False
+    constraints: Any = False  # true, or a non-empty mapping: jobs return Optuna constraints
     params: Optional[Dict[str, str]] = None
     results_file: Optional[str] = "optimization_results.yaml"
     metric_names: Any = None  # a list, one per objective: shown by optuna-dashboard and optuna.visualization

@@ -1,17 +1,30 @@
 """What the channel analysis knows about each operation, by kind.
 
-Every node of a traced network falls into one of the kinds below; ``graph`` propagates
-channel labels through it accordingly. Anything not listed is *unsupported*: channels that
-reach it are never pruned, and the analysis report names the operation.
+Every node of a traced network falls into one of the ``KINDS`` below, and ``rules.RULES``
+holds what each kind does to channel labels. Anything not listed is *unsupported*: channels
+that reach it are never pruned, and the analysis report names the operation.
+
+``register_module_rule(module_type, rule)`` teaches the analysis a module of one's own, like
+Torch-Pruning's customized pruners: ``rule`` is a kind name (the module behaves like that kind)
+or a rule function (``rules.channelwise(...)`` builds the usual one). Such modules are kept as
+leaves: the tracer does not look inside them.
 
 >>> import torch.nn as nn
 >>> module_kind(nn.Conv2d(3, 8, 3)), module_kind(nn.ReLU()), module_kind(nn.LSTM(4, 4))
 ('conv', 'elementwise', None)
+>>> class Swish(nn.Module):
+...     def forward(self, x):
+...         return x * x.sigmoid()
+>>> register_module_rule(Swish, "elementwise")
+>>> module_kind(Swish())
+'elementwise'
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +83,36 @@ _KIND_BY_FORWARD = {cls.forward: kind for cls, kind in _MODULE_KINDS.items()}
 _ELEMENTWISE_MODULE_NAMES = {"torchvision.ops.stochastic_depth.StochasticDepth"}
 
 
-def module_kind(module: nn.Module) -> str | None:
-    """The kind of a leaf module, or None when the analysis does not understand it."""
+# Modules taught by users: the class (subclasses included) -> a kind name or a rule function.
+_USER_RULES: dict[type[nn.Module], str | Callable[..., Any]] = {}
+
+
+def register_module_rule(module_type: type[nn.Module], rule: str | Callable[..., Any], *,
+                         replace: bool = False) -> None:
+    """Analyse ``module_type`` (and its subclasses) as a leaf with ``rule``: a name from ``KINDS`` or a rule
+    function ``rule(prop, call)`` (see ``rules``). A type registered already needs ``replace=True``."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"module_type must be a subclass of torch.nn.Module, got {module_type!r}")
+    if isinstance(rule, str) and rule not in KINDS:
+        raise ValueError(f"rule {rule!r} is not a kind; use one of {KINDS} or a rule function")
+    if not isinstance(rule, str) and not callable(rule):
+        raise TypeError(f"rule must be a kind name or a function rule(prop, call), got {rule!r}")
+    if module_type in _USER_RULES and not replace:
+        raise ValueError(f"{module_type.__qualname__} has a rule already; pass replace=True to replace it")
+    _USER_RULES[module_type] = rule
+
+
+def unregister_module_rule(module_type: type[nn.Module]) -> None:
+    """Forget the rule registered for ``module_type`` (its forward is traced through again)."""
+    _USER_RULES.pop(module_type, None)
+
+
+def module_kind(module: nn.Module) -> str | Callable[..., Any] | None:
+    """The kind of a leaf module (a user's rule function for a type registered with one), or None when
+    the analysis does not understand it."""
+    for cls in type(module).__mro__:
+        if cls in _USER_RULES:
+            return _USER_RULES[cls]
     kind = _KIND_BY_FORWARD.get(type(module).forward)
     if kind is None and f"{type(module).__module__}.{type(module).__qualname__}" in _ELEMENTWISE_MODULE_NAMES:
         kind = "elementwise"
@@ -117,42 +158,43 @@ NORM_FUNCTIONS = {
 }
 
 
+KINDS = (
+    "elementwise", "reshape", "permute", "pool", "reduce", "softmax", "concat", "split", "getitem",
+    "conv", "conv_transpose", "linear", "batchnorm", "groupnorm", "layernorm", "prelu", "channel_shuffle",
+    "channel_norm_function", "group_norm_function", "layer_norm_function",
+)
+
+
+def _by_kind(tables: dict[str, set]) -> dict:
+    return {member: kind for kind, members in tables.items() for member in members}
+
+
+_FUNCTION_KINDS = _by_kind({
+    "elementwise": ELEMENTWISE_FUNCTIONS, "reshape": RESHAPE_FUNCTIONS, "permute": PERMUTE_FUNCTIONS,
+    "pool": POOL_FUNCTIONS, "reduce": REDUCE_FUNCTIONS, "concat": CONCAT_FUNCTIONS, "split": SPLIT_FUNCTIONS,
+    "softmax": SOFTMAX_FUNCTIONS, "getitem": {operator.getitem},
+}) | NORM_FUNCTIONS
+_METHOD_KINDS = _by_kind({
+    "elementwise": ELEMENTWISE_METHODS, "reshape": RESHAPE_METHODS, "permute": PERMUTE_METHODS,
+    "reduce": REDUCE_METHODS, "split": SPLIT_METHODS, "softmax": SOFTMAX_METHODS,
+})
+
+
 def function_kind(target) -> str | None:
     """The kind of a ``call_function`` target, or None when unsupported."""
-    for kind, functions in (
-        ("elementwise", ELEMENTWISE_FUNCTIONS),
-        ("reshape", RESHAPE_FUNCTIONS),
-        ("permute", PERMUTE_FUNCTIONS),
-        ("pool", POOL_FUNCTIONS),
-        ("reduce", REDUCE_FUNCTIONS),
-        ("concat", CONCAT_FUNCTIONS),
-        ("split", SPLIT_FUNCTIONS),
-        ("softmax", SOFTMAX_FUNCTIONS),
-    ):
-        if target in functions:
-            return kind
-    if target is operator.getitem:
-        return "getitem"
-    if target in NORM_FUNCTIONS:
-        return NORM_FUNCTIONS[target]
-    if f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in ELEMENTWISE_FUNCTION_NAMES:
-        return "elementwise"
-    return None
+    try:
+        kind = _FUNCTION_KINDS.get(target)
+    except TypeError:  # an unhashable target
+        kind = None
+    if kind is None and f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in \
+            ELEMENTWISE_FUNCTION_NAMES:
+        kind = "elementwise"
+    return kind
 
 
 def method_kind(name: str) -> str | None:
     """The kind of a ``call_method`` target (a Tensor method name), or None when unsupported."""
-    for kind, methods in (
-        ("elementwise", ELEMENTWISE_METHODS),
-        ("reshape", RESHAPE_METHODS),
-        ("permute", PERMUTE_METHODS),
-        ("reduce", REDUCE_METHODS),
-        ("split", SPLIT_METHODS),
-        ("softmax", SOFTMAX_METHODS),
-    ):
-        if name in methods:
-            return kind
-    return None
+    return _METHOD_KINDS.get(name)
 
 
 def describe_target(target) -> str:

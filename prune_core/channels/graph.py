@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.preserve import preserved
-from prune_core.propagate import ChannelPropagation, Site
-from prune_core.tracing import example_inputs, trace_model
+from prune_core.channels.preserve import preserved
+from prune_core.channels.propagate import ChannelPropagation
+from prune_core.channels.sites import Site, owner
+from prune_core.channels.tracing import example_inputs, trace_model
 
 
 @dataclass
@@ -53,11 +54,6 @@ class Unit:
     @property
     def removable(self) -> bool:
         return not self.reasons
-
-
-def owner(name: str) -> str:
-    """The module path owning a parameter/buffer/attribute name ('layer1.conv.weight' -> 'layer1.conv')."""
-    return name.rpartition(".")[0]
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""``OptunaSweeper``: Optuna's ask/tell loop behind Hydra's launcher (see the package docstring)."""
+"""``OptunaSweeperImpl``: Optuna's ask/tell loop behind Hydra's launcher (see the package docstring).
+
+Imported by ``optuna_sweeper.OptunaSweeper`` only when a sweep starts, so that Hydra's plugin
+scan (which skips modules whose names start with "_") never imports Optuna.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.taylorprune_optuna_sweeper.search_space import GRAMMAR, as_override, grid, search_space
-from hydra_plugins.taylorprune_optuna_sweeper.storage import open_storage
-from hydra_plugins.taylorprune_optuna_sweeper.workers import WORKER_ATTR, is_gone, this_worker
+from hydra_plugins.taylorprune_optuna_sweeper._search_space import GRAMMAR, as_override, grid, search_space
+from hydra_plugins.taylorprune_optuna_sweeper._storage import open_storage
+from hydra_plugins.taylorprune_optuna_sweeper._workers import WORKER_ATTR, is_gone, this_worker
 
 log = logging.getLogger(__name__)
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
@@ -103,9 +107,11 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-class OptunaSweeper(Sweeper):
+class OptunaSweeperImpl(Sweeper):
+    """The sweeper behind ``hydra/sweeper=taylorprune_optuna``; options: ``config.TaylorpruneOptunaSweeperConf``."""
+
     def __init__(self, sampler: DictConfig, direction: Any, study_name: str | None, storage: str | None,
-                 load_if_exists: bool, n_trials: int, n_jobs: int, max_failure_rate: float, constraints: bool,
+                 load_if_exists: bool, n_trials: int, n_jobs: int, max_failure_rate: float, constraints: Any,
                  params: DictConfig | None, results_file: str | None, metric_names: Any = None,
                  heartbeat_interval: int | None = None, grace_period: int | None = None,
                  retry_failed_trials: int = 0, worker_id: int | None = None) -> None:
@@ -126,7 +132,7 @@ class OptunaSweeper(Sweeper):
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
         self.directions, self.load_if_exists = directions, load_if_exists
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
-        self.constraints, self.results_file = constraints, results_file
+        self.constraints, self.results_file = bool(constraints), results_file
         self.metric_names = None if metric_names is None else [str(name) for name in metric_names]
         if self.metric_names is not None and len(self.metric_names) != len(directions):
             raise ValueError(f"hydra.sweeper.metric_names={self.metric_names} names {len(self.metric_names)} "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
-from prune_core.graph import ChannelGraph
+from prune_core.channels.graph import ChannelGraph
 
 
 @dataclass

@@ -12,7 +12,7 @@ If it does not, the model is put back exactly as it was and ``SurgeryMismatch`` 
 units and layers involved.
 
 >>> import torch, torch.nn as nn
->>> from prune_core.graph import ChannelGraph
+>>> from prune_core.channels.graph import ChannelGraph
 >>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Conv1d(8, 4, 3))
 >>> g = ChannelGraph.build(net, torch.zeros(1, 1, 16))
 >>> remove_units(net, g, [0, 1, 2])
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.graph import ChannelGraph, owner
-from prune_core.verify import SurgeryMismatch, check_equivalent, reference_outputs
+from prune_core.channels.graph import ChannelGraph
+from prune_core.channels.sites import owner, replace_tensor
+from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
 
 # Channel-count attributes that follow the parameter shapes, per layer family.
 _CHANNEL_ATTRIBUTES = (
@@ -83,26 +84,16 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
             attributes[name] = graph.size((name, dim)) - idx.size
         else:
             by_tensor.setdefault(name, {})[dim] = idx
-    touched = set()
+    touched = {owner(name) for name in [*by_tensor, *attributes]}
     for name, dims in by_tensor.items():
-        module_name, _, attr = name.rpartition(".")
-        module = modules[module_name]
-        old = getattr(module, attr)
-        new = old.detach()
+        new = getattr(modules[owner(name)], name.rpartition(".")[2]).detach()
         for dim, idx in dims.items():
             keep = np.setdiff1d(np.arange(new.shape[dim]), idx)
             new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
-        new = new.clone()
-        if isinstance(old, nn.Parameter):
-            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
-        else:
-            module._buffers[attr] = new
-        touched.add(module_name)
+        replace_tensor(modules, name, new.clone())
     for name, count in attributes.items():
         module_name, _, attr = name.rpartition(".")
-        value = (count,) if attr == "normalized_shape" else count
-        setattr(modules[module_name], attr, value)
-        touched.add(module_name)
+        setattr(modules[module_name], attr, (count,) if attr == "normalized_shape" else count)
     for module_name in touched:
         _sync_attributes(module_name, modules[module_name], graph)
 

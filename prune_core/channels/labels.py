@@ -105,13 +105,13 @@ class SlotTable:
             parent = grand
 
 
-def compress(labels: np.ndarray) -> np.ndarray:
+def squeeze_constant(labels: np.ndarray) -> np.ndarray:
     """Shrink every dimension along which the labels do not vary to size 1."""
-    return compress_from(labels, 0)
+    return squeeze_constant_from(labels, 0)
 
 
-def compress_from(labels: np.ndarray, first: int) -> np.ndarray:
-    """``compress``, for the dimensions from ``first`` on only."""
+def squeeze_constant_from(labels: np.ndarray, first: int) -> np.ndarray:
+    """``squeeze_constant``, for the dimensions from ``first`` on only."""
     for dim in range(first, labels.ndim):
         if labels.shape[dim] > 1:
             first = labels.take([0], axis=dim)
@@ -121,7 +121,7 @@ def compress_from(labels: np.ndarray, first: int) -> np.ndarray:
 
 
 def varying_dims(labels: np.ndarray) -> list[int]:
-    """Dimensions along which the (compressed) labels may differ."""
+    """Dimensions along which the (squeezed) labels may differ."""
     return [d for d, size in enumerate(labels.shape) if size > 1]
 
 
@@ -137,3 +137,20 @@ def shaped(vector: np.ndarray, ndim: int, dim: int) -> np.ndarray:
     shape = [1] * ndim
     shape[dim] = vector.size
     return vector.reshape(shape)
+
+
+def leaves(value):
+    """Every non-container value inside nested tuples, lists and dicts."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from leaves(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from leaves(item)
+    else:
+        yield value
+
+
+def label_arrays(labels):
+    """Every label array inside a nested structure of labels."""
+    return (leaf for leaf in leaves(labels) if isinstance(leaf, np.ndarray))

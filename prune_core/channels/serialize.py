@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prune_core.atomic import atomic_path
-from prune_core.surgery import channel_attributes
+from prune_core.channels.atomic import atomic_path
+from prune_core.channels.sites import replace_tensor
+from prune_core.channels.surgery import channel_attributes
 
 FORMAT = "taylorprune.pruned-model/1"
 
@@ -144,11 +145,5 @@ def shrink_to_spec(model: nn.Module, spec: dict, source: str = "spec") -> None:
         shape = torch.Size(info["shape"])
         if current[name].shape == shape:
             continue
-        module_name, _, attr = name.rpartition(".")
-        module = modules[module_name]
-        old = getattr(module, attr)
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        if isinstance(old, nn.Parameter):
-            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
-        else:
-            module._buffers[attr] = new
+        old = current[name]
+        replace_tensor(modules, name, torch.empty(shape, dtype=old.dtype, device=old.device))

@@ -32,8 +32,8 @@ import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
 
-from prune_core.ops import module_kind
-from prune_core.preserve import preserved
+from prune_core.channels.ops import module_kind
+from prune_core.channels.preserve import preserved
 
 
 class TraceFailure(ValueError):

@@ -1,4 +1,9 @@
-"""Fine-tuning and validation loops that fill the training and validation history tables.
+"""Training and validation loops that fill the training and validation history tables.
+
+``train_network(model, data, loss, options)`` trains a network once, the analogue of MATLAB's
+``trainnet``: it takes the data and loss in any form ``compress_network`` does and returns the
+trained model with its history tables. ``compress_network`` uses the loop underneath,
+``fine_tune``, after every pruning iteration.
 
 ``fine_tune(model, source, loss_fn, options, log, ...)`` trains for ``options.max_epochs``
 epochs with a fresh optimizer, validates every ``validation_frequency`` iterations and at
@@ -9,9 +14,9 @@ the end, and appends one row per iteration to ``log.training`` and one per valid
 over a whole data source.
 
 >>> import torch, torch.nn as nn
->>> from prune_core.data import as_source
->>> from prune_core.losses import resolve_loss
->>> from prune_core.options import TrainingOptions
+>>> from prune_core.finetune.data import as_source
+>>> from prune_core.finetune.losses import resolve_loss
+>>> from prune_core.finetune.options import TrainingOptions
 >>> net = nn.Linear(3, 2)
 >>> data = as_source(torch.randn(32, 3), torch.randint(0, 2, (32,)))
 >>> log = TrainingLog()
@@ -20,6 +25,10 @@ over a whole data source.
 'completed'
 >>> len(log.training), list(log.validation[-1])[:4]
 (8, ['pruning_iteration', 'epoch', 'iteration', 'loss'])
+>>> trained, info = train_network(nn.Linear(3, 2), (torch.randn(32, 3), torch.randint(0, 2, (32,))),
+...                               "crossentropy", TrainingOptions("adam", max_epochs=2, mini_batch_size=8, seed=0))
+>>> info.status, len(info.training_history)
+('completed', 8)
 """
 
 from __future__ import annotations
@@ -28,14 +37,15 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prune_core.data import DataSource
-from prune_core.losses import LossFn
-from prune_core.metrics import Metric
-from prune_core.options import TrainingOptions
+from prune_core.finetune.data import DataSource, as_source
+from prune_core.finetune.losses import LossFn, resolve_loss
+from prune_core.finetune.metrics import Metric
+from prune_core.finetune.options import TrainingOptions
 
 _COUNTERS = ("pruning_iteration", "epoch", "iteration", "time_s")
 
@@ -141,7 +151,8 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
     patience = _Patience(options.validation_patience, options.objective_maximized)
     batches_per_epoch = source.num_batches(options.mini_batch_size)
     bar = tqdm(total=options.max_epochs * batches_per_epoch, disable=not progress, leave=False,
-               desc=f"fine-tuning after pruning iteration {pruning_iteration}", unit="it")
+               desc=f"fine-tuning after pruning iteration {pruning_iteration}" if pruning_iteration else "training",
+               unit="it")
     last_validation = None
 
     def validate(epoch: int) -> dict:
@@ -215,3 +226,38 @@ def _step(model, optimizer, params, loss_fn, options, inputs, targets):
     clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
     optimizer.step()
     return loss.detach(), outputs
+
+
+@dataclass
+class TrainingInfo:
+    """What ``train_network`` did: ``status`` ("completed", "diverged" or "stopped" by ``output_fn``)
+    and the ``training_history`` and ``validation_history`` tables (columns as in ``PruningInfo``)."""
+
+    status: str
+    training_history: pd.DataFrame
+    validation_history: pd.DataFrame
+
+
+def train_network(model: nn.Module, data, loss, options: TrainingOptions, *,
+                  progress: bool = False) -> tuple[nn.Module, TrainingInfo]:
+    """Train ``model`` in place with ``options``; returns ``(model, info)``. See the module docstring.
+
+    Args:
+        model: the network; it is moved to ``options``' device and trained in place.
+        data: a DataLoader, Dataset, ``(predictors, targets)`` pair or DataFrame (see ``as_source``).
+        loss: a name from ``prune_core.finetune.losses`` or a callable ``loss(outputs, targets)``.
+        options: a ``TrainingOptions``; ``options.seed`` (when set) seeds the shuffling.
+        progress: show a progress bar and a line every ``options.verbose_frequency`` iterations.
+    """
+    if not isinstance(options, TrainingOptions):
+        raise TypeError(f"options must be a prune_core.TrainingOptions, got {type(options).__name__}")
+    loss_fn = resolve_loss(loss)
+    source = as_source(data)
+    validation = None if options.validation_data is None else as_source(options.validation_data,
+                                                                         argument="options.validation_data")
+    generator = None if options.seed is None else torch.Generator().manual_seed(options.seed)
+    model.to(options.torch_device())
+    log = TrainingLog()
+    outcome = fine_tune(model, source, loss_fn, options, log, validation=validation, generator=generator,
+                        progress=progress)
+    return model, TrainingInfo(outcome.status, pd.DataFrame(log.training), pd.DataFrame(log.validation))

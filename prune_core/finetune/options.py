@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from prune_core.data import SHUFFLE_CHOICES
-from prune_core.metrics import Metric, resolve_metric
+from prune_core.finetune.data import SHUFFLE_CHOICES
+from prune_core.finetune.metrics import Metric, resolve_metric
 
 SOLVERS = ("sgdm", "adam", "rmsprop", "lbfgs")
 DEFAULT_LEARN_RATES = {"sgdm": 0.01, "adam": 0.001, "rmsprop": 0.001, "lbfgs": 1.0}
@@ -38,7 +38,7 @@ class TrainingOptions:
     ``output_fn(state) -> bool`` is called after every iteration with a dict (pruning
     iteration, epoch, iteration, loss, learn rate and, after a validation, the validation
     values); returning True stops training (and pruning). ``validation_data`` accepts any
-    form ``prune_core.data.as_source`` does. ``objective_metric_name`` ("loss" or one of
+    form ``prune_core.finetune.data.as_source`` does. ``objective_metric_name`` ("loss" or one of
     ``metrics``) is what ``validation_threshold`` and ``validation_patience`` watch.
     """
 

@@ -1,0 +1,58 @@
+"""The channels wing: which channels of a network can go, and removing them.
+
+``ChannelGraph.build`` traces a model (``tracing``), propagates channel labels through it
+(``propagate``, with the per-operation rules of ``rules`` keyed by the kinds in ``ops``, on the
+union-find of ``labels``) and groups channels into removal units (``graph``);
+``register_module_rule`` teaches it a module of one's own. ``remove_units``
+cuts them out (``surgery``) and checks the result (``verify``); ``analyze_compression`` reports
+on a model (``report``); ``save_pruned``/``load_pruned`` store a pruned model without pickle
+(``serialize``). Analysis leaves the model as it was (``preserve``).
+
+These names are the wing's public interface; its modules are private.
+
+>>> import torch, torch.nn as nn
+>>> from prune_core.channels import ChannelGraph, remove_units
+>>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Conv1d(8, 4, 3))
+>>> graph = ChannelGraph.build(net, torch.zeros(1, 1, 16))
+>>> remove_units(net, graph, [0, 1])
+>>> net[2].in_channels
+6
+"""
+
+from prune_core.channels.atomic import atomic_path
+from prune_core.channels.graph import ChannelGraph, RemovalTally, Unit
+from prune_core.channels.ops import KINDS, register_module_rule, unregister_module_rule
+from prune_core.channels.preserve import preserved
+from prune_core.channels.propagate import ExampleInputMismatch
+from prune_core.channels.report import CompressionReport, analyze_compression
+from prune_core.channels.rules import OpCall, channelwise
+from prune_core.channels.serialize import load_pruned, read_pruned, save_pruned
+from prune_core.channels.sites import owner
+from prune_core.channels.surgery import remove_units
+from prune_core.channels.tracing import TraceFailure
+from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
+
+__all__ = [
+    "KINDS",
+    "ChannelGraph",
+    "CompressionReport",
+    "ExampleInputMismatch",
+    "OpCall",
+    "RemovalTally",
+    "SurgeryMismatch",
+    "TraceFailure",
+    "Unit",
+    "analyze_compression",
+    "atomic_path",
+    "channelwise",
+    "check_equivalent",
+    "load_pruned",
+    "owner",
+    "preserved",
+    "read_pruned",
+    "reference_outputs",
+    "register_module_rule",
+    "remove_units",
+    "save_pruned",
+    "unregister_module_rule",
+]

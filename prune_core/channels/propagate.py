@@ -1,0 +1,149 @@
+"""Run a traced network once on an example input and propagate channel labels through it.
+
+``ChannelPropagation`` is a torch.fx ``Interpreter``: it executes every node for real (so
+every shape is known exactly) and, beside the value, computes the node's channel labels
+(see ``labels``). Along the way it records *sites*: the (parameter or attribute, dimension)
+pairs whose entries belong to channel slots -- a conv's filters (dim 0 of its weight), the
+matching input channels of the layers that consume them (dim 1), norm parameters and
+running statistics, ``num_features`` and the like. What each operation does to the labels
+is its rule (``rules``), looked up by the operation's kind (``ops``). ``graph`` turns the
+result into removal units. Values are freed after their last use (fx's garbage collection), labels are small
+integer arrays.
+
+>>> import torch, torch.nn as nn
+>>> from prune_core.channels.tracing import trace_model
+>>> gm = trace_model(nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3)))
+>>> prop = ChannelPropagation(gm)
+>>> _ = prop.run(torch.zeros(1, 1, 16))
+>>> sorted(key for key in prop.sites if key[0].startswith("0."))
+[('0.bias', 0), ('0.weight', 0), ('0.weight', 1)]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.node import map_arg
+
+from prune_core.channels import ops
+from prune_core.channels.labels import SlotTable, label_arrays, leaves
+from prune_core.channels.rules import RULES, OpCall
+from prune_core.channels.sites import ParamRef, Site
+
+
+class ExampleInputMismatch(ValueError):
+    """The example input does not run through the model."""
+
+
+class ChannelPropagation(fx.Interpreter):
+    """Executes ``gm`` and records channel labels, slots and sites (see module docstring)."""
+
+    def __init__(self, gm: fx.GraphModule, model: nn.Module | None = None) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        model = gm if model is None else model  # the GraphModule holds only the leaves it calls
+        self.slots = SlotTable()
+        self.labels: dict[fx.Node, object] = {}
+        self.sites: dict[tuple[str, int], Site] = {}
+        self.producer_slots: dict[str, np.ndarray] = {}
+        self.grouped_convs: dict[str, int] = {}
+        self.norm_groups: dict[str, int] = {}
+        self.renormalizing: set[str] = set()
+        self.unsupported: dict[str, None] = {}  # operations not understood, in the order met
+        self.modules = dict(model.named_modules())
+        self._parameters = {name for name, _ in model.named_parameters()}
+
+    # -- fx.Interpreter ----------------------------------------------------------------
+    def run_node(self, n: fx.Node):
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            try:
+                result = getattr(self, n.op)(n.target, args, kwargs)
+            except Exception as exc:
+                what = ops.describe_target(n.target)
+                if n.op == "call_module":
+                    what = f"module `{n.target}` ({type(self.modules[n.target]).__name__})"
+                shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+                raise ExampleInputMismatch(
+                    f"the example input does not fit the model: {what} failed on inputs of shape {shapes}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        lab_args = map_arg(n.args, lambda a: self.labels.get(a))
+        lab_kwargs = map_arg(n.kwargs, lambda a: self.labels.get(a))
+        self.labels[n] = self._propagate(n, args, kwargs, lab_args, lab_kwargs, result)
+        return result
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def fresh(self, value, reason: str):
+        """Labels for ``value`` (a tensor or a tuple of them) that carry no channels: one blocked slot."""
+        if isinstance(value, torch.Tensor):
+            return np.full([1] * value.ndim, self.slots.new_blocked(reason), dtype=np.int64)
+        if isinstance(value, (tuple, list)):
+            return tuple(self.fresh(v, reason) for v in value)
+        return None
+
+    def block(self, labels, reason: str) -> None:
+        """Keep every channel in ``labels`` (any nested structure), for ``reason``."""
+        for array in label_arrays(labels):
+            self.slots.block(array, reason)
+
+    def site(self, name: str, dim: int, vector: np.ndarray, role: str, kind: str | None = None) -> None:
+        """Entries of ``name`` (a parameter, buffer or, with ``kind="attribute"``, an integer attribute) along
+        ``dim`` follow the slots in ``vector``; a second use unifies them (see ``sites.Site`` for ``role``)."""
+        if kind is None:
+            kind = "parameter" if name in self._parameters else "buffer"
+        key = (name, dim)
+        existing = self.sites.get(key)
+        if existing is None:
+            self.sites[key] = Site(np.asarray(vector, dtype=np.int64).copy(), kind, role)
+        elif existing.vector.shape == vector.shape:
+            self.slots.unify_arrays(existing.vector, vector)
+        else:
+            reason = f"`{name}` is used with {existing.vector.size} and {vector.size} channels"
+            self.slots.block(existing.vector, reason)
+            self.slots.block(vector, reason)
+
+    def module_sites(self, fqn: str, names: tuple[str, ...], vector: np.ndarray, role: str = "follower") -> None:
+        """``site`` for each of module ``fqn``'s tensors ``names`` that exists, along dim 0."""
+        module = self.modules[fqn]
+        for name in names:
+            if getattr(module, name, None) is not None:
+                self.site(f"{fqn}.{name}", 0, vector, role)
+
+    def producer(self, fqn: str, count: int) -> np.ndarray:
+        """The slots of prunable layer ``fqn``'s ``count`` output channels (new ones on first use)."""
+        slots = self.producer_slots.get(fqn)
+        if slots is None:
+            slots = self.producer_slots[fqn] = self.slots.new_slots(count)
+        return slots
+
+    def _unsupported(self, n: fx.Node, lab_args, lab_kwargs, result, what: str):
+        self.unsupported[what] = None
+        self.block((lab_args, lab_kwargs), f"used by unsupported operation `{what}` (node `{n.name}`)")
+        return self.fresh(result, f"output of unsupported operation `{what}` (node `{n.name}`)")
+
+    # -- dispatch ----------------------------------------------------------------------
+    def _propagate(self, n, args, kwargs, lab_args, lab_kwargs, result):
+        if n.op == "placeholder":
+            return self.fresh(result, f"network input `{n.target}`")
+        if n.op == "get_attr":
+            return ParamRef(n.target, tuple(result.shape)) if isinstance(result, torch.Tensor) else None
+        if n.op == "output":
+            self.block(lab_args, "reaches the network output")
+            return None
+        if not any(isinstance(v, torch.Tensor) for v in leaves(result)):
+            return None
+        if n.op == "call_module":
+            module = self.modules[n.target]
+            kind = ops.module_kind(module)
+            what = f"{n.target} ({type(module).__name__})"  # its kind: a name, or a user's rule
+        elif n.op == "call_function":
+            kind, what = ops.function_kind(n.target), ops.describe_target(n.target)
+        else:
+            kind, what = ops.method_kind(n.target), f"Tensor.{n.target}"
+        rule = kind if callable(kind) else RULES[kind] if kind is not None else None
+        labels = rule(self, OpCall(n, args, kwargs, lab_args, lab_kwargs, result)) if rule is not None else None
+        if labels is None:
+            return self._unsupported(n, lab_args, lab_kwargs, result, what)
+        return labels
+

@@ -1,0 +1,152 @@
+"""``PruningOptions``: every option of ``compress_network`` in one value that checks itself.
+
+The analogue of the name-value arguments of MATLAB's ``compressNetworkUsingTaylorPruning``.
+Building one validates every value that needs no data, so an app can check a configuration
+before it loads data or trains anything; ``compress_network`` checks the rest (the folders,
+validation data) when it is called. ``PruningKeywords`` lists the same options for the keyword
+form ``compress_network(..., goal=0.5)``, so that type checkers see them.
+
+>>> PruningOptions(goal=0.5, increment=0.1).score_iterations(batches=40)
+40
+>>> PruningOptions(increment=0)
+Traceback (most recent call last):
+...
+ValueError: increment must be a number in (0, 1], got 0
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import TypedDict
+
+from prune_core.importance import CRITERIA, NORMALIZATIONS
+from prune_core.reporting import REPORTERS
+from prune_core.selection import ALLOCATIONS
+
+# num_importance_score_iterations="auto" scores on every mini-batch of the training data, at most this many.
+AUTO_SCORE_ITERATIONS = 100
+VERBOSITY = tuple(REPORTERS)
+PLOTS = ("none", "pruning-progress")
+
+
+@dataclass
+class PruningOptions:
+    """How ``compress_network`` prunes.
+
+    Args:
+        goal: stop once this fraction of the original learnables is gone, in (0, 1].
+        increment: remove at least this fraction of the original learnables per iteration, in (0, 1].
+        validation_threshold: stop when the validation objective crosses it (rises above it for a
+            loss or error, falls below it for accuracy) and return the last network that did not;
+            None never stops on validation.
+        num_importance_score_iterations: mini-batches scored before each removal; "auto" scores
+            every mini-batch, at most ``AUTO_SCORE_ITERATIONS``.
+        layer_names: prune only filters that shrink these layers (dotted paths or "a/b"); None: all.
+        criterion: a registered criterion: "taylor", "l1", "random" or one's own.
+        allocation: a registered allocation: "global", "uniform" or one's own.
+        normalization: how scores are made comparable across layers: "l2" or "none".
+        per_learnable: rank filters by score per learnable removed.
+        min_filter_fraction: every layer keeps at least this fraction of its filters, in [0, 1).
+        leaf_modules: module names or types the analysis does not trace into.
+        verify: check every surgery against the zeroed original.
+        checkpoint_path: an existing folder that receives a checkpoint every
+            ``checkpoint_frequency`` iterations; None writes none.
+        checkpoint_frequency: a positive integer.
+        verbosity: "summary" (a progress bar and the summary), "pruning" (a line per iteration),
+            "training" (and fine-tuning progress) or "off".
+        plots: "none" or "pruning-progress" (a figure in ``PruningInfo.figure``).
+        plots_path: where to save that figure as well (its folder must exist).
+        iteration_fn: called with each pruning iteration's history row as soon as it is recorded.
+    """
+
+    goal: float = 1.0
+    increment: float = 0.05
+    validation_threshold: float | None = None
+    num_importance_score_iterations: int | str = "auto"
+    layer_names: list[str] | str | None = None
+    criterion: str = "taylor"
+    allocation: str = "global"
+    normalization: str = "l2"
+    per_learnable: bool = False
+    min_filter_fraction: float = 0.0
+    leaf_modules: Sequence[str | type] = ()
+    verify: bool = True
+    checkpoint_path: str | os.PathLike | None = None
+    checkpoint_frequency: int = 1
+    verbosity: str = "summary"
+    plots: str = "none"
+    plots_path: str | os.PathLike | None = None
+    iteration_fn: Callable[[dict], None] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("goal", "increment"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+        threshold = self.validation_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise TypeError(f"validation_threshold must be a number or None, got {threshold!r}")
+        n = self.num_importance_score_iterations
+        if n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"num_importance_score_iterations must be 'auto' or a positive integer, got {n!r}")
+        frequency = self.checkpoint_frequency
+        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+            raise ValueError(f"checkpoint_frequency must be a positive integer, got {frequency!r}")
+        for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS), ("normalization", NORMALIZATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not supported; use one of {allowed}")
+        CRITERIA.check(self.criterion)
+        ALLOCATIONS.check(self.allocation)
+        fraction = self.min_filter_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"min_filter_fraction must be in [0, 1), got {fraction!r}")
+        if self.plots == "pruning-progress":
+            try:
+                import matplotlib  # noqa: F401 (the figure needs it: say so before any work)
+            except ImportError as exc:
+                raise ValueError("plots='pruning-progress' needs matplotlib: pip install matplotlib, "
+                                 "or use plots='none'") from exc
+        if self.iteration_fn is not None and not callable(self.iteration_fn):
+            raise TypeError(f"iteration_fn must be callable, got {type(self.iteration_fn).__name__}")
+
+    def score_iterations(self, batches: int) -> int:
+        """Mini-batches to score before each removal, with ``batches`` per epoch of training data."""
+        n = self.num_importance_score_iterations
+        return min(AUTO_SCORE_ITERATIONS if n == "auto" else n, batches)
+
+    @classmethod
+    def from_keywords(cls, pruning: PruningOptions | None, keywords: dict) -> PruningOptions:
+        """``pruning`` (or the defaults) with ``keywords`` replacing its values; unknown names raise TypeError."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(keywords) - set(known))
+        if unknown:
+            raise TypeError(f"compress_network has no option {unknown[0]!r}; its options are {known}")
+        if pruning is not None and not isinstance(pruning, PruningOptions):
+            raise TypeError(f"pruning must be a prune_core.PruningOptions, got {type(pruning).__name__}")
+        base = {f.name: getattr(pruning, f.name) for f in fields(cls)} if pruning is not None else {}
+        return cls(**(base | keywords))
+
+
+class PruningKeywords(TypedDict, total=False):
+    """The fields of ``PruningOptions``, as keyword arguments of ``compress_network``."""
+
+    goal: float
+    increment: float
+    validation_threshold: float | None
+    num_importance_score_iterations: int | str
+    layer_names: list[str] | str | None
+    criterion: str
+    allocation: str
+    normalization: str
+    per_learnable: bool
+    min_filter_fraction: float
+    leaf_modules: Sequence[str | type]
+    verify: bool
+    checkpoint_path: str | os.PathLike | None
+    checkpoint_frequency: int
+    verbosity: str
+    plots: str
+    plots_path: str | os.PathLike | None
+    iteration_fn: Callable[[dict], None] | None
