@@ -47,7 +47,7 @@ def load_data(cfg: DictConfig) -> dict[str, torch.Tensor]:
         raise ValueError(f"data._target_={cfg.data.get('_target_')!r} must return a dict with "
                          f"{list(REQUIRED_KEYS + VALIDATION_KEYS)}; missing {missing}")
     if not all(k in data for k in VALIDATION_KEYS) and cfg.pruning.validation_threshold is not None:
-        raise ValueError(f"pruning.validation_threshold={cfg.pruning.validation_threshold} needs validation data, "
+        raise ValueError(f"pruning.validation_threshold={cfg.pruning.validation_threshold:g} needs validation data, "
                          f"but data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
     for key in ("x_train", "x_val"):
         values = data.get(key)

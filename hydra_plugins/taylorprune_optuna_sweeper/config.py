@@ -22,7 +22,7 @@ class SamplerConf:
 class TaylorpruneOptunaSweeperConf:
     """``direction``: "minimize"/"maximize" or a list of them (one per objective)."""
 
-    _target_: str = "hydra_plugins.taylorprune_optuna_sweeper._sweeper.OptunaSweeper"
+    _target_: str = "hydra_plugins.taylorprune_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     _recursive_: bool = False  # the sweeper builds the sampler itself (grid space, constraints_func)
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: Any = MISSING

@@ -7,14 +7,7 @@ the running ``ChannelPropagation`` (which records slots, sites and blocks) and a
 the result, or None when it does not understand this call: then the propagation treats the
 operation as unsupported, and every channel that reaches it is kept.
 
-The elementwise rule (activations, ``+``, ``*``, ``torch.where``, dropout, ...) is the subtlest.
-Its operands broadcast to the output. Those that vary along channel dims of the output are
-*unified* position by position: a residual addition ties the same channel of both branches
-into one unit, so they are removed together. An operand that broadcasts along a channel dim
-(a per-example scale of shape ``(N, 1, 1, 1)``) is fine as long as it carries no channels
-itself; one that carries channels but does not span the output's channel dims cannot follow
-a pruning and the rule gives up. A parameter or buffer read directly (a learned per-channel
-scale of shape ``(C, 1, 1)``) becomes a *site* along the matching dim, so the surgery slices it.
+The elementwise rule is the subtlest; its docstring says how it works.
 
 Users add rules for their own leaf modules with ``ops.register_module_rule``; ``channelwise``
 builds the common one (a module that acts on each channel along dim 1 with per-channel
@@ -90,6 +83,23 @@ def _operands(args, kwargs, lab_args, lab_kwargs):
 
 
 def elementwise(prop: ChannelPropagation, call: OpCall):
+    """Activations, ``+``, ``*``, ``torch.where``, dropout, casts, ...: the output at a position depends on
+    the operands at the same (broadcast) position only.
+
+    - The *channel dims* are those along which some tensor operand's labels vary.
+    - Operands that span the output along every channel dim are *unified* position by position:
+      a residual addition ties channel k of both branches into one unit, removed together, and
+      a squeeze-and-excitation product ties the gate's channels to the features'.
+    - An operand that broadcasts along a channel dim (a per-example scale of shape
+      ``(N, 1, 1, 1)``) is fine if its labels do not vary; if they do, a pruning could not keep
+      it aligned, and the rule gives up (the operation is then unsupported).
+    - A tensor without labels (a constant built in ``forward``) gets blocked labels: when it
+      spans a channel dim, unifying with it keeps those channels.
+    - A parameter or buffer read directly (``ParamRef``, e.g. a learned per-channel scale of
+      shape ``(C, 1, 1)``) that spans a channel dim becomes a *site* along that dim, so the
+      surgery slices it with the channels; if the output's labels vary along another dim too,
+      the rule gives up.
+    """
     n, args, kwargs, lab_args, lab_kwargs, result = call
     if not isinstance(result, torch.Tensor):
         return None
@@ -216,6 +226,7 @@ def _carries_channels(prop, tensor: fx.Node, dim: int | None) -> bool:
 
 
 def permute(prop: ChannelPropagation, call: OpCall):
+    """``permute``, ``transpose``, ``movedim``: the labels move with the dims."""
     n, args, kwargs, lab_args = call.node, call.args, call.kwargs, call.labels
     lab = lab_args[0]
     if not isinstance(lab, np.ndarray):
@@ -231,6 +242,7 @@ def permute(prop: ChannelPropagation, call: OpCall):
 
 
 def pool(prop: ChannelPropagation, call: OpCall):
+    """Pooling and interpolation: channels (dim 1) pass through; labels along spatial dims give up."""
     lab_args = call.labels
     lab = lab_args[0]
     if not isinstance(lab, np.ndarray) or any(d >= 2 for d in varying_dims(lab)):
@@ -239,6 +251,7 @@ def pool(prop: ChannelPropagation, call: OpCall):
 
 
 def reduce(prop: ChannelPropagation, call: OpCall):
+    """``mean``, ``sum``, ``amax``, ``amin``: fine over dims without channels, gives up over a channel dim."""
     args, kwargs, lab_args = call.args, call.kwargs, call.labels
     lab = lab_args[0]
     dims = _arg(args, kwargs, 1, "dim")
@@ -254,6 +267,7 @@ def reduce(prop: ChannelPropagation, call: OpCall):
 
 
 def softmax(prop: ChannelPropagation, call: OpCall):
+    """Softmax over a dim without channels passes them through; over a channel dim it gives up."""
     n, args, kwargs, lab_args = call.node, call.args, call.kwargs, call.labels
     lab = lab_args[0]
     dim = prop.modules[n.target].dim if n.op == "call_module" else _arg(args, kwargs, 1, "dim")
@@ -263,6 +277,8 @@ def softmax(prop: ChannelPropagation, call: OpCall):
 
 
 def concat(prop: ChannelPropagation, call: OpCall):
+    """``torch.cat``: along the channel dim the pieces' channels follow at their offsets; along another
+    dim the pieces' channels are tied position by position."""
     args, kwargs, lab_args, result = call.args, call.kwargs, call.labels, call.result
     tensors, labels = args[0], lab_args[0]
     if not isinstance(labels, (tuple, list)) or not all(isinstance(lab, np.ndarray) for lab in labels):
@@ -286,6 +302,8 @@ def concat(prop: ChannelPropagation, call: OpCall):
 
 
 def split(prop: ChannelPropagation, call: OpCall):
+    """``chunk``/``split``: along a non-channel dim the pieces keep the labels; along a channel dim only equal
+    chunks are understood (see inside)."""
     n, args, kwargs, lab_args, result = call.node, call.args, call.kwargs, call.labels, call.result
     x, lab = args[0], lab_args[0]
     if not isinstance(lab, np.ndarray) or not isinstance(result, (tuple, list)):
@@ -310,6 +328,7 @@ def split(prop: ChannelPropagation, call: OpCall):
 
 
 def getitem(prop: ChannelPropagation, call: OpCall):
+    """Indexing: a tuple's element, or a tensor slice that does not select along a channel dim."""
     args, lab_args = call.args, call.labels
     container, index = lab_args[0], args[1]
     if isinstance(container, (tuple, list)):
@@ -325,6 +344,7 @@ def getitem(prop: ChannelPropagation, call: OpCall):
 
 
 def layer_norm_function(prop: ChannelPropagation, call: OpCall):
+    """``F.layer_norm``: as the module, with the weight and bias read directly."""
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
     weight = _arg(lab_args, lab_kwargs, 2, "weight")
     bias = _arg(lab_args, lab_kwargs, 3, "bias")
@@ -361,6 +381,8 @@ def _channel_vector(prop, lab, dim: int, size: int, fqn: str) -> np.ndarray:
 
 
 def conv(prop: ChannelPropagation, call: OpCall):
+    """A convolution: its filters are new channels (dim 0 of the weight); its input channels are a site.
+    Grouped convolutions tie each group's input channels, and their filters follow those groups."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     cdim = x.ndim - len(m.kernel_size) - 1
@@ -383,6 +405,7 @@ def conv(prop: ChannelPropagation, call: OpCall):
 
 
 def conv_transpose(prop: ChannelPropagation, call: OpCall):
+    """A transposed convolution (one group): filters along dim 1 of the weight, inputs along dim 0."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     if m.groups != 1:
@@ -396,6 +419,7 @@ def conv_transpose(prop: ChannelPropagation, call: OpCall):
 
 
 def linear(prop: ChannelPropagation, call: OpCall):
+    """A linear layer: its inputs are a site; on more than 2 dims (pointwise) its outputs are new channels."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     prop.site(f"{fqn}.weight", 1, _channel_vector(prop, lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
@@ -419,6 +443,7 @@ def _norm_sites(prop, fqn: str, lab, size: int, names: tuple[str, ...], attribut
 
 
 def batchnorm(prop: ChannelPropagation, call: OpCall):
+    """BatchNorm and InstanceNorm modules: parameters, running statistics and ``num_features`` follow."""
     n, lab_args = call.node, call.labels
     m = prop.modules[n.target]
     names = ("weight", "bias", "running_mean", "running_var")
@@ -426,6 +451,7 @@ def batchnorm(prop: ChannelPropagation, call: OpCall):
 
 
 def groupnorm(prop: ChannelPropagation, call: OpCall):
+    """GroupNorm: parameters and ``num_channels`` follow; whole norm groups go together."""
     n, lab_args = call.node, call.labels
     m, fqn, lab = prop.modules[n.target], n.target, lab_args[0]
     out = _norm_sites(prop, fqn, lab, m.num_channels, ("weight", "bias"), "num_channels")
@@ -499,6 +525,7 @@ def _functional_norm(prop, x, lab, tensors) -> list[str] | None:
 
 
 def layernorm(prop: ChannelPropagation, call: OpCall):
+    """LayerNorm over the last dim: its parameters (and ``normalized_shape``) follow the channels."""
     n, args, lab_args = call.node, call.args, call.labels
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     names = [f"{fqn}.{p}" for p in ("weight", "bias") if getattr(m, p, None) is not None]
@@ -506,6 +533,7 @@ def layernorm(prop: ChannelPropagation, call: OpCall):
 
 
 def prelu(prop: ChannelPropagation, call: OpCall):
+    """PReLU: one parameter, or one per channel (``num_parameters``) that follows the channels."""
     n, lab_args = call.node, call.labels
     m = prop.modules[n.target]
     if m.num_parameters == 1:
