@@ -28,8 +28,10 @@ from torch import nn
 from analysis.allowed import check_targets, instantiate_allowed
 from analysis.loading import downloaded
 from prune_core import load_pruned
-from prune_core.finetune import resolve_metric
+from prune_core.finetune import as_source, evaluate, resolve_loss, resolve_metric
 from sweeps import contract
+from sweeps.job_data import job_data
+from sweeps.models import WEIGHT_FILE_KEYS
 
 
 def accuracy_drop(table: pd.DataFrame, metric: str = "validation_accuracy") -> pd.Series:
@@ -76,11 +78,14 @@ def run_config(run_id: str, tracking_uri: str) -> DictConfig:
 
 
 def validation_accuracy(model: nn.Module, config: DictConfig, allowed: Iterable[str] = ()) -> float:
-    """Accuracy (%) of ``model`` on the validation split of the run's own data config (allow-listed builders)."""
-    data = instantiate_allowed(config.get("data"), "data", allowed)
-    accuracy = resolve_metric("accuracy")
-    with torch.no_grad():
-        return accuracy.finish(*accuracy.batch(model.eval()(data["x_val"]), data["y_val"]))
+    """Accuracy (%) of ``model`` on the validation split of the run's own data config (allow-listed builders),
+    read batch by batch whatever its form (tensors, Datasets, DataLoaders)."""
+    data = job_data(instantiate_allowed(config.get("data"), "data", allowed), "the run's data config")
+    if data.validation is None:
+        raise ValueError("the run's data config has no validation split")
+    loss = resolve_loss(config.get("loss", "crossentropy"))
+    metrics = (resolve_metric("accuracy"),)
+    return evaluate(model, as_source(data.validation), loss, metrics, 256, torch.device("cpu"))["accuracy"]
 
 
 def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Module] | None = None,
@@ -94,6 +99,9 @@ def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Modu
         config = run_config(row["run_id"], tracking_uri)
         model_config = config.get("model")
         check_targets(model_config, "model", allowed)  # refused before anything is downloaded
+        for key in WEIGHT_FILE_KEYS:  # the architecture only: the weights come from the checkpoint
+            if key in model_config:
+                model_config[key] = None
         builder = lambda: instantiate_allowed(model_config, "model", allowed)  # noqa: E731
     if not isinstance(row.get("checkpoint"), str):
         raise ValueError(f"run {row['run_id']} iteration {row['iteration']} has no checkpoint to load")

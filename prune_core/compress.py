@@ -99,7 +99,7 @@ def _validate_start(model: nn.Module, validation: DataSource | None, loss_fn, op
         return None
     started = time.perf_counter()
     values = evaluate(model, validation, loss_fn, options.resolved_metrics, options.mini_batch_size,
-                      options.torch_device())
+                      options.torch_device(), options)
     row = {"pruning_iteration": 0, "epoch": 0, "iteration": 0, **values, "time_s": log.elapsed()}
     log.validation.append(row)
     log.add_time("initial_validation", started)
@@ -199,7 +199,7 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
             if prunable.needs_gradients:
                 started = time.perf_counter()
                 scoring = source.batches(options.mini_batch_size, options.shuffle, generator,
-                                         limit=num_importance_score_iterations)
+                                         limit=num_importance_score_iterations, loader_options=options.loader_options)
                 finite = prunable.score_batches(scoring, loss_fn, device)
                 timing["scoring_s"] = time.perf_counter() - started
                 if not finite:

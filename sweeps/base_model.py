@@ -1,5 +1,9 @@
 """The unpruned network of a job: trained once and cached, or loaded from a user's checkpoint.
 
+``base.checkpoint``, or a weights file the model group names (``model.checkpoint`` of timm,
+``model.weights_path`` of torchvision), is the trained network: nothing is trained then.
+Otherwise the base network is trained with ``base.training`` (with a progress bar) and cached.
+
 The cache key is a SHA-256 of the config that determines the trained weights (``data``,
 ``model``, ``base.training``, ``loss`` and ``seed``), so every trial of a study that varies only
 pruning or fine-tuning settings reuses one base network. Files are written in the safe
@@ -29,8 +33,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_core import load_pruned, read_pruned, save_pruned, train_network
+from sweeps.datasets import folder_identity
 from sweeps.devices import job_device, job_index
 from sweeps.job_config import training_options
+from sweeps.job_data import JobData
+from sweeps.models import WEIGHT_FILE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +47,17 @@ def cache_key(cfg: DictConfig) -> str:
     keyed = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("data", "model")}
     keyed["training"] = OmegaConf.to_container(cfg.base.training, resolve=True)
     keyed["seed"], keyed["loss"] = cfg.seed, cfg.get("loss")
+    if cfg.data.get("root"):  # data on disk: its files (names, sizes, times) are part of what was trained on
+        keyed["files"] = folder_identity(cfg.data.root)
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_checkpoint(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:
-    """A user's network: the safe format (``save_pruned``) or a plain ``state_dict`` file."""
+def load_checkpoint(path: str | Path, build: Callable[[], nn.Module], argument: str = "base.checkpoint") -> nn.Module:
+    """A user's network: the safe format (``save_pruned``) or a plain ``state_dict`` file (``argument``: the
+    config key that named it, for errors)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"base.checkpoint={str(path)!r} does not exist or is not a file")
+        raise ValueError(f"{argument}={str(path)!r} does not exist or is not a file")
     try:
         read_pruned(path)
     except ValueError:
@@ -56,16 +66,19 @@ def load_checkpoint(path: str | Path, build: Callable[[], nn.Module]) -> nn.Modu
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as exc:
-            raise ValueError(f"base.checkpoint={str(path)!r} is neither a save_pruned file nor a state_dict of "
+            raise ValueError(f"{argument}={str(path)!r} is neither a save_pruned file nor a state_dict of "
                              f"the configured model: {type(exc).__name__}: {exc}") from exc
         return model
     return load_pruned(path, build)
 
 
-def base_network(cfg: DictConfig, data: dict, build: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+def base_network(cfg: DictConfig, data: JobData, build: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
     """The trained unpruned network and where it came from (a checkpoint, the cache, or training now)."""
     if cfg.base.checkpoint:
         return load_checkpoint(cfg.base.checkpoint, build), f"checkpoint {cfg.base.checkpoint}"
+    weights = [cfg.model.get(key) for key in WEIGHT_FILE_KEYS if cfg.model.get(key)]
+    if weights:  # the builder loaded the user's trained weights
+        return build(), f"model weights {weights[0]}"
     folder = Path(cfg.base.cache_dir)
     path = folder / f"base_{cache_key(cfg)}.pt"
     if path.is_file():
@@ -79,7 +92,7 @@ def base_network(cfg: DictConfig, data: dict, build: Callable[[], nn.Module]) ->
     options = training_options(cfg, "base.training",
                                device=job_device(cfg.base.training.get("device", "auto"), job_index()))
     log.info(f"Training the base network ({options.max_epochs} epochs); cached as {path}")
-    train_network(model, (data["x_train"], data["y_train"]), cfg.loss, options)
+    train_network(model, data.train, cfg.loss, options, progress=True)
     broken = [name for name, tensor in model.state_dict().items()
               if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
     if broken:

@@ -1,8 +1,16 @@
-"""Datasets generated or shipped locally (never downloaded), as tensors split for pruning.
+"""The data of a job: generated or shipped locally (never downloaded), or read from disk.
 
-Every builder returns a dict ``{"x_train", "y_train", "x_val", "y_val"}`` of tensors, which is
-what ``sweeps.run`` expects from ``data._target_`` (write your own function with the same
-return value to bring your data: see the README).
+In-memory builders (``mnist1d``, ``digits``) return a dict ``{"x_train", "y_train", "x_val",
+"y_val"}`` of tensors. Disk builders return ``{"train": Dataset, "validation": Dataset}``, read
+batch by batch through DataLoaders (never loaded whole): ``image_folder`` (torchvision's
+``ImageFolder`` on ``root/train`` and ``root/val``) and ``torchvision_dataset`` (a torchvision
+dataset class on a local root, ``download=False``). Both take the transforms from the config:
+``channels`` (1 or 3: grey or RGB, whatever the files hold), ``resize`` (the shorter side),
+``crop`` (centre; random with ``augment``), ``mean``/``std`` and, with ``augment``, random
+crops with padding and horizontal flips for training. Anything
+wrong with the folders (a missing root, an empty class folder, class lists that differ between
+the splits) is refused before any training. ``folder_identity(root)`` fingerprints a folder by
+its file list, sizes and modification times, for the base network's cache key.
 
 >>> data = mnist1d_tensors(seed=0)
 >>> data["x_train"].shape, data["x_test"].shape, int(data["y_train"].max()) + 1
@@ -13,6 +21,11 @@ return value to bring your data: see the README).
 """
 
 from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from pathlib import Path
 
 import torch
 
@@ -53,3 +66,103 @@ def digits(validation_fraction: float = 0.2, seed: int = 0) -> dict[str, torch.T
     n_val = round(validation_fraction * len(x))
     val, train = order[:n_val], order[n_val:]
     return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val]}
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _transforms(train: bool, resize: int | None, crop: int | None, mean, std, augment: bool,
+                channels: int | None):
+    from torchvision import transforms as T
+
+    steps = [T.Grayscale(channels)] if channels else []
+    steps += [T.Resize(resize)] if resize else []
+    if crop:
+        steps.append(T.RandomCrop(crop, padding=crop // 8) if train and augment else T.CenterCrop(crop))
+    if train and augment:
+        steps.append(T.RandomHorizontalFlip())
+    steps.append(T.ToTensor())
+    if mean is not None and std is not None:
+        steps.append(T.Normalize(list(mean), list(std)))
+    return T.Compose(steps)
+
+
+def _class_folders(folder: Path, argument: str) -> list[str]:
+    """The class folders of one split, each holding at least one image (ValueError otherwise)."""
+    if not folder.is_dir():
+        raise ValueError(f"{argument}: folder {str(folder)!r} does not exist; expected <root>/<split>/<class>/<image>")
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    if not classes:
+        raise ValueError(f"{argument}: folder {str(folder)!r} has no class folders")
+    for name in classes:
+        if not any(path.suffix.lower() in IMAGE_SUFFIXES for path in (folder / name).rglob("*")):
+            raise ValueError(f"{argument}: class folder {str(folder / name)!r} holds no images "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
+    return classes
+
+
+def image_folder(root: str, train: str = "train", validation: str | None = "val", resize: int | None = None,
+                 crop: int | None = None, mean=None, std=None, augment: bool = False,
+                 channels: int | None = None) -> dict:
+    """Images in class folders: ``root/<train>/<class>/*.png`` and ``root/<validation>/<class>/*.png``.
+
+    Returns ``{"train": ImageFolder, "validation": ImageFolder, "classes": [...]}``; see the
+    module docstring for the transforms and the checks.
+    """
+    from torchvision.datasets import ImageFolder
+
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise ValueError(f"data.root={root!r} does not exist or is not a folder")
+    classes = _class_folders(base / train, "data.train")
+    out = {"train": ImageFolder(str(base / train), _transforms(True, resize, crop, mean, std, augment, channels)),
+           "classes": classes}
+    if validation:
+        val_classes = _class_folders(base / validation, "data.validation")
+        if val_classes != classes:
+            raise ValueError(f"data.root={root!r}: the class folders of {train!r} and {validation!r} differ: only in "
+                             f"{train!r} {sorted(set(classes) - set(val_classes))}, only in {validation!r} "
+                             f"{sorted(set(val_classes) - set(classes))}")
+        plain = _transforms(False, resize, crop, mean, std, False, channels)
+        out["validation"] = ImageFolder(str(base / validation), plain)
+    return out
+
+
+def torchvision_dataset(name: str, root: str, resize: int | None = None, crop: int | None = None, mean=None,
+                        std=None, augment: bool = False, channels: int | None = None) -> dict:
+    """A torchvision dataset class (``CIFAR10``, ``MNIST``, ``SVHN``, ...) on a local ``root``, never downloaded.
+
+    The training split is ``train=True`` (or ``split="train"``), validation ``train=False``
+    (or ``split="test"``). Returns ``{"train", "validation", "classes"}`` as ``image_folder``.
+    """
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name, None)
+    if not isinstance(cls, type):
+        raise ValueError(f"data.name={name!r} is not a torchvision dataset class (e.g. CIFAR10, MNIST, SVHN)")
+    if not Path(root).expanduser().is_dir():
+        raise ValueError(f"data.root={root!r} does not exist or is not a folder")
+    accepts = inspect.signature(cls).parameters
+    out = {}
+    for split, train in (("train", True), ("validation", False)):
+        how = {"train": train} if "train" in accepts else {"split": "train" if train else "test"}
+        try:
+            out[split] = cls(str(Path(root).expanduser()), download=False,
+                             transform=_transforms(train, resize, crop, mean, std, augment, channels), **how)
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise ValueError(f"data.root={root!r} does not hold torchvision's {name} ({split} split): {exc}") from exc
+    classes = getattr(out["train"], "classes", None)
+    return out | ({"classes": list(classes)} if classes is not None else {})
+
+
+def folder_identity(root: str) -> str:
+    """A SHA-256 of every file under ``root``: relative path, size and modification time (never the contents)."""
+    digest = hashlib.sha256()
+    base = Path(root).expanduser()
+    for folder, dirs, files in os.walk(base):
+        dirs.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(folder, name))
+            digest.update(f"{os.path.relpath(os.path.join(folder, name), base)}\0{stat.st_size}\0"
+                          f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

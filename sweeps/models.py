@@ -1,5 +1,10 @@
 """Model builders for the jobs (any ``nn.Module`` builder works through ``model._target_``).
 
+The project's small networks, and any model of timm or torchvision by name (``timm_model``,
+``torchvision_model``): always built with random weights (nothing is downloaded), then loaded
+with your trained weights from a local file when one is given (``save_pruned``'s safe format or
+a plain ``state_dict``).
+
 >>> import torch
 >>> reference_cnn1d()(torch.zeros(2, 1, 40)).shape
 torch.Size([2, 10])
@@ -71,3 +76,37 @@ def small_resnet(in_channels: int = 1, classes: int = 10, width: int = 16) -> nn
         BasicBlock(width, width), BasicBlock(width, 2 * width, stride=2), BasicBlock(2 * width, 4 * width, stride=2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, classes),
     )
+
+
+# The model config keys that name a trained weights file: such a model is the base network as it is.
+WEIGHT_FILE_KEYS = ("checkpoint", "weights_path")
+
+
+def _weights(model: nn.Module, path: str | None, argument: str) -> nn.Module:
+    if path is None:
+        return model
+    from sweeps.base_model import load_checkpoint
+
+    return load_checkpoint(path, lambda: model, argument)
+
+
+def timm_model(name: str, num_classes: int, in_chans: int = 3, checkpoint: str | None = None) -> nn.Module:
+    """timm's ``name`` with ``num_classes`` outputs, ``pretrained=False``; ``checkpoint``: your weights file."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise ValueError("model=timm needs timm: pip install 'taylorprune[vision]'") from exc
+    if not timm.is_model(name):
+        raise ValueError(f"model.name={name!r} is not a timm model; see timm.list_models()")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    return _weights(model, checkpoint, "model.checkpoint")
+
+
+def torchvision_model(name: str, num_classes: int, weights_path: str | None = None) -> nn.Module:
+    """torchvision's ``name`` with ``num_classes`` outputs, ``weights=None``; ``weights_path``: your weights file."""
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise ValueError(f"model.name={name!r} is not a torchvision model; see torchvision.models.list_models()")
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return _weights(model, weights_path, "model.weights_path")

@@ -21,7 +21,6 @@ import math
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
@@ -32,30 +31,11 @@ from sweeps import contract, interrupts, tracking
 from sweeps.base_model import base_network
 from sweeps.devices import job_device, job_index
 from sweeps.job_config import check_job_config, pruning_options, training_options
+from sweeps.job_data import load_data
 from sweeps.schemas import register_schemas
 
 log = logging.getLogger(__name__)
 register_schemas()  # before Hydra composes the config
-REQUIRED_KEYS, VALIDATION_KEYS = ("x_train", "y_train"), ("x_val", "y_val")
-
-
-def load_data(cfg: DictConfig) -> dict[str, torch.Tensor]:
-    """The data group's tensors: ``x_train``/``y_train`` and, optionally, ``x_val``/``y_val``."""
-    data = instantiate(cfg.data)
-    missing = [k for k in REQUIRED_KEYS if k not in data] if isinstance(data, dict) else list(REQUIRED_KEYS)
-    if missing:
-        raise ValueError(f"data._target_={cfg.data.get('_target_')!r} must return a dict with "
-                         f"{list(REQUIRED_KEYS + VALIDATION_KEYS)}; missing {missing}")
-    if not all(k in data for k in VALIDATION_KEYS) and cfg.pruning.validation_threshold is not None:
-        raise ValueError(f"pruning.validation_threshold={cfg.pruning.validation_threshold:g} needs validation data, "
-                         f"but data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
-    for key in ("x_train", "x_val"):
-        values = data.get(key)
-        if isinstance(values, torch.Tensor) and values.is_floating_point() and not bool(values.isfinite().all()):
-            index = int((~values.isfinite()).flatten(1).any(1).nonzero()[0])
-            raise ValueError(f"data._target_={cfg.data.get('_target_')!r}: {key}[{index}] holds a non-finite value "
-                             f"(NaN or inf); clean the data before pruning")
-    return data
 
 
 def objective_values(cfg: DictConfig, info: PruningInfo) -> dict[str, list[float]] | list[float]:
@@ -91,13 +71,8 @@ def _run_job(cfg: DictConfig):
     uri = contract.tracking_uri(cfg.tracking.uri)
     contract.open_store(uri, f"tracking.uri={uri!r}")
     data = load_data(cfg)
-    validation = (data["x_val"], data["y_val"]) if all(k in data for k in VALIDATION_KEYS) else None
-    needs_validation = [n for n in [*cfg.sweep.objectives, *cfg.sweep.constraints] if n.startswith("validation_")]
-    if validation is None and needs_validation:
-        raise ValueError(f"sweep objectives/constraints {needs_validation} need validation data, but "
-                         f"data._target_={cfg.data.get('_target_')!r} returns no {list(VALIDATION_KEYS)}")
     device = job_device(cfg.training.device, job_index(HydraConfig.get().job.get("num") or 0))
-    options = training_options(cfg, device=device, validation_data=validation)
+    options = training_options(cfg, device=device, validation_data=data.validation)
     base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
     log.info(f"Base network: {origin}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -108,9 +83,9 @@ def _run_job(cfg: DictConfig):
         live = tracking.LiveLog(MlflowClient(uri), run.info.run_id)
         plots_path = output_dir / "pruning_progress.png" if cfg.pruning.plots != "none" else None
         settings = pruning_options(cfg, checkpoint_path=checkpoints, plots_path=plots_path, iteration_fn=live)
-        pruned, info = compress_network(base, data["x_train"], data["y_train"], cfg.loss, options, pruning=settings)
+        pruned, info = compress_network(base, data.train, cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED
-        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data["x_train"][:2], live,
+        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data.example(), live,
                              log_model=cfg.tracking.log_model and not interrupted)
         if interrupted:  # logged as far as it went (no model export: stop quickly); the run is KILLED
             raise KeyboardInterrupt

@@ -207,3 +207,47 @@ def test_train_network_is_trainnet():
     assert len(train_network(nn.Linear(3, 2), loader, "crossentropy", opts)[1].training_history) == 6
     with pytest.raises(TypeError, match="options must be a prune_core.TrainingOptions, got dict"):
         train_network(net, (x, y), "crossentropy", {"max_epochs": 1})
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_full_precision_weights(precision):
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 2, 8, 8), torch.randint(0, 3, (96,))
+    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 3))
+    opts = TrainingOptions("adam", max_epochs=8, mini_batch_size=16, initial_learn_rate=0.01, seed=0,
+                           metrics=["accuracy"], precision=precision, validation_data=(x, y))
+    before = evaluate(net, as_source(x, y), resolve_loss("crossentropy"), (), 96, torch.device("cpu"))["loss"]
+    trained, info = train_network(net, (x, y), "crossentropy", opts)
+    assert info.status == "completed" and info.validation_history["loss"].iloc[-1] < before
+    assert all(p.dtype == torch.float32 for p in trained.parameters())
+
+
+def test_channels_last_trains_in_that_layout_with_the_same_result():
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 2, (32,))
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        opts = TrainingOptions("sgdm", max_epochs=2, mini_batch_size=8, seed=0, channels_last=channels_last)
+        trained, info = train_network(net, (x, y), "crossentropy", opts)
+        assert trained[0].weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        results.append(info.training_history["loss"].to_numpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
+    with pytest.raises(ValueError, match="precision 'fp8' is not supported; use one of \\('fp32', 'bf16', 'fp16'\\)"):
+        TrainingOptions(precision="fp8")
+    with pytest.raises(ValueError, match="precision 'fp16' needs a gradient scaler, which solver 'lbfgs' cannot"):
+        TrainingOptions("lbfgs", precision="fp16")
+
+
+def test_dataset_loaders_with_workers_give_the_same_training():
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    losses = []
+    for workers in ({}, {"num_workers": 2, "persistent_workers": True}):
+        torch.manual_seed(0)
+        opts = TrainingOptions("adam", max_epochs=3, mini_batch_size=8, seed=0, shuffle="every-epoch", **workers)
+        _, info = train_network(nn.Linear(3, 2), TensorDataset(x, y), "crossentropy", opts)
+        losses.append(info.training_history["loss"].to_numpy())
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0, got -1"):
+        TrainingOptions(num_workers=-1)

@@ -8,7 +8,10 @@
 - a pandas ``DataFrame``: every column but the last holds predictors (numbers, or one
   column of arrays), the last holds the targets (numbers or categories, as codes).
 
-Every batch comes out as ``(inputs, targets)``, two tuples of tensors.
+Every batch comes out as ``(inputs, targets)``, two tuples of tensors. A Dataset is read through
+a DataLoader with the batch size asked for and ``loader_options`` (``num_workers``,
+``pin_memory``, ``persistent_workers``): one loader per batch size, whose sampler takes each
+pass's order, so persistent workers live across epochs. Nothing is loaded whole into memory.
 
 >>> import torch
 >>> source = as_source(torch.randn(10, 1, 8), torch.arange(10) % 2)
@@ -28,7 +31,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 Batch = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
 SHUFFLE_CHOICES = ("once", "every-epoch", "never")
@@ -60,6 +63,19 @@ def split_batch(batch) -> Batch:
     return inputs, targets
 
 
+class _OrderSampler(Sampler[int]):
+    """Yields the indices of the current pass's order (set before each pass)."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class DataSource:
     """Mini-batches of ``(inputs, targets)``; build with ``as_source``."""
 
@@ -67,6 +83,17 @@ class DataSource:
                  loader: DataLoader | None = None) -> None:
         self.tensors, self.dataset, self.loader = tensors, dataset, loader
         self._once: torch.Tensor | None = None
+        self._loaders: dict[tuple, tuple[DataLoader, _OrderSampler]] = {}
+
+    def _dataset_loader(self, batch_size: int, loader_options: dict) -> tuple[DataLoader, _OrderSampler]:
+        key = (batch_size, *sorted(loader_options.items()))
+        if key not in self._loaders:
+            sampler = _OrderSampler()
+            options = dict(loader_options)
+            if not options.get("num_workers"):
+                options.pop("persistent_workers", None)  # only meaningful with worker processes
+            self._loaders[key] = DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, **options), sampler
+        return self._loaders[key]
 
     def __len__(self) -> int:
         if self.tensors is not None:
@@ -89,8 +116,9 @@ class DataSource:
         return torch.randperm(n, generator=generator)
 
     def batches(self, batch_size: int, order: str = "never", generator: torch.Generator | None = None,
-                limit: int | None = None) -> Iterator[Batch]:
-        """One pass: ``order`` is "never", "once" (the same shuffle every pass) or "every-epoch"."""
+                limit: int | None = None, loader_options: dict | None = None) -> Iterator[Batch]:
+        """One pass: ``order`` is "never", "once" (the same shuffle every pass) or "every-epoch"; at most
+        ``limit`` batches. ``loader_options`` go to the DataLoader that reads a Dataset."""
         if self.loader is not None:
             source = (split_batch(b) for b in self.loader)
         elif self.tensors is not None:
@@ -99,7 +127,8 @@ class DataSource:
             source = ((tuple(t[i] for t in inputs), tuple(t[i] for t in targets))
                       for i in index.split(batch_size))
         else:
-            loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self._order(order, generator).tolist())
+            loader, sampler = self._dataset_loader(batch_size, loader_options or {})
+            sampler.order = self._order(order, generator).tolist()
             source = (split_batch(b) for b in loader)
         for k, batch in enumerate(source):
             if limit is not None and k >= limit:

@@ -15,6 +15,7 @@ ValueError: solver 'sgd' is not supported; use one of ('sgdm', 'adam', 'rmsprop'
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from prune_core.finetune.metrics import Metric, resolve_metric
 SOLVERS = ("sgdm", "adam", "rmsprop", "lbfgs")
 DEFAULT_LEARN_RATES = {"sgdm": 0.01, "adam": 0.001, "rmsprop": 0.001, "lbfgs": 1.0}
 SCHEDULES = ("none", "piecewise")
+# training.precision: the autocast dtype of forward passes (None: full precision).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLIP_METHODS = ("l2norm", "global-l2norm", "absolute-value")
 
 
@@ -38,8 +41,13 @@ class TrainingOptions:
     ``output_fn(state) -> bool`` is called after every iteration with a dict (pruning
     iteration, epoch, iteration, loss, learn rate and, after a validation, the validation
     values); returning True stops training (and pruning). ``validation_data`` accepts any
-    form ``prune_core.finetune.data.as_source`` does. ``objective_metric_name`` ("loss" or one of
+    form ``prune_core.finetune.as_source`` does. ``objective_metric_name`` ("loss" or one of
     ``metrics``) is what ``validation_threshold`` and ``validation_patience`` watch.
+    ``precision`` runs forward passes of training and validation under autocast ("bf16",
+    "fp16", with a gradient scaler; "fp32": none); scoring passes stay in full precision.
+    ``channels_last`` trains and validates in that memory format (4-D inputs).
+    ``num_workers``, ``pin_memory`` and ``persistent_workers`` configure the DataLoaders that
+    read Dataset data (with ``mini_batch_size``); a DataLoader given as data is used as it is.
     """
 
     solver: str = "sgdm"
@@ -67,6 +75,11 @@ class TrainingOptions:
     seed: int | None = None
     output_fn: Callable[[dict], bool] | None = None
     history_size: int = 10
+    precision: str = "fp32"
+    channels_last: bool = False
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
     resolved_metrics: tuple[Metric, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +87,10 @@ class TrainingOptions:
         _choice("shuffle", self.shuffle, SHUFFLE_CHOICES)
         _choice("learn_rate_schedule", self.learn_rate_schedule, SCHEDULES)
         _choice("gradient_threshold_method", self.gradient_threshold_method, CLIP_METHODS)
+        _choice("precision", self.precision, tuple(PRECISIONS))
+        if self.precision == "fp16" and self.solver == "lbfgs":
+            raise ValueError("precision 'fp16' needs a gradient scaler, which solver 'lbfgs' cannot use; "
+                             "use precision 'bf16' or 'fp32'")
         for name in ("max_epochs", "mini_batch_size", "validation_frequency", "verbose_frequency",
                      "learn_rate_drop_period", "history_size"):
             value = getattr(self, name)
@@ -87,6 +104,8 @@ class TrainingOptions:
         for name in ("momentum", "gradient_decay_factor", "learn_rate_drop_factor"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         if self.l2_regularization < 0:
             raise ValueError(f"l2_regularization must be >= 0, got {self.l2_regularization!r}")
         if isinstance(self.metrics, (str, Metric)):
@@ -120,6 +139,17 @@ class TrainingOptions:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: CUDA is not available on this machine; use 'auto' or 'cpu'")
         return device
+
+    @property
+    def loader_options(self) -> dict[str, Any]:
+        """The DataLoader options for Dataset data (see ``prune_core.finetune.data``)."""
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                "persistent_workers": self.persistent_workers}
+
+    def autocast(self, device: torch.device):
+        """The autocast context of ``precision`` on ``device`` (a no-op for "fp32")."""
+        dtype = PRECISIONS[self.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
     def learn_rate_at(self, epoch: int) -> float:
         """The learn rate of a (0-based) fine-tuning epoch under the schedule."""

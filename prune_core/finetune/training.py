@@ -33,6 +33,7 @@ over a whole data source.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -75,9 +76,14 @@ class FineTuneOutcome:
     validation: dict | None = None
 
 
-def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Every tensor of a batch part on ``device``."""
-    return tuple(t.to(device, non_blocking=True) for t in tensors)
+def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device,
+              channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+    """Every tensor of a batch part on ``device`` (4-D floating ones in channels-last layout if asked)."""
+    moved = tuple(t.to(device, non_blocking=True) for t in tensors)
+    if channels_last:
+        moved = tuple(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 and t.is_floating_point()
+                      else t for t in moved)
+    return moved
 
 
 def forward_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -88,16 +94,20 @@ def forward_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source: DataSource, loss_fn: LossFn, metrics: tuple[Metric, ...],
-             batch_size: int, device: torch.device) -> dict[str, float]:
-    """Mean loss (weighted by batch size) and each metric over all of ``source``, in eval mode."""
+             batch_size: int, device: torch.device, options: TrainingOptions | None = None) -> dict[str, float]:
+    """Mean loss (weighted by batch size) and each metric over all of ``source``, in eval mode, with the
+    precision and memory format of ``options`` (when given)."""
     was_training = model.training
     model.eval()
     loss_sum, count = 0.0, 0
     sums = {m.name: [0.0, 0] for m in metrics}
+    autocast = options.autocast(device) if options is not None else contextlib.nullcontext()
+    channels_last = options is not None and options.channels_last
     try:
-        for inputs, targets in source.batches(batch_size):
-            inputs, targets = to_device(inputs, device), to_device(targets, device)
-            outputs = forward_outputs(model, inputs)
+        for inputs, targets in source.batches(batch_size, loader_options=options and options.loader_options):
+            inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device)
+            with autocast:
+                outputs = tuple(o.float() for o in forward_outputs(model, inputs))
             n = len(targets[0])
             loss_sum += float(loss_fn(outputs, targets)) * n
             count += n
@@ -144,7 +154,10 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
     """Train ``model`` in place for ``options.max_epochs`` epochs; see the module docstring."""
     device = options.torch_device()
     metrics = options.resolved_metrics
+    if options.channels_last:  # again after every surgery: the new, smaller tensors are contiguous
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
+    scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
     started = time.perf_counter()
     optimizer = options.build_optimizer(params)
     log.add_time("optimizer", started)
@@ -157,7 +170,7 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
 
     def validate(epoch: int) -> dict:
         started = time.perf_counter()
-        values = evaluate(model, validation, loss_fn, metrics, options.mini_batch_size, device)
+        values = evaluate(model, validation, loss_fn, metrics, options.mini_batch_size, device, options)
         row = {"pruning_iteration": pruning_iteration, "epoch": epoch, "iteration": log.iteration, **values,
                "time_s": log.elapsed()}
         log.validation.append(row)
@@ -170,14 +183,15 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
             learn_rate = options.learn_rate_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = learn_rate
-            for inputs, targets in source.batches(options.mini_batch_size, options.shuffle, generator):
-                inputs, targets = to_device(inputs, device), to_device(targets, device)
-                loss, outputs = _step(model, optimizer, params, loss_fn, options, inputs, targets)
+            for inputs, targets in source.batches(options.mini_batch_size, options.shuffle, generator,
+                                                  loader_options=options.loader_options):
+                inputs, targets = to_device(inputs, device, options.channels_last), to_device(targets, device)
+                loss, outputs = _step(model, optimizer, params, loss_fn, options, inputs, targets, scaler)
                 log.iteration += 1
                 row = {"pruning_iteration": pruning_iteration, "epoch": epoch + 1, "iteration": log.iteration,
                        "loss": float(loss)}
                 for m in metrics:
-                    row[m.name] = m.finish(*m.batch(outputs[0].detach(), targets[0]))
+                    row[m.name] = m.finish(*m.batch(outputs[0].detach().float(), targets[0]))
                 row.update(learn_rate=learn_rate, time_s=log.elapsed())
                 log.training.append(row)
                 bar.update()
@@ -201,15 +215,18 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
         bar.close()
 
 
-def _step(model, optimizer, params, loss_fn, options, inputs, targets):
-    """One optimisation step; returns the (detached) loss and the outputs it was computed from."""
+def _step(model, optimizer, params, loss_fn, options, inputs, targets, scaler):
+    """One optimisation step (under ``options``' autocast, through ``scaler`` for fp16); returns the
+    (detached) loss and the outputs it was computed from."""
+    device = options.torch_device()
     if options.solver == "lbfgs":
         seen = {}
 
         def closure():
             optimizer.zero_grad(set_to_none=True)
-            outputs = forward_outputs(model, inputs)
-            loss = loss_fn(outputs, targets)
+            with options.autocast(device):
+                outputs = forward_outputs(model, inputs)
+                loss = loss_fn(outputs, targets)
             if options.l2_regularization:
                 loss = loss + 0.5 * options.l2_regularization * sum(p.square().sum() for p in params)
             loss.backward()
@@ -220,11 +237,19 @@ def _step(model, optimizer, params, loss_fn, options, inputs, targets):
         optimizer.step(closure)
         return seen["result"]
     optimizer.zero_grad(set_to_none=True)
-    outputs = forward_outputs(model, inputs)
-    loss = loss_fn(outputs, targets)
-    loss.backward()
-    clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
-    optimizer.step()
+    with options.autocast(device):
+        outputs = forward_outputs(model, inputs)
+        loss = loss_fn(outputs, targets)
+    if scaler is None:
+        loss.backward()
+        clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clipping sees the true gradients
+        clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
+        scaler.step(optimizer)
+        scaler.update()
     return loss.detach(), outputs
 
 
