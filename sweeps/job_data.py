@@ -10,7 +10,8 @@
 Datasets are read batch by batch (``prune_core.finetune``: the batch size and loader workers
 come from ``training`` and ``base.training``); nothing is loaded whole. Tensors holding NaN or
 inf, a validation threshold or objective without validation data, and a ``model.num_classes``
-that disagrees with the data's classes are refused before anything trains.
+(``model.classes`` for this project's networks) that disagrees with the data's classes are
+refused before anything trains.
 
 >>> import torch
 >>> data = job_data({"x_train": torch.zeros(4, 1, 8), "y_train": torch.zeros(4, dtype=torch.long)}, "t")
@@ -91,9 +92,10 @@ def load_data(cfg: DictConfig) -> JobData:
         if needs:
             raise ValueError(f"sweep objectives/constraints {needs} need validation data, but {where} returns no "
                              f"{list(VALIDATION_KEYS)}")
-    expected = _count(cfg.model.get("num_classes"))
+    key = next((k for k in ("num_classes", "classes") if k in cfg.model), None)  # timm/torchvision, this project's
+    expected = _count(cfg.model.get(key)) if key else None
     if expected is not None and data.classes is not None and expected != len(data.classes):
-        raise ValueError(f"model.num_classes={expected}, but the data has {len(data.classes)} classes "
+        raise ValueError(f"model.{key}={expected}, but the data has {len(data.classes)} classes "
                          f"({', '.join(map(str, data.classes[:5]))}{', ...' if len(data.classes) > 5 else ''}); "
-                         f"set model.num_classes={len(data.classes)}")
+                         f"set model.{key}={len(data.classes)}")
     return data

@@ -1,8 +1,9 @@
 """``python -m sweeps.run``: one pruning run from the Hydra config; ``-m`` for an Optuna study.
 
-The job: check the configuration (``sweeps.job_config``) and the tracking store, build the data
-(every value finite) and the model, get the trained base network (cached, or
-``base.checkpoint``), run ``compress_network`` with every option from ``pruning`` and
+The job: check the configuration (``sweeps.job_config``) and the tracking store, load the data
+(``sweeps.job_data``: tensors, or Datasets and DataLoaders read batch by batch; checked before
+any training) and build the model, get the trained base network (cached, the model's weights
+file, or ``base.checkpoint``), run ``compress_network`` with every option from ``pruning`` and
 ``training``, log everything to MLflow, and return the objectives named in
 ``sweep.objectives`` (with ``sweep.constraints`` as Optuna constraints, and the MLflow run id as
 the trial's ``mlflow_run_id`` user attribute) to the sweeper. SIGTERM is handled like Ctrl-C, in

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small data, a short base training, a short pruning: each job takes a few seconds.
@@ -56,3 +57,11 @@ def waves_with_nan() -> dict[str, torch.Tensor]:
     data = waves()
     data["x_train"][5, 0, 7] = float("nan")
     return data
+
+
+def waves_datasets() -> dict:
+    """``waves`` as a user's Datasets: the training split a Dataset, validation a DataLoader of its own."""
+    data = waves()
+    validation = DataLoader(TensorDataset(data["x_val"], data["y_val"]), batch_size=50)
+    return {"train": TensorDataset(data["x_train"], data["y_train"]), "validation": validation,
+            "classes": ["1 Hz", "2 Hz", "3 Hz", "4 Hz"]}

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
+from torch.utils.data import TensorDataset
 
 from analysis import choose, load_choice, load_experiment, run_config, validation_accuracy
 from sweeps.datasets import folder_identity, image_folder
+from sweeps.job_data import job_data
 from sweeps.models import timm_model, torchvision_model
 from tests.sweep_helpers import app_env, run_app
 
@@ -165,3 +167,21 @@ def test_the_folder_identity_follows_the_file_list(tmp_path):
     assert folder_identity(str(copy)) == before
     (copy / "train" / "digit_0" / "extra.png").write_bytes((copy / "train" / "digit_0" / "001.png").read_bytes())
     assert folder_identity(str(copy)) != before
+
+
+def test_custom_data_as_datasets_and_loaders(tmp_path):
+    run_app(tmp_path, "data=custom", "data._target_=tests.sweep_helpers.waves_datasets", "model=deeper_cnn1d",
+            "model.classes=4", "base.training.max_epochs=2", "pruning.goal=0.2", "pruning.increment=0.1",
+            "training.max_epochs=1", "training.num_workers=1", "training.validation_frequency=2")
+    experiment = load_experiment("taylorprune", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert experiment.table["reduction"].max() >= 0.2 and experiment.table["validation_accuracy"].notna().all()
+
+
+def test_the_forms_a_data_builder_may_return():
+    x, y = torch.zeros(4, 1, 8), torch.zeros(4, dtype=torch.long)
+    assert job_data({"x_train": x, "y_train": y}, "t").validation is None
+    assert job_data(TensorDataset(x, y), "t").train is not None
+    with pytest.raises(ValueError, match="t returned unknown keys \\['test'\\]; use train, validation and classes"):
+        job_data({"train": TensorDataset(x, y), "test": None}, "t")
+    with pytest.raises(ValueError, match="t must return a dict .* or a Dataset or DataLoader; got list"):
+        job_data([x, y], "t")
