@@ -44,3 +44,4 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.inference
 	$(PY) -m benchmarks.sweep_overhead
 	$(PY) -m benchmarks.scale_out
+	$(PY) -m benchmarks.data_throughput
