@@ -32,7 +32,7 @@ from prune_core.channels import ChannelGraph, remove_units
 from prune_core.finetune import resolve_loss
 from prune_core.finetune.training import forward_outputs, to_device
 from prune_core.importance import CRITERIA, NORMALIZATIONS, Criterion, normalize
-from prune_core.selection import ALLOCATIONS
+from prune_core.selection import ALLOCATIONS, choose_units
 
 
 class TaylorPrunableNetwork:
@@ -84,8 +84,7 @@ class TaylorPrunableNetwork:
     def num_prunables(self) -> int:
         """Number of filters (removal units) that can still be pruned, every layer keeping one."""
         blocked = np.array([0.0 if u.removable else np.inf for u in self.graph.units])
-        return len(ALLOCATIONS.get("global")(self.graph, blocked, learnables=None, max_units=None,
-                                             per_learnable=False, floors=None))
+        return len(choose_units(self.graph, blocked))
 
     @contextmanager
     def scoring(self) -> Iterator[list[torch.Tensor]]:

@@ -80,7 +80,8 @@ def base_network(cfg: DictConfig, data: JobData, build: Callable[[], nn.Module])
     if weights:  # the builder loaded the user's trained weights
         return build(), f"model weights {weights[0]}"
     folder = Path(cfg.base.cache_dir)
-    path = folder / f"base_{cache_key(cfg)}.pt"
+    key = cache_key(cfg)  # once: for data on disk it walks the folder
+    path = folder / f"base_{key}.pt"
     if path.is_file():
         try:
             return load_pruned(path, build), f"cache {path}"
@@ -99,5 +100,5 @@ def base_network(cfg: DictConfig, data: JobData, build: Callable[[], nn.Module])
         raise ValueError(f"the base network trained to non-finite weights ({broken[:3]}): not cached; lower "
                          f"base.training.initial_learn_rate={options.initial_learn_rate} or check the data")
     folder.mkdir(parents=True, exist_ok=True)
-    save_pruned(model, path, extra={"key": cache_key(cfg)})
+    save_pruned(model, path, extra={"key": key})
     return model, f"trained, cached {path}"
