@@ -87,6 +87,14 @@ def _transforms(train: bool, resize: int | None, crop: int | None, mean, std, au
     return T.Compose(steps)
 
 
+def _root(root: str) -> Path:
+    """``data.root`` as a path, refused unless it is an existing folder."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise ValueError(f"data.root={root!r} does not exist or is not a folder")
+    return base
+
+
 def _class_folders(folder: Path, argument: str) -> list[str]:
     """The class folders of one split, each holding at least one image (ValueError otherwise)."""
     if not folder.is_dir():
@@ -111,9 +119,7 @@ def image_folder(root: str, train: str = "train", validation: str | None = "val"
     """
     from torchvision.datasets import ImageFolder
 
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise ValueError(f"data.root={root!r} does not exist or is not a folder")
+    base = _root(root)
     classes = _class_folders(base / train, "data.train")
     out = {"train": ImageFolder(str(base / train), _transforms(True, resize, crop, mean, std, augment, channels)),
            "classes": classes}
@@ -140,14 +146,13 @@ def torchvision_dataset(name: str, root: str, resize: int | None = None, crop: i
     cls = getattr(torchvision.datasets, name, None)
     if not isinstance(cls, type):
         raise ValueError(f"data.name={name!r} is not a torchvision dataset class (e.g. CIFAR10, MNIST, SVHN)")
-    if not Path(root).expanduser().is_dir():
-        raise ValueError(f"data.root={root!r} does not exist or is not a folder")
+    base = _root(root)
     accepts = inspect.signature(cls).parameters
     out = {}
     for split, train in (("train", True), ("validation", False)):
         how = {"train": train} if "train" in accepts else {"split": "train" if train else "test"}
         try:
-            out[split] = cls(str(Path(root).expanduser()), download=False,
+            out[split] = cls(str(base), download=False,
                              transform=_transforms(train, resize, crop, mean, std, augment, channels), **how)
         except (RuntimeError, FileNotFoundError) as exc:
             raise ValueError(f"data.root={root!r} does not hold torchvision's {name} ({split} split): {exc}") from exc
