@@ -5,7 +5,9 @@ removes the lowest-scoring ones across all groups until at least ``increment`` o
 *original* learnables is gone (or nothing more can go: every layer keeps a filter), rebuilds
 the optimizer, fine-tunes with ``options``, validates and checkpoints. It stops when
 
-- the learnables reduction reaches ``goal`` -> "Learnables reduction goal reached.";
+- the learnables reduction reaches ``goal`` -> "Learnables reduction goal reached."; with
+  ``budget="macs"``, goal and increment count MACs per example (``count_macs`` on the first
+  training inputs) -> "MACs reduction goal reached.";
 - nothing more can be removed -> "Maximum compression reached.";
 - the validation objective crosses ``validation_threshold`` (rises above it for the loss and
   error metrics, falls below it for accuracy) -> "Validation threshold crossed." and the
@@ -34,6 +36,9 @@ Pruning compressed 2 layers: "0","3"
 >>> settings = PruningOptions(goal=0.5, increment=0.25, verbosity="off")
 >>> compress_network(net, x, y, "crossentropy", opts, pruning=settings)[1].stop_reason
 'Learnables reduction goal reached.'
+>>> _, info = compress_network(net, x, y, "crossentropy", opts, goal=0.5, budget="macs", verbosity="off")
+>>> info.stop_reason, info.macs_reduction >= 0.5, list(info.pruning_history["macs"])[:2]
+('MACs reduction goal reached.', True, [240.0, 210.0])
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from typing import Any, Unpack, overload
 import torch
 from torch import nn
 
-from prune_core.channels import save_pruned
+from prune_core.channels import count_macs, save_pruned
 from prune_core.finetune import DataSource, TrainingLog, TrainingOptions, as_source, evaluate, fine_tune, resolve_loss
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PruningInfo, PruningRecord, checkpoint_name
@@ -173,26 +178,32 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
     prunable = TaylorPrunableNetwork(model, example, layer_names=settings.layer_names,
                                      leaf_modules=settings.leaf_modules, criterion=settings.criterion,
                                      normalization=settings.normalization, per_learnable=settings.per_learnable,
-                                     allocation=settings.allocation, seed=options.seed or 0, verify=settings.verify)
+                                     allocation=settings.allocation, seed=options.seed or 0, verify=settings.verify,
+                                     budget=settings.budget, flops_weight=settings.flops_weight)
     prunable.require_prunable()
     graph = prunable.graph
+    macs = count_macs(model, example)
+    by_macs = settings.budget == "macs"
     reachable = settings.goal
     if settings.verbosity == "summary":  # the bar's end: the goal, or the most that can go
-        reachable = min(settings.goal, graph.learnables_removed(graph.max_removal()) / graph.total_learnables)
+        most = graph.learnables_removed(graph.max_removal(), prunable.macs_per_weight if by_macs else None)
+        reachable = min(settings.goal, most / (macs if by_macs else graph.total_learnables))
     run = PruningRecord(model, producers=list(graph.producer_units), objective=options.objective_metric_name,
-                        verbosity=settings.verbosity, reachable=reachable, iteration_fn=settings.iteration_fn)
+                        verbosity=settings.verbosity, reachable=reachable, iteration_fn=settings.iteration_fn,
+                        macs=macs, budget=settings.budget)
     floors = filter_floors(graph, settings.min_filter_fraction)
     num_importance_score_iterations = settings.score_iterations(batches)
     best, best_row, stop, phase = copy.deepcopy(model), 0, None, "pruning"
     run.record(model, 0, {}, _validate_start(model, validation, loss_fn, options, run.log),
-               channels=_channels(prunable))
-    goal_learnables, step_learnables = (math.ceil(fraction * run.original - 1e-9)
-                                        for fraction in (settings.goal, settings.increment))
+               channels=_channels(prunable), macs=macs)
+    original = macs if by_macs else run.original
+    goal_amount, step_amount = (math.ceil(fraction * original - 1e-9) for fraction in (settings.goal, settings.increment))
     iteration = 0
     try:
         while stop is None:
-            if run.removed(model) >= goal_learnables:
-                stop = StopReason.GOAL
+            removed = original - run.rows[-1]["macs"] if by_macs else run.removed(model)
+            if removed >= goal_amount:
+                stop = StopReason.MACS_GOAL if by_macs else StopReason.GOAL
                 break
             iteration += 1
             timing, phase = {}, "pruning"
@@ -205,7 +216,7 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
                 if not finite:
                     stop, model = StopReason.DIVERGED, best
                     break
-            budget = min(step_learnables, goal_learnables - run.removed(model))
+            budget = min(step_amount, goal_amount - removed)
             started = time.perf_counter()
             chosen = prunable.choose(learnables=budget, floors=floors)
             if not chosen:
@@ -218,7 +229,7 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
                                 validation=validation, generator=generator, progress=settings.verbosity == "training")
             timing["fine_tuning_s"] = time.perf_counter() - started
             run.record(model, iteration, timing, outcome.validation, filters_removed=len(chosen),
-                       channels=_channels(prunable))
+                       channels=_channels(prunable), macs=count_macs(model, example))
             if outcome.status == "diverged":
                 stop, model = StopReason.DIVERGED, best
                 break
@@ -241,7 +252,8 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
             model = best
         else:  # the current network, part-way through its fine-tuning: its row closes the history
             if run.rows[-1]["iteration"] != iteration:
-                run.record(model, iteration, timing, None, filters_removed=len(chosen), channels=_channels(prunable))
+                run.record(model, iteration, timing, None, filters_removed=len(chosen), channels=_channels(prunable),
+                           macs=count_macs(model, example))
             best_row = len(run.rows) - 1
     return model, run.finish(model, stop, best_row, figure_metric=_figure_metric(settings, options),
                              plots_path=settings.plots_path)

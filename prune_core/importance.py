@@ -21,6 +21,11 @@ input (a view, so the gradient that reaches it is this layer's share only) and r
 gradient hook that reduces (activation, gradient) to one number per example and unit and lets
 both go. Nothing is kept between batches.
 
+"taylor-squared" squares each example's contribution instead of taking its absolute value.
+"taylor-bn" is Taylor-FO-BN (Molchanov et al. 2019): per scored batch, ``(γ·∂L/∂γ + β·∂L/∂β)``
+of the BatchNorm channels that go with the unit, summed over those channels, squared and
+averaged over batches; units with no BatchNorm keep the activation Taylor score.
+
 Baselines: "l1" (sum of absolute filter weights of the unit's producers, Li et al. 2017) and
 "random".
 
@@ -130,10 +135,11 @@ def input_channel_dim(module: nn.Module, ndim: int) -> int:
 
 
 class TaylorAccumulator:
-    """Per consuming layer: sums over examples of |first-order loss change| of zeroing each unit."""
+    """Per consuming layer: sums over examples of |first-order loss change| of zeroing each unit
+    (its square with ``squared=True``)."""
 
-    def __init__(self, graph: ChannelGraph) -> None:
-        self.graph = graph
+    def __init__(self, graph: ChannelGraph, squared: bool = False) -> None:
+        self.graph, self.squared = graph, squared
         removable = _removable(graph)
         self.consumers: dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
         for key, site in graph.sites.items():
@@ -158,7 +164,7 @@ class TaylorAccumulator:
         g = gradient.movedim(cdim, -1).reshape(n, -1, channels)
         per_channel = torch.einsum("nsc,nsc->nc", a, g).index_select(1, positions.to(a.device))
         per_unit = per_channel.new_zeros(n, local.size).index_add_(1, inverse.to(a.device), per_channel)
-        total = per_unit.abs_().sum(0).to(torch.float64)
+        total = (per_unit.square_() if self.squared else per_unit.abs_()).sum(0).to(torch.float64)
         self.sums[fqn] = self.sums[fqn] + total if fqn in self.sums else total
         self.counts[fqn] = self.counts.get(fqn, 0) + n
 
@@ -215,10 +221,11 @@ class TaylorCriterion(Criterion):
     """"taylor": the activation Taylor criterion (see the module docstring)."""
 
     needs_gradients = True
+    squared: ClassVar[bool] = False
 
     def __init__(self, graph: ChannelGraph, rng: np.random.Generator) -> None:
         super().__init__(graph, rng)
-        self.accumulator = TaylorAccumulator(graph)
+        self.accumulator = TaylorAccumulator(graph, squared=self.squared)
 
     def recording(self, model: nn.Module):
         return self.accumulator.hooks(model)
@@ -229,6 +236,55 @@ class TaylorCriterion(Criterion):
 
     def scores(self, model: nn.Module) -> np.ndarray:
         return self.accumulator.unit_scores()
+
+
+class SquaredTaylorCriterion(TaylorCriterion):
+    """"taylor-squared": the activation Taylor criterion with each example's contribution squared."""
+
+    squared = True
+
+
+class BatchNormTaylorCriterion(TaylorCriterion):
+    """"taylor-bn": Taylor-FO-BN on the BatchNorm after each filter (see the module docstring)."""
+
+    def __init__(self, graph: ChannelGraph, rng: np.random.Generator) -> None:
+        super().__init__(graph, rng)
+        self.affine = {owner(name): graph.site_units[(name, 0)] for (name, dim), site in graph.sites.items()
+                       if dim == 0 and site.role == "follower" and name.endswith(".weight")}
+        self.sums, self.batches = np.zeros(len(graph.units)), 0
+        self.covered = np.zeros(len(graph.units), dtype=bool)
+
+    @contextmanager
+    def recording(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
+        modules = dict(model.named_modules())
+        norms = {fqn: modules[fqn] for fqn in self.affine if isinstance(modules.get(fqn), nn.modules.batchnorm._NormBase)
+                 and modules[fqn].affine}
+        grads: dict[tuple[str, str], torch.Tensor] = {}
+        handles = [getattr(bn, part).register_hook(lambda g, key=(fqn, part): grads.__setitem__(key, g.detach()))
+                   for fqn, bn in norms.items() for part in ("weight", "bias")]
+        try:
+            with self.accumulator.hooks(model) as live:
+                live += [getattr(bn, part) for bn in norms.values() for part in ("weight", "bias")]
+                yield live
+        finally:
+            for handle in handles:
+                handle.remove()
+        if grads:
+            batch = np.zeros(len(self.graph.units))
+            for fqn, bn in norms.items():
+                if (fqn, "weight") not in grads:
+                    continue
+                value = (bn.weight.detach() * grads[(fqn, "weight")] + bn.bias.detach() * grads[(fqn, "bias")])
+                units = self.affine[fqn]
+                keep = units >= 0
+                np.add.at(batch, units[keep], value.double().cpu().numpy()[keep])
+                self.covered[units[keep]] = True
+            self.sums += batch ** 2
+            self.batches += 1
+
+    def scores(self, model: nn.Module) -> np.ndarray:
+        taylor = self.accumulator.unit_scores()
+        return np.where(self.covered, self.sums / max(self.batches, 1), taylor)
 
 
 class L1Criterion(Criterion):
@@ -248,5 +304,7 @@ class RandomCriterion(Criterion):
 
 
 register_criterion("taylor", TaylorCriterion)
+register_criterion("taylor-squared", SquaredTaylorCriterion)
+register_criterion("taylor-bn", BatchNormTaylorCriterion)
 register_criterion("l1", L1Criterion)
 register_criterion("random", RandomCriterion)

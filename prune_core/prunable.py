@@ -28,11 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.channels import ChannelGraph, remove_units
+from prune_core.channels import ChannelGraph, macs_per_weight, remove_units
 from prune_core.finetune import resolve_loss
 from prune_core.finetune.training import forward_outputs, to_device
 from prune_core.importance import CRITERIA, NORMALIZATIONS, Criterion, normalize
 from prune_core.selection import ALLOCATIONS, choose_units
+
+BUDGETS = ("learnables", "macs")
 
 
 class TaylorPrunableNetwork:
@@ -51,12 +53,21 @@ class TaylorPrunableNetwork:
             only) or one's own (``prune_core.register_allocation``).
         seed: seeds the generator a criterion may use ("random").
         verify: check every surgery (see ``remove_units``); False skips it.
+        budget: what ``choose(learnables=N)`` and ``per_learnable`` count: "learnables" (default)
+            or "macs" (multiply-accumulates on ``example_input``, per example).
+        flops_weight: λ of the FLOPs-regularised criterion (Molchanov et al. 2017): each unit's
+            score minus λ times its MACs over the largest unit's MACs; 0 (default) leaves scores as
+            they are.
     """
 
     def __init__(self, model: nn.Module, example_input, *, layer_names: Iterable[str] | None = None,
                  leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "l2",
                  per_learnable: bool = False, allocation: str = "global", seed: int = 0,
-                 verify: bool = True) -> None:
+                 verify: bool = True, budget: str = "learnables", flops_weight: float = 0.0) -> None:
+        if budget not in BUDGETS:
+            raise ValueError(f"budget {budget!r} is not supported; use one of {BUDGETS}")
+        if isinstance(flops_weight, bool) or not isinstance(flops_weight, (int, float)) or not flops_weight >= 0:
+            raise ValueError(f"flops_weight must be a number >= 0, got {flops_weight!r}")
         self._criterion_class = CRITERIA.get(criterion)
         self._allocate = ALLOCATIONS.get(allocation)
         if normalization not in NORMALIZATIONS:
@@ -68,8 +79,12 @@ class TaylorPrunableNetwork:
         self.leaf_modules = tuple(leaf_modules)
         self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
         self.allocation, self.verify = allocation, verify
+        self.budget, self.flops_weight = budget, float(flops_weight)
         self._random = np.random.default_rng(seed)
         self.graph = self._build()
+        # MACs per weight entry: constant under filter pruning (output positions do not change)
+        self.macs_per_weight = (macs_per_weight(model, example_input)
+                                if budget == "macs" or self.flops_weight else None)
         self.scorer: Criterion = self._criterion_class(self.graph, self._random)
 
     def _build(self) -> ChannelGraph:
@@ -132,14 +147,20 @@ class TaylorPrunableNetwork:
             raise ValueError(f"criterion {self.criterion!r} returned {raw.shape} scores for "
                              f"{len(self.graph.units)} units")
         if self.scorer.normalized:
-            return normalize(self.graph, raw, self.normalization)
-        return np.where([u.removable for u in self.graph.units], raw, np.inf)
+            scores = normalize(self.graph, raw, self.normalization)
+        else:
+            scores = np.where([u.removable for u in self.graph.units], raw, np.inf)
+        if self.flops_weight:
+            macs = np.array([self.graph.unit_cost(u.id, self.macs_per_weight) for u in self.graph.units])
+            scores = scores - self.flops_weight * macs / max(macs.max(initial=0.0), 1e-12)
+        return scores
 
     def choose(self, *, max_units: int | None = None, learnables: int | None = None,
                floors: dict | None = None) -> list[int]:
-        """The units ``prune`` would remove under a count or learnables budget."""
+        """The units ``prune`` would remove under a count or learnables budget (MACs with ``budget="macs"``)."""
+        extra = {"weights": self.macs_per_weight} if self.budget == "macs" else {}
         return list(self._allocate(self.graph, self.scores(), learnables=learnables, max_units=max_units,
-                                   per_learnable=self.per_learnable, floors=floors))
+                                   per_learnable=self.per_learnable, floors=floors, **extra))
 
     def remove(self, unit_ids: list[int]) -> None:
         """Remove these units of ``graph``, update the graph to the smaller model and reset the scores."""

@@ -7,10 +7,10 @@ and the time per phase. It hands each row to a reporter (``reporting``) and to t
 layers, the summary text and the progress figure.
 
 >>> import torch.nn as nn
->>> record = PruningRecord(nn.Linear(4, 2), producers=["0"], objective="loss", verbosity="off")
->>> record.record(nn.Linear(4, 1), 0, {}, None, channels={"0": 1})
->>> record.rows[0]["reduction"], record.rows[0]["channels[0]"]
-(0.5, 1)
+>>> record = PruningRecord(nn.Linear(4, 2), producers=["0"], objective="loss", verbosity="off", macs=8)
+>>> record.record(nn.Linear(4, 1), 0, {}, None, channels={"0": 1}, macs=4)
+>>> record.rows[0]["reduction"], record.rows[0]["macs_reduction"], record.rows[0]["channels[0]"]
+(0.5, 0.5, 1)
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class PruningInfo:
     """What ``compress_network`` did.
 
     - ``pruning_history``: one row per pruning iteration (0 = the input network): ``iteration``,
-      ``learnables``, ``reduction`` (fraction of the original learnables removed),
-      ``filters_removed``, ``end_iteration`` (the last fine-tuning iteration so far),
+      ``learnables``, ``reduction`` (fraction of the original learnables removed), ``macs`` (per
+      example of the input, ``count_macs``), ``macs_reduction`` (fraction of the original MACs
+      removed), ``filters_removed``, ``end_iteration`` (the last fine-tuning iteration so far),
       ``validation_<loss|metric>`` (after fine-tuning, with validation data), ``scoring_s``,
       ``surgery_s``, ``fine_tuning_s``, ``time_s`` (elapsed since the start) and
       ``channels[<layer>]``, the filters left in every producer layer.
@@ -71,6 +72,12 @@ class PruningInfo:
         rows = self.pruning_history
         return float(rows.loc[rows["iteration"] == self.returned_iteration, "reduction"].iloc[0])
 
+    @property
+    def macs_reduction(self) -> float:
+        """Fraction of the original MACs (per example) removed in the returned network."""
+        rows = self.pruning_history
+        return float(rows.loc[rows["iteration"] == self.returned_iteration, "macs_reduction"].iloc[0])
+
 
 def learnables(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -84,32 +91,37 @@ def checkpoint_name(iteration: int) -> str:
 class PruningRecord:
     """Bookkeeping of one ``compress_network`` run (see the module docstring).
 
-    ``model`` is the network before pruning; ``producers`` the layers whose filters are counted in
-    each row; ``objective`` the validation value the reporter shows; ``reachable`` the reduction
-    the progress bar ends at.
+    ``model`` is the network before pruning and ``macs`` its MACs per example; ``producers`` the
+    layers whose filters are counted in each row; ``objective`` the validation value the reporter
+    shows; ``reachable`` the reduction the progress bar ends at, of learnables or of MACs
+    (``budget``).
     """
 
     def __init__(self, model: nn.Module, *, producers: list[str], objective: str, verbosity: str,
-                 reachable: float = 1.0, iteration_fn: Callable[[dict], None] | None = None) -> None:
+                 reachable: float = 1.0, iteration_fn: Callable[[dict], None] | None = None, macs: float,
+                 budget: str = "learnables") -> None:
         self.original = learnables(model)
+        self.original_macs, self.budget = macs, budget
         self.original_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
         self.producers, self.objective, self.iteration_fn = list(producers), objective, iteration_fn
         self.rows: list[dict] = []
         self.log = TrainingLog()
         self.checkpoints: list[Path] = []
         self.seconds = {"scoring": 0.0, "checkpoints": 0.0}
-        self.reporter = make_reporter(verbosity, objective=objective, reachable=reachable)
+        self.reporter = make_reporter(verbosity, objective=objective, reachable=reachable,
+                                      progress="macs_reduction" if budget == "macs" else "reduction")
 
     def removed(self, model: nn.Module) -> int:
         """Learnables gone from ``model`` since the start."""
         return self.original - learnables(model)
 
     def record(self, model: nn.Module, iteration: int, timing: dict, validation: dict | None, *,
-               filters_removed: int = 0, channels: dict[str, int]) -> None:
+               filters_removed: int = 0, channels: dict[str, int], macs: float) -> None:
         """Add the history row of pruning iteration ``iteration``: ``model`` after it, its ``timing``
-        (seconds per phase), the ``validation`` values and the filters left in each producer."""
+        (seconds per phase), the ``validation`` values, the filters left in each producer and its MACs."""
         current = learnables(model)
         row = {"iteration": iteration, "learnables": current, "reduction": 1 - current / self.original,
+               "macs": macs, "macs_reduction": 1 - macs / self.original_macs if self.original_macs else 0.0,
                "filters_removed": filters_removed, "end_iteration": self.log.iteration}
         if validation is not None:
             row.update({f"validation_{k}": v for k, v in validation.items()
@@ -142,6 +154,9 @@ class PruningRecord:
         quoted = ",".join(f'"{name}"' for name in layers)
         summary = (f"Compressed network has {100 * reduction:.1f}% fewer learnable parameters.\n"
                    f"Pruning compressed {len(layers)} layers: {quoted}")
+        if self.budget == "macs":
+            macs = float(pruning["macs"].iloc[returned_row])
+            summary = f"Compressed network needs {100 * (1 - macs / self.original_macs):.1f}% fewer MACs.\n" + summary
         self.reporter.finish(str(stop_reason), summary)
         figure = None
         if figure_metric is not None:

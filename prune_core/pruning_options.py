@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import TypedDict
 
 from prune_core.importance import CRITERIA, NORMALIZATIONS
+from prune_core.prunable import BUDGETS
 from prune_core.reporting import REPORTERS
 from prune_core.selection import ALLOCATIONS
 
@@ -36,8 +37,12 @@ class PruningOptions:
     """How ``compress_network`` prunes.
 
     Args:
-        goal: stop once this fraction of the original learnables is gone, in (0, 1].
-        increment: remove at least this fraction of the original learnables per iteration, in (0, 1].
+        goal: stop once this fraction of the original learnables (MACs with ``budget="macs"``) is
+            gone, in (0, 1].
+        increment: remove at least this fraction of the original learnables (or MACs) per
+            iteration, in (0, 1].
+        budget: what ``goal``, ``increment`` and ``per_learnable`` count: "learnables" or "macs"
+            (multiply-accumulates per example of the input, ``count_macs``).
         validation_threshold: stop when the validation objective crosses it (rises above it for a
             loss or error, falls below it for accuracy) and return the last network that did not;
             None never stops on validation.
@@ -47,7 +52,9 @@ class PruningOptions:
         criterion: a registered criterion: "taylor", "l1", "random" or one's own.
         allocation: a registered allocation: "global", "uniform" or one's own.
         normalization: how scores are made comparable across layers: "l2" or "none".
-        per_learnable: rank filters by score per learnable removed.
+        per_learnable: rank filters by score per learnable removed (per MAC with ``budget="macs"``).
+        flops_weight: λ of the FLOPs-regularised criterion (score − λ·MACs of the filter over the
+            largest filter's MACs, Molchanov et al. 2017), >= 0; 0 leaves the scores as they are.
         min_filter_fraction: every layer keeps at least this fraction of its filters, in [0, 1).
         leaf_modules: module names or types the analysis does not trace into.
         verify: check every surgery against the zeroed original.
@@ -63,6 +70,7 @@ class PruningOptions:
 
     goal: float = 1.0
     increment: float = 0.05
+    budget: str = "learnables"
     validation_threshold: float | None = None
     num_importance_score_iterations: int | str = "auto"
     layer_names: list[str] | str | None = None
@@ -70,6 +78,7 @@ class PruningOptions:
     allocation: str = "global"
     normalization: str = "l2"
     per_learnable: bool = False
+    flops_weight: float = 0.0
     min_filter_fraction: float = 0.0
     leaf_modules: Sequence[str | type] = ()
     verify: bool = True
@@ -94,11 +103,15 @@ class PruningOptions:
         frequency = self.checkpoint_frequency
         if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
             raise ValueError(f"checkpoint_frequency must be a positive integer, got {frequency!r}")
-        for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS), ("normalization", NORMALIZATIONS)):
+        for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS), ("normalization", NORMALIZATIONS),
+                              ("budget", BUDGETS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not supported; use one of {allowed}")
         CRITERIA.check(self.criterion)
         ALLOCATIONS.check(self.allocation)
+        weight = self.flops_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"flops_weight must be a number >= 0, got {weight!r}")
         fraction = self.min_filter_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ValueError(f"min_filter_fraction must be in [0, 1), got {fraction!r}")
@@ -134,6 +147,7 @@ class PruningKeywords(TypedDict, total=False):
 
     goal: float
     increment: float
+    budget: str
     validation_threshold: float | None
     num_importance_score_iterations: int | str
     layer_names: list[str] | str | None
@@ -141,6 +155,7 @@ class PruningKeywords(TypedDict, total=False):
     allocation: str
     normalization: str
     per_learnable: bool
+    flops_weight: float
     min_filter_fraction: float
     leaf_modules: Sequence[str | type]
     verify: bool

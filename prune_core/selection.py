@@ -4,7 +4,9 @@
 takes each one that leaves every layer at least its floor of channels (1 by default; a
 ``floors`` entry raises it for a site), until the exact learnables removed reach ``N`` or
 ``max_units`` are taken. With ``per_learnable=True`` the walk is ordered by score divided by
-the learnables the unit removes (cheap-to-keep filters go last).
+the learnables the unit removes (cheap-to-keep filters go last). With ``weights`` (an amount per
+entry of each parameter, ``macs_per_weight`` for a MACs budget) the budget and ``per_learnable``
+count that amount instead of learnables.
 
 ``choose_uniform`` allocates instead of ranking globally: every channel group (units removed
 from the same producers) loses the same share of its filters, the smallest share that reaches
@@ -14,7 +16,8 @@ Allocations are registered by name (``register_allocation``): "global" is ``choo
 "uniform" is ``choose_uniform`` under a learnables budget (``choose_units`` under a count). An
 allocation is a function ``(graph, scores, *, learnables, max_units, per_learnable, floors)``
 returning the unit ids to remove; ``choose_units`` on a reordered score vector is the usual way
-to write one.
+to write one. Under a MACs budget (``PruningOptions(budget="macs")``) it is also passed
+``weights=``, and ``learnables`` is then a number of MACs.
 
 >>> import torch, torch.nn as nn
 >>> import numpy as np
@@ -45,7 +48,8 @@ class Allocation(Protocol):
     """Which units to remove under a budget (see the module docstring)."""
 
     def __call__(self, graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None, max_units: int | None,
-                 per_learnable: bool, floors: dict[tuple[str, int], int] | None) -> list[int]: ...
+                 per_learnable: bool, floors: dict[tuple[str, int], int] | None,
+                 weights: dict[str, float] | None = None) -> list[int]: ...
 
 
 ALLOCATIONS: Registry[Allocation] = Registry("allocation", "prune_core.register_allocation")
@@ -60,15 +64,17 @@ def register_allocation(name: str, allocation: Allocation, *, replace: bool = Fa
 
 def choose_units(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None = None,
                  max_units: int | None = None, per_learnable: bool = False,
-                 floors: dict[tuple[str, int], int] | None = None) -> list[int]:
+                 floors: dict[tuple[str, int], int] | None = None,
+                 weights: dict[str, float] | None = None) -> list[int]:
     """Units to remove, lowest score first; see the module docstring. Infinite scores are never taken."""
     floors = floors or {}
     keys = np.asarray(scores, dtype=np.float64)
     if per_learnable:
-        costs = np.array([graph.unit_cost(u.id) if u.removable else 1 for u in graph.units], dtype=np.float64)
-        keys = keys / np.maximum(costs, 1)
+        costs = np.array([graph.unit_cost(u.id, weights) if u.removable else 1 for u in graph.units],
+                         dtype=np.float64)
+        keys = keys / np.maximum(costs, 1e-12 if weights is not None else 1)
     remaining = {key: units.size for key, units in graph.site_units.items()}
-    tally, taken = RemovalTally(graph), []
+    tally, taken = RemovalTally(graph, weights), []
     for uid in np.argsort(keys, kind="stable").tolist():
         if not np.isfinite(keys[uid]) or (max_units is not None and len(taken) >= max_units):
             break
@@ -91,8 +97,9 @@ def filter_floors(graph: ChannelGraph, fraction: float) -> dict[tuple[str, int],
             for key, site in graph.sites.items() if site.role == "filter"}
 
 
-def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int,
-                   floors: dict[tuple[str, int], int] | None = None) -> list[int]:
+def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: float,
+                   floors: dict[tuple[str, int], int] | None = None,
+                   weights: dict[str, float] | None = None) -> list[int]:
     """Units to remove when every group loses the same share of its filters; see the module docstring."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for unit in graph.units:
@@ -107,20 +114,22 @@ def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int,
         return choose_units(graph, order, floors=floors)
 
     everything = take(1.0)
-    if graph.learnables_removed(everything) < learnables:
+    if graph.learnables_removed(everything, weights) < learnables:
         return everything
     low, high = 0.0, 1.0
     for _ in range(30):
         mid = (low + high) / 2
-        low, high = (low, mid) if graph.learnables_removed(take(mid)) >= learnables else (mid, high)
+        low, high = (low, mid) if graph.learnables_removed(take(mid), weights) >= learnables else (mid, high)
     return take(high)
 
 
 def _uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None, max_units: int | None,
-             per_learnable: bool, floors: dict[tuple[str, int], int] | None) -> list[int]:
+             per_learnable: bool, floors: dict[tuple[str, int], int] | None,
+             weights: dict[str, float] | None = None) -> list[int]:
     if learnables is None:  # a count budget has no share to spread: rank globally
-        return choose_units(graph, scores, max_units=max_units, per_learnable=per_learnable, floors=floors)
-    return choose_uniform(graph, scores, learnables=learnables, floors=floors)
+        return choose_units(graph, scores, max_units=max_units, per_learnable=per_learnable, floors=floors,
+                            weights=weights)
+    return choose_uniform(graph, scores, learnables=learnables, floors=floors, weights=weights)
 
 
 register_allocation("global", choose_units)

@@ -18,6 +18,7 @@ class StopReason(StrEnum):
     """A stop reason of ``compress_network`` (``PruningInfo.stop_reason``)."""
 
     GOAL = "Learnables reduction goal reached."
+    MACS_GOAL = "MACs reduction goal reached."
     MAXIMUM = "Maximum compression reached."
     THRESHOLD = "Validation threshold crossed."
     DIVERGED = "Training loss is not finite."

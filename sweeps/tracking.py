@@ -216,7 +216,8 @@ def _metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) ->
 
 def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
     """One pruning iteration's ``pruning/...`` metrics (step = iteration)."""
-    keys = ["learnables", "reduction", "filters_removed", *(k for k in row if k.startswith("validation_"))]
+    keys = ["learnables", "reduction", "macs", "macs_reduction", "filters_removed",
+            *(k for k in row if k.startswith("validation_"))]
     return [Metric(f"pruning/{k}", float(row[k]), timestamp, int(row["iteration"])) for k in keys if k in row]
 
 
@@ -280,7 +281,7 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
     params = [Param(k, v[:6000]) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()]
     for start in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[start:start + PARAM_BATCH], synchronous=True)
-    names = [*cfg.sweep.objectives, *cfg.sweep.constraints, "reduction", "learnables",
+    names = [*cfg.sweep.objectives, *cfg.sweep.constraints, "reduction", "learnables", "macs_reduction", "macs",
              *(c for c in info.pruning_history.columns if c.startswith("validation_"))]
     _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info, pruning=live is None))
     client.set_tag(run_id, contract.STOP_REASON, info.stop_reason)

@@ -21,6 +21,7 @@ These names are the wing's public interface; its modules are private.
 
 from prune_core.channels.atomic import atomic_path
 from prune_core.channels.graph import ChannelGraph, RemovalTally, Unit
+from prune_core.channels.macs import count_macs, macs_per_weight
 from prune_core.channels.ops import KINDS, register_module_rule, unregister_module_rule
 from prune_core.channels.preserve import preserved
 from prune_core.channels.propagate import ExampleInputMismatch
@@ -46,7 +47,9 @@ __all__ = [
     "atomic_path",
     "channelwise",
     "check_equivalent",
+    "count_macs",
     "load_pruned",
+    "macs_per_weight",
     "owner",
     "preserved",
     "read_pruned",

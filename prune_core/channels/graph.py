@@ -213,16 +213,17 @@ class ChannelGraph:
         keys = {key for uid in chosen.tolist() for key in self.units[uid].counts}
         return {key: np.flatnonzero(np.isin(self.site_units[key], chosen)) for key in keys}
 
-    def learnables_removed(self, unit_ids: Iterable[int]) -> int:
-        """Exact number of parameters that removing these units deletes (entries belong to one unit each)."""
-        tally = RemovalTally(self)
+    def learnables_removed(self, unit_ids: Iterable[int], weights: dict[str, float] | None = None) -> float:
+        """Exact number of parameters that removing these units deletes (entries belong to one unit each);
+        with ``weights`` (an amount per entry of some parameters, e.g. ``macs_per_weight``), that amount."""
+        tally = RemovalTally(self, weights)
         for uid in unit_ids:
             tally.add(uid)
         return tally.total
 
-    def unit_cost(self, uid: int) -> int:
-        """Parameters removed by this unit alone."""
-        return self.learnables_removed([uid])
+    def unit_cost(self, uid: int, weights: dict[str, float] | None = None) -> float:
+        """Parameters (or, with ``weights``, that amount) removed by this unit alone."""
+        return self.learnables_removed([uid], weights)
 
     def check_removal(self, unit_ids: Sequence[int]) -> None:
         """Raise ValueError unless every unit is removable and every layer keeps a channel."""
@@ -264,10 +265,14 @@ class ChannelGraph:
 
 
 class RemovalTally:
-    """Exact learnables removed by a growing set of units (no entry counted twice)."""
+    """Exact learnables removed by a growing set of units (no entry counted twice).
 
-    def __init__(self, graph: ChannelGraph) -> None:
-        self.graph = graph
+    With ``weights`` (an amount per entry, by parameter name, e.g. ``macs_per_weight``), ``total``
+    is that amount instead; parameters not named count nothing.
+    """
+
+    def __init__(self, graph: ChannelGraph, weights: dict[str, float] | None = None) -> None:
+        self.graph, self.weights = graph, weights
         self.removed_dims: dict[str, dict[int, int]] = {}
         self.per_param: dict[str, int] = {}
         self.total = 0
@@ -282,7 +287,8 @@ class RemovalTally:
         for name in touched:
             shape, dims = self.graph.param_shapes[name], self.removed_dims[name]
             removed = math.prod(shape) - math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
-            self.total += removed - self.per_param.get(name, 0)
+            weight = 1 if self.weights is None else self.weights.get(name, 0.0)
+            self.total += (removed - self.per_param.get(name, 0)) * weight
             self.per_param[name] = removed
 
 def _selected(counts: dict[tuple[str, int], int], sites: dict[tuple[str, int], Site], names: list[str]) -> bool:

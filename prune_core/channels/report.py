@@ -10,6 +10,8 @@ The counterpart of MATLAB's "Analyze for Compression".
 [{'layers': '0', 'channels': 8, 'learnables_per_channel': 9}]
 >>> round(report.max_reduction, 3)
 0.84
+>>> report.total_macs, round(report.max_macs_reduction, 3)      # per example: 8*3*30 + 8*3
+(744.0, 0.875)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 from torch import nn
 
 from prune_core.channels.graph import ChannelGraph
+from prune_core.channels.macs import count_macs, macs_per_weight
 
 
 @dataclass
@@ -29,9 +32,10 @@ class CompressionReport:
 
     ``groups``: one row per channel group -- ``group``, ``layers`` (whose filters are
     removed), ``members`` (every layer that shrinks with them), ``channels``,
-    ``learnables_per_channel``, ``removable_learnables`` (every channel but one removed),
-    ``prunable`` and ``reason``. ``layers``: one row per convolution / linear layer with
-    ``filters``, ``prunable_filters`` and the ``reason`` when not all can be pruned.
+    ``learnables_per_channel``, ``macs_per_channel``, ``removable_learnables`` (every channel
+    but one removed), ``prunable`` and ``reason``. ``layers``: one row per convolution / linear
+    layer with ``filters``, ``prunable_filters`` and the ``reason`` when not all can be pruned.
+    MACs are per example of the example input (``count_macs``).
     """
 
     groups: pd.DataFrame
@@ -39,6 +43,13 @@ class CompressionReport:
     total_learnables: int
     max_removable_learnables: int
     graph: ChannelGraph
+    total_macs: float = 0.0
+    max_removable_macs: float = 0.0
+
+    @property
+    def max_macs_reduction(self) -> float:
+        """MACs reduction of the maximum learnables removal (every prunable layer keeps one filter)."""
+        return self.max_removable_macs / self.total_macs if self.total_macs else 0.0
 
     @property
     def max_reduction(self) -> float:
@@ -53,10 +64,11 @@ class CompressionReport:
             f"convolution/linear layers.",
             f"{len(prunable)} prunable channel groups ({int(prunable['channels'].sum())} channels); maximum possible "
             f"learnables reduction {100 * self.max_reduction:.1f}% ({self.max_removable_learnables:,} parameters).",
+            f"{self.total_macs:,.0f} MACs per example; at that removal {100 * self.max_macs_reduction:.1f}% fewer.",
         ]
         if len(prunable):
             table = prunable[["group", "layers", "members", "channels", "learnables_per_channel",
-                              "removable_learnables"]]
+                              "macs_per_channel", "removable_learnables"]]
             lines += ["", "Prunable groups:", table.to_string(index=False, max_colwidth=60)]
         if len(blocked):
             lines += ["", "Not (fully) prunable layers:",
@@ -77,19 +89,23 @@ def analyze_compression(
     ``layer_names`` restricts pruning to the named layers and whatever they affect.
     """
     graph = ChannelGraph.build(model, example_input, layer_names=layer_names, leaf_modules=leaf_modules)
+    per_weight = macs_per_weight(model, example_input)
+    most = graph.max_removal()
     report = CompressionReport(
-        groups=_group_table(graph),
+        groups=_group_table(graph, per_weight),
         layers=_layer_table(model, graph),
         total_learnables=graph.total_learnables,
-        max_removable_learnables=graph.learnables_removed(graph.max_removal()),
+        max_removable_learnables=graph.learnables_removed(most),
         graph=graph,
+        total_macs=count_macs(model, example_input),
+        max_removable_macs=graph.learnables_removed(most, per_weight),
     )
     if verbose:
         print(report)
     return report
 
 
-def _group_table(graph: ChannelGraph) -> pd.DataFrame:
+def _group_table(graph: ChannelGraph, per_weight: dict[str, float]) -> pd.DataFrame:
     grouped: dict[tuple, list[int]] = {}
     for unit in graph.units:
         grouped.setdefault((unit.members, unit.producers, unit.reasons), []).append(unit.id)
@@ -105,12 +121,13 @@ def _group_table(graph: ChannelGraph) -> pd.DataFrame:
             "members": ", ".join(members),
             "channels": len(ids),
             "learnables_per_channel": round(sum(costs.values()) / len(costs)),
+            "macs_per_channel": round(sum(graph.unit_cost(uid, per_weight) for uid in ids) / len(ids)),
             "removable_learnables": removable,
             "prunable": not reasons,
             "reason": "; ".join(reasons),
         })
     return pd.DataFrame(rows, columns=["group", "layers", "members", "channels", "learnables_per_channel",
-                                       "removable_learnables", "prunable", "reason"])
+                                       "macs_per_channel", "removable_learnables", "prunable", "reason"])
 
 
 def _layer_table(model: nn.Module, graph: ChannelGraph) -> pd.DataFrame:

@@ -1,0 +1,64 @@
+"""Multiply-accumulates (MACs) of a network on its example input, counted by ``FlopCounterMode``.
+
+``count_macs(model, example)`` is the MACs of one example: PyTorch's FLOP counter
+(``torch.utils.flop_counter``) counts the matrix products and convolutions of a forward pass,
+and a MAC is two of its FLOPs. ``macs_per_weight(model, example)`` attributes them to
+parameters: for every leaf module that holds a ``weight``, the module's MACs divided by the
+weight's size. Removing an entry of that weight removes that many MACs (exact for convolutions
+and linear layers, whose MACs are the weight's size times the output positions, which filter
+pruning never changes), so a ``RemovalTally`` weighted by it counts the MACs a removal saves.
+
+Both run the model read-only: eval mode, no gradients, every buffer and mode restored.
+
+>>> import torch, torch.nn as nn
+>>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30, 2))
+>>> count_macs(net, torch.zeros(4, 1, 32))      # 8*1*3*30 + 240*2 per example
+1200.0
+>>> macs_per_weight(net, torch.zeros(4, 1, 32))
+{'0.weight': 30.0, '3.weight': 1.0}
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from prune_core.channels.preserve import preserved
+
+
+def _batch(example) -> tuple[tuple[torch.Tensor, ...], int]:
+    inputs = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    return inputs, max(1, int(inputs[0].shape[0]))
+
+
+def _counted(model: nn.Module, example) -> tuple[FlopCounterMode, int]:
+    inputs, batch = _batch(example)
+    counter = FlopCounterMode(display=False)
+    with preserved(model), torch.no_grad():
+        model.eval()
+        with counter:
+            model(*inputs)
+    return counter, batch
+
+
+def count_macs(model: nn.Module, example) -> float:
+    """MACs of ``model`` per example of ``example`` (a tensor or tuple of tensors, batch first)."""
+    counter, batch = _counted(model, example)
+    return counter.get_total_flops() / 2 / batch
+
+
+def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
+    """MACs per entry of every leaf module's ``weight`` (by parameter name), per example; see the module docstring."""
+    counter, batch = _counted(model, example)
+    root = type(model).__name__
+    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    result = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not name or next(module.children(), None) is not None or not isinstance(weight, nn.Parameter):
+            continue
+        flops = per_module.get(f"{root}.{name}", 0)
+        if flops:
+            result[f"{name}.weight"] = flops / 2 / batch / weight.numel()
+    return result
