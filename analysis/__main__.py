@@ -1,6 +1,8 @@
 """python -m analysis --experiment NAME [--tracking-uri URI] [--out DIR] [--max-drop 1.0]
 
-Writes the four figures (PNG), the experiment table and its Pareto front (CSV) to ``--out``
+Writes the four figures (PNG), with a fifth (``fronts.png``: accuracy against reduction and
+against measured latency) when the runs measured latency, the experiment table and its Pareto
+front (CSV) to ``--out``
 and prints the chosen level: the highest learnables reduction within ``--max-drop`` points
 of validation accuracy of the unpruned network.
 """
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from analysis import choose, load_experiment, pareto_front
-from analysis.plots import front_figure, hyperparameters_figure, progress_figure, trajectories_figure
+from analysis.plots import front_figure, fronts_figure, hyperparameters_figure, progress_figure, trajectories_figure
 from prune_core.channels import atomic_path
 
 
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         write(out / "hyperparameters.png", hyperparameters_figure(table, experiment.hyperparameters,
                                                                   (args.metric, "reduction")))
     write(out / "progress.png", progress_figure(table, chosen["run_id"], metric=args.metric))
+    if "latency_ms" in table and table["latency_ms"].notna().any():
+        write(out / "fronts.png", fronts_figure(table, metric=args.metric))
     left_out = f"; left out: {experiment.unfinished}" if experiment.unfinished else ""
     for run_id, why in experiment.left_out.items():
         print(f"left out run {run_id}: {why}", file=sys.stderr)

@@ -11,7 +11,12 @@ joins it with the run's identity and its hyperparameters:
 - the hyperparameters that differ between runs, typed (numbers as numbers, ``None`` as NaN);
 - ``iteration``, ``learnables``, ``reduction``, ``validation_<loss|metric>`` and the rest of
   the pruning history;
-- ``checkpoint``: the artifact path of that iteration's checkpoint (None when it has none).
+- ``checkpoint``: the artifact path of that iteration's checkpoint (None when it has none);
+- ``latency_ms`` (and ``latency_ms_b<N>``): the returned network's measured latency
+  (``sweeps.deployment``), on its returned row only (NaN elsewhere, and for runs that measured
+  none); ``latency_source`` ("onnxruntime", or "torch" when the export failed);
+- ``pruned``: True for every row of a trial that Optuna's pruner stopped early (its levels are
+  real, checkpointed networks; the trial was just not run to its end).
 
 Failed and still-running trials are left out unless ``include_unfinished=True``; their
 numbers are in ``Experiment.unfinished``. A finished run whose history table is missing or
@@ -150,6 +155,11 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
         last = returned_iteration(run.data.tags, int(history["iteration"].max()))
         history["returned"] = history["iteration"] == last
         history["rejected"] = history["iteration"] > last
+        for metric, value in run.data.metrics.items():
+            if metric.startswith("latency_ms"):
+                history[metric] = history["iteration"].where(history["returned"]).map({last: value})
+        history["latency_source"] = history["returned"].map({True: run.data.tags.get(contract.LATENCY_SOURCE)})
+        history["pruned"] = contract.PRUNED in run.data.tags
         history.insert(0, "stop_reason", stop)
         history.insert(0, "status", run.info.status)
         history.insert(0, "study", run.data.tags.get(contract.STUDY))

@@ -4,7 +4,11 @@
   point coloured by a hyperparameter, the Pareto front as a step line, the chosen level marked;
 - ``trajectories_figure``: each trial's path through its pruning iterations;
 - ``hyperparameters_figure``: each swept hyperparameter against each trial's final objective;
-- ``progress_figure``: one run's learnables and validation accuracy per pruning iteration.
+- ``progress_figure``: one run's learnables and validation accuracy per pruning iteration;
+- ``fronts_figure``: each trial's returned network, validation accuracy against learnables
+  reduction and, beside it, against latency measured on the exported model, each with its
+  Pareto front (networks whose latency was measured on PyTorch, the export having failed, are
+  drawn as crosses).
 
 Figures are made with ``matplotlib.figure.Figure`` (no pyplot state; nothing to close).
 """
@@ -15,7 +19,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-PERCENT = {"reduction": "learnables reduction (%)", "validation_accuracy": "validation accuracy (%)"}
+PERCENT = {"reduction": "learnables reduction (%)", "validation_accuracy": "validation accuracy (%)",
+           "latency_ms": "latency, batch 1 (ms)"}
 
 
 def _plain(table: pd.DataFrame) -> pd.DataFrame:
@@ -89,4 +94,27 @@ def progress_figure(table: pd.DataFrame, run_id: str, metric: str = "validation_
     other.set_ylabel(_label(metric))
     fig.legend(loc="outside right upper", frameon=False)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def fronts_figure(table: pd.DataFrame, metric: str = "validation_accuracy") -> Figure:
+    from analysis.pareto import pareto_front
+
+    finals = table[table["returned"] & table["latency_ms"].notna()]
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, x, maximize in ((axes[0], "reduction", True), (axes[1], "latency_ms", False)):
+        data = _plain(finals) if x == "reduction" else finals
+        front = pareto_front(data, x=x, y=metric, maximize=(maximize, True))
+        exported = data["latency_source"] != "torch"
+        ax.scatter(data.loc[exported, x], data.loc[exported, metric], s=30, color="tab:blue", label="returned network")
+        if (~exported).any():
+            ax.scatter(data.loc[~exported, x], data.loc[~exported, metric], s=40, marker="x", color="tab:gray",
+                       label="export failed: latency on PyTorch")
+        ax.step(front[x], front[metric], where="post" if maximize else "pre", color="crimson", lw=1.8,
+                label="Pareto front")
+        ax.set(xlabel=_label(x), ylabel=_label(metric) if x == "reduction" else "")
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc="lower right", frameon=False)
+    fig.suptitle("Each trial's returned network: accuracy against reduction and against measured latency")
     return fig

@@ -170,7 +170,7 @@ def main() -> None:
     data = mnist1d_tensors(seed=42)
     torch.manual_seed(0)
     small = make_network()
-    train_network(small, (data["x_train"], data["y_train"]), LOSS,
+    train_network(small, (data["x_train"], data["y_train"]), "crossentropy",
                   TrainingOptions("adam", max_epochs=5, mini_batch_size=64))
     images = torch.randn(1280, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 10, (1280,), generator=torch.Generator().manual_seed(1))

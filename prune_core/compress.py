@@ -14,8 +14,9 @@ the optimizer, fine-tunes with ``options``, validates and checkpoints. It stops 
   *previous* network, the last that did not cross, is returned;
 - the training loss is not finite -> "Training loss is not finite." and the last network
   that trained normally is returned;
-- ``options.output_fn`` returns True -> "Stopped by output function.", or Ctrl-C ->
-  "Stopped manually.": the current network is returned, history intact.
+- ``options.output_fn`` returns True, or ``iteration_fn`` returns True for an iteration's row ->
+  "Stopped by output function.", or Ctrl-C -> "Stopped manually.": the current network is
+  returned, history intact.
 
 The input model is not modified: it is copied first. See ``PruningInfo`` for what comes back.
 The options are a ``PruningOptions`` (``pruning=``), or its fields as keywords (``goal=0.5``),
@@ -194,16 +195,20 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
     floors = filter_floors(graph, settings.min_filter_fraction)
     num_importance_score_iterations = settings.score_iterations(batches)
     best, best_row, stop, phase = copy.deepcopy(model), 0, None, "pruning"
-    run.record(model, 0, {}, _validate_start(model, validation, loss_fn, options, run.log),
-               channels=_channels(prunable), macs=macs)
+    asked = run.record(model, 0, {}, _validate_start(model, validation, loss_fn, options, run.log),
+                       channels=_channels(prunable), macs=macs)
     original = macs if by_macs else run.original
-    goal_amount, step_amount = (math.ceil(fraction * original - 1e-9) for fraction in (settings.goal, settings.increment))
+    goal_amount, step_amount = (math.ceil(fraction * original - 1e-9)
+                                for fraction in (settings.goal, settings.increment))
     iteration = 0
     try:
         while stop is None:
             removed = original - run.rows[-1]["macs"] if by_macs else run.removed(model)
             if removed >= goal_amount:
                 stop = StopReason.MACS_GOAL if by_macs else StopReason.GOAL
+                break
+            if asked:  # iteration_fn asked to stop after the last iteration, which was kept
+                stop = StopReason.OUTPUT_FN
                 break
             iteration += 1
             timing, phase = {}, "pruning"
@@ -228,8 +233,8 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
             outcome = fine_tune(model, source, loss_fn, options, run.log, pruning_iteration=iteration,
                                 validation=validation, generator=generator, progress=settings.verbosity == "training")
             timing["fine_tuning_s"] = time.perf_counter() - started
-            run.record(model, iteration, timing, outcome.validation, filters_removed=len(chosen),
-                       channels=_channels(prunable), macs=count_macs(model, example))
+            asked = run.record(model, iteration, timing, outcome.validation, filters_removed=len(chosen),
+                               channels=_channels(prunable), macs=count_macs(model, example))
             if outcome.status == "diverged":
                 stop, model = StopReason.DIVERGED, best
                 break

@@ -257,8 +257,8 @@ class BatchNormTaylorCriterion(TaylorCriterion):
     @contextmanager
     def recording(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
         modules = dict(model.named_modules())
-        norms = {fqn: modules[fqn] for fqn in self.affine if isinstance(modules.get(fqn), nn.modules.batchnorm._NormBase)
-                 and modules[fqn].affine}
+        norms = {fqn: modules[fqn] for fqn in self.affine
+                 if isinstance(modules.get(fqn), nn.modules.batchnorm._NormBase) and modules[fqn].affine}
         grads: dict[tuple[str, str], torch.Tensor] = {}
         handles = [getattr(bn, part).register_hook(lambda g, key=(fqn, part): grads.__setitem__(key, g.detach()))
                    for fqn, bn in norms.items() for part in ("weight", "bias")]

@@ -8,7 +8,8 @@ layers, the summary text and the progress figure.
 
 >>> import torch.nn as nn
 >>> record = PruningRecord(nn.Linear(4, 2), producers=["0"], objective="loss", verbosity="off", macs=8)
->>> record.record(nn.Linear(4, 1), 0, {}, None, channels={"0": 1}, macs=4)
+>>> record.record(nn.Linear(4, 1), 0, {}, None, channels={"0": 1}, macs=4)    # True: iteration_fn asked to stop
+False
 >>> record.rows[0]["reduction"], record.rows[0]["macs_reduction"], record.rows[0]["channels[0]"]
 (0.5, 0.5, 1)
 """
@@ -116,9 +117,10 @@ class PruningRecord:
         return self.original - learnables(model)
 
     def record(self, model: nn.Module, iteration: int, timing: dict, validation: dict | None, *,
-               filters_removed: int = 0, channels: dict[str, int], macs: float) -> None:
+               filters_removed: int = 0, channels: dict[str, int], macs: float) -> bool:
         """Add the history row of pruning iteration ``iteration``: ``model`` after it, its ``timing``
-        (seconds per phase), the ``validation`` values, the filters left in each producer and its MACs."""
+        (seconds per phase), the ``validation`` values, the filters left in each producer and its MACs.
+        Returns True when ``iteration_fn`` asked to stop (returned True)."""
         current = learnables(model)
         row = {"iteration": iteration, "learnables": current, "reduction": 1 - current / self.original,
                "macs": macs, "macs_reduction": 1 - macs / self.original_macs if self.original_macs else 0.0,
@@ -131,8 +133,7 @@ class PruningRecord:
         self.seconds["scoring"] += row["scoring_s"]
         self.rows.append(row)
         self.reporter.row(row)
-        if self.iteration_fn is not None:
-            self.iteration_fn(dict(row))
+        return self.iteration_fn is not None and self.iteration_fn(dict(row)) is True
 
     def checkpointed(self, path: Path, started: float) -> None:
         """A checkpoint was written to ``path``, starting at ``time.perf_counter()`` value ``started``."""

@@ -65,7 +65,9 @@ class PruningOptions:
             "training" (and fine-tuning progress) or "off".
         plots: "none" or "pruning-progress" (a figure in ``PruningInfo.figure``).
         plots_path: where to save that figure as well (its folder must exist).
-        iteration_fn: called with each pruning iteration's history row as soon as it is recorded.
+        iteration_fn: called with each pruning iteration's history row as soon as it is recorded;
+            returning True stops the run after that iteration ("Stopped by output function.", the
+            network of the last iteration that did not cross the threshold or diverge returned).
     """
 
     goal: float = 1.0

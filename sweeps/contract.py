@@ -8,9 +8,11 @@ Hydra or the app. Tags, artifact paths, checkpoint names and the tracking URI's 
   fast, naming the URI;
 - tags: ``ROLE`` (``"study"``, ``"trial"`` or ``"single"``), ``STUDY``, ``TRIAL``, ``SAMPLER``,
   ``SWEEP_DIR``, ``STOP_REASON``, ``RETURNED_ITERATION`` (the iteration whose network a run
-  returned) and ``WORKER`` (the process that wrote the run, as JSON: what reaping reads);
+  returned), ``WORKER`` (the process that wrote the run, as JSON: what reaping reads) and
+  ``PRUNED`` (set when Optuna's pruner stopped the trial: where), ``ONNX`` ("exported" or
+  "failed: <why>") and ``LATENCY_SOURCE`` ("onnxruntime", or "torch" when the export failed);
 - artifacts: ``CONFIG`` (the composed Hydra config), ``table(name)`` (the history tables),
-  ``checkpoint(iteration)``.
+  ``checkpoint(iteration)``, ``ONNX_FILE`` (the returned network exported).
 
 >>> table("pruning_history"), checkpoint(3)
 ('tables/pruning_history.json', 'checkpoints/pruned_iteration_003.pt')
@@ -29,11 +31,14 @@ ROLE, STUDY, TRIAL = "taylorprune.role", "taylorprune.study", "taylorprune.trial
 SAMPLER, SWEEP_DIR = "taylorprune.sampler", "taylorprune.sweep_dir"
 STOP_REASON, RETURNED_ITERATION = "taylorprune.stop_reason", "taylorprune.returned_iteration"
 WORKER = "taylorprune.worker"
+PRUNED = "taylorprune.pruned"
+ONNX, LATENCY_SOURCE = "taylorprune.onnx", "taylorprune.latency_source"
 JOB_ROLES = ("trial", "single")
 
 HYDRA_DIR, CONFIG = "hydra", "hydra/config.yaml"
 TABLES = ("pruning_history", "training_history", "validation_history")
 CHECKPOINTS = "checkpoints"
+ONNX_FILE = "model.onnx"
 
 
 def table(name: str) -> str:

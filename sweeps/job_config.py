@@ -3,7 +3,9 @@
 ``pruning_options(cfg, ...)`` and ``training_options(cfg, group, ...)`` build prune_core's
 ``PruningOptions`` and ``TrainingOptions`` from the ``pruning``, ``training`` and
 ``base.training`` groups (the app adds what it owns: folders, callbacks, validation data, the
-seed). ``check_job_config(cfg)`` builds all three and resolves ``loss``, raising ValueError
+seed), and ``deployment_options(cfg)`` the ``export`` group's ``DeploymentOptions``.
+``check_job_config(cfg)`` builds them all, resolves ``loss`` and checks that the latency and ONNX
+metrics ``sweep.objectives`` and ``sweep.constraints`` name will be measured, raising ValueError
 naming the group, the value and what is allowed. Hydra's schemas (``sweeps.schemas``) have
 already refused wrong types and unknown keys; this refuses values the dataclasses do not allow.
 ``sweeps.run`` calls it first in every job, and the study's callback once before the study
@@ -25,6 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_core import PruningOptions, TrainingOptions
 from prune_core.finetune import resolve_loss
+from sweeps.deployment import DeploymentOptions
+
+DEPLOYMENT_METRICS = ("latency_", "onnx_")  # what a job measures after pruning, not in the pruning history
 
 
 def _group(cfg: DictConfig, group: str) -> dict:
@@ -47,6 +52,14 @@ def training_options(cfg: DictConfig, group: str = "training", **runtime: Any) -
         raise ValueError(f"{group}: {exc}") from exc
 
 
+def deployment_options(cfg: DictConfig) -> DeploymentOptions:
+    """``DeploymentOptions`` from ``cfg.export`` (defaults when the config has no such group)."""
+    try:
+        return DeploymentOptions(**(_group(cfg, "export") or {}))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"export: {exc}") from exc
+
+
 def check_job_config(cfg: DictConfig) -> None:
     """Raise ValueError for a configured value that no data could make valid (see the module docstring)."""
     try:
@@ -56,3 +69,10 @@ def check_job_config(cfg: DictConfig) -> None:
     pruning_options(cfg)
     for group in ("training", "base.training"):
         training_options(cfg, group)
+    measured = deployment_options(cfg).metrics()
+    sweep = OmegaConf.select(cfg, "sweep") or {}
+    for key in ("objectives", "constraints"):
+        for name in sweep.get(key) or []:
+            if str(name).startswith(DEPLOYMENT_METRICS) and name not in measured:
+                raise ValueError(f"sweep.{key} names {name!r}, which this configuration does not measure "
+                                 f"(export.onnx / export.latency / export.batch_sizes); it measures {measured}")

@@ -45,7 +45,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -54,6 +54,7 @@ from torch import nn
 from hydra_plugins.taylorprune_optuna_sweeper import open_storage, this_worker
 from prune_core import PruningInfo, save_pruned
 from sweeps import contract, interrupts, study_summary
+from sweeps.deployment import Deployment
 from sweeps.job_config import check_job_config
 from sweeps.reaping import reap_runs, worker_tag
 
@@ -303,6 +304,16 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
     if log_model:
         trial = run.data.tags.get(contract.TRIAL)
         log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
+
+
+def log_deployment(run: mlflow.ActiveRun, deployment: Deployment) -> None:
+    """The returned network's export and latency (``sweeps.deployment``): metrics, tags and ``model.onnx``."""
+    client, run_id, now = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id, int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, 0) for name, value in deployment.metrics.items()]
+    tags = [RunTag(name, value) for name, value in deployment.tags.items()]
+    client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
+    if deployment.onnx_path is not None:
+        client.log_artifact(run_id, str(deployment.onnx_path))
 
 
 def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model", step: int = 0) -> None:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 # Small data, a short base training, a short pruning: each job takes a few seconds.
 FAST = ["data.num_samples=800", "base.training.max_epochs=3", "pruning.goal=0.3", "pruning.increment=0.15",
-        "training.max_epochs=1", "training.validation_frequency=5"]
+        "training.max_epochs=1", "training.validation_frequency=5", "export.onnx=false", "export.latency=false"]
 # replaces the default search space (hydra.sweeper.params) by two dimensions given on the command line
 FAST_SEARCH = ["hydra.sweeper.params=null", "pruning.num_importance_score_iterations=int(interval(2, 10))",
                "training.max_epochs=range(1, 3)"]

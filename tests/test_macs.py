@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import optuna
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 import prune_core as pc
 from prune_core import TaylorPrunableNetwork, TrainingOptions, analyze_compression, compress_network
 from prune_core.channels import count_macs, macs_per_weight
+from tests.sweep_helpers import FAST, FAST_SEARCH, run_app
 
 
 def two_stage() -> nn.Sequential:
@@ -109,3 +112,22 @@ def test_ranking_per_mac_and_the_flops_penalty_take_the_costly_filters_first(con
     removed = by_macs.graph.learnables_removed(chosen, by_macs.macs_per_weight)
     assert removed >= budget
     assert by_macs.graph.learnables_removed(chosen[:-1], by_macs.macs_per_weight) < budget
+
+
+@pytest.mark.slow
+def test_macs_reduction_as_a_study_objective_and_constraint(tmp_path):
+    run_app(tmp_path, *FAST, *FAST_SEARCH, "pruning.budget=macs",
+            "sweep.objectives=[validation_accuracy,macs_reduction]", "sweep.directions=[maximize,maximize]",
+            "sweep.constraints={macs_reduction: 0.25}", "hydra.sweeper.n_trials=2", "tracking.log_model=false",
+            multirun=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    study = optuna.load_study(study_name="taylorprune", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 2
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        macs = run.data.metrics["macs_reduction"]
+        assert trial.values[1] == pytest.approx(macs)
+        assert trial.user_attrs["constraints"] == [pytest.approx(0.25 - macs)]
+        assert macs >= 0.3 and run.data.tags["taylorprune.stop_reason"] == "MACs reduction goal reached."
+        history = client.get_metric_history(run.info.run_id, "pruning/macs")
+        assert [m.step for m in history] == list(range(len(history))) and history[0].value > history[-1].value

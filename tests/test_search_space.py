@@ -46,8 +46,9 @@ def test_overrides_round_trip_through_hydra():
 
 
 def test_results_and_storage():
-    assert split_result([1, 2.5], 2) == ([1.0, 2.5], None, {})
-    assert split_result({"values": [3], "constraints": [-1]}, 1) == ([3.0], [-1.0], {})
+    assert split_result([1, 2.5], 2) == ([1.0, 2.5], None, {}, False)
+    assert split_result({"values": [3], "constraints": [-1]}, 1) == ([3.0], [-1.0], {}, False)
+    assert split_result({"values": [3], "pruned": True}, 1).pruned
     attributes = {"mlflow_run_id": "abc"}
     assert split_result({"values": [3], "user_attrs": attributes}, 1).user_attrs == attributes
     with pytest.raises(ValueError, match="the job returned 1 objective values, but hydra.sweeper.direction has 2"):

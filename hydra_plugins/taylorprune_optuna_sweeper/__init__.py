@@ -18,7 +18,10 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
   fails the trials of dead workers on its host, ``heartbeat_interval`` reaps those of other
   hosts (``_storage``), ``retry_failed_trials`` runs a reaped trial again, and each invocation's
   sampler seed also depends on the trials already in the study and ``worker_id``;
-- a run in which every trial failed raises, so the command exits non-zero.
+- a run in which every trial failed raises, so the command exits non-zero;
+- ``pruner`` picks one of Optuna's pruners for a single-objective study (``_pruners``): jobs
+  report intermediate values to their trial (``job_trial``) and return ``{"pruned": True, ...}``
+  when its pruner stops them; the trial is then PRUNED.
 
 Hydra's plugin scan imports ``optuna_sweeper`` and ``config`` only, neither of which imports
 Optuna. The names below are imported on first use (``from hydra_plugins.taylorprune_optuna_sweeper
@@ -40,6 +43,9 @@ _PUBLIC = {
     "grid": "_search_space",
     "as_override": "_search_space",
     "split_result": "_sweeper",
+    "job_trial": "_pruners",
+    "make_pruner": "_pruners",
+    "PRUNERS": "_pruners",
 }
 __all__ = sorted(_PUBLIC)
 

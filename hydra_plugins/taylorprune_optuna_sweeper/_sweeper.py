@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
+from hydra_plugins.taylorprune_optuna_sweeper._pruners import TRIAL_ID_ENV, check_pruner, make_pruner
 from hydra_plugins.taylorprune_optuna_sweeper._search_space import GRAMMAR, as_override, grid, search_space
 from hydra_plugins.taylorprune_optuna_sweeper._storage import open_storage
 from hydra_plugins.taylorprune_optuna_sweeper._workers import WORKER_ATTR, is_gone, this_worker
@@ -39,26 +40,29 @@ def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
 
 
 class JobResult(NamedTuple):
-    """What a job returned: objective values, Optuna constraints (or None) and user attributes to store."""
+    """What a job returned: objective values, Optuna constraints (or None), user attributes to store, and
+    whether its trial's pruner stopped it."""
 
     values: list[float]
     constraints: list[float] | None = None
     user_attrs: dict[str, Any] = {}
+    pruned: bool = False
 
 
 def split_result(value: Any, n_objectives: int) -> JobResult:
-    """A job's return value: a number, a list, or a dict with ``values`` and optionally ``constraints``
-    and ``user_attrs`` (stored on the trial, e.g. the job's tracking run id)."""
-    constraints, user_attrs = None, {}
+    """A job's return value: a number, a list, or a dict with ``values`` and optionally ``constraints``,
+    ``user_attrs`` (stored on the trial, e.g. the job's tracking run id) and ``pruned``."""
+    constraints, user_attrs, pruned = None, {}, False
     if isinstance(value, (dict, DictConfig)):
         constraints = [float(c) for c in value.get("constraints", [])] or None
         user_attrs = {str(k): v for k, v in dict(value.get("user_attrs") or {}).items()}
+        pruned = bool(value.get("pruned", False))
         value = value["values"]
     values = [float(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [float(value)]
     if len(values) != n_objectives:
         raise ValueError(f"the job returned {len(values)} objective values, but hydra.sweeper.direction "
                          f"has {n_objectives}")
-    return JobResult(values, constraints, user_attrs)
+    return JobResult(values, constraints, user_attrs, pruned)
 
 
 def sampler_seed(seed: int, trials_at_start: int, worker_id: int | None) -> int:
@@ -114,7 +118,8 @@ class OptunaSweeperImpl(Sweeper):
                  load_if_exists: bool, n_trials: int, n_jobs: int, max_failure_rate: float, constraints: Any,
                  params: DictConfig | None, results_file: str | None, metric_names: Any = None,
                  heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 retry_failed_trials: int = 0, worker_id: int | None = None) -> None:
+                 retry_failed_trials: int = 0, worker_id: int | None = None, pruner: str = "none",
+                 pruner_options: DictConfig | None = None) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
         for d in directions:
@@ -139,6 +144,14 @@ class OptunaSweeperImpl(Sweeper):
                              f"objectives, but hydra.sweeper.direction has {len(directions)}")
         self.params = {} if params is None else {str(k): str(v) for k, v in params.items()}
         self.heartbeat_interval, self.grace_period, self.worker_id = heartbeat_interval, grace_period, worker_id
+        self.pruner_options = (OmegaConf.to_container(pruner_options) if isinstance(pruner_options, DictConfig)
+                               else dict(pruner_options or {}))
+        check_pruner(pruner, directions, storage, self.pruner_options)
+        first = (self.metric_names or [""])[0]
+        if pruner != "none" and first.startswith(("latency_", "onnx_")):
+            raise ValueError(f"hydra.sweeper.pruner={pruner}: the objective {first!r} is measured once, after pruning; "
+                             "a pruner needs an objective of the pruning history (reduction, validation_accuracy, ...)")
+        self.pruner = pruner
         self.retry = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry_failed_trials)
                       if retry_failed_trials else None)
 
@@ -187,7 +200,8 @@ class OptunaSweeperImpl(Sweeper):
     def _run(self, space, fixed: list[str], storage) -> list[optuna.trial.FrozenTrial]:
         """The study's loop (see the package docstring) on an opened ``storage``."""
         study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self._sampler(space, None),
-                                    directions=self.directions, load_if_exists=self.load_if_exists)
+                                    directions=self.directions, load_if_exists=self.load_if_exists,
+                                    pruner=make_pruner(self.pruner, self.pruner_options))
         self._reap(study)
         seed = self.sampler_config.get("seed")
         if seed is not None:  # see sampler_seed
@@ -209,7 +223,8 @@ class OptunaSweeperImpl(Sweeper):
             for trial in trials:
                 trial.set_user_attr(WORKER_ATTR, this_worker())
             overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()),
-                          f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"] for t in trials]
+                          f"++hydra.job.env_set.{TRIAL_ENV}={t.number}",
+                          f"++hydra.job.env_set.{TRIAL_ID_ENV}={t._trial_id}"] for t in trials]
             try:
                 self.validate_batch_is_legal(overrides)
                 with heartbeats(storage, trials):
@@ -247,7 +262,7 @@ class OptunaSweeperImpl(Sweeper):
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job) -> bool:
         try:
-            values, constraints, user_attrs = split_result(job.return_value, len(self.directions))
+            values, constraints, user_attrs, pruned = split_result(job.return_value, len(self.directions))
         except Exception as exc:  # the job raised, or returned something unusable
             log.warning(f"Trial {trial.number} failed: {type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
@@ -260,6 +275,10 @@ class OptunaSweeperImpl(Sweeper):
             log.warning(f"Trial {trial.number} returned {values}: recorded as FAIL")
             study.tell(trial, state=TrialState.FAIL)
             return False
+        if pruned:
+            log.info(f"Trial {trial.number} was pruned by its {self.pruner} pruner")
+            study.tell(trial, state=TrialState.PRUNED)
+            return True
         study.tell(trial, values)
         return True
 

@@ -43,6 +43,10 @@ class TaylorpruneOptunaSweeperConf:
     grace_period: Optional[int] = None
     retry_failed_trials: int = 0  # a reaped trial is asked again with its parameters, at most this many times
     worker_id: Optional[int] = None  # mixed into the sampler seed: give one per worker started together
+    # Optuna's pruner for a single-objective study: median, hyperband, successive_halving or none. Jobs report
+    # each pruning iteration's objective as an intermediate value; a pruned trial ends PRUNED.
+    pruner: str = "none"
+    pruner_options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the pruner (n_startup_trials=2, ...)
 
 
 SAMPLERS = {

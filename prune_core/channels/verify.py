@@ -30,8 +30,9 @@ SurgeryMismatch: the pruned network differs from the original with the removed c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import ExitStack
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -102,12 +103,29 @@ def _kept_norm_channels(graph: ChannelGraph, plan: dict) -> dict[str, torch.Tens
     return kept
 
 
+@contextmanager
+def _exact_float32() -> Iterator[None]:
+    """TF32 off for CUDA convolutions and matrix products inside (restored after): on Ampere and later
+    they default to TF32, whose rounding alone exceeds the check's tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _run(model: nn.Module, graph: ChannelGraph, replaced: dict[str, torch.Tensor] | None = None,
          kept: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
     device = next((t.device.type for t in graph.example_input if isinstance(t, torch.Tensor)), "cpu")
     with preserved(model), torch.no_grad(), ExitStack() as stack:
         model.eval()
         stack.enter_context(torch.autocast(device, enabled=False))  # full precision under a caller's autocast
+        stack.enter_context(_exact_float32())
         if kept:
             mode = stack.enter_context(_KeptChannelsLayerNorm(model, kept))
             stack.enter_context(mode.hooks)
