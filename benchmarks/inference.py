@@ -1,12 +1,16 @@
-"""CPU inference latency of pruned networks next to their MACs and learnables reduction.
+"""CPU inference latency of pruned networks, PyTorch and onnxruntime side by side, with their MACs.
 
 Networks: the MNIST-1D network of ``benchmarks/criteria.py`` pruned by ``compress_network``
 (Taylor, 5% steps, 1 fine-tuning epoch each) and saved at the first checkpoints at or
 beyond 50%, 70% and 90% fewer learnables (reloaded with ``load_pruned``, as a user would);
 and torchvision's ResNet-18 (10 classes, 3x64x64 input) with the least-L1 half of every
-prunable group's filters removed by ``remove_units``. Latency: median of repeated forward
-passes in eval mode under ``torch.inference_mode``, batch 1 and 64, 2 threads. MACs from
-``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2) for one example.
+prunable group's filters removed by ``remove_units``. Each network is also exported to ONNX
+(``sweeps.onnx_export``: the dynamo exporter, checked against PyTorch within 1e-4) and run with
+onnxruntime. Latency (``sweeps.latency``): the median of timed calls after 10 untimed ones, at
+batch 1 and 64, 2 threads for both runtimes (PyTorch in eval mode under ``torch.inference_mode``),
+timed until the spread (interquartile range over the median) is under 10% or 3 s have passed;
+the largest spread of each row is reported. MACs from ``prune_core.channels.count_macs``
+(``FlopCounterMode``, FLOPs / 2) for one example.
 
 Run: ``python -m benchmarks.inference``. Writes ``benchmarks/results/inference.md``.
 """
@@ -14,42 +18,24 @@ Run: ``python -m benchmarks.inference``. Writes ``benchmarks/results/inference.m
 from __future__ import annotations
 
 import platform
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
+import onnxruntime
 import torch
 import torchvision
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.criteria import make_network
 from benchmarks.publish import publish
 from prune_core import TaylorPrunableNetwork, TrainingOptions, compress_network, load_pruned, remove_units
+from prune_core.channels import count_macs
 from sweeps.datasets import mnist1d_tensors
+from sweeps.latency import onnx_latency, torch_latency
+from sweeps.onnx_export import export_onnx, session
 
-
-def macs(model: nn.Module, example: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model.eval()(example)
-    return counter.get_total_flops() // 2
-
-
-def latency_ms(model: nn.Module, x: torch.Tensor, budget_s: float = 1.5) -> float:
-    model.eval()
-    times = []
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        deadline = time.perf_counter() + budget_s
-        while time.perf_counter() < deadline or len(times) < 20:
-            started = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+THREADS = 2
 
 
 def mnist1d_levels(data: dict) -> list[tuple[str, nn.Module]]:
@@ -83,25 +69,38 @@ def resnet_half() -> list[tuple[str, nn.Module]]:
     return [("unpruned", unpruned), ("L1, half of every group's filters", model)]
 
 
+def measured(model: nn.Module, example: torch.Tensor, folder: Path) -> dict:
+    """Latency at batch 1 and 64 on PyTorch and onnxruntime, with the largest spread."""
+    runner = session(export_onnx(model, example, folder / "model.onnx").path, THREADS)
+    timings = {f"{runtime} b{batch}": (torch_latency(model, example, batch, THREADS) if runtime == "torch"
+                                       else onnx_latency(runner, example, batch))
+               for batch in (1, 64) for runtime in ("torch", "ort")}
+    return {key: t.median_ms for key, t in timings.items()} | {"spread": max(t.spread for t in timings.values())}
+
+
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore")
     data = mnist1d_tensors(seed=42)
-    lines = ["# Inference latency of pruned networks (CPU)", "",
-             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 2 threads, "
-             "median latency. Produced by `python -m benchmarks.inference`.", "",
-             "| network | variant | learnables | MACs / example | MACs cut | batch 1 (ms) | speed-up | "
-             "batch 64 (ms) | speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["# Inference latency of pruned networks (CPU): PyTorch and onnxruntime", "",
+             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+             f"{platform.processor() or platform.machine()}, {THREADS} threads, median latency (ms) and speed-up "
+             "over the unpruned network on the same runtime. Produced by `python -m benchmarks.inference`.", "",
+             "| network | variant | learnables | MACs / example | MACs cut | torch b1 | ort b1 | torch b64 | "
+             "ort b64 | largest spread |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, variants, shape in (("MNIST-1D 3x Conv1d(64)", mnist1d_levels(data), (1, 40)),
                                   ("ResNet-18, 64x64", resnet_half(), (3, 64, 64))):
         base = None
         for variant, model in variants:
-            one, many = torch.randn(1, *shape), torch.randn(64, *shape)
-            row = (sum(p.numel() for p in model.parameters()), macs(model, one), latency_ms(model, one),
-                   latency_ms(model, many))
+            example = torch.randn(2, *shape)
+            with tempfile.TemporaryDirectory() as folder:
+                row = {"learnables": sum(p.numel() for p in model.parameters()),
+                       "macs": count_macs(model, example), **measured(model, example, Path(folder))}
             base = base or row
-            lines.append(f"| {name} | {variant} | {row[0]:,} | {row[1]:,} | {100 * (1 - row[1] / base[1]):.0f}% | "
-                         f"{row[2]:.3f} | {base[2] / row[2]:.2f}x | {row[3]:.2f} | {base[3] / row[3]:.2f}x |")
+            times = " | ".join(f"{row[k]:.3f} ({base[k] / row[k]:.2f}x)" for k in
+                               ("torch b1", "ort b1", "torch b64", "ort b64"))
+            lines.append(f"| {name} | {variant} | {row['learnables']:,} | {row['macs']:,.0f} | "
+                         f"{100 * (1 - row['macs'] / base['macs']):.0f}% | {times} | {100 * row['spread']:.0f}% |")
             print(lines[-1], flush=True)
     publish("inference", lines)
 

@@ -9,7 +9,7 @@ for it. Per study, from Optuna's own records: the best feasible value, the time 
 trial's start to the completion of the trial that first reached it, the total time, and the
 trials that completed or were pruned.
 
-Run: ``python -m benchmarks.pruners [--trials 16] [--pruners none median hyperband]``. Writes
+Run: ``python -m benchmarks.pruners [--trials 12] [--pruners none median hyperband]``. Writes
 ``benchmarks/results/pruners.md``.
 """
 
@@ -63,8 +63,8 @@ def summary(folder: Path, pruner: str, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--pruners", nargs="+", default=["none", "median", "hyperband"])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--pruners", nargs="+", default=["none", "median"])
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -118,7 +118,7 @@ def test_ranking_per_mac_and_the_flops_penalty_take_the_costly_filters_first(con
 def test_macs_reduction_as_a_study_objective_and_constraint(tmp_path):
     run_app(tmp_path, *FAST, *FAST_SEARCH, "pruning.budget=macs",
             "sweep.objectives=[validation_accuracy,macs_reduction]", "sweep.directions=[maximize,maximize]",
-            "sweep.constraints={macs_reduction: 0.25}", "hydra.sweeper.n_trials=2", "tracking.log_model=false",
+            "+sweep.constraints.macs_reduction=0.25", "hydra.sweeper.n_trials=2", "tracking.log_model=false",
             multirun=True)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     study = optuna.load_study(study_name="taylorprune", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
