@@ -251,3 +251,15 @@ def test_dataset_loaders_with_workers_give_the_same_training():
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
     with pytest.raises(ValueError, match="num_workers must be an integer >= 0, got -1"):
         TrainingOptions(num_workers=-1)
+
+
+def test_a_resolved_loss_passed_again_is_the_same_loss():
+    resolved = resolve_loss("crossentropy")
+    assert resolve_loss(resolved) is resolved
+    x, y = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 2
+    opts = TrainingOptions("adam", max_epochs=2, mini_batch_size=16, seed=0)
+    histories = []
+    for loss in ("crossentropy", resolved):
+        torch.manual_seed(0)
+        histories.append(train_network(nn.Linear(3, 2), (x, y), loss, opts)[1].training_history["loss"].tolist())
+    assert histories[0] == histories[1]

@@ -70,15 +70,28 @@ NAMED_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
 }
 
 
+class _Resolved:
+    """A loss on tuples of outputs and targets, as ``resolve_loss`` returns it (resolving it again is a no-op)."""
+
+    def __init__(self, fn: Callable, spread: bool) -> None:
+        self.fn, self.spread = fn, spread
+
+    def __call__(self, outputs, targets) -> torch.Tensor:
+        return self.fn(*outputs, *targets) if self.spread else self.fn(outputs[0], targets[0])
+
+
 def resolve_loss(loss: str | Callable) -> LossFn:
-    """``loss(outputs, targets)`` for a loss name (see the module docstring) or a callable."""
+    """``loss(outputs, targets)`` for a loss name (see the module docstring) or a callable; a loss it already
+    resolved comes back as it is (wrapping it again would hand it single tensors instead of tuples)."""
+    if isinstance(loss, _Resolved):
+        return loss
     if isinstance(loss, str):
         fn = NAMED_LOSSES.get(loss.lower())
         if fn is None:
             raise ValueError(f"loss {loss!r} is not a known loss name; use one of {sorted(NAMED_LOSSES)} "
                              "or a callable loss(*outputs, *targets)")
-        return lambda outputs, targets: fn(outputs[0], targets[0])
+        return _Resolved(fn, spread=False)
     if callable(loss):
-        return lambda outputs, targets: loss(*outputs, *targets)
+        return _Resolved(loss, spread=True)
     raise TypeError(f"loss must be a loss name or a callable, got {type(loss).__name__} {loss!r}")
 
