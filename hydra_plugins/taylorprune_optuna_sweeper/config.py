@@ -45,8 +45,9 @@ class TaylorpruneOptunaSweeperConf:
     worker_id: Optional[int] = None  # mixed into the sampler seed: give one per worker started together
     # Optuna's pruner for a single-objective study: median, hyperband, successive_halving or none. Jobs report
     # each pruning iteration's objective as an intermediate value; a pruned trial ends PRUNED.
+    # pruner_options: the pruner's keyword arguments (+hydra.sweeper.pruner_options.n_startup_trials=2, ...)
     pruner: str = "none"
-    pruner_options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the pruner (n_startup_trials=2, ...)
+    pruner_options: Dict[str, Any] = field(default_factory=dict)
 
 
 SAMPLERS = {
