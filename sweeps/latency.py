@@ -1,8 +1,11 @@
 """Measured inference latency: the median of timed runs, warm-up excluded, with its spread.
 
-``measure(run)`` calls ``run()`` ``warmup`` times untimed, then times one call at a time until
-the spread, the interquartile range over the median, is below ``max_spread`` (checked every
-``min_runs`` calls) or ``max_seconds`` have passed. ``Latency.stable`` says which. ``onnx_latency``
+``measure(run)`` calls ``run()`` ``warmup`` times untimed, then takes timed samples until the
+spread, the interquartile range of the samples over their median, is below ``max_spread``
+(checked every ``min_runs`` samples) or ``max_seconds`` have passed. ``Latency.stable`` says
+which. A sample is the mean of enough consecutive calls to last about ``sample_seconds`` (2 ms;
+one call for anything slower), so that calls of a few microseconds are not timed against the
+clock's own jitter. ``onnx_latency``
 and ``torch_latency`` time an onnxruntime session or a PyTorch module on a random batch of the
 example's shape.
 
@@ -13,6 +16,7 @@ example's shape.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +30,14 @@ MAX_SPREAD = 0.10
 
 @dataclass(frozen=True)
 class Latency:
-    """Median milliseconds per call over ``runs`` timed calls; ``spread`` = IQR / median."""
+    """Median milliseconds per call over ``runs`` timed samples of ``calls_per_sample`` calls each;
+    ``spread`` = IQR / median of the samples."""
 
     median_ms: float
     spread: float
     runs: int
     max_spread: float = MAX_SPREAD
+    calls_per_sample: int = 1
 
     @property
     def stable(self) -> bool:
@@ -40,21 +46,25 @@ class Latency:
 
 
 def measure(run: Callable[[], object], *, warmup: int = 10, min_runs: int = 20, max_seconds: float = 3.0,
-            max_spread: float = MAX_SPREAD) -> Latency:
+            max_spread: float = MAX_SPREAD, sample_seconds: float = 0.002) -> Latency:
     """Time ``run()`` (see the module docstring)."""
+    started = time.perf_counter()
     for _ in range(warmup):
         run()
+    per_call = (time.perf_counter() - started) / max(warmup, 1)
+    calls = max(1, math.ceil(sample_seconds / per_call)) if per_call > 0 else 1
     times: list[float] = []
     deadline = time.perf_counter() + max_seconds
     while True:
         for _ in range(min_runs):
             started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
+            for _ in range(calls):
+                run()
+            times.append((time.perf_counter() - started) / calls)
         q25, median, q75 = np.percentile(times, [25, 50, 75])
         spread = float((q75 - q25) / median) if median > 0 else 0.0
         if spread < max_spread or time.perf_counter() >= deadline:
-            return Latency(1e3 * float(median), spread, len(times), max_spread)
+            return Latency(1e3 * float(median), spread, len(times), max_spread, calls)
 
 
 def batch_of(example, batch: int) -> tuple[torch.Tensor, ...]:
