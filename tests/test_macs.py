@@ -116,7 +116,9 @@ def test_ranking_per_mac_and_the_flops_penalty_take_the_costly_filters_first(con
 
 @pytest.mark.slow
 def test_macs_reduction_as_a_study_objective_and_constraint(tmp_path):
-    run_app(tmp_path, *FAST, *FAST_SEARCH, "pruning.budget=macs",
+    """With the Taylor-FO-BN criterion and the FLOPs penalty: item 4's levers from the command line too."""
+    run_app(tmp_path, *FAST, *FAST_SEARCH, "pruning.budget=macs", "pruning.criterion=taylor-bn",
+            "pruning.flops_weight=0.05",
             "sweep.objectives=[validation_accuracy,macs_reduction]", "sweep.directions=[maximize,maximize]",
             "+sweep.constraints.macs_reduction=0.25", "hydra.sweeper.n_trials=2", "tracking.log_model=false",
             multirun=True)
@@ -129,5 +131,6 @@ def test_macs_reduction_as_a_study_objective_and_constraint(tmp_path):
         assert trial.values[1] == pytest.approx(macs)
         assert trial.user_attrs["constraints"] == [pytest.approx(0.25 - macs)]
         assert macs >= 0.3 and run.data.tags["taylorprune.stop_reason"] == "MACs reduction goal reached."
+        assert run.data.params["pruning.criterion"] == "taylor-bn" and run.data.params["pruning.flops_weight"] == "0.05"
         history = client.get_metric_history(run.info.run_id, "pruning/macs")
         assert [m.step for m in history] == list(range(len(history))) and history[0].value > history[-1].value
