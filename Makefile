@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.criteria
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.pruners
 	$(PY) -m benchmarks.sweep_overhead
 	$(PY) -m benchmarks.scale_out
 	$(PY) -m benchmarks.data_throughput
