@@ -155,9 +155,9 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
         last = returned_iteration(run.data.tags, int(history["iteration"].max()))
         history["returned"] = history["iteration"] == last
         history["rejected"] = history["iteration"] > last
-        for metric, value in run.data.metrics.items():
+        for metric, value in run.data.metrics.items():  # measured on the returned network only
             if metric.startswith("latency_ms"):
-                history[metric] = history["iteration"].where(history["returned"]).map({last: value})
+                history[metric] = history["returned"].map({True: value, False: float("nan")})
         history["latency_source"] = history["returned"].map({True: run.data.tags.get(contract.LATENCY_SOURCE)})
         history["pruned"] = contract.PRUNED in run.data.tags
         history.insert(0, "stop_reason", stop)
