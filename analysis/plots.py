@@ -19,6 +19,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from analysis.pareto import pareto_front
+
 PERCENT = {"reduction": "learnables reduction (%)", "validation_accuracy": "validation accuracy (%)",
            "latency_ms": "latency, batch 1 (ms)"}
 
@@ -98,8 +100,6 @@ def progress_figure(table: pd.DataFrame, run_id: str, metric: str = "validation_
 
 
 def fronts_figure(table: pd.DataFrame, metric: str = "validation_accuracy") -> Figure:
-    from analysis.pareto import pareto_front
-
     finals = table[table["returned"] & table["latency_ms"].notna()]
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)

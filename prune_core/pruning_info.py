@@ -156,8 +156,8 @@ class PruningRecord:
         summary = (f"Compressed network has {100 * reduction:.1f}% fewer learnable parameters.\n"
                    f"Pruning compressed {len(layers)} layers: {quoted}")
         if self.budget == "macs":
-            macs = float(pruning["macs"].iloc[returned_row])
-            summary = f"Compressed network needs {100 * (1 - macs / self.original_macs):.1f}% fewer MACs.\n" + summary
+            fewer = float(pruning["macs_reduction"].iloc[returned_row])
+            summary = f"Compressed network needs {100 * fewer:.1f}% fewer MACs.\n" + summary
         self.reporter.finish(str(stop_reason), summary)
         figure = None
         if figure_metric is not None:
