@@ -67,7 +67,7 @@ from torch import nn
 from prune_core.channels import ChannelGraph, owner
 from prune_core.registry import Registry
 
-NORMALIZATIONS = ("l2", "none")
+NORMALIZATIONS = ("mean", "l2", "none")
 
 
 class Criterion:
@@ -212,7 +212,7 @@ def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "l2") -
             groups.setdefault(unit.producers, []).append(unit.id)
     for ids in groups.values():
         values = raw[ids]
-        norm = np.linalg.norm(values) if normalization == "l2" else 0.0
+        norm = {"mean": np.mean, "l2": np.linalg.norm}.get(normalization, lambda v: 0.0)(values)
         scores[ids] = values / norm if norm > 0 else values
     return scores
 

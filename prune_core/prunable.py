@@ -179,6 +179,7 @@ class TaylorPrunableNetwork:
         chosen = self.choose(max_units=max_to_prune)
         self.remove(chosen)
         return len(chosen)
+
     def require_prunable(self) -> None:
         """Raise ValueError, with the analysis' reasons, when no filter can be pruned."""
         if self.num_prunables > 0:

@@ -22,7 +22,8 @@ def test_example_input_of_the_wrong_shape_names_the_layer():
 
 
 def test_example_input_that_is_not_a_tensor():
-    with pytest.raises(TypeError, match="example_input must be a tensor or a tuple of tensors, got \\['list'\\]"):
+    with pytest.raises(TypeError, match=r"example_input must be a tensor, a tuple of positional arguments .* or a "
+                                        r"dict of keyword arguments; example_input\[0\] is \['float'\]"):
         ChannelGraph.build(ReferenceCNN1d(), [[0.0]])
 
 
@@ -54,9 +55,33 @@ class Gate(nn.Module):
         return -x
 
 
-def test_untraceable_module_is_named_with_the_fix():
+def test_a_branch_on_values_is_recorded_along_the_example_path():
+    graph = ChannelGraph.build(DataDependent(), torch.zeros(1, 3, 4, 4))
+    assert graph.unsupported == ()  # x.sum() > 0 ran on the example: the gate is a negation there
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        scale = None if x.shape[-1] > 2 else 2.0  # the model's own error on this example, on the next line
+        return self.conv(x) * scale
+
+
+def test_an_error_of_the_models_own_forward_quotes_its_frame():
+    expected = (r"the model's own forward raised TypeError on the example input at .*test_bad_input.py:\d+ in "
+                r"forward: `return self.conv\(x\) \* scale`")
+    with pytest.raises(TraceFailure, match=expected):
+        ChannelGraph.build(Broken(), torch.zeros(1, 3, 4, 4))
+
+
+def test_without_an_example_symbolic_tracing_failures_name_the_module():
+    from prune_core.channels.tracing import trace_model
+
     with pytest.raises(TraceFailure, match=r"the forward of `gate` \(Gate\) raised .*leaf_modules=\['gate'\]"):
-        ChannelGraph.build(DataDependent(), torch.zeros(1, 3, 4, 4))
+        trace_model(DataDependent())
 
 
 def test_marking_it_as_a_leaf_leaves_its_channels_unpruned():

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prune_core.channels.example import ExampleInput
 from prune_core.channels.preserve import preserved
 from prune_core.channels.propagate import ChannelPropagation
 from prune_core.channels.sites import Site, owner
@@ -68,7 +69,7 @@ class ChannelGraph:
     grouped_convs: dict[str, int] = field(default_factory=dict)
     norm_groups: dict[str, int] = field(default_factory=dict)
     renormalizing: set[str] = field(default_factory=set)
-    example_input: tuple[torch.Tensor, ...] = ()  # what the analysis ran on; the surgery check reuses it
+    example_input: ExampleInput | None = None  # what the analysis ran on; the surgery check reuses it
     unsupported: tuple[str, ...] = ()  # operations the analysis did not understand
 
     @classmethod
@@ -79,7 +80,8 @@ class ChannelGraph:
         layer_names: Iterable[str] | None = None,
         leaf_modules: Iterable[str | type] = (),
     ) -> ChannelGraph:
-        """Analyse ``model`` on ``example_input`` (a tensor or tuple of tensors).
+        """Analyse ``model`` on ``example_input`` (a tensor, a tuple of positional arguments or a dict of
+        keyword arguments: ``ExampleInput``).
 
         ``layer_names`` (dotted paths, or MATLAB-style "a/b") restricts pruning to units whose
         filters or channel-wise parameters lie in those layers (or inside them) -- naming a
@@ -97,7 +99,7 @@ class ChannelGraph:
                 prop = ChannelPropagation(gm, model)
                 model.eval()
                 with torch.no_grad():
-                    prop.run(*inputs)
+                    prop.run(*inputs.values)
             graph = cls._from_propagation(model, prop, names)
         finally:
             if collecting:

@@ -24,26 +24,22 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from prune_core.channels.example import ExampleInput
 from prune_core.channels.preserve import preserved
 
 
-def _batch(example) -> tuple[tuple[torch.Tensor, ...], int]:
-    inputs = tuple(example) if isinstance(example, (tuple, list)) else (example,)
-    return inputs, max(1, int(inputs[0].shape[0]))
-
-
 def _counted(model: nn.Module, example) -> tuple[FlopCounterMode, int]:
-    inputs, batch = _batch(example)
+    example = ExampleInput.of(example)
     counter = FlopCounterMode(display=False)
     with preserved(model), torch.no_grad():
         model.eval()
         with counter:
-            model(*inputs)
-    return counter, batch
+            example.call(model)
+    return counter, example.batch
 
 
 def count_macs(model: nn.Module, example) -> float:
-    """MACs of ``model`` per example of ``example`` (a tensor or tuple of tensors, batch first)."""
+    """MACs of ``model`` per example of ``example`` (any form of ``ExampleInput``, batch first)."""
     counter, batch = _counted(model, example)
     return counter.get_total_flops() / 2 / batch
 

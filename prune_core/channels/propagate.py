@@ -27,7 +27,8 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 
 from prune_core.channels import ops
-from prune_core.channels.labels import SlotTable, label_arrays, leaves
+from prune_core.channels.labels import SlotTable, label_arrays
+from prune_core.channels.recorder import tensors_in
 from prune_core.channels.rules import RULES, OpCall
 from prune_core.channels.sites import ParamRef, Site
 
@@ -126,12 +127,14 @@ class ChannelPropagation(fx.Interpreter):
     def _propagate(self, n, args, kwargs, lab_args, lab_kwargs, result):
         if n.op == "placeholder":
             return self.fresh(result, f"network input `{n.target}`")
+        if n.op == "get_attr" and n.meta.get("constant"):  # a recorded tensor of unknown origin
+            return self.fresh(result, f"tensor constant `{n.target}` of the recorded forward")
         if n.op == "get_attr":
             return ParamRef(n.target, tuple(result.shape)) if isinstance(result, torch.Tensor) else None
         if n.op == "output":
             self.block(lab_args, "reaches the network output")
             return None
-        if not any(isinstance(v, torch.Tensor) for v in leaves(result)):
+        if not tensors_in(result):  # sizes, flags; a dataclass or object holding tensors is not one of them
             return None
         if n.op == "call_module":
             module = self.modules[n.target]

@@ -10,12 +10,26 @@ nested submodules at any depth and functional code are seen operation by operati
 The model is traced in training mode, so that branches used only in training (auxiliary
 heads) are part of the graph and are kept consistent by surgery.
 
-Where symbolic tracing fails on Python control flow (``if x.shape[-1] != skip.shape[-1]:``,
-common in encoder-decoder and feature-pyramid models) and an example input is given, the
-model is traced again by ``_ConcreteTracer``: it runs every recorded operation on the example
-input as it goes, so a branch on shapes, sizes or lengths takes the example's path (the
-graph is specialised to it; the surgery check catches a branch that turns after pruning).
-A branch on tensor *values* is still refused: that control flow depends on the data.
+Where symbolic tracing fails (any Python that proxies cannot run: iterating a ``chunk``,
+``len``/``int``/``math`` on sizes, ``None`` on one path, a branch on shapes or values) or the
+example input is not a tuple of tensors (a list of images, keyword arguments), the forward is
+*recorded as it runs* on the example input instead (``recorder``): a ``TorchFunctionMode``
+writes down each torch function and Tensor method with its real arguments, tensors known by
+identity, and the same leaf modules as ``call_module`` nodes. That choice over the others:
+
+- ``torch.export.export(strict=False)`` and ``make_fx`` give ATen graphs, where modules are
+  decomposed into ``aten.convolution``, ``aten.native_batch_norm`` and friends: every rule
+  here is written for the function level (``F.relu``, ``Tensor.view``, leaf modules), and
+  export still refuses data-dependent Python and costs seconds on a ResNet-50;
+- the recording yields exactly the nodes symbolic tracing yields, so every rule, the surgery
+  and the report apply unchanged, and no Python a model uses can stop it: only an error of the
+  model's own forward on the example input does (``TraceFailure`` quoting the model's frame).
+
+Symbolic tracing stays the first choice where it works: it is faster (no forward pass) and
+keeps sizes symbolic, so a reshape to ``x.shape[1]`` follows pruning; a recording has the
+example's sizes as constants (channels reshaped to a constant size are kept) and takes the
+example's path at every branch (the surgery check catches a branch that turns after pruning).
+A model is recorded in training mode, or in the caller's eval mode where training mode raises.
 
 >>> import torch, torch.nn as nn
 >>> gm = trace_model(nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU()))
@@ -25,15 +39,17 @@ A branch on tensor *values* is still refused: that control flow depends on the d
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterable, Sequence
+import os
+import traceback
+from collections.abc import Iterable
 
 import torch
 from torch import fx, nn
-from torch.fx.node import map_arg
 
+from prune_core.channels.example import ExampleInput
 from prune_core.channels.ops import module_kind
 from prune_core.channels.preserve import preserved
+from prune_core.channels.recorder import record_forward
 
 
 class TraceFailure(ValueError):
@@ -63,74 +79,14 @@ class _ChannelTracer(fx.Tracer):
             raise
 
 
-class _ConcreteProxy(fx.Proxy):
-    """A proxy whose ``len`` is the length of its concrete value (a shape, a tuple, a batch)."""
-
-    def __len__(self) -> int:
-        return len(self.tracer.values[self.node])
-
-
-class _ConcreteTracer(_ChannelTracer):
-    """Traces while running every operation on the example input (see the module docstring)."""
-
-    def __init__(self, leaf_modules: set[str], leaf_types: tuple[type, ...], inputs: Sequence[torch.Tensor]) -> None:
-        super().__init__(leaf_modules, leaf_types)
-        self.inputs = list(inputs)
-        self.values: dict[fx.Node, object] = {}
-        self.running = False  # True while an operation runs for its value: nothing is recorded then
-
-    def proxy(self, node: fx.Node) -> fx.Proxy:
-        return _ConcreteProxy(node, self)
-
-    def call_module(self, m, forward, args, kwargs):
-        return forward(*args, **kwargs) if self.running else super().call_module(m, forward, args, kwargs)
-
-    def getattr(self, attr, attr_val, parameter_proxy_cache):
-        return attr_val if self.running else super().getattr(attr, attr_val, parameter_proxy_cache)
-
-    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
-        node = super().create_node(kind, target, args, kwargs, name, type_expr)
-        self.running = True
-        try:
-            self.values[node] = self._value(kind, target, *map_arg((args, kwargs), lambda a: self.values[a]))
-        finally:
-            self.running = False
-        return node
-
-    def _value(self, kind, target, args, kwargs):
-        if kind == "placeholder":
-            position = sum(n.op == "placeholder" for n in self.values)
-            return self.inputs[position] if position < len(self.inputs) else (args[0] if args else None)
-        if kind == "get_attr":
-            return operator.attrgetter(target)(self.root)
-        if kind == "call_function":
-            return target(*args, **kwargs)
-        if kind == "call_method":
-            return getattr(args[0], target)(*args[1:], **kwargs)
-        if kind == "call_module":
-            return self.root.get_submodule(target)(*args, **kwargs)
-        return None  # the output node
-
-    def to_bool(self, obj: fx.Proxy) -> bool:
-        value = self.values[obj.node]
-        if isinstance(value, torch.Tensor):  # a branch on tensor values: data-dependent, refused
-            return super().to_bool(obj)
-        return bool(value)
-
-    def iter(self, obj: fx.Proxy):
-        value = self.values[obj.node]
-        if isinstance(value, torch.Tensor):
-            return super().iter(obj)
-        return iter([obj[i] for i in range(len(value))])
-
-
 def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = (),
-                example_input: Sequence[torch.Tensor] | None = None) -> fx.GraphModule:
+                example_input: ExampleInput | None = None) -> fx.GraphModule:
     """Trace ``model`` (in training mode) into a GraphModule sharing its modules.
 
     ``leaf_modules`` names modules (dotted paths) or module classes that are not traced into;
-    their channels are left unpruned. With ``example_input`` (a tuple of tensors), a model that
-    symbolic tracing refuses for shape-dependent control flow is traced concretely on it.
+    their channels are left unpruned. With ``example_input`` (an ``ExampleInput``), a model that
+    symbolic tracing refuses, or one whose example is not a tuple of tensors, is recorded as it runs
+    on it (``recorder``); only an error of the model's own forward on the example then stops it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -141,34 +97,79 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = (),
     if unknown:
         raise ValueError(f"leaf_modules names {unknown} that are not modules of the model")
     tracer = _ChannelTracer(names, types)
+    plain = example_input is None or (not example_input.kwargs and all(
+        isinstance(x, torch.Tensor) for x in example_input.args))
     attributes = set(vars(model))
     try:
         with preserved(model):
+            caller_mode = model.training
             model.train()
             try:
+                if not plain:
+                    raise TypeError("the example input is not a tuple of tensors")
                 graph = tracer.trace(model)
+                if _opaque_output(graph):
+                    raise TypeError("the output holds objects symbolic tracing cannot look into")
+                return fx.GraphModule(model, graph)  # copies the tensor constants fx stored...
             except Exception as exc:
                 if example_input is None:
                     raise _trace_failure(tracer, known, exc) from exc
-                concrete = _ConcreteTracer(names, types, example_input)
-                try:
-                    graph = concrete.trace(model)
-                except Exception:
-                    raise _trace_failure(tracer, known, exc) from exc
-        return fx.GraphModule(model, graph)  # copies the tensor constants fx stored on the model...
+            return _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
     finally:
-        for name in set(vars(model)) - attributes:  # ...which are taken off it again
+        for name in set(vars(model)) - attributes:  # ...on the model, which are taken off it again
             delattr(model, name)
 
 
+def _opaque_output(graph: fx.Graph) -> bool:
+    """Whether the traced output holds something other than nodes in tuples, lists and dicts (a
+    dataclass of proxies, say), whose tensors the analysis could not keep as network outputs."""
+    pending = [n.args[0] for n in graph.nodes if n.op == "output"]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, (tuple, list)):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif not (value is None or isinstance(value, (fx.Node, bool, int, float, str, torch.Tensor))):
+            return True
+    return False
+
+
+def _record(model: nn.Module, example: ExampleInput, is_leaf, caller_mode: bool) -> fx.GraphModule:
+    """The recorded forward in training mode, or in the caller's eval mode where training mode raises
+    (a detector that wants targets, a BatchNorm on a batch of one)."""
+    try:
+        return record_forward(model, example, is_leaf)
+    except Exception as exc:
+        if caller_mode:
+            raise _forward_failure(exc) from exc
+        first = exc
+    model.eval()
+    try:
+        return record_forward(model, example, is_leaf)
+    except Exception as exc:
+        raise _forward_failure(exc) from first
+
+
+def _forward_failure(exc: Exception) -> TraceFailure:
+    """The error for a forward that raised on the example input, quoting the model's own frame."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f"{os.sep}torch{os.sep}" not in f.filename and f"{os.sep}prune_core{os.sep}" not in f.filename]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}: `{frames[-1].line}`" if frames else ""
+    return TraceFailure(
+        f"the model's own forward raised {type(exc).__name__} on the example input{where}: {exc}. The analysis "
+        "runs the forward once as it is: give an example input it runs on (the same form as in training)."
+    )
+
+
 def _trace_failure(tracer: _ChannelTracer, known: dict[str, nn.Module], exc: Exception) -> TraceFailure:
-    """The error for a model neither tracer could trace, naming the module where it failed."""
+    """The error for a model symbolic tracing refused and no example input was given to record it on."""
     where = tracer.failed_at
     place = f"the forward of `{where}` ({type(known[where]).__name__})" if where else "the model's forward"
     fix = (
         f"mark it as a leaf with leaf_modules=[{where!r}] (its channels are then not pruned)"
         if where
-        else "make the forward traceable by torch.fx (no Python control flow on tensor values)"
+        else "give an example input, on which the forward is recorded as it runs"
     )
     return TraceFailure(
         f"could not trace the model: {place} raised {type(exc).__name__}: {exc}. To go on, {fix}, "
@@ -176,20 +177,8 @@ def _trace_failure(tracer: _ChannelTracer, known: dict[str, nn.Module], exc: Exc
     )
 
 
-def example_inputs(model: nn.Module, example_input) -> tuple[torch.Tensor, ...]:
-    """Check ``example_input`` (a tensor or a tuple of tensors) against the model's device."""
+def example_inputs(model: nn.Module, example_input) -> ExampleInput:
+    """``example_input`` in any of its forms (``ExampleInput.of``), checked against the model's device."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
-    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        kinds = [type(x).__name__ for x in inputs]
-        raise TypeError(f"example_input must be a tensor or a tuple of tensors, got {kinds or 'an empty tuple'}")
-    params = next(iter(model.parameters()), None)
-    if params is not None:
-        for i, x in enumerate(inputs):
-            if x.device != params.device:
-                raise ValueError(
-                    f"example_input[{i}] is on {x.device} but the model's parameters are on {params.device}; "
-                    f"move one of them (e.g. example_input.to('{params.device}'))"
-                )
-    return inputs
+    return ExampleInput.of(example_input).check_device(model)

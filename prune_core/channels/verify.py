@@ -41,8 +41,8 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from prune_core.channels.graph import ChannelGraph
-from prune_core.channels.labels import leaves
 from prune_core.channels.preserve import preserved
+from prune_core.channels.recorder import tensors_in
 from prune_core.channels.sites import owner
 
 # Allowed difference, relative to the largest reference output (at least 1), per dtype.
@@ -54,8 +54,8 @@ class SurgeryMismatch(RuntimeError):
 
 
 def _outputs(value) -> list[torch.Tensor]:
-    """Every tensor inside a model's output (a tensor, tuple, list, dict or named tuple)."""
-    return [leaf for leaf in leaves(value) if isinstance(leaf, torch.Tensor)]
+    """Every tensor inside a model's output (a tensor, tuple, list, dict, named tuple or dataclass)."""
+    return tensors_in(value)
 
 
 class _KeptChannelsLayerNorm(TorchFunctionMode):
@@ -121,7 +121,8 @@ def _exact_float32() -> Iterator[None]:
 
 def _run(model: nn.Module, graph: ChannelGraph, replaced: dict[str, torch.Tensor] | None = None,
          kept: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
-    device = next((t.device.type for t in graph.example_input if isinstance(t, torch.Tensor)), "cpu")
+    example = graph.example_input
+    device = example.tensors[0].device.type
     with preserved(model), torch.no_grad(), ExitStack() as stack:
         model.eval()
         stack.enter_context(torch.autocast(device, enabled=False))  # full precision under a caller's autocast
@@ -130,8 +131,8 @@ def _run(model: nn.Module, graph: ChannelGraph, replaced: dict[str, torch.Tensor
             mode = stack.enter_context(_KeptChannelsLayerNorm(model, kept))
             stack.enter_context(mode.hooks)
         if replaced:
-            return _outputs(functional_call(model, replaced, graph.example_input, strict=False))
-        return _outputs(model(*graph.example_input))
+            return _outputs(functional_call(model, replaced, example.args, example.kwargs, strict=False))
+        return _outputs(example.call(model))
 
 
 def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> list[torch.Tensor]:
