@@ -30,8 +30,14 @@ Baselines: "l1" (sum of absolute filter weights of the unit's producers, Li et a
 "random".
 
 ``normalize`` turns raw unit scores into comparable ones: the scores of each channel group
-(units removed from the same producers) are divided by their L2 norm (``"l2"``; ``"none"``
-keeps them raw); units that cannot be removed get ``inf``.
+(units removed from the same producers) are divided by their mean magnitude (``"mean"``, the default),
+by their L2 norm (``"l2"``, Molchanov et al. 2017) or kept raw (``"none"``); units that cannot
+be removed get ``inf``. The L2 norm of n equal scores is sqrt(n) times one of them, so under
+``"l2"`` a unit of a wide group scores below an equally important unit of a narrow one and a
+global ranking drives every group towards the same width: a network that widens with depth
+(32/64/128 channels) loses its last stage first, and collapses at 90% fewer MACs
+(``benchmarks/criteria_2d.py``). Over the mean, a group's typical unit scores 1 whatever its
+width.
 
 >>> import torch, torch.nn as nn
 >>> from prune_core.channels.graph import ChannelGraph
@@ -201,7 +207,7 @@ class TaylorAccumulator:
         return out
 
 
-def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "l2") -> np.ndarray:
+def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "mean") -> np.ndarray:
     """Scores comparable across layers (``inf`` for units that cannot be removed); see the module docstring."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization {normalization!r} is not supported; use one of {NORMALIZATIONS}")
@@ -212,7 +218,7 @@ def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "l2") -
             groups.setdefault(unit.producers, []).append(unit.id)
     for ids in groups.values():
         values = raw[ids]
-        norm = {"mean": np.mean, "l2": np.linalg.norm}.get(normalization, lambda v: 0.0)(values)
+        norm = {"mean": lambda v: np.abs(v).mean(), "l2": np.linalg.norm}.get(normalization, lambda v: 0.0)(values)
         scores[ids] = values / norm if norm > 0 else values
     return scores
 

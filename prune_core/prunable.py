@@ -46,7 +46,7 @@ class TaylorPrunableNetwork:
         layer_names, leaf_modules: as in ``ChannelGraph.build``.
         criterion: a registered criterion name: "taylor" (default), "l1", "random" or one's own
             (``prune_core.register_criterion``).
-        normalization: "l2" (default) or "none" (see ``prune_core.importance``).
+        normalization: "mean" (default), "l2" or "none" (see ``prune_core.importance``).
         per_learnable: order filters by score per learnable removed.
         allocation: a registered allocation name: "global" (default: lowest scores across all
             layers), "uniform" (every group loses the same share of its filters; learnables budgets
@@ -61,7 +61,7 @@ class TaylorPrunableNetwork:
     """
 
     def __init__(self, model: nn.Module, example_input, *, layer_names: Iterable[str] | None = None,
-                 leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "l2",
+                 leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "mean",
                  per_learnable: bool = False, allocation: str = "global", seed: int = 0,
                  verify: bool = True, budget: str = "learnables", flops_weight: float = 0.0) -> None:
         if budget not in BUDGETS:

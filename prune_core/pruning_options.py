@@ -51,7 +51,8 @@ class PruningOptions:
         layer_names: prune only filters that shrink these layers (dotted paths or "a/b"); None: all.
         criterion: a registered criterion: "taylor", "l1", "random" or one's own.
         allocation: a registered allocation: "global", "uniform" or one's own.
-        normalization: how scores are made comparable across layers: "l2" or "none".
+        normalization: how scores are made comparable across layers: "mean" (each group's scores over
+            their mean), "l2" (over their L2 norm) or "none".
         per_learnable: rank filters by score per learnable removed (per MAC with ``budget="macs"``).
         flops_weight: λ of the FLOPs-regularised criterion (score − λ·MACs of the filter over the
             largest filter's MACs, Molchanov et al. 2017), >= 0; 0 leaves the scores as they are.
@@ -78,7 +79,7 @@ class PruningOptions:
     layer_names: list[str] | str | None = None
     criterion: str = "taylor"
     allocation: str = "global"
-    normalization: str = "l2"
+    normalization: str = "mean"
     per_learnable: bool = False
     flops_weight: float = 0.0
     min_filter_fraction: float = 0.0

@@ -37,7 +37,7 @@ def test_a_wrong_type_or_unknown_key_fails_at_composition(bad, message):
 
 @pytest.mark.parametrize("bad,message", [
     ("pruning.increment=0", "pruning: increment must be a number in (0, 1], got 0.0"),
-    ("pruning.normalization=l3", "pruning: normalization 'l3' is not supported; use one of ('l2', 'none')"),
+    ("pruning.normalization=l3", "pruning: normalization 'l3' is not supported; use one of ('mean', 'l2', 'none')"),
     ("pruning.criterion=taylr", "pruning: criterion 'taylr' is not supported; use one of ('taylor', "
                                 "'taylor-squared', 'taylor-bn', 'l1', 'random'"),
     ("training.solver=sgd", "training: solver 'sgd' is not supported"),

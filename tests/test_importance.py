@@ -89,8 +89,11 @@ def test_normalize_per_group_and_coupled_units(counting):
         groups.setdefault(unit.producers, []).append(unit.id)
     assert any(len(producers) > 1 for producers in groups), "the residual stream couples several producers"
     for ids in groups.values():
-        np.testing.assert_allclose(scores[ids], raw[ids] / np.linalg.norm(raw[ids]))
+        np.testing.assert_allclose(scores[ids], raw[ids] / raw[ids].mean())
     assert np.isinf(scores[[u.id for u in graph.units if not u.removable]]).all()
+    l2 = TaylorPrunableNetwork(model, example, criterion="counting", normalization="l2").scores()
+    for ids in groups.values():
+        np.testing.assert_allclose(l2[ids], raw[ids] / np.linalg.norm(raw[ids]))
     unnormalized = TaylorPrunableNetwork(model, example, criterion="counting", normalization="none").scores()
     np.testing.assert_allclose(unnormalized[np.isfinite(scores)], raw[np.isfinite(scores)])
     with pytest.raises(ValueError, match="normalization 'max' is not supported"):
@@ -165,3 +168,37 @@ def test_prune_on_a_network_with_nothing_prunable_says_why():
     prunable = TaylorPrunableNetwork(net, torch.zeros(1, 2, 8))
     with pytest.raises(ValueError, match="model has nothing to prune: reaches the network output"):
         prunable.prune()
+
+
+class RankInGroup(Criterion):
+    """Within every group the same spread of scores, 1/n .. n/n: equally important layers of any width."""
+
+    def scores(self, model):
+        out = np.zeros(len(self.graph.units))
+        groups = {}
+        for unit in self.graph.units:
+            groups.setdefault(unit.producers, []).append(unit.id)
+        for ids in groups.values():
+            out[ids] = np.arange(1, len(ids) + 1) / len(ids)
+        return out
+
+
+def test_mean_normalisation_does_not_favour_narrow_layers():
+    """The collapse at 90% fewer MACs: under "l2" a global ranking thins the widest layer first (a unit of a
+    group of n scores ~1/sqrt(n)); over the mean, equally important layers lose the same share."""
+    register_criterion("rank-in-group", RankInGroup)
+    try:
+        net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 64, 3), nn.ReLU(), nn.Conv2d(64, 4, 1))
+        shares = {}
+        for normalization in ("mean", "l2"):
+            prunable = TaylorPrunableNetwork(net, torch.zeros(1, 1, 9, 9), criterion="rank-in-group",
+                                             normalization=normalization)
+            chosen = prunable.choose(max_units=18)  # a quarter of the 72 filters
+            producers = [prunable.graph.units[uid].producers[0] for uid in chosen]
+            shares[normalization] = (producers.count("0") / 8, producers.count("2") / 64)
+        narrow, wide = shares["mean"]
+        assert abs(narrow - 0.25) <= 1 / 8 and abs(wide - 0.25) <= 1 / 64
+        narrow, wide = shares["l2"]
+        assert narrow == 0 and wide == 18 / 64
+    finally:
+        CRITERIA.unregister("rank-in-group")

@@ -153,7 +153,8 @@ def test_unreachable_tracking_server_fails_the_study_before_training(tmp_path):
     ("pruning.increment=0", "Error: pruning: increment must be a number in (0, 1], got 0"),
     ("training.mini_batch_size=-1", "Error: training: mini_batch_size must be a positive integer, got -1"),
     ("pruning.criterion=bogus", "Error: pruning: criterion 'bogus' is not supported"),
-    ("pruning.normalization=l3", "Error: pruning: normalization 'l3' is not supported; use one of ('l2', 'none')"),
+    ("pruning.normalization=l3",
+     "Error: pruning: normalization 'l3' is not supported; use one of ('mean', 'l2', 'none')"),
     ("pruning.goal=abc", "Value 'abc' of type 'str' could not be converted to Float\n    full_key: pruning.goal"),
     ("loss=cross-entropy", "Error: loss: loss 'cross-entropy' is not a known loss name"),
 ])

@@ -1,0 +1,286 @@
+"""Which filters to remove on a real 2-D image task under a MACs budget: this project's criteria
+side by side with every Torch-Pruning importance.
+
+Setup (the same for every method): scikit-learn's handwritten digits (1797 real images, shipped
+with the package), upscaled from 8x8 to 28x28, 75% train / 25% test. The network is
+``sweeps.models.small_resnet(width=32)``: a stem and three residual stages of 32/64/128
+channels (308 k parameters), trained once per seed (Adam 1e-3, 15 epochs) and shared by all
+methods. Pruning removes 7.5% of the original MACs per step up to 92%; after every step the
+network is fine-tuned for one epoch (Adam 5e-4, batch 64) and its test accuracy recorded. The
+accuracy at 50/75/90% fewer MACs is that of the first step at or beyond the level.
+
+Methods:
+- this project (``compress_network(budget="macs")``): ``taylor`` (|activation x gradient|,
+  each group's scores over their mean: the default), ``taylor+l2`` (over their L2 norm, Molchanov
+  et al. 2017, the default until this benchmark), ``taylor-bn`` (Taylor-FO-BN),
+  ``taylor+uniform`` (every group loses the same share), ``l1`` and ``random``;
+- Torch-Pruning (``MetaPruner``, each step the per-layer ratio that reaches the same MACs,
+  found by bisection, the classifier ignored): ``tp-l1``, ``tp-l2`` (``MagnitudeImportance``),
+  ``tp-taylor`` (``TaylorImportance``, gradients of the same scoring batches), ``tp-group``
+  (``GroupMagnitudeImportance``), ``tp-bn`` (``BNScaleImportance``), ``tp-lamp`` and ``tp-fpgm``.
+
+Run: ``python -m benchmarks.criteria_2d [--seeds 0 1 2 3 4] [--methods ...] [--workers 1]
+[--device cpu]``. Writes ``benchmarks/results/criteria_2d.md`` (mean ± sd per level, the
+accuracy at 90% per seed, the target check), ``criteria_2d_runs.csv`` (every step) and the
+figure ``docs/figures/criteria_2d.png`` (accuracy against MACs reduction, per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing
+import os
+import platform
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from benchmarks.publish import RESULTS, publish
+from prune_core import TrainingOptions, compress_network, train_network
+from prune_core.channels import count_macs
+from prune_core.finetune import TrainingLog, as_source, evaluate, fine_tune, resolve_loss
+from sweeps.datasets import digits
+from sweeps.models import small_resnet
+
+LEVELS = (0.5, 0.75, 0.9)
+GOAL, INCREMENT = 0.92, 0.075
+OURS = {
+    "taylor": {},
+    "taylor+l2": {"normalization": "l2"},
+    "taylor-bn": {"criterion": "taylor-bn"},
+    "taylor+uniform": {"allocation": "uniform"},
+    "l1": {"criterion": "l1"},
+    "random": {"criterion": "random"},
+}
+THEIRS = {
+    "tp-l1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "tp-l2": lambda: tp.importance.MagnitudeImportance(p=2),
+    "tp-taylor": tp.importance.TaylorImportance,
+    "tp-group": tp.importance.GroupMagnitudeImportance,
+    "tp-bn": tp.importance.BNScaleImportance,
+    "tp-lamp": tp.importance.LAMPImportance,
+    "tp-fpgm": tp.importance.FPGMImportance,
+}
+DEFAULT = "taylor"
+LOSS = resolve_loss("crossentropy")
+FIGURE = Path(__file__).parent.parent / "docs" / "figures" / "criteria_2d.png"
+
+
+def digits_28(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The digits, upscaled to 28x28 (bilinear), with a fixed 25% test split."""
+    split = digits(validation_fraction=0.25, seed=seed)
+    up = lambda x: F.interpolate(x, size=28, mode="bilinear", align_corners=False)  # noqa: E731
+    return {"x_train": up(split["x_train"]), "y_train": split["y_train"],
+            "x_test": up(split["x_val"]), "y_test": split["y_val"]}
+
+
+def fine_tuning(data: dict, seed: int, device: str) -> TrainingOptions:
+    return TrainingOptions("adam", initial_learn_rate=5e-4, max_epochs=1, mini_batch_size=64,
+                           shuffle="every-epoch", metrics=["accuracy"], seed=seed, device=device,
+                           validation_data=(data["x_test"], data["y_test"]), validation_frequency=10_000)
+
+
+def accuracy_on_test(model: nn.Module, data: dict, device: str) -> float:
+    metrics = TrainingOptions(metrics=["accuracy"]).resolved_metrics
+    return evaluate(model, as_source(data["x_test"], data["y_test"]), LOSS, metrics, 500,
+                    torch.device(device))["accuracy"]
+
+
+def train_base(data: dict, seed: int, device: str) -> nn.Module:
+    torch.manual_seed(seed)
+    options = TrainingOptions("adam", initial_learn_rate=1e-3, max_epochs=15, mini_batch_size=64,
+                              shuffle="every-epoch", seed=seed, device=device)
+    return train_network(small_resnet(width=32), (data["x_train"], data["y_train"]), "crossentropy", options)[0]
+
+
+def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) -> list[tuple[float, float]]:
+    _, info = compress_network(base, data["x_train"], data["y_train"], "crossentropy", fine_tuning(data, seed, device),
+                               budget="macs", goal=GOAL, increment=INCREMENT, verbosity="off", **levers)
+    rows = info.pruning_history
+    return list(zip(rows["macs_reduction"], rows["validation_accuracy"], strict=True))
+
+
+def _tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) -> None:
+    tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
+                         ignored_layers=[model[-1]]).step()
+
+
+def _ratio_for(model: nn.Module, example: torch.Tensor, target: float) -> float:
+    """Smallest per-layer ratio (bisection) after which the model has at most ``target`` MACs."""
+    low, high = 0.0, 0.999
+    for _ in range(16):
+        mid = (low + high) / 2
+        trial = copy.deepcopy(model)
+        _tp_prune(trial, example, tp.importance.RandomImportance(), mid)
+        low, high = (low, mid) if count_macs(trial, example) <= target else (mid, high)
+    return high
+
+
+def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: str) -> list[tuple[float, float]]:
+    torch.manual_seed(seed)
+    model, options = copy.deepcopy(base).to(device), fine_tuning(data, seed, device)
+    source, generator = as_source(data["x_train"], data["y_train"]), torch.Generator().manual_seed(seed)
+    example = data["x_train"][:2].to(device)
+    original = count_macs(model, example)
+    rows = [(0.0, accuracy_on_test(model, data, device))]
+    for step in range(1, round(GOAL / INCREMENT) + 2):
+        target = original * max(1 - GOAL, 1 - INCREMENT * step)
+        if count_macs(model, example) > target:
+            ratio = _ratio_for(model, example, target)
+            importance = importance_factory()
+            if isinstance(importance, tp.importance.TaylorImportance):
+                model.eval()
+                model.zero_grad()
+                for (x,), (y,) in source.batches(64, "every-epoch", generator, limit=100):
+                    LOSS((model(x.to(device)),), (y.to(device),)).backward()
+            _tp_prune(model, example, importance, ratio)
+            model.zero_grad(set_to_none=True)
+        fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
+        rows.append((1 - count_macs(model, example) / original, accuracy_on_test(model, data, device)))
+        if rows[-1][0] >= GOAL - 1e-3:
+            break
+    return rows
+
+
+def at_levels(rows: list[tuple[float, float]]) -> dict[str, float]:
+    out = {}
+    for level in LEVELS:
+        reached = [acc for reduction, acc in rows if reduction >= level - 1e-3]
+        out[f"{round(100 * level)}%"] = reached[0] if reached else np.nan
+    return out
+
+
+def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[list, list]:
+    """One seed: train the base, run every method on it; (records, steps)."""
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    data = digits_28()
+    base = train_base(data, seed, device).cpu()
+    unpruned = accuracy_on_test(base, data, "cpu")
+    print(f"seed {seed}: unpruned test accuracy {unpruned:.1f}%", flush=True)
+    records, steps = [], []
+    for method in methods:
+        started = time.perf_counter()
+        rows = (run_ours(base, data, seed, OURS[method], device) if method in OURS
+                else run_tp(base, data, seed, THEIRS[method], device))
+        seconds = time.perf_counter() - started
+        levels = at_levels(rows)
+        records.append({"method": method, "seed": seed, "unpruned": unpruned, **levels, "seconds": seconds})
+        steps += [{"method": method, "seed": seed, "step": k, "macs_reduction": r, "accuracy": a}
+                  for k, (r, a) in enumerate(rows)]
+        print(f"  seed {seed} {method:<16} " + "  ".join(f"{k} {v:5.1f}" for k, v in levels.items())
+              + f"  ({seconds:.0f} s)", flush=True)
+    return records, steps
+
+
+def target_check(records: pd.DataFrame) -> list[str]:
+    """The default against every Torch-Pruning importance at each level, against random on every seed, and
+    within 3 points of the best method at 90% on every seed."""
+    levels = [f"{round(100 * level)}%" for level in LEVELS]
+    means = records.groupby("method")[levels].mean()
+    theirs = [m for m in THEIRS if m in means.index]
+    lines = []
+    if DEFAULT not in means.index:
+        return lines
+    for level in levels:
+        best_tp = means.loc[theirs, level].idxmax() if theirs else None
+        verdict = "met" if best_tp is None or means.loc[DEFAULT, level] >= means.loc[best_tp, level] else "missed"
+        lines.append(f"- {level}: {DEFAULT} {means.loc[DEFAULT, level]:.1f} against the best Torch-Pruning "
+                     f"importance ({best_tp} {means.loc[best_tp, level]:.1f}) -> {verdict}")
+    at90 = records.pivot(index="seed", columns="method", values="90%")
+    if "random" in at90:
+        lines.append(f"- above random at 90% on every seed: {bool((at90[DEFAULT] > at90['random']).all())}")
+    gap = (at90.max(axis=1) - at90[DEFAULT]).max()
+    lines.append(f"- within 3 points of the best method at 90% on every seed: {bool(gap <= 3)} "
+                 f"(largest gap {gap:.1f})")
+    return lines
+
+
+def write_figure(steps: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    shown = steps.assign(fewer_macs=(100 * steps["macs_reduction"]).round(-1) // 1)
+    sns.lineplot(data=shown, x="fewer_macs", y="accuracy", hue="method", style="method", markers=True, ax=ax,
+                 errorbar="sd")
+    ax.set(xlabel="fewer MACs (%), steps rounded to 10", ylabel="test accuracy (%)",
+           title="Digits 28x28, residual CNN: accuracy after each prune + 1-epoch fine-tune")
+    ax.set_ylim(max(0, shown["accuracy"].min() - 5), 100)
+    fig.tight_layout()
+    fig.savefig(FIGURE, dpi=110)
+    plt.close(fig)
+
+
+def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    steps.to_csv(RESULTS / f"{args.name}_runs.csv", index=False, float_format="%.4f")
+    levels = [f"{round(100 * level)}%" for level in LEVELS]
+    summary = records.groupby("method", sort=False)[levels].agg(["mean", "std"])
+    table = pd.DataFrame({level: [f"{m:.1f} ± {s:.1f}" for m, s in zip(summary[(level, "mean")],
+                                                                         summary[(level, "std")], strict=True)]
+                          for level in levels}, index=summary.index)
+    lines = [
+        "# Criteria on a 2-D image task: test accuracy (%) at each MACs reduction",
+        "",
+        f"Digits upscaled to 28x28, `small_resnet(width=32)` (308 k parameters); seeds {sorted(set(records.seed))}; "
+        f"torch {torch.__version__}, torch-pruning {tp.__version__}, {platform.processor() or platform.machine()}, "
+        f"device {args.device}, {args.workers} parallel jobs of {threads} threads. Produced by "
+        f"`python -m benchmarks.criteria_2d {' '.join(sys.argv[1:])}`.",
+        "",
+        "Targets: the default at or above every Torch-Pruning importance at each level, above random on every "
+        "seed, and within 3 points of the best method at 90% on every seed.",
+        "",
+        *target_check(records),
+        "",
+        f"Unpruned accuracy per seed: {records.groupby('seed')['unpruned'].first().round(1).tolist()}",
+        "",
+        table.to_markdown(),
+        "",
+        "Accuracy at 90% per seed:",
+        "",
+        records.pivot(index="seed", columns="method", values="90%").round(1).to_markdown(),
+        "",
+        f"Mean run time per method (s): {records.groupby('method', sort=False)['seconds'].mean().round(0).to_dict()}",
+        "",
+        f"Figure: `docs/figures/{FIGURE.name}`.",
+    ]
+    publish(args.name, lines)
+    write_figure(steps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--methods", nargs="+", default=[*OURS, *THEIRS], choices=[*OURS, *THEIRS])
+    parser.add_argument("--device", default="cpu", help="where fine-tuning and scoring run (cpu, cuda)")
+    parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument("--name", default="criteria_2d", help="results file stem under benchmarks/results/")
+    args = parser.parse_args()
+    threads = max(1, (os.cpu_count() or 2) // max(1, args.workers))
+    records, steps = [], []
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_job, seed, args.methods, args.device, threads) for seed in args.seeds]
+        for future in as_completed(futures):  # the results so far are written after every seed
+            job_records, job_steps = future.result()
+            records += job_records
+            steps += job_steps
+            write_results(pd.DataFrame(records), pd.DataFrame(steps), args, threads)
+
+
+if __name__ == "__main__":
+    main()
