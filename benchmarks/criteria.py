@@ -124,10 +124,22 @@ def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str,
     return out
 
 
-def _tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) -> None:
+def tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) -> None:
     pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
                                   ignored_layers=[model[-1]])
     pruner.step()
+
+
+def tp_step(model: nn.Module, example: torch.Tensor, importance, ratio: float, source, generator,
+            device: str) -> None:
+    """One Torch-Pruning step at ``ratio``; ``TaylorImportance`` gets the gradients of up to 100 batches first."""
+    if isinstance(importance, tp.importance.TaylorImportance):
+        model.eval()
+        model.zero_grad()
+        for (x,), (y,) in source.batches(64, "every-epoch", generator, limit=100):
+            LOSS((model(x.to(device)),), (y.to(device),)).backward()
+    tp_prune(model, example, importance, ratio)
+    model.zero_grad(set_to_none=True)
 
 
 def _ratio_for(model: nn.Module, example: torch.Tensor, target: int) -> float:
@@ -136,7 +148,7 @@ def _ratio_for(model: nn.Module, example: torch.Tensor, target: int) -> float:
     for _ in range(20):
         mid = (low + high) / 2
         trial = copy.deepcopy(model)
-        _tp_prune(trial, example, tp.importance.RandomImportance(), mid)
+        tp_prune(trial, example, tp.importance.RandomImportance(), mid)
         low, high = (low, mid) if learnables(trial) <= target else (mid, high)
     return high
 
@@ -150,25 +162,19 @@ def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: s
     for step in range(1, round(max(LEVELS) / 0.05) + 1):
         target = int(original * (1 - 0.05 * step))
         if learnables(model) > target:
-            ratio = _ratio_for(model, example, target)
-            importance = importance_factory()
-            if isinstance(importance, tp.importance.TaylorImportance):
-                model.eval()
-                model.zero_grad()
-                for (x,), (y,) in source.batches(64, "every-epoch", generator, limit=100):
-                    LOSS((model(x.to(device)),), (y.to(device),)).backward()
-            _tp_prune(model, example, importance, ratio)
-            model.zero_grad(set_to_none=True)
+            tp_step(model, example, importance_factory(), _ratio_for(model, example, target), source, generator,
+                    device)
         fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
         rows.append((1 - learnables(model) / original, accuracy_on_test(model, data, device)))
     return rows
 
 
-def at_levels(rows: list[tuple[float, float]]) -> dict[str, float]:
+def at_levels(rows: list[tuple[float, float]], levels=LEVELS, slack: float = 1e-9) -> dict[str, float]:
+    """The accuracy of the first step at or beyond each level (within ``slack``), by "50%", "70%", ..."""
     out = {}
-    for level in LEVELS:
-        reached = [acc for reduction, acc in rows if reduction >= level - 1e-9]
-        out[f"{int(100 * level)}%"] = reached[0] if reached else np.nan
+    for level in levels:
+        reached = [acc for reduction, acc in rows if reduction >= level - slack]
+        out[f"{round(100 * level)}%"] = reached[0] if reached else np.nan
     return out
 
 

@@ -38,13 +38,13 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from benchmarks.criteria import at_levels, tp_prune, tp_step
 from benchmarks.publish import RESULTS, publish
 from prune_core import TrainingOptions, compress_network, train_network
 from prune_core.channels import count_macs
@@ -110,18 +110,13 @@ def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) 
     return list(zip(rows["macs_reduction"], rows["validation_accuracy"], strict=True))
 
 
-def _tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) -> None:
-    tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
-                         ignored_layers=[model[-1]]).step()
-
-
 def _ratio_for(model: nn.Module, example: torch.Tensor, target: float) -> float:
     """Smallest per-layer ratio (bisection) after which the model has at most ``target`` MACs."""
     low, high = 0.0, 0.999
     for _ in range(16):
         mid = (low + high) / 2
         trial = copy.deepcopy(model)
-        _tp_prune(trial, example, tp.importance.RandomImportance(), mid)
+        tp_prune(trial, example, tp.importance.RandomImportance(), mid)
         low, high = (low, mid) if count_macs(trial, example) <= target else (mid, high)
     return high
 
@@ -136,28 +131,13 @@ def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: s
     for step in range(1, round(GOAL / INCREMENT) + 2):
         target = original * max(1 - GOAL, 1 - INCREMENT * step)
         if count_macs(model, example) > target:
-            ratio = _ratio_for(model, example, target)
-            importance = importance_factory()
-            if isinstance(importance, tp.importance.TaylorImportance):
-                model.eval()
-                model.zero_grad()
-                for (x,), (y,) in source.batches(64, "every-epoch", generator, limit=100):
-                    LOSS((model(x.to(device)),), (y.to(device),)).backward()
-            _tp_prune(model, example, importance, ratio)
-            model.zero_grad(set_to_none=True)
+            tp_step(model, example, importance_factory(), _ratio_for(model, example, target), source, generator,
+                    device)
         fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
         rows.append((1 - count_macs(model, example) / original, accuracy_on_test(model, data, device)))
         if rows[-1][0] >= GOAL - 1e-3:
             break
     return rows
-
-
-def at_levels(rows: list[tuple[float, float]]) -> dict[str, float]:
-    out = {}
-    for level in LEVELS:
-        reached = [acc for reduction, acc in rows if reduction >= level - 1e-3]
-        out[f"{round(100 * level)}%"] = reached[0] if reached else np.nan
-    return out
 
 
 def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[list, list]:
@@ -174,7 +154,7 @@ def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[l
         rows = (run_ours(base, data, seed, OURS[method], device) if method in OURS
                 else run_tp(base, data, seed, THEIRS[method], device))
         seconds = time.perf_counter() - started
-        levels = at_levels(rows)
+        levels = at_levels(rows, LEVELS, slack=1e-3)
         records.append({"method": method, "seed": seed, "unpruned": unpruned, **levels, "seconds": seconds})
         steps += [{"method": method, "seed": seed, "step": k, "macs_reduction": r, "accuracy": a}
                   for k, (r, a) in enumerate(rows)]
