@@ -206,3 +206,31 @@ def test_keyword_and_list_inputs_score_and_prune_in_a_custom_loop():
     prunable.prune(max_to_prune=2)
     assert prunable.num_prunables == before - 2
     assert prunable.model(**example).shape == out.shape
+
+
+def _public_models():
+    from torchvision.models import detection, optical_flow
+
+    return {
+        # iterative refinement in a Python loop; a number among the positional arguments
+        "raft_small": (optical_flow.raft_small, (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128), 2)),
+        # a detector in eval mode: a list of images in, a list of dicts out
+        "ssdlite320": (lambda: detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                       num_classes=5),
+                       ([torch.rand(3, 320, 320)],)),
+    }
+
+
+@pytest.mark.parametrize("name", ["raft_small", "ssdlite320"])
+def test_public_models_fx_cannot_trace_are_analysed_and_pruned(name):
+    pytest.importorskip("torchvision")
+    make, example = _public_models()[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    graph = ChannelGraph.build(model, example)
+    rng = np.random.default_rng(0)
+    chosen = graph.greedy_removal([u.id for u in graph.removable_units() if rng.random() < 0.2])
+    assert len(chosen) > 100
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, chosen)  # the built-in surgery check runs on the example input
+    assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)

@@ -3,12 +3,12 @@
 ``ExampleInput.of(example_input)`` accepts what a user passes as ``example_input``:
 
 - a tensor: ``model(x)``;
-- a tuple (or list) of positional arguments: ``model(*args)``; each is a tensor, or a list or
-  tuple of tensors (detectors take a list of images), or ``None``;
+- a tuple (or list) of positional arguments: ``model(*args)``; each is a tensor, a list or
+  tuple of tensors (detectors take a list of images), a number, a string or ``None``;
 - a dict of keyword arguments: ``model(**kwargs)`` (``{"x": ..., "t": ...}``).
 
-It checks them before any work: at least one tensor, nothing but tensors, lists of tensors and
-``None``, every tensor on the model's device.
+It checks them before any work: at least one tensor, nothing but those forms, every tensor on
+the model's device.
 
 >>> import torch
 >>> example = ExampleInput.of({"x": torch.zeros(2, 3), "t": torch.zeros(2)})
@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-_FORMS = ("example_input must be a tensor, a tuple of positional arguments (tensors, lists of tensors or None) or "
-          "a dict of keyword arguments")
+_FORMS = ("example_input must be a tensor, a tuple of positional arguments (tensors, lists of tensors, numbers, "
+          "strings or None) or a dict of keyword arguments")
 
 
 def _check_argument(value, where: str) -> None:
-    if value is None or isinstance(value, torch.Tensor):
+    if value is None or isinstance(value, (torch.Tensor, bool, int, float, str)):
         return
     if isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value):
         return
@@ -85,7 +85,7 @@ class ExampleInput:
             where = f"example_input[{key!r}]"
             if isinstance(value, torch.Tensor):
                 out.append((where, value))
-            elif value is not None:
+            elif isinstance(value, (tuple, list)):
                 out += [(f"{where}[{j}]", v) for j, v in enumerate(value)]
         return out
 
@@ -97,7 +97,7 @@ class ExampleInput:
     @property
     def batch(self) -> int:
         """The number of examples: the first tensor's leading size (a list of images counts its images)."""
-        first = next(v for v in (*self.args, *self.kwargs.values()) if v is not None)
+        first = next(v for v in (*self.args, *self.kwargs.values()) if isinstance(v, (torch.Tensor, tuple, list)))
         if isinstance(first, torch.Tensor):
             return max(1, int(first.shape[0])) if first.ndim else 1
         return max(1, len(first))
