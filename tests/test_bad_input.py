@@ -78,7 +78,7 @@ def test_an_error_of_the_models_own_forward_quotes_its_frame():
 
 
 def test_without_an_example_symbolic_tracing_failures_name_the_module():
-    from prune_core.channels.tracing import trace_model
+    from prune_core.channels import trace_model
 
     with pytest.raises(TraceFailure, match=r"the forward of `gate` \(Gate\) raised .*leaf_modules=\['gate'\]"):
         trace_model(DataDependent())

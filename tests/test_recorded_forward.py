@@ -20,9 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune_core import ChannelGraph, TaylorPrunableNetwork, remove_units
-from prune_core.channels.example import ExampleInput
-from prune_core.channels.recorder import tensors_in
-from prune_core.channels.tracing import TraceFailure, trace_model
+from prune_core.channels import ExampleInput, TraceFailure, tensors_in, trace_model
 from tests.equivalence import randomize_norms, zeroed_reference
 
 
@@ -223,7 +221,6 @@ def _public_models():
 
 @pytest.mark.parametrize("name", ["raft_small", "ssdlite320"])
 def test_public_models_fx_cannot_trace_are_analysed_and_pruned(name):
-    pytest.importorskip("torchvision")
     make, example = _public_models()[name]
     torch.manual_seed(0)
     model = make().eval()

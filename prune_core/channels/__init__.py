@@ -1,6 +1,7 @@
 """The channels wing: which channels of a network can go, and removing them.
 
-``ChannelGraph.build`` traces a model (``tracing``), propagates channel labels through it
+``ChannelGraph.build`` traces a model (``tracing``; where torch.fx cannot, its forward is
+recorded as it runs: ``recorder``) on an ``ExampleInput`` (``example``), propagates channel labels through it
 (``propagate``, with the per-operation rules of ``rules`` keyed by the kinds in ``ops``, on the
 union-find of ``labels``) and groups channels into removal units (``graph``);
 ``register_module_rule`` teaches it a module of one's own. ``remove_units``
@@ -20,23 +21,26 @@ These names are the wing's public interface; its modules are private.
 """
 
 from prune_core.channels.atomic import atomic_path
+from prune_core.channels.example import ExampleInput
 from prune_core.channels.graph import ChannelGraph, RemovalTally, Unit
 from prune_core.channels.macs import count_macs, macs_per_weight
 from prune_core.channels.ops import KINDS, register_module_rule, unregister_module_rule
 from prune_core.channels.preserve import preserved
 from prune_core.channels.propagate import ExampleInputMismatch
+from prune_core.channels.recorder import tensors_in
 from prune_core.channels.report import CompressionReport, analyze_compression
 from prune_core.channels.rules import OpCall, channelwise
 from prune_core.channels.serialize import load_pruned, read_pruned, save_pruned
 from prune_core.channels.sites import owner
 from prune_core.channels.surgery import remove_units
-from prune_core.channels.tracing import TraceFailure
+from prune_core.channels.tracing import TraceFailure, trace_model
 from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
 
 __all__ = [
     "KINDS",
     "ChannelGraph",
     "CompressionReport",
+    "ExampleInput",
     "ExampleInputMismatch",
     "OpCall",
     "RemovalTally",
@@ -57,5 +61,7 @@ __all__ = [
     "register_module_rule",
     "remove_units",
     "save_pruned",
+    "tensors_in",
+    "trace_model",
     "unregister_module_rule",
 ]
