@@ -40,6 +40,7 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.graph_zoo
 	$(PY) -m benchmarks.timm_zoo
 	$(PY) -m benchmarks.criteria
+	$(PY) -m benchmarks.criteria_2d
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.inference
 	$(PY) -m benchmarks.pruners
