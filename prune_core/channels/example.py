@@ -97,7 +97,7 @@ class ExampleInput:
     @property
     def batch(self) -> int:
         """The number of examples: the first tensor's leading size (a list of images counts its images)."""
-        first = next(v for v in (*self.args, *self.kwargs.values()) if isinstance(v, (torch.Tensor, tuple, list)))
+        first = next(v for v in self.values if isinstance(v, (torch.Tensor, tuple, list)))
         if isinstance(first, torch.Tensor):
             return max(1, int(first.shape[0])) if first.ndim else 1
         return max(1, len(first))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-import weakref
 from collections.abc import Callable
 
 import torch
@@ -53,7 +52,6 @@ def tensors_in(value) -> list[torch.Tensor]:
 
 
 def _collect(value, found: list[torch.Tensor], seen: set[int]) -> None:
-    """Every tensor inside ``value``: tuples, lists, dicts, dataclasses and objects with attributes."""
     if id(value) in seen:
         return
     seen.add(id(value))
@@ -73,6 +71,11 @@ def _collect(value, found: list[torch.Tensor], seen: set[int]) -> None:
             _collect(item, found, seen)
 
 
+def _in_place(name: str) -> bool:
+    """Whether a function or method of this name updates a tensor in place (``add_``, ``x[i] = v``)."""
+    return name in ("setitem", "__setitem__") or (name.endswith("_") and not name.startswith("__"))
+
+
 class _Recorder(TorchFunctionMode):
     """The mode and the module hooks that write the graph (see the module docstring)."""
 
@@ -80,8 +83,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.graph = fx.Graph()
         self.root: dict[str, object] = {}  # get_attr and call_module targets -> what they name
-        self.nodes: dict[int, tuple[weakref.ref, fx.Node]] = {}
-        self.alive: list[torch.Tensor] = []  # every tensor a node stands for, so that no id is reused
+        self.nodes: dict[int, tuple[torch.Tensor, fx.Node]] = {}  # holding the tensor keeps its id unique
         self.leaf_depth = 0
         self.names = {id(t): name for name, t in [*model.named_parameters(), *model.named_buffers()]}
         self.model = model
@@ -89,12 +91,11 @@ class _Recorder(TorchFunctionMode):
 
     # -- tensors and nodes ---------------------------------------------------------------
     def bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
-        self.nodes[id(tensor)] = (weakref.ref(tensor), node)
-        self.alive.append(tensor)
+        self.nodes[id(tensor)] = (tensor, node)
 
     def node_of(self, tensor: torch.Tensor) -> fx.Node:
         known = self.nodes.get(id(tensor))
-        if known is not None and known[0]() is tensor:
+        if known is not None:
             return known[1]
         name = self.names.get(id(tensor))
         constant = name is None
@@ -138,7 +139,7 @@ class _Recorder(TorchFunctionMode):
             return iter(rows)
         result = func(*args, **kwargs)
         found = tensors_in(result)
-        if not found and not (name == "__setitem__" or (name.endswith("_") and not name.startswith("__"))):
+        if not found and not _in_place(name):
             return result  # a size, a flag, a dtype: a constant of the example from here on
         node_args, node_kwargs = self.as_arg(tuple(args)), self.as_arg(kwargs)
         if name == "__get__" and hasattr(func, "__self__"):  # a tensor property: x.T, x.mT, x.data
@@ -173,16 +174,15 @@ class _Recorder(TorchFunctionMode):
         return hook
 
 
-def _mutates(node: fx.Node) -> bool:
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return name in ("setitem", "__setitem__") or (name.endswith("_") and not name.startswith("__"))
+def _target_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
 
 
 def _drop_unused(graph: fx.Graph) -> None:
     """Remove what feeds neither the output nor an in-place update: values that only steered Python
     (``if x.sum() > 0:``) carry no channels onward."""
     for node in reversed(list(graph.nodes)):
-        if node.op not in ("placeholder", "output") and not node.users and not _mutates(node):
+        if node.op not in ("placeholder", "output") and not node.users and not _in_place(_target_name(node)):
             graph.erase_node(node)
 
 
@@ -210,6 +210,4 @@ def record_forward(model: nn.Module, example: ExampleInput,
             handle.remove()
     recorder.graph.output(tuple(recorder.node_of(t) for t in tensors_in(output)))
     _drop_unused(recorder.graph)
-    gm = fx.GraphModule(recorder.root, recorder.graph)
-    recorder.alive.clear()
-    return gm
+    return fx.GraphModule(recorder.root, recorder.graph)

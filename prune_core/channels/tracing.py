@@ -104,35 +104,16 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = (),
         with preserved(model):
             caller_mode = model.training
             model.train()
-            try:
-                if not plain:
-                    raise TypeError("the example input is not a tuple of tensors")
-                graph = tracer.trace(model)
-                if _opaque_output(graph):
-                    raise TypeError("the output holds objects symbolic tracing cannot look into")
-                return fx.GraphModule(model, graph)  # copies the tensor constants fx stored...
-            except Exception as exc:
-                if example_input is None:
-                    raise _trace_failure(tracer, known, exc) from exc
+            if plain:
+                try:
+                    return fx.GraphModule(model, tracer.trace(model))  # copies the tensor constants fx stored...
+                except Exception as exc:
+                    if example_input is None:
+                        raise _trace_failure(tracer, known, exc) from exc
             return _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
     finally:
         for name in set(vars(model)) - attributes:  # ...on the model, which are taken off it again
             delattr(model, name)
-
-
-def _opaque_output(graph: fx.Graph) -> bool:
-    """Whether the traced output holds something other than nodes in tuples, lists and dicts (a
-    dataclass of proxies, say), whose tensors the analysis could not keep as network outputs."""
-    pending = [n.args[0] for n in graph.nodes if n.op == "output"]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, (tuple, list)):
-            pending.extend(value)
-        elif isinstance(value, dict):
-            pending.extend(value.values())
-        elif not (value is None or isinstance(value, (fx.Node, bool, int, float, str, torch.Tensor))):
-            return True
-    return False
 
 
 def _record(model: nn.Module, example: ExampleInput, is_leaf, caller_mode: bool) -> fx.GraphModule:
