@@ -142,30 +142,40 @@ def tp_step(model: nn.Module, example: torch.Tensor, importance, ratio: float, s
     model.zero_grad(set_to_none=True)
 
 
-def _ratio_for(model: nn.Module, example: torch.Tensor, target: int) -> float:
-    """Smallest uniform ratio (bisection) after which the model has at most ``target`` learnables."""
+def _ratio_for(model: nn.Module, example: torch.Tensor, target: float, size, rounds: int) -> float:
+    """Smallest uniform ratio (``rounds`` of bisection) after which ``size(model)`` is at most ``target``."""
     low, high = 0.0, 0.999
-    for _ in range(20):
+    for _ in range(rounds):
         mid = (low + high) / 2
         trial = copy.deepcopy(model)
         tp_prune(trial, example, tp.importance.RandomImportance(), mid)
-        low, high = (low, mid) if learnables(trial) <= target else (mid, high)
+        low, high = (low, mid) if size(trial) <= target else (mid, high)
     return high
 
 
-def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: str) -> list[tuple[float, float]]:
+STEPS_1D = [1 - 0.05 * step for step in range(1, round(max(LEVELS) / 0.05) + 1)]
+
+
+def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: str, *, fractions=STEPS_1D,
+           size=learnables, rounds: int = 20, epochs: int = 2,
+           stop_at: float | None = None) -> list[tuple[float, float]]:
+    """Torch-Pruning in steps: each prunes to ``fractions[k]`` of the original ``size`` (learnables, or any
+    measure of a model), then fine-tunes; (reduction, test accuracy) per step, stopping once ``stop_at``."""
     torch.manual_seed(seed)
-    model, options = copy.deepcopy(base).to(device), fine_tuning(data, seed, device)
+    model, options = copy.deepcopy(base).to(device), fine_tuning(data, seed, device, epochs)
     source, generator = as_source(data["x_train"], data["y_train"]), torch.Generator().manual_seed(seed)
-    example, original = data["x_train"][:2].to(device), learnables(model)
+    example = data["x_train"][:2].to(device)
+    original = size(model)
     rows = [(0.0, accuracy_on_test(model, data, device))]
-    for step in range(1, round(max(LEVELS) / 0.05) + 1):
-        target = int(original * (1 - 0.05 * step))
-        if learnables(model) > target:
-            tp_step(model, example, importance_factory(), _ratio_for(model, example, target), source, generator,
-                    device)
+    for fraction in fractions:
+        target = original * fraction
+        if size(model) > target:
+            tp_step(model, example, importance_factory(), _ratio_for(model, example, target, size, rounds), source,
+                    generator, device)
         fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
-        rows.append((1 - learnables(model) / original, accuracy_on_test(model, data, device)))
+        rows.append((1 - size(model) / original, accuracy_on_test(model, data, device)))
+        if stop_at is not None and rows[-1][0] >= stop_at:
+            break
     return rows
 
 

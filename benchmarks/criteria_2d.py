@@ -28,7 +28,6 @@ figure ``docs/figures/criteria_2d.png`` (accuracy against MACs reduction, per me
 from __future__ import annotations
 
 import argparse
-import copy
 import multiprocessing
 import os
 import platform
@@ -44,11 +43,11 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from benchmarks.criteria import at_levels, tp_prune, tp_step
+from benchmarks import criteria
+from benchmarks.criteria import accuracy_on_test, at_levels, fine_tuning
 from benchmarks.publish import RESULTS, publish
 from prune_core import TrainingOptions, compress_network, train_network
 from prune_core.channels import count_macs
-from prune_core.finetune import TrainingLog, as_source, evaluate, fine_tune, resolve_loss
 from sweeps.datasets import digits
 from sweeps.models import small_resnet
 
@@ -72,7 +71,6 @@ THEIRS = {
     "tp-fpgm": tp.importance.FPGMImportance,
 }
 DEFAULT = "taylor"
-LOSS = resolve_loss("crossentropy")
 FIGURE = Path(__file__).parent.parent / "docs" / "figures" / "criteria_2d.png"
 
 
@@ -84,18 +82,6 @@ def digits_28(seed: int = 0) -> dict[str, torch.Tensor]:
             "x_test": up(split["x_val"]), "y_test": split["y_val"]}
 
 
-def fine_tuning(data: dict, seed: int, device: str) -> TrainingOptions:
-    return TrainingOptions("adam", initial_learn_rate=5e-4, max_epochs=1, mini_batch_size=64,
-                           shuffle="every-epoch", metrics=["accuracy"], seed=seed, device=device,
-                           validation_data=(data["x_test"], data["y_test"]), validation_frequency=10_000)
-
-
-def accuracy_on_test(model: nn.Module, data: dict, device: str) -> float:
-    metrics = TrainingOptions(metrics=["accuracy"]).resolved_metrics
-    return evaluate(model, as_source(data["x_test"], data["y_test"]), LOSS, metrics, 500,
-                    torch.device(device))["accuracy"]
-
-
 def train_base(data: dict, seed: int, device: str) -> nn.Module:
     torch.manual_seed(seed)
     options = TrainingOptions("adam", initial_learn_rate=1e-3, max_epochs=15, mini_batch_size=64,
@@ -104,40 +90,20 @@ def train_base(data: dict, seed: int, device: str) -> nn.Module:
 
 
 def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) -> list[tuple[float, float]]:
-    _, info = compress_network(base, data["x_train"], data["y_train"], "crossentropy", fine_tuning(data, seed, device),
+    _, info = compress_network(base, data["x_train"], data["y_train"], "crossentropy",
+                               fine_tuning(data, seed, device, epochs=1),
                                budget="macs", goal=GOAL, increment=INCREMENT, verbosity="off", **levers)
     rows = info.pruning_history
     return list(zip(rows["macs_reduction"], rows["validation_accuracy"], strict=True))
 
 
-def _ratio_for(model: nn.Module, example: torch.Tensor, target: float) -> float:
-    """Smallest per-layer ratio (bisection) after which the model has at most ``target`` MACs."""
-    low, high = 0.0, 0.999
-    for _ in range(16):
-        mid = (low + high) / 2
-        trial = copy.deepcopy(model)
-        tp_prune(trial, example, tp.importance.RandomImportance(), mid)
-        low, high = (low, mid) if count_macs(trial, example) <= target else (mid, high)
-    return high
-
-
 def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: str) -> list[tuple[float, float]]:
-    torch.manual_seed(seed)
-    model, options = copy.deepcopy(base).to(device), fine_tuning(data, seed, device)
-    source, generator = as_source(data["x_train"], data["y_train"]), torch.Generator().manual_seed(seed)
+    """Torch-Pruning in exact 7.5% steps of the original MACs, to 92%."""
+    fractions = [max(1 - GOAL, 1 - INCREMENT * step) for step in range(1, round(GOAL / INCREMENT) + 2)]
     example = data["x_train"][:2].to(device)
-    original = count_macs(model, example)
-    rows = [(0.0, accuracy_on_test(model, data, device))]
-    for step in range(1, round(GOAL / INCREMENT) + 2):
-        target = original * max(1 - GOAL, 1 - INCREMENT * step)
-        if count_macs(model, example) > target:
-            tp_step(model, example, importance_factory(), _ratio_for(model, example, target), source, generator,
-                    device)
-        fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
-        rows.append((1 - count_macs(model, example) / original, accuracy_on_test(model, data, device)))
-        if rows[-1][0] >= GOAL - 1e-3:
-            break
-    return rows
+    return criteria.run_tp(base, data, seed, importance_factory, device, fractions=fractions,
+                           size=lambda model: count_macs(model, example), rounds=16,
+                           epochs=1, stop_at=GOAL - 1e-3)
 
 
 def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[list, list]:
