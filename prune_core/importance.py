@@ -73,7 +73,9 @@ from torch import nn
 from prune_core.channels import ChannelGraph, owner
 from prune_core.registry import Registry
 
-NORMALIZATIONS = ("mean", "l2", "none")
+# What each normalisation divides a group's scores by (0: they stay as they are).
+_SCALES = {"mean": lambda values: np.abs(values).mean(), "l2": np.linalg.norm, "none": lambda values: 0.0}
+NORMALIZATIONS = tuple(_SCALES)
 
 
 class Criterion:
@@ -218,7 +220,7 @@ def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "mean")
             groups.setdefault(unit.producers, []).append(unit.id)
     for ids in groups.values():
         values = raw[ids]
-        norm = {"mean": lambda v: np.abs(v).mean(), "l2": np.linalg.norm}.get(normalization, lambda v: 0.0)(values)
+        norm = _SCALES[normalization](values)
         scores[ids] = values / norm if norm > 0 else values
     return scores
 

@@ -53,11 +53,6 @@ class SurgeryMismatch(RuntimeError):
     """A surgery gave a network that is not the original with the removed channels zeroed."""
 
 
-def _outputs(value) -> list[torch.Tensor]:
-    """Every tensor inside a model's output (a tensor, tuple, list, dict, named tuple or dataclass)."""
-    return tensors_in(value)
-
-
 class _KeptChannelsLayerNorm(TorchFunctionMode):
     """``F.layer_norm`` over the kept channels only, inside the modules named in ``kept``."""
 
@@ -131,8 +126,8 @@ def _run(model: nn.Module, graph: ChannelGraph, replaced: dict[str, torch.Tensor
             mode = stack.enter_context(_KeptChannelsLayerNorm(model, kept))
             stack.enter_context(mode.hooks)
         if replaced:
-            return _outputs(functional_call(model, replaced, example.args, example.kwargs, strict=False))
-        return _outputs(example.call(model))
+            return tensors_in(functional_call(model, replaced, example.args, example.kwargs, strict=False))
+        return tensors_in(example.call(model))  # every output tensor, dataclasses included
 
 
 def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> list[torch.Tensor]:
