@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from prune_core import ChannelGraph, remove_units
+from prune_core.channels import ExampleInput, tensors_in
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -42,9 +43,9 @@ def zeroed_reference(model: nn.Module, graph: ChannelGraph, unit_ids: list[int])
 
 
 def outputs(model: nn.Module, example) -> list[torch.Tensor]:
+    """Every output tensor of ``model`` on ``example`` (any form ``ExampleInput`` takes)."""
     with torch.no_grad():
-        out = model(*example) if isinstance(example, tuple) else model(example)
-    return list(out) if isinstance(out, (tuple, list)) else [out]
+        return tensors_in(ExampleInput.of(example).call(model))
 
 
 def random_units(graph: ChannelGraph, fraction: float, seed: int) -> list[int]:

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune_core import ChannelGraph, TaylorPrunableNetwork, remove_units
-from prune_core.channels import ExampleInput, TraceFailure, tensors_in, trace_model
-from tests.equivalence import randomize_norms, zeroed_reference
+from prune_core.channels import TraceFailure, trace_model
+from tests.equivalence import check_surgery
 
 
 def conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -144,11 +144,6 @@ CASES = {
 }
 
 
-def outputs(model: nn.Module, example) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return tensors_in(ExampleInput.of(example).call(model))
-
-
 @pytest.mark.parametrize("name", ["split-loop", "size-math"])
 def test_symbolic_tracing_refuses_them(name):
     with pytest.raises(TraceFailure):
@@ -159,22 +154,11 @@ def test_symbolic_tracing_refuses_them(name):
 def test_recorded_forward_prunes_exactly(name):
     model_type, make_example = CASES[name]
     torch.manual_seed(0)
-    model = randomize_norms(model_type().eval())
-    example = make_example()
-    graph = ChannelGraph.build(model, example)
-    removable = graph.removable_units()
-    assert removable, f"{name}: nothing prunable"
-    rng = np.random.default_rng(0)
-    chosen = graph.greedy_removal([u.id for u in removable if rng.random() < 0.4])
-    assert chosen
-    reference = zeroed_reference(model, graph, chosen)
-    pruned = copy.deepcopy(model)
-    remove_units(pruned, graph, chosen)
-    assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)
-    expected, got, original = outputs(reference, example), outputs(pruned, example), outputs(model, example)
-    assert [t.shape for t in got] == [t.shape for t in original]
-    assert max((a - b).abs().max().item() for a, b in zip(expected, got)) < 1e-4
-    assert max((a - b).abs().max().item() for a, b in zip(expected, original)) > 1e-3  # the removal mattered
+    result = check_surgery(model_type(), make_example(), fraction=0.4)
+    assert result["removed"], f"{name}: nothing prunable"
+    assert result["params"] == result["predicted_params"]
+    assert result["max_error"] < 1e-4
+    assert result["effect"] > 1e-3  # the removal mattered
 
 
 def test_outputs_are_never_pruned():
