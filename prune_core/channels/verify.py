@@ -21,8 +21,8 @@ channels read zero. Every surgery is then checked exactly, layer norms included.
 ...     net[0].weight, net[0].bias = nn.Parameter(net[0].weight[[0, 3]]), nn.Parameter(net[0].bias[[0, 3]])
 ...     net[2].weight = nn.Parameter(net[2].weight[:, [0, 3]])
 >>> check_equivalent(net, graph, [1, 2], reference)    # silent when equal
->>> with torch.no_grad():
-...     net[2].weight[0, 0] += 1.0
+>>> with torch.no_grad():   # a wrong one: a bias always shows (a weight after a ReLU that zeroed its channel may not)
+...     net[2].bias[0] += 1.0
 >>> check_equivalent(net, graph, [1, 2], reference)   # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
 SurgeryMismatch: the pruned network differs from the original with the removed channels zeroed
