@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torchvision pins the matching torch; both are plain PyPI releases.
 TORCH := torch==2.14.1 torchvision==0.29.1
-TESTED := prune_core sweeps hydra_plugins analysis tests
+TESTED := prune_core sweeps optuna_sweep hydra_plugins analysis tests
 
 .PHONY: install demo test test-fast lint bench
 

@@ -4,7 +4,9 @@ A run's ``hydra/config.yaml`` is read back from the artifact store, and anyone w
 there could name any callable as a ``_target_`` (``torch.load`` of a planted pickle, say). So
 the analysis instantiates only:
 
-- this project's own builders: ``sweeps.models.<name>`` and ``sweeps.datasets.<name>``;
+- this project's own builders: ``sweeps.builders.models.<name>`` and ``sweeps.builders.datasets.<name>``
+  (named ``sweeps.models.<name>`` and ``sweeps.datasets.<name>`` in runs logged before the app's
+  modules moved: those are read as the builders' current names);
 - torchvision's model constructors (``torchvision.models.<name>``) and ``timm.create_model``;
 - the dotted names the caller passes in ``allowed`` (their own ``my_project.nets.build``).
 
@@ -27,13 +29,24 @@ import re
 from collections.abc import Iterable
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-_BUILDERS = re.compile(r"(sweeps\.models|sweeps\.datasets|torchvision\.models)\.[a-z][a-z0-9_]*|timm\.create_model")
+_BUILDERS = re.compile(
+    r"(sweeps\.builders\.models|sweeps\.builders\.datasets|torchvision\.models)\.[a-z][a-z0-9_]*|timm\.create_model")
+MOVED = {"sweeps.models.": "sweeps.builders.models.", "sweeps.datasets.": "sweeps.builders.datasets."}
+
+
+def current_name(target: str) -> str:
+    """A builder's name today, for a ``_target_`` logged under the app's former module names (see above)."""
+    for old, new in MOVED.items():
+        if target.startswith(old):
+            return new + target.removeprefix(old)
+    return target
 
 
 def _is_builder(target: str) -> bool:
     """A public function defined in one of the allowed modules (not something they merely import)."""
+    target = current_name(target)
     if not _BUILDERS.fullmatch(target):
         return False
     module, _, name = target.rpartition(".")
@@ -67,11 +80,15 @@ def check_targets(config: DictConfig, path: str, allowed: Iterable[str] = ()) ->
         if not isinstance(target, str) or not (target in extra or _is_builder(target)):
             raise ValueError(
                 f"{where}._target_={target!r} is not an allowed builder: the analysis instantiates only this "
-                "project's builders (sweeps.models.*, sweeps.datasets.*), torchvision.models.* constructors and "
-                f"timm.create_model; pass allowed=[{target!r}] if you trust it")
+                "project's builders (sweeps.builders.models.*, sweeps.builders.datasets.*), torchvision.models.* "
+                f"constructors and timm.create_model; pass allowed=[{target!r}] if you trust it")
 
 
 def instantiate_allowed(config: DictConfig, path: str, allowed: Iterable[str] = ()):
     """``hydra.utils.instantiate(config)`` once every ``_target_`` in it passed ``check_targets``."""
     check_targets(config, path, allowed)
-    return instantiate(config)
+    renamed = config.copy()
+    for where, target in _targets(config, path):
+        if isinstance(target, str) and current_name(target) != target:
+            OmegaConf.update(renamed, f"{where.removeprefix(path)}._target_".lstrip("."), current_name(target))
+    return instantiate(renamed)

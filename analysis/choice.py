@@ -29,9 +29,8 @@ from analysis.allowed import check_targets, instantiate_allowed
 from analysis.loading import downloaded
 from prune_core import load_pruned
 from prune_core.finetune import as_source, evaluate, resolve_loss, resolve_metric
-from sweeps import contract
-from sweeps.job_data import job_data
-from sweeps.models import WEIGHT_FILE_KEYS
+from sweeps import layout
+from sweeps.job.data import job_data
 
 
 def accuracy_drop(table: pd.DataFrame, metric: str = "validation_accuracy") -> pd.Series:
@@ -67,7 +66,7 @@ def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: fl
 def run_config(run_id: str, tracking_uri: str) -> DictConfig:
     """The Hydra config a run was made with (its ``hydra/config.yaml`` artifact; read, never instantiated)."""
     try:
-        with downloaded(tracking_uri, run_id, contract.CONFIG) as path:
+        with downloaded(tracking_uri, run_id, layout.CONFIG) as path:
             config = OmegaConf.load(path)
     except Exception as exc:
         raise ValueError(f"run {run_id}: its hydra/config.yaml is not a readable config ({type(exc).__name__}: "
@@ -99,7 +98,7 @@ def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Modu
         config = run_config(row["run_id"], tracking_uri)
         model_config = config.get("model")
         check_targets(model_config, "model", allowed)  # refused before anything is downloaded
-        for key in WEIGHT_FILE_KEYS:  # the architecture only: the weights come from the checkpoint
+        for key in layout.WEIGHT_FILE_KEYS:  # the architecture only: the weights come from the checkpoint
             if key in model_config:
                 model_config[key] = None
         builder = lambda: instantiate_allowed(model_config, "model", allowed)  # noqa: E731

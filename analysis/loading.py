@@ -13,7 +13,7 @@ joins it with the run's identity and its hyperparameters:
   the pruning history;
 - ``checkpoint``: the artifact path of that iteration's checkpoint (None when it has none);
 - ``latency_ms`` (and ``latency_ms_b<N>``): the returned network's measured latency
-  (``sweeps.deployment``), on its returned row only (NaN elsewhere, and for runs that measured
+  (``sweeps.deployment.measure``), on its returned row only (NaN elsewhere, and for runs that measured
   none); ``latency_source`` ("onnxruntime", or "torch" when the export failed);
 - ``pruned``: True for every row of a trial that Optuna's pruner stopped early (its levels are
   real, checkpointed networks; the trial was just not run to its end).
@@ -40,9 +40,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from prune_core import StopReason
-from sweeps import contract
+from sweeps import layout
 
-HISTORY = contract.table("pruning_history")
+HISTORY = layout.table("pruning_history")
 
 
 @dataclass
@@ -78,8 +78,8 @@ def typed(value: str):
 
 def resolve_uri(tracking_uri: str | None) -> str:
     """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; checked it can be read."""
-    uri = contract.tracking_uri(tracking_uri)
-    contract.check_reachable(uri, f"tracking URI {uri!r}", store_must_exist=True)
+    uri = layout.tracking_uri(tracking_uri)
+    layout.check_reachable(uri, f"tracking URI {uri!r}", store_must_exist=True)
     return uri
 
 
@@ -115,10 +115,10 @@ def _history(uri: str, run) -> pd.DataFrame:
 
 def returned_iteration(tags: dict[str, str], last_iteration: int) -> int:
     """The iteration whose network a run returned: its tag, or (runs logged before the tag) its stop reason."""
-    tagged = tags.get(contract.RETURNED_ITERATION)
+    tagged = tags.get(layout.RETURNED_ITERATION)
     if tagged is not None and tagged.lstrip("-").isdigit():
         return int(tagged)
-    stop = tags.get(contract.STOP_REASON, "")
+    stop = tags.get(layout.STOP_REASON, "")
     return last_iteration - (1 if stop in set(StopReason) and StopReason(stop).returns_previous else 0)
 
 
@@ -131,7 +131,7 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
         known = sorted(e.name for e in client.search_experiments())
         raise ValueError(f"experiment {name!r} does not exist at {uri}; experiments there: {known}")
     found = client.search_runs([experiment.experiment_id], max_results=50_000)
-    jobs = [r for r in found if r.data.tags.get(contract.ROLE) in contract.JOB_ROLES]
+    jobs = [r for r in found if r.data.tags.get(layout.ROLE) in layout.JOB_ROLES]
     unfinished: dict[str, int] = {}
     left_out: dict[str, str] = {}
     rows, params = [], []
@@ -148,23 +148,23 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
         except ValueError as exc:
             left_out[run.info.run_id] = str(exc)
             continue
-        checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, contract.CHECKPOINTS)}
-        history["checkpoint"] = [path if (path := contract.checkpoint(int(k))) in checkpoints else None
+        checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, layout.CHECKPOINTS)}
+        history["checkpoint"] = [path if (path := layout.checkpoint(int(k))) in checkpoints else None
                                  for k in history["iteration"]]
-        stop = run.data.tags.get(contract.STOP_REASON, "")
+        stop = run.data.tags.get(layout.STOP_REASON, "")
         last = returned_iteration(run.data.tags, int(history["iteration"].max()))
         history["returned"] = history["iteration"] == last
         history["rejected"] = history["iteration"] > last
         for metric, value in run.data.metrics.items():  # measured on the returned network only
             if metric.startswith("latency_ms"):
                 history[metric] = history["returned"].map({True: value, False: float("nan")})
-        history["latency_source"] = history["returned"].map({True: run.data.tags.get(contract.LATENCY_SOURCE)})
-        history["pruned"] = contract.PRUNED in run.data.tags
+        history["latency_source"] = history["returned"].map({True: run.data.tags.get(layout.LATENCY_SOURCE)})
+        history["pruned"] = layout.PRUNED in run.data.tags
         history.insert(0, "stop_reason", stop)
         history.insert(0, "status", run.info.status)
-        history.insert(0, "study", run.data.tags.get(contract.STUDY))
+        history.insert(0, "study", run.data.tags.get(layout.STUDY))
         history.insert(0, "run_id", run.info.run_id)
-        history.insert(0, "trial", int(run.data.tags.get(contract.TRIAL, -1)))
+        history.insert(0, "trial", int(run.data.tags.get(layout.TRIAL, -1)))
         rows.append(history)
         params.append((run.info.run_id, run.data.params))
     if not rows:

@@ -3,7 +3,7 @@ side by side with every Torch-Pruning importance.
 
 Setup (the same for every method): scikit-learn's handwritten digits (1797 real images, shipped
 with the package), upscaled from 8x8 to 28x28, 75% train / 25% test. The network is
-``sweeps.models.small_resnet(width=32)``: a stem and three residual stages of 32/64/128
+``sweeps.builders.models.small_resnet(width=32)``: a stem and three residual stages of 32/64/128
 channels (308 k parameters), trained once per seed (Adam 1e-3, 15 epochs) and shared by all
 methods. Pruning removes 7.5% of the original MACs per step up to 92%; after every step the
 network is fine-tuned for one epoch (Adam 5e-4, batch 64) and its test accuracy recorded. The
@@ -48,8 +48,8 @@ from benchmarks.criteria import accuracy_on_test, at_levels, fine_tuning
 from benchmarks.publish import RESULTS, publish
 from prune_core import TrainingOptions, compress_network, train_network
 from prune_core.channels import count_macs
-from sweeps.datasets import digits
-from sweeps.models import small_resnet
+from sweeps.builders.datasets import digits
+from sweeps.builders.models import small_resnet
 
 LEVELS = (0.5, 0.75, 0.9)
 GOAL, INCREMENT = 0.92, 0.075

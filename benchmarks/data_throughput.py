@@ -2,7 +2,7 @@
 
 The same model, the same DataLoader and the same batch size on both sides. Data: an image
 folder of PNGs on disk (scikit-learn's digits, upscaled to 32x32 RGB, 100 per class), read by
-``sweeps.datasets.image_folder`` with the training transforms (random crop, flip, normalise)
+``sweeps.builders.datasets.image_folder`` with the training transforms (random crop, flip, normalise)
 through one DataLoader. Model: timm's ``resnet18`` with 10 classes.
 
 ``compress_network`` runs one pruning iteration (5% of the learnables) and fine-tunes the
@@ -38,8 +38,8 @@ from torch.utils.data import DataLoader
 
 from benchmarks.publish import publish
 from prune_core import TrainingOptions, compress_network
-from sweeps.datasets import image_folder
-from sweeps.models import timm_model
+from sweeps.builders.datasets import image_folder
+from sweeps.builders.models import timm_model
 
 PER_CLASS, BATCH, EPOCHS = 100, 64, 3
 

@@ -5,8 +5,8 @@ Networks: the MNIST-1D network of ``benchmarks/criteria.py`` pruned by ``compres
 beyond 50%, 70% and 90% fewer learnables (reloaded with ``load_pruned``, as a user would);
 and torchvision's ResNet-18 (10 classes, 3x64x64 input) with the least-L1 half of every
 prunable group's filters removed by ``remove_units``. Each network is also exported to ONNX
-(``sweeps.onnx_export``: the dynamo exporter, checked against PyTorch within 1e-4) and run with
-onnxruntime. Latency (``sweeps.latency``): the median of timed calls after 10 untimed ones, at
+(``sweeps.deployment.onnx_export``: the dynamo exporter, checked against PyTorch within 1e-4) and run with
+onnxruntime. Latency (``sweeps.deployment.latency``): the median of timed calls after 10 untimed ones, at
 batch 1 and 64, 2 threads for both runtimes (PyTorch in eval mode under ``torch.inference_mode``),
 timed until the spread (interquartile range over the median) is under 10% or 3 s have passed;
 the largest spread of each row is reported. MACs from ``prune_core.channels.count_macs``
@@ -31,9 +31,9 @@ from benchmarks.criteria import make_network
 from benchmarks.publish import publish
 from prune_core import TaylorPrunableNetwork, TrainingOptions, compress_network, load_pruned, remove_units
 from prune_core.channels import count_macs
-from sweeps.datasets import mnist1d_tensors
-from sweeps.latency import onnx_latency, torch_latency
-from sweeps.onnx_export import export_onnx, session
+from sweeps.builders.datasets import mnist1d_tensors
+from sweeps.deployment.latency import onnx_latency, torch_latency
+from sweeps.deployment.onnx_export import export_onnx, session
 
 THREADS = 2
 

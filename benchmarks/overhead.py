@@ -48,7 +48,7 @@ from prune_core import (
     remove_units,
     train_network,
 )
-from sweeps.datasets import mnist1d_tensors
+from sweeps.builders.datasets import mnist1d_tensors
 
 
 def time_split(model: nn.Module, train: tuple, validation: tuple, goal: float, epochs: int,

@@ -34,7 +34,8 @@ from mlflow.tracking import MlflowClient
 
 import sweeps.run
 from benchmarks.publish import publish
-from sweeps import contract, tracking
+from sweeps import layout
+from sweeps.tracking import history, study_run
 
 SPENT: dict[str, float] = defaultdict(float)
 CAPTURED: dict[str, object] = {}
@@ -72,12 +73,12 @@ def first_trial_end(uri: str) -> float:
 
 
 def batching_comparison(uri: str) -> tuple[int, float, float]:
-    metrics = tracking.history_metrics(CAPTURED["info"])
+    metrics = history.history_metrics(CAPTURED["info"])
     client = MlflowClient(uri)
     experiment = client.create_experiment("batching-comparison")
     batched, single = client.create_run(experiment), client.create_run(experiment)
     started = time.perf_counter()
-    tracking._metric_batches(client, batched.info.run_id, metrics)
+    history._metric_batches(client, batched.info.run_id, metrics)
     batch_s = time.perf_counter() - started
     started = time.perf_counter()
     for m in metrics:
@@ -93,14 +94,14 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="sweep_overhead_"))
     os.chdir(scratch)
     timed(sweeps.run, "run_job", "jobs")
-    timed(tracking.StudyRunCallback, "on_multirun_start", "mlflow_study")
-    timed(tracking.StudyRunCallback, "on_multirun_end", "mlflow_study")
+    timed(study_run.StudyRunCallback, "on_multirun_start", "mlflow_study")
+    timed(study_run.StudyRunCallback, "on_multirun_end", "mlflow_study")
     for owner, name in ((mlflow, "start_run"), (mlflow, "end_run"), (mlflow, "set_experiment"),
-                        (contract, "open_store")):
+                        (sweeps.run, "open_store")):  # patched where the job looks them up
         timed(owner, name, "mlflow")
-    timed(tracking, "log_torch_model", "model")
-    tracking.log_pruning = capture_info(tracking.log_pruning)
-    timed(tracking, "log_pruning", "mlflow")
+    timed(history, "log_torch_model", "model")
+    sweeps.run.log_pruning = capture_info(sweeps.run.log_pruning)
+    timed(sweeps.run, "log_pruning", "mlflow")
     sys.argv = ["sweeps.run", "-m", f"hydra.sweeper.n_trials={args.trials}"]
     conf = Path(sweeps.run.__file__).resolve().parents[1] / "conf"
     app = hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(
@@ -114,7 +115,7 @@ def main() -> None:
     total = time.perf_counter() - started
     jobs, mlflow_s = SPENT["jobs"], SPENT["mlflow"] + SPENT["mlflow_study"]
     bookkeeping = total - jobs - SPENT["mlflow_study"]
-    count, batch_s, single_s = batching_comparison(contract.tracking_uri(None))
+    count, batch_s, single_s = batching_comparison(layout.tracking_uri(None))
     lines = [
         "# Sweep overhead: MLflow logging and sweeper bookkeeping",
         "",
@@ -138,7 +139,7 @@ def main() -> None:
         f"Per trial: {total / args.trials:.2f} s in all, {mlflow_s / args.trials:.2f} s of MLflow logging "
         f"({SPENT['model'] / args.trials:.2f} s of it the model export), "
         f"{bookkeeping / args.trials:.2f} s of bookkeeping. Time to the first completed trial: "
-        f"{first_trial_end(contract.tracking_uri(None)) - started_epoch:.1f} s (base network training included).",
+        f"{first_trial_end(layout.tracking_uri(None)) - started_epoch:.1f} s (base network training included).",
         "",
         f"Logging one trial's {count} metric values: `log_batch` in chunks of 1000: {batch_s:.2f} s; "
         f"one `log_metric` call each: {single_s:.2f} s ({single_s / batch_s:.0f}x slower).",

@@ -68,16 +68,20 @@ class PruningInfo:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
+    def returned_row(self) -> dict:
+        """The returned network's row of ``pruning_history`` (column name to value)."""
+        rows = self.pruning_history
+        return rows.loc[rows["iteration"] == self.returned_iteration].iloc[0].to_dict()
+
+    @property
     def reduction(self) -> float:
         """Fraction of the original learnables removed in the returned network."""
-        rows = self.pruning_history
-        return float(rows.loc[rows["iteration"] == self.returned_iteration, "reduction"].iloc[0])
+        return float(self.returned_row["reduction"])
 
     @property
     def macs_reduction(self) -> float:
         """Fraction of the original MACs (per example) removed in the returned network."""
-        rows = self.pruning_history
-        return float(rows.loc[rows["iteration"] == self.returned_iteration, "macs_reduction"].iloc[0])
+        return float(self.returned_row["macs_reduction"])
 
 
 def learnables(model: nn.Module) -> int:

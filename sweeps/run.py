@@ -1,14 +1,14 @@
 """``python -m sweeps.run``: one pruning run from the Hydra config; ``-m`` for an Optuna study.
 
-The job: check the configuration (``sweeps.job_config``) and the tracking store, load the data
-(``sweeps.job_data``: tensors, or Datasets and DataLoaders read batch by batch; checked before
+The job: check the configuration (``sweeps.job.config``) and the tracking store, load the data
+(``sweeps.job.data``: tensors, or Datasets and DataLoaders read batch by batch; checked before
 any training) and build the model, get the trained base network (cached, the model's weights
 file, or ``base.checkpoint``), run ``compress_network`` with every option from ``pruning`` and
-``training``, export and time the returned network (``sweeps.deployment``, the ``export`` group),
+``training``, export and time the returned network (``sweeps.deployment.measure``, the ``export`` group),
 log everything to MLflow, and return the objectives named in
 ``sweep.objectives`` (with ``sweep.constraints`` as Optuna constraints, and the MLflow run id as
 the trial's ``mlflow_run_id`` user attribute) to the sweeper. With ``hydra.sweeper.pruner``, each
-pruning iteration's objective is reported to the trial (``sweeps.intermediate``); when the pruner
+pruning iteration's objective is reported to the trial (``sweeps.job.intermediate``); when the pruner
 stops the trial, the network so far is logged as usual, the MLflow run FINISHED and tagged
 ``taylorprune.pruned``, and the trial ends PRUNED. SIGTERM is handled like Ctrl-C, in
 the app and in its launcher workers: the trial fails, its runs are KILLED, the study stops.
@@ -31,16 +31,21 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from hydra_plugins.taylorprune_optuna_sweeper import job_trial
+from optuna_sweep import job_trial
 from prune_core import PruningInfo, StopReason, compress_network
-from sweeps import contract, interrupts, tracking
-from sweeps.base_model import base_network
-from sweeps.deployment import measure_deployment
-from sweeps.devices import job_device, job_index
-from sweeps.intermediate import IntermediateValues
-from sweeps.job_config import check_job_config, deployment_options, pruning_options, training_options
-from sweeps.job_data import load_data
-from sweeps.schemas import register_schemas
+from sweeps import layout
+from sweeps.base_network import base_network
+from sweeps.deployment.measure import measure_deployment
+from sweeps.job.config import check_job_config, deployment_options, pruning_options, training_options
+from sweeps.job.data import load_data
+from sweeps.job.intermediate import IntermediateValues
+from sweeps.job.schemas import register_schemas
+from sweeps.process import interrupts
+from sweeps.process.devices import job_device, job_index
+from sweeps.tracking.history import LiveLog, log_deployment, log_pruning
+from sweeps.tracking.job_run import job_run
+from sweeps.tracking.store import open_store
+from sweeps.tracking.study_run import closing_studies
 
 log = logging.getLogger(__name__)
 register_schemas()  # before Hydra composes the config
@@ -50,8 +55,7 @@ def objective_values(cfg: DictConfig, info: PruningInfo,
                      measured: dict[str, float] | None = None) -> dict[str, list[float]] | list[float]:
     """The returned network's values of ``sweep.objectives`` (and ``sweep.constraints`` as floor - value): its
     row of the pruning history, or what was ``measured`` of it after pruning (latency)."""
-    rows = info.pruning_history
-    row = rows.loc[rows["iteration"] == info.returned_iteration].iloc[0].to_dict() | (measured or {})
+    row = info.returned_row | (measured or {})
 
     def value(name: str) -> float:
         if name not in row:
@@ -78,8 +82,8 @@ def run_job(cfg: DictConfig):
 
 def _run_job(cfg: DictConfig):
     check_job_config(cfg)
-    uri = contract.tracking_uri(cfg.tracking.uri)
-    contract.open_store(uri, f"tracking.uri={uri!r}")
+    uri = layout.tracking_uri(cfg.tracking.uri)
+    open_store(uri, f"tracking.uri={uri!r}")
     trial = job_trial()  # a sweep with a pruner: report intermediate values to this trial
     data = load_data(cfg)
     device = job_device(cfg.training.device, job_index(HydraConfig.get().job.get("num") or 0))
@@ -90,23 +94,23 @@ def _run_job(cfg: DictConfig):
     checkpoints = output_dir / "checkpoints" if cfg.tracking.log_checkpoints else None
     if checkpoints is not None:
         checkpoints.mkdir(parents=True, exist_ok=True)
-    with tracking.job_run(uri, cfg) as run:
-        live = tracking.LiveLog(MlflowClient(uri), run.info.run_id)
+    with job_run(uri, cfg) as run:
+        live = LiveLog(MlflowClient(uri), run.info.run_id)
         plots_path = output_dir / "pruning_progress.png" if cfg.pruning.plots != "none" else None
         reported = None if trial is None else IntermediateValues(trial, cfg.sweep.objectives[0], then=live)
         settings = pruning_options(cfg, checkpoint_path=checkpoints, plots_path=plots_path,
                                    iteration_fn=live if reported is None else reported)
         pruned, info = compress_network(base, data.train, cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED
-        tracking.log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data.example(), live,
+        log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data.example(), live,
                              log_model=cfg.tracking.log_model and not interrupted)
         if interrupted:  # logged as far as it went (no model export: stop quickly); the run is KILLED
             raise KeyboardInterrupt
         deployment = measure_deployment(pruned, data.example(), output_dir, deployment_options(cfg))
-        tracking.log_deployment(run, deployment)
+        log_deployment(run, deployment)
         pruned_at = None if reported is None or info.stop_reason != StopReason.OUTPUT_FN else reported.pruned_at
         if pruned_at is not None:
-            MlflowClient(uri).set_tag(run.info.run_id, contract.PRUNED, f"at pruning iteration {pruned_at}")
+            MlflowClient(uri).set_tag(run.info.run_id, layout.PRUNED, f"at pruning iteration {pruned_at}")
             log.info(f"Optuna's pruner stopped this trial after pruning iteration {pruned_at}")
     result = objective_values(cfg, info, deployment.metrics)
     result = (result if isinstance(result, dict) else {"values": result}) | {
@@ -129,5 +133,5 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     interrupts.install()
-    with tracking.closing_studies():
+    with closing_studies():
         main()

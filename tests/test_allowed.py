@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from analysis import load_choice, validation_accuracy
 from prune_core import save_pruned
-from sweeps.models import small_cnn2d
+from sweeps.builders.models import small_cnn2d
 
 
 class Planted:
@@ -61,10 +61,10 @@ def test_a_planted_target_is_refused_and_never_runs(store, tmp_path):
 
 
 @pytest.mark.parametrize("model", [
-    {"_target_": "sweeps.models.small_cnn2d", "width": {"_target_": "os.system", "_args_": ["touch ran"]}},
-    {"_target_": "sweeps.models.nn"},                 # imported by the module, not one of its builders
+    {"_target_": "sweeps.builders.models.small_cnn2d", "width": {"_target_": "os.system", "_args_": ["touch ran"]}},
+    {"_target_": "sweeps.builders.models.nn"},                 # imported by the module, not one of its builders
     {"_target_": "${oc.env:HOME}"},                   # interpolations are not resolved into targets
-    "sweeps.models.small_cnn2d",                      # not a mapping
+    "sweeps.builders.models.small_cnn2d",                      # not a mapping
 ])
 def test_nested_imported_and_malformed_targets_are_refused(store, tmp_path, monkeypatch, model):
     uri, log_config = store
@@ -76,10 +76,10 @@ def test_nested_imported_and_malformed_targets_are_refused(store, tmp_path, monk
 
 def test_allowed_builders_load(store):
     uri, log_config = store
-    row = log_config({"model": {"_target_": "sweeps.models.small_cnn2d"},
-                      "data": {"_target_": "sweeps.datasets.digits", "validation_fraction": 0.25}})
+    row = log_config({"model": {"_target_": "sweeps.builders.models.small_cnn2d"},
+                      "data": {"_target_": "sweeps.builders.datasets.digits", "validation_fraction": 0.25}})
     model = load_choice(row, uri)
-    accuracy = validation_accuracy(model, OmegaConf.create({"data": {"_target_": "sweeps.datasets.digits"}}))
+    accuracy = validation_accuracy(model, OmegaConf.create({"data": {"_target_": "sweeps.builders.datasets.digits"}}))
     assert 0.0 <= accuracy <= 100.0
     row = log_config({"model": {"_target_": "tests.test_allowed.trusted_net"}})
     with pytest.raises(ValueError, match="not an allowed builder"):

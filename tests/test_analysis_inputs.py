@@ -13,7 +13,7 @@ import pytest
 from analysis import load_choice, load_experiment
 from prune_core import save_pruned
 from prune_core.channels import atomic_path
-from sweeps.models import small_cnn2d
+from sweeps.builders.models import small_cnn2d
 
 HISTORY = pd.DataFrame({"iteration": [0, 1], "learnables": [100, 60], "reduction": [0.0, 0.4],
                         "validation_accuracy": [90.0, 89.0], "time_s": [0.0, 1.0]})
@@ -37,7 +37,7 @@ def add_trial(client, experiment, number: int, history: str | None, tmp_path, ch
     client.log_param(run_id, "pruning.increment", 0.1 * (number + 1))
     if history is not None:
         client.log_text(run_id, history, "tables/pruning_history.json")
-    client.log_text(run_id, "model:\n  _target_: sweeps.models.small_cnn2d\n", "hydra/config.yaml")
+    client.log_text(run_id, "model:\n  _target_: sweeps.builders.models.small_cnn2d\n", "hydra/config.yaml")
     path = tmp_path / "pruned_iteration_001.pt"
     if checkpoint is None:
         save_pruned(small_cnn2d(), path)

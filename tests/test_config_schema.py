@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from sweeps.job_config import check_job_config, pruning_options, training_options
-from sweeps.schemas import register_schemas
+from sweeps.job.config import check_job_config, pruning_options, training_options
+from sweeps.job.schemas import register_schemas
 
 CONF = str(Path(__file__).parents[1] / "conf")
 

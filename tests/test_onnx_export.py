@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from sweeps.deployment import DeploymentOptions, measure_deployment
-from sweeps.latency import measure
-from sweeps.onnx_export import ExportFailed, export_onnx, session
+from sweeps.deployment.latency import measure
+from sweeps.deployment.measure import DeploymentOptions, measure_deployment
+from sweeps.deployment.onnx_export import ExportFailed, export_onnx, session
 from tests.sweep_helpers import FAST, FAST_SEARCH, app_env, run_app
 
 

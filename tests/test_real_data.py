@@ -16,9 +16,9 @@ from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
 from analysis import choose, load_choice, load_experiment, run_config, validation_accuracy
-from sweeps.datasets import folder_identity, image_folder
-from sweeps.job_data import job_data
-from sweeps.models import timm_model, torchvision_model
+from sweeps.builders.datasets import folder_identity, image_folder
+from sweeps.builders.models import timm_model, torchvision_model
+from sweeps.job.data import job_data
 from tests.sweep_helpers import app_env, run_app
 
 PER_CLASS, VAL_PER_CLASS = 30, 6
@@ -86,11 +86,11 @@ def test_an_image_folder_and_a_timm_model_end_to_end(folder, tmp_path):
                             env=app_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     chosen = choose(experiment.table, max_drop=100)
-    model = load_choice(chosen, uri)  # rebuilt through the allow-listed sweeps.models.timm_model
+    model = load_choice(chosen, uri)  # rebuilt through the allow-listed sweeps.builders.models.timm_model
     assert type(model).__name__ == "ResNet" and sum(p.numel() for p in model.parameters()) == chosen["learnables"]
     config = run_config(chosen["run_id"], uri)
     assert config.data.root == str(folder)
-    accuracy = validation_accuracy(model, config)  # the image folder, rebuilt through sweeps.datasets
+    accuracy = validation_accuracy(model, config)  # the image folder, rebuilt through sweeps.builders.datasets
     assert abs(accuracy - chosen["validation_accuracy"]) < 1e-3
 
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from prune_core import TrainingOptions, compress_network, train_network
-from sweeps.datasets import mnist1d_tensors
-from sweeps.models import reference_cnn1d
+from sweeps.builders.datasets import mnist1d_tensors
+from sweeps.builders.models import reference_cnn1d
 
 
 @pytest.mark.slow

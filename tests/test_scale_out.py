@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis import choose, load_choice, load_experiment
-from sweeps.devices import job_device
+from sweeps.process.devices import job_device
 from tests.services import create_database, mlflow_server, postgres, postgres_bin
 from tests.sweep_helpers import FAST, FAST_SEARCH, run_app
 from tests.test_sweep_reliability import finish, start_app
@@ -90,7 +90,7 @@ def test_concurrent_trials_get_their_own_gpu(index, count, expected):
 def test_the_slurm_launcher_example_composes():
     from hydra import compose, initialize_config_dir
 
-    from sweeps.schemas import register_schemas
+    from sweeps.job.schemas import register_schemas
     register_schemas()
 
     with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):

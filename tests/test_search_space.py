@@ -4,7 +4,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hydra_plugins.taylorprune_optuna_sweeper import as_override, grid, open_storage, search_space, split_result
+from optuna_sweep import as_override, grid, open_storage, search_space, split_result
 
 
 @pytest.mark.parametrize("expression,expected", [

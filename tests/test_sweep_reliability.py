@@ -16,9 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import IntDistribution
 
-from hydra_plugins.taylorprune_optuna_sweeper import creation_lock, is_gone
+from optuna_sweep import creation_lock, is_gone
 from prune_core import read_pruned
-from sweeps.reaping import read_worker_tag
+from sweeps.tracking.reaping import read_worker_tag
 from tests.sweep_helpers import FAST, FAST_SEARCH, app_env, run_app
 
 pytestmark = pytest.mark.slow

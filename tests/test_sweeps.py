@@ -41,7 +41,7 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["taylorprune.role"] == "single"
     assert run.info.run_name == "reference_cnn1d on mnist1d, goal 0.3"
     params = run.data.params
-    assert params["pruning.goal"] == "0.3" and params["model._target_"] == "sweeps.models.reference_cnn1d"
+    assert params["pruning.goal"] == "0.3" and params["model._target_"] == "sweeps.builders.models.reference_cnn1d"
     table = mlflow.load_table("tables/pruning_history.json", run_ids=[run_id])
     history = sorted(client.get_metric_history(run_id, "pruning/reduction"), key=lambda m: m.step)
     assert [m.step for m in history] == table["iteration"].tolist() and table["reduction"].iloc[-1] >= 0.3
@@ -196,7 +196,7 @@ def test_parallel_trials_through_the_joblib_launcher(tmp_path):
 @pytest.mark.parametrize("form", ["safe", "state_dict"])
 def test_base_checkpoint_from_the_user(tmp_path, form):
     from prune_core import save_pruned
-    from sweeps.models import small_cnn2d
+    from sweeps.builders.models import small_cnn2d
 
     torch.manual_seed(0)
     net = small_cnn2d(width=8)
@@ -219,7 +219,7 @@ def test_digits_with_the_small_resnet_preset(tmp_path):
                   "pruning.increment=0.2").stdout
     assert "Compressed network has" in out
     (run,) = runs(store(tmp_path), "taylorprune-digits-resnet")
-    assert run.data.params["model._target_"] == "sweeps.models.small_resnet"
+    assert run.data.params["model._target_"] == "sweeps.builders.models.small_resnet"
 
 
 def test_the_run_table_shows_the_returned_network_when_trials_cross_their_threshold(tmp_path):

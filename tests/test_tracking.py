@@ -7,7 +7,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from prune_core import PruningInfo
-from sweeps import contract, tracking
+from sweeps import layout
+from sweeps.tracking import history as tracking_history
 
 
 def fake_history(steps: int) -> PruningInfo:
@@ -28,8 +29,8 @@ def test_history_metrics_are_logged_in_batches_of_at_most_1000(tmp_path, monkeyp
     original = MlflowClient.log_batch
     monkeypatch.setattr(MlflowClient, "log_batch", lambda self, run_id, metrics=(), **kw: calls.append(len(metrics))
                         or original(self, run_id, metrics=metrics, **kw))
-    metrics = tracking.history_metrics(fake_history(2500))
-    tracking._metric_batches(client, run.info.run_id, metrics)
+    metrics = tracking_history.history_metrics(fake_history(2500))
+    tracking_history._metric_batches(client, run.info.run_id, metrics)
     assert len(metrics) == 2 * 2500 + 2 * 4 + 2  # train loss and learn rate, 4 per pruning row, validation loss
     assert calls == [1000] * 5 + [10]
     history = client.get_metric_history(run.info.run_id, "train/loss")
@@ -39,23 +40,23 @@ def test_history_metrics_are_logged_in_batches_of_at_most_1000(tmp_path, monkeyp
 
 def test_flattened_config_params():
     cfg = OmegaConf.create({"pruning": {"goal": 0.5, "layer_names": None}, "training": {"metrics": ["accuracy"]}})
-    assert tracking.flatten(OmegaConf.to_container(cfg)) == {"pruning.goal": "0.5", "pruning.layer_names": "None",
-                                                             "training.metrics": "['accuracy']"}
+    assert tracking_history.flatten(OmegaConf.to_container(cfg)) == {
+        "pruning.goal": "0.5", "pruning.layer_names": "None", "training.metrics": "['accuracy']"}
 
 
 def test_tracking_uri_defaults_to_an_absolute_sqlite_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert contract.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert contract.tracking_uri("http://example:5000") == "http://example:5000"
-    mlflow.set_tracking_uri(contract.tracking_uri(None))
-    contract.check_reachable(contract.tracking_uri(None), "tracking.uri")
+    assert layout.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert layout.tracking_uri("http://example:5000") == "http://example:5000"
+    mlflow.set_tracking_uri(layout.tracking_uri(None))
+    layout.check_reachable(layout.tracking_uri(None), "tracking.uri")
     with pytest.raises(ValueError, match="there is no MLflow store at"):
-        contract.check_reachable(contract.tracking_uri(None), "tracking URI", store_must_exist=True)
+        layout.check_reachable(layout.tracking_uri(None), "tracking URI", store_must_exist=True)
 
 
 def test_the_app_and_the_analysis_honour_mlflow_tracking_uri_alike(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
-    assert contract.tracking_uri(None) == "http://tracking.example:5000"  # one resolution for writer and reader
-    assert contract.tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
+    assert layout.tracking_uri(None) == "http://tracking.example:5000"  # one resolution for writer and reader
+    assert layout.tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"

@@ -48,6 +48,8 @@ class TaylorpruneOptunaSweeperConf:
     # pruner_options: the pruner's keyword arguments (+hydra.sweeper.pruner_options.n_startup_trials=2, ...)
     pruner: str = "none"
     pruner_options: Dict[str, Any] = field(default_factory=dict)
+    # Added to the error when the storage's database driver is missing: how the application installs it.
+    driver_hint: Optional[str] = None
 
 
 SAMPLERS = {

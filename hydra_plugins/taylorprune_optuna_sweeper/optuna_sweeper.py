@@ -1,7 +1,7 @@
 """The plugin's entry module: ``OptunaSweeper``, which Hydra finds when it scans for plugins.
 
-It imports nothing heavy: the implementation (``_sweeper``, with Optuna) is imported when a
-sweep is set up, so ``python -m sweeps.run`` without ``-m`` never loads Optuna.
+It imports nothing heavy: the implementation (``optuna_sweep.sweeper``, with Optuna) is imported
+when a sweep is set up, so an app run without ``-m`` never loads Optuna.
 
 >>> issubclass(OptunaSweeper, Sweeper)
 True
@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
-    """``hydra/sweeper=taylorprune_optuna``: delegates to ``_sweeper.OptunaSweeperImpl``."""
+    """``hydra/sweeper=taylorprune_optuna``: delegates to ``optuna_sweep.sweeper.OptunaSweeperImpl``."""
 
     def __init__(self, **options: Any) -> None:
-        from hydra_plugins.taylorprune_optuna_sweeper._sweeper import OptunaSweeperImpl
+        from optuna_sweep.sweeper import OptunaSweeperImpl
 
         self.impl = OptunaSweeperImpl(**options)
 

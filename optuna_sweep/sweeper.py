@@ -1,7 +1,7 @@
 """``OptunaSweeperImpl``: Optuna's ask/tell loop behind Hydra's launcher (see the package docstring).
 
-Imported by ``optuna_sweeper.OptunaSweeper`` only when a sweep starts, so that Hydra's plugin
-scan (which skips modules whose names start with "_") never imports Optuna.
+Imported by ``hydra_plugins.taylorprune_optuna_sweeper.optuna_sweeper.OptunaSweeper`` only when a
+sweep starts, so that Hydra's plugin scan never imports Optuna.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.taylorprune_optuna_sweeper._pruners import TRIAL_ID_ENV, check_pruner, make_pruner
-from hydra_plugins.taylorprune_optuna_sweeper._search_space import GRAMMAR, as_override, grid, search_space
-from hydra_plugins.taylorprune_optuna_sweeper._storage import open_storage
-from hydra_plugins.taylorprune_optuna_sweeper._workers import WORKER_ATTR, is_gone, this_worker
+from optuna_sweep.pruners import TRIAL_ID_ENV, check_pruner, make_pruner
+from optuna_sweep.search_space import GRAMMAR, as_override, grid, search_space
+from optuna_sweep.storage import open_storage
+from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 
 log = logging.getLogger(__name__)
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
@@ -119,7 +119,7 @@ class OptunaSweeperImpl(Sweeper):
                  params: DictConfig | None, results_file: str | None, metric_names: Any = None,
                  heartbeat_interval: int | None = None, grace_period: int | None = None,
                  retry_failed_trials: int = 0, worker_id: int | None = None, pruner: str = "none",
-                 pruner_options: DictConfig | None = None) -> None:
+                 pruner_options: DictConfig | None = None, driver_hint: str | None = None) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
         for d in directions:
@@ -147,11 +147,7 @@ class OptunaSweeperImpl(Sweeper):
         self.pruner_options = (OmegaConf.to_container(pruner_options) if isinstance(pruner_options, DictConfig)
                                else dict(pruner_options or {}))
         check_pruner(pruner, directions, storage, self.pruner_options)
-        first = (self.metric_names or [""])[0]
-        if pruner != "none" and first.startswith(("latency_", "onnx_")):
-            raise ValueError(f"hydra.sweeper.pruner={pruner}: the objective {first!r} is measured once, after pruning; "
-                             "a pruner needs an objective of the pruning history (reduction, validation_accuracy, ...)")
-        self.pruner = pruner
+        self.pruner, self.driver_hint = pruner, driver_hint
         self.retry = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry_failed_trials)
                       if retry_failed_trials else None)
 
@@ -191,7 +187,7 @@ class OptunaSweeperImpl(Sweeper):
         space, fixed = self._space(arguments)
         if not space:
             raise ValueError(f"nothing to search: give hydra.sweeper.params or sweeps on the command line ({GRAMMAR})")
-        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period, self.retry)
+        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period, self.retry, self.driver_hint)
         with warnings.catch_warnings():  # heartbeats are recorded here, not by study.optimize (see heartbeats)
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -26,6 +26,8 @@ import os
 
 import optuna
 
+from optuna_sweep.storage import open_storage
+
 PRUNERS = {
     "none": optuna.pruners.NopPruner,
     "median": optuna.pruners.MedianPruner,
@@ -53,8 +55,8 @@ def check_pruner(name: str, directions: list[str], storage: str | None, options:
         return
     if len(directions) > 1:
         raise ValueError(f"hydra.sweeper.pruner={name}: Optuna prunes single-objective studies only, and this study "
-                         f"has {len(directions)} objectives; use hydra.sweeper.pruner=none, or a single objective "
-                         "(e.g. sweep=max_reduction)")
+                         f"has {len(directions)} objectives; use hydra.sweeper.pruner=none, or one entry in "
+                         "hydra.sweeper.direction")
     if storage is None:
         raise ValueError(f"hydra.sweeper.pruner={name} needs hydra.sweeper.storage: the jobs report their "
                          "intermediate values to the study there")
@@ -65,14 +67,13 @@ def job_trial() -> optuna.Trial | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from hydra_plugins.taylorprune_optuna_sweeper._storage import open_storage
-
     hydra = HydraConfig.get()
     name = hydra.sweeper.get("pruner", "none") if hydra.mode == RunMode.MULTIRUN else "none"
     trial_id = os.environ.get(TRIAL_ID_ENV)
     if name == "none" or trial_id is None:
         return None
     options = hydra.sweeper.get("pruner_options") or {}
-    study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=open_storage(hydra.sweeper.storage),
+    storage = open_storage(hydra.sweeper.storage, driver_hint=hydra.sweeper.get("driver_hint"))
+    study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage,
                               pruner=make_pruner(name, options))
     return optuna.Trial(study, int(trial_id))

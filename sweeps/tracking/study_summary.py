@@ -3,9 +3,10 @@
 - ``study_params(config)``: the sampler, ``n_trials``, the directions and metric names, and every
   searched dimension (``search/<key>``) as params of the parent run;
 - ``log_study_plots(...)``: Optuna's Pareto-front (or optimisation-history) plot and one fANOVA
-  parameter-importance plot per objective as HTML (``optuna/``), and the analysis' front figure
-  over every pruning iteration (``pareto_front.png``); a plot that cannot be drawn (too few
-  complete trials, say) is skipped with a warning, never failing the study;
+  parameter-importance plot per objective as HTML (``optuna/``); a plot that cannot be drawn (too
+  few complete trials, say) is skipped with a warning, never failing the study. The front over
+  every pruning iteration (``pareto_front.png``) is the analysis' callback
+  (``analysis.study_figure``);
 - ``runs_page(uri, experiment_id)``: the MLflow UI page of the experiment's runs.
 
 >>> runs_page("http://127.0.0.1:5000", "3")
@@ -64,21 +65,13 @@ def _optuna_plots(study: optuna.Study) -> dict[str, object]:
     return plots
 
 
-def log_study_plots(client: MlflowClient, run_id: str, study: optuna.Study | None, experiment: str, uri: str) -> None:
-    """Attach the study's plots to the parent run (see the module docstring); ``study`` None: the front only."""
+def log_study_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
+    """Attach Optuna's plots of ``study`` to its parent run (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="taylorprune-study-") as folder:
-        for name, draw in (_optuna_plots(study) if study is not None else {}).items():
+        for name, draw in _optuna_plots(study).items():
             try:
                 draw().write_html(Path(folder) / name, include_plotlyjs="cdn")
             except Exception as exc:  # e.g. fewer than two complete trials
                 log.warning(f"Optuna plot {name} not drawn: {type(exc).__name__}: {exc}")
         if any(Path(folder).iterdir()):
             client.log_artifacts(run_id, folder, "optuna")
-        try:
-            from analysis import load_experiment, pareto_front
-            from analysis.plots import front_figure
-
-            table = load_experiment(experiment, uri).table
-            client.log_figure(run_id, front_figure(table, pareto_front(table)), "pareto_front.png")
-        except Exception as exc:
-            log.warning(f"Pareto-front figure not drawn: {type(exc).__name__}: {exc}")

@@ -1,7 +1,7 @@
 """Runs left RUNNING by a process that died: found and marked KILLED, so the MLflow UI tells the truth.
 
 Every run records the process that writes it in the tag ``taylorprune.worker`` (see
-``sweeps.contract``). ``reap_runs`` marks KILLED each RUNNING run of an experiment
+``sweeps.layout``). ``reap_runs`` marks KILLED each RUNNING run of an experiment
 
 - whose process ran on this host and is gone (SIGKILL, a crash, a pre-empted node's local run), or
 - that holds a trial of ``study`` which Optuna no longer has RUNNING (failed by a heartbeat, the
@@ -25,8 +25,8 @@ from typing import Any
 import optuna
 from mlflow.tracking import MlflowClient
 
-from hydra_plugins.taylorprune_optuna_sweeper import is_gone
-from sweeps import contract
+from optuna_sweep import is_gone
+from sweeps import layout
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ def read_worker_tag(value: str | None) -> dict[str, Any] | None:
 
 
 def _trial_ended(tags: dict[str, str], states: dict[int, optuna.trial.TrialState], study_name: str | None) -> bool:
-    if tags.get(contract.ROLE) != "trial" or tags.get(contract.STUDY) != study_name:
+    if tags.get(layout.ROLE) != "trial" or tags.get(layout.STUDY) != study_name:
         return False
     try:
-        state = states.get(int(tags.get(contract.TRIAL, "")))
+        state = states.get(int(tags.get(layout.TRIAL, "")))
     except ValueError:
         return False
     return state is not None and state != optuna.trial.TrialState.RUNNING
@@ -63,7 +63,7 @@ def reap_runs(client: MlflowClient, experiment_id: str, study: optuna.Study | No
     reaped = []
     for run in running:
         tags = run.data.tags
-        if is_gone(read_worker_tag(tags.get(contract.WORKER))) or _trial_ended(tags, states, name):
+        if is_gone(read_worker_tag(tags.get(layout.WORKER))) or _trial_ended(tags, states, name):
             client.set_terminated(run.info.run_id, "KILLED")
             reaped.append(run.info.run_id)
     if reaped:

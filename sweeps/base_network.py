@@ -32,12 +32,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from prune_core import load_pruned, read_pruned, save_pruned, train_network
-from sweeps.datasets import folder_identity
-from sweeps.devices import job_device, job_index
-from sweeps.job_config import training_options
-from sweeps.job_data import JobData
-from sweeps.models import WEIGHT_FILE_KEYS
+from prune_core import load_pruned, save_pruned, train_network
+from sweeps.builders.datasets import folder_identity
+from sweeps.job.config import training_options
+from sweeps.job.data import JobData
+from sweeps.layout import WEIGHT_FILE_KEYS, load_checkpoint
+from sweeps.process.devices import job_device, job_index
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +50,6 @@ def cache_key(cfg: DictConfig) -> str:
     if cfg.data.get("root"):  # data on disk: its files (names, sizes, times) are part of what was trained on
         keyed["files"] = folder_identity(cfg.data.root)
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def load_checkpoint(path: str | Path, build: Callable[[], nn.Module], argument: str = "base.checkpoint") -> nn.Module:
-    """A user's network: the safe format (``save_pruned``) or a plain ``state_dict`` file (``argument``: the
-    config key that named it, for errors)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{argument}={str(path)!r} does not exist or is not a file")
-    try:
-        read_pruned(path)
-    except ValueError:
-        model = build()
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as exc:
-            raise ValueError(f"{argument}={str(path)!r} is neither a save_pruned file nor a state_dict of "
-                             f"the configured model: {type(exc).__name__}: {exc}") from exc
-        return model
-    return load_pruned(path, build)
 
 
 def base_network(cfg: DictConfig, data: JobData, build: Callable[[], nn.Module]) -> tuple[nn.Module, str]:

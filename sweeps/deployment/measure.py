@@ -3,11 +3,11 @@
 The ``export`` config group (``conf/export/onnx.yaml``) says what to do; ``DeploymentOptions``
 checks it before any work. ``measure_deployment(model, example, folder, options)``:
 
-- with ``onnx``: exports the network (``sweeps.onnx_export``), checks onnxruntime against
+- with ``onnx``: exports the network (``sweeps.deployment.onnx_export``), checks onnxruntime against
   PyTorch within ``tolerance`` and keeps ``model.onnx`` in ``folder``; metric
   ``onnx_max_abs_diff``, tag ``taylorprune.onnx`` = "exported";
 - with ``latency``: times it with onnxruntime at each of ``batch_sizes`` on ``threads`` CPU
-  threads (``sweeps.latency``): metrics ``latency_ms`` (batch 1) or ``latency_ms_b<N>``, and
+  threads (``sweeps.deployment.latency``): metrics ``latency_ms`` (batch 1) or ``latency_ms_b<N>``, and
   ``latency_spread`` / ``latency_spread_b<N>`` (interquartile range over the median);
   tag ``taylorprune.latency_source`` = "onnxruntime".
 
@@ -30,9 +30,9 @@ from pathlib import Path
 
 from torch import nn
 
-from sweeps.contract import LATENCY_SOURCE, ONNX, ONNX_FILE
-from sweeps.latency import MAX_SPREAD, Latency, onnx_latency, torch_latency
-from sweeps.onnx_export import TOLERANCE, ExportFailed, export_onnx, session
+from sweeps.deployment.latency import MAX_SPREAD, Latency, onnx_latency, torch_latency
+from sweeps.deployment.onnx_export import TOLERANCE, ExportFailed, export_onnx, session
+from sweeps.layout import LATENCY_SOURCE, ONNX, ONNX_FILE
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The MLflow layout that ``sweeps`` writes and ``analysis`` reads back: every name in one place.
 
-Dependency-light (MLflow is imported only to probe a server), so the reader does not pull in
-Hydra or the app. Tags, artifact paths, checkpoint names and the tracking URI's resolution:
+Neutral ground between the app and the analysis: it imports ``prune_core`` and (to probe a
+server) MLflow, never Optuna, Hydra, the app or ``analysis``. Tags, artifact paths, checkpoint
+names, the tracking URI's resolution, and how a user's weights file is read:
 
 - the store: ``tracking_uri(uri)`` is ``uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
   ``sqlite:///<cwd>/mlflow.db``, for the app and the analysis alike; ``check_reachable`` fails
@@ -10,9 +11,12 @@ Hydra or the app. Tags, artifact paths, checkpoint names and the tracking URI's 
   ``SWEEP_DIR``, ``STOP_REASON``, ``RETURNED_ITERATION`` (the iteration whose network a run
   returned), ``WORKER`` (the process that wrote the run, as JSON: what reaping reads) and
   ``PRUNED`` (set when Optuna's pruner stopped the trial: where), ``ONNX`` ("exported" or
-  "failed: <why>") and ``LATENCY_SOURCE`` ("onnxruntime", or "torch" when the export failed);
+  "failed: <why>"), ``LATENCY_SOURCE`` ("onnxruntime", or "torch" when the export failed) and
+  ``FRONT_FIGURE`` (on a study run: "failed: <why>" when its end-of-run figure was not drawn);
 - artifacts: ``CONFIG`` (the composed Hydra config), ``table(name)`` (the history tables),
-  ``checkpoint(iteration)``, ``ONNX_FILE`` (the returned network exported).
+  ``checkpoint(iteration)``, ``ONNX_FILE`` (the returned network exported);
+- weights: ``WEIGHT_FILE_KEYS`` (the model config keys that name a trained weights file) and
+  ``load_checkpoint`` (the safe format of ``save_pruned``, or a plain ``state_dict``).
 
 >>> table("pruning_history"), checkpoint(3)
 ('tables/pruning_history.json', 'checkpoints/pruned_iteration_003.pt')
@@ -21,11 +25,14 @@ Hydra or the app. Tags, artifact paths, checkpoint names and the tracking URI's 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from unittest.mock import patch
 
-from hydra_plugins.taylorprune_optuna_sweeper import creation_lock
-from prune_core import checkpoint_name
+import torch
+from torch import nn
+
+from prune_core import checkpoint_name, load_pruned, read_pruned
 
 ROLE, STUDY, TRIAL = "taylorprune.role", "taylorprune.study", "taylorprune.trial"
 SAMPLER, SWEEP_DIR = "taylorprune.sampler", "taylorprune.sweep_dir"
@@ -33,12 +40,15 @@ STOP_REASON, RETURNED_ITERATION = "taylorprune.stop_reason", "taylorprune.return
 WORKER = "taylorprune.worker"
 PRUNED = "taylorprune.pruned"
 ONNX, LATENCY_SOURCE = "taylorprune.onnx", "taylorprune.latency_source"
+FRONT_FIGURE = "taylorprune.front_figure"
 JOB_ROLES = ("trial", "single")
 
 HYDRA_DIR, CONFIG = "hydra", "hydra/config.yaml"
 TABLES = ("pruning_history", "training_history", "validation_history")
 CHECKPOINTS = "checkpoints"
 ONNX_FILE = "model.onnx"
+# The model config keys that name a trained weights file: such a model is the base network as it is.
+WEIGHT_FILE_KEYS = ("checkpoint", "weights_path")
 
 
 def table(name: str) -> str:
@@ -78,11 +88,21 @@ def check_reachable(uri: str, label: str, store_must_exist: bool = False) -> Non
         raise ValueError(f"{label} cannot be reached: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
-def open_store(uri: str, label: str) -> None:
-    """``check_reachable`` for a writer, then create an embedded (sqlite) store's schema under a lock."""
-    check_reachable(uri, label)
-    if uri.startswith("sqlite:///"):
-        from mlflow.tracking import MlflowClient
-
-        with creation_lock(uri.removeprefix("sqlite:///")):
-            MlflowClient(uri).search_experiments(max_results=1)
+def load_checkpoint(path: str | Path, build: Callable[[], nn.Module], argument: str = "base.checkpoint") -> nn.Module:
+    """A user's network: the safe format (``save_pruned``) or a plain ``state_dict`` file (``argument``: the
+    config key that named it, for errors)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{argument}={str(path)!r} does not exist or is not a file")
+    try:
+        read_pruned(path)
+    except ValueError:
+        model = build()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise ValueError(f"{argument}={str(path)!r} is neither a save_pruned file nor a state_dict of "
+                             f"the configured model: {type(exc).__name__}: {exc}") from exc
+        return model
+    return load_pruned(path, build)

@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from optuna_sweep.sweeper import TRIAL_ENV
+
 
 def job_device(device: str, job_index: int, cuda_count: int | None = None) -> str:
     """The device of the job with index ``job_index`` (see the module docstring)."""
@@ -31,6 +33,6 @@ def job_device(device: str, job_index: int, cuda_count: int | None = None) -> st
 def job_index(default: int = 0) -> int:
     """This job's index in a study: its Optuna trial number (unique across workers), else ``default``."""
     try:
-        return int(os.environ["OPTUNA_TRIAL_NUMBER"])
+        return int(os.environ[TRIAL_ENV])
     except (KeyError, ValueError):
         return default

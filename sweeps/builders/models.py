@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from sweeps.layout import load_checkpoint
+
 
 def _block(conv: type[nn.Module], norm: type[nn.Module], cin: int, cout: int, k: int, **kw) -> list[nn.Module]:
     return [conv(cin, cout, k, padding=k // 2, **kw), norm(cout), nn.ReLU()]
@@ -78,15 +80,9 @@ def small_resnet(in_channels: int = 1, classes: int = 10, width: int = 16) -> nn
     )
 
 
-# The model config keys that name a trained weights file: such a model is the base network as it is.
-WEIGHT_FILE_KEYS = ("checkpoint", "weights_path")
-
-
 def _weights(model: nn.Module, path: str | None, argument: str) -> nn.Module:
     if path is None:
         return model
-    from sweeps.base_model import load_checkpoint
-
     return load_checkpoint(path, lambda: model, argument)
 
 

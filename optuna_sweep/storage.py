@@ -33,12 +33,13 @@ ATTEMPTS = 4  # a server database's first creation, raced by several workers
 def creation_lock(path: str | Path) -> FileLock:
     """A lock named after ``path`` in the temporary folder (same host: fine for a file-backed store)."""
     digest = hashlib.sha256(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:16]
-    return FileLock(Path(tempfile.gettempdir()) / f"taylorprune-store-{digest}.lock")
+    return FileLock(Path(tempfile.gettempdir()) / f"optuna-sweep-store-{digest}.lock")
 
 
 def open_storage(storage: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 stale_trial_callback: Callable | None = None):
-    """The Optuna storage of ``hydra.sweeper.storage`` (see the module docstring)."""
+                 stale_trial_callback: Callable | None = None, driver_hint: str | None = None):
+    """The Optuna storage of ``hydra.sweeper.storage`` (see the module docstring); ``driver_hint``: how to
+    install a database driver that is missing (``hydra.sweeper.driver_hint``), added to that error."""
     heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
                  "heartbeat_stale_trial_callback": stale_trial_callback} if heartbeat_interval else {}
     if heartbeat and (storage is None or storage.startswith("journal:")):
@@ -61,6 +62,6 @@ def open_storage(storage: str | None, heartbeat_interval: int | None = None, gra
             return optuna.storages.RDBStorage(storage, **heartbeat)
         except Exception as exc:  # a concurrent schema creation, or a URL that cannot work
             error = exc
-    hint = (" (pip install 'taylorprune[postgres]' for PostgreSQL)" if isinstance(error, ImportError) else "")
+    hint = f" ({driver_hint})" if driver_hint and isinstance(error, ImportError) else ""
     raise ValueError(f"hydra.sweeper.storage={storage!r} cannot be opened: {type(error).__name__}: {error}{hint}. "
                      "Use a database URL (sqlite:///path.db, postgresql://user@host/db) or journal:PATH") from error

@@ -5,8 +5,10 @@
 ``base.training`` groups (the app adds what it owns: folders, callbacks, validation data, the
 seed), and ``deployment_options(cfg)`` the ``export`` group's ``DeploymentOptions``.
 ``check_job_config(cfg)`` builds them all, resolves ``loss`` and checks that the latency and ONNX
-metrics ``sweep.objectives`` and ``sweep.constraints`` name will be measured, raising ValueError
-naming the group, the value and what is allowed. Hydra's schemas (``sweeps.schemas``) have
+metrics ``sweep.objectives`` and ``sweep.constraints`` name will be measured, and that a study
+with Optuna's pruner (``hydra.sweeper.pruner``) reports an objective of the pruning history (a
+deployment metric is measured once, after pruning), raising ValueError
+naming the group, the value and what is allowed. Hydra's schemas (``sweeps.job.schemas``) have
 already refused wrong types and unknown keys; this refuses values the dataclasses do not allow.
 ``sweeps.run`` calls it first in every job, and the study's callback once before the study
 starts, so a bad value on the command line fails in a second and leaves no run, study or cache.
@@ -27,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_core import PruningOptions, TrainingOptions
 from prune_core.finetune import resolve_loss
-from sweeps.deployment import DeploymentOptions
+from sweeps.deployment.measure import DeploymentOptions
 
 DEPLOYMENT_METRICS = ("latency_", "onnx_")  # what a job measures after pruning, not in the pruning history
 
@@ -76,3 +78,9 @@ def check_job_config(cfg: DictConfig) -> None:
             if str(name).startswith(DEPLOYMENT_METRICS) and name not in measured:
                 raise ValueError(f"sweep.{key} names {name!r}, which this configuration does not measure "
                                  f"(export.onnx / export.latency / export.batch_sizes); it measures {measured}")
+    pruner = OmegaConf.select(cfg, "hydra.sweeper.pruner", default="none")
+    reported = str((sweep.get("objectives") or [""])[0])
+    if pruner != "none" and reported.startswith(DEPLOYMENT_METRICS):
+        raise ValueError(f"hydra.sweeper.pruner={pruner}: the objective {reported!r} is measured once, after "
+                         "pruning; a pruner needs an objective of the pruning history (reduction, "
+                         "validation_accuracy, ...)")

@@ -8,7 +8,7 @@ dataclass that a config can hold, with its default and its type where OmegaConf 
 a value of the wrong type (``pruning.goal=abc``) or an unknown key (``pruning.gaol=0.5``) when
 it composes the config, before the app runs. Values of the right type that are not allowed
 (``pruning.increment=0``, ``pruning.normalization=l3``) are refused by the dataclass itself,
-which ``sweeps.job_config`` builds first thing.
+which ``sweeps.job.config`` builds first thing.
 
 Fields the app fills in itself are left out: the folders, callbacks, validation data and seed.
 

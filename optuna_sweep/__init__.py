@@ -1,0 +1,41 @@
+"""A Hydra sweeper for current Optuna (5.x), selected with ``hydra/sweeper=taylorprune_optuna``.
+
+The published hydra-optuna-sweeper pins optuna<3; this plugin talks to Optuna's ask/tell
+interface directly. It knows only Hydra and Optuna (nothing of the project's jobs):
+
+- the search space comes from ``hydra.sweeper.params`` and the command line, in Hydra's sweep
+  grammar (``search_space``);
+- trials are asked ``n_jobs`` at a time, handed to the configured Hydra launcher as one batch,
+  and told their results (a float, a list for several objectives, or a dict
+  ``{"values": ..., "constraints": ..., "user_attrs": ...}``, the attributes stored on the
+  trial); a job that raises is recorded as FAIL;
+- ``metric_names`` (one per objective) become the study's metric names, which
+  optuna-dashboard and ``optuna.visualization`` show instead of "Objective 0";
+- ``storage`` + ``study_name`` + ``load_if_exists`` resume a study: each run adds ``n_trials``;
+- each job sees its trial number in the environment variable ``OPTUNA_TRIAL_NUMBER`` and the
+  study in ``hydra.sweeper`` (``HydraConfig``);
+- many workers share a study: each trial records its worker (``workers``), a starting worker
+  fails the trials of dead workers on its host, ``heartbeat_interval`` reaps those of other
+  hosts (``storage``), ``retry_failed_trials`` runs a reaped trial again, and each invocation's
+  sampler seed also depends on the trials already in the study and ``worker_id``;
+- a run in which every trial failed raises, so the command exits non-zero;
+- ``driver_hint``: how the application installs a missing database driver, added to that error;
+- ``pruner`` picks one of Optuna's pruners for a single-objective study (``pruners``): jobs
+  report intermediate values to their trial (``job_trial``) and return ``{"pruned": True, ...}``
+  when its pruner stops them; the trial is then PRUNED.
+
+Hydra finds it through ``hydra_plugins/taylorprune_optuna_sweeper`` (the registered class and
+its structured config), whose modules import neither Optuna nor this package at scan time. This
+package holds the implementation and the names an application uses:
+
+>>> from optuna_sweep import open_storage, job_trial     # the study's storage; a job's own trial
+"""
+
+from optuna_sweep.pruners import PRUNERS, job_trial, make_pruner
+from optuna_sweep.search_space import as_override, grid, search_space
+from optuna_sweep.storage import creation_lock, open_storage
+from optuna_sweep.sweeper import TRIAL_ENV, split_result
+from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
+
+__all__ = ["PRUNERS", "TRIAL_ENV", "WORKER_ATTR", "as_override", "creation_lock", "grid", "is_gone", "job_trial",
+           "make_pruner", "open_storage", "search_space", "split_result", "this_worker"]

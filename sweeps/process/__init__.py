@@ -1,0 +1,1 @@
+"""Concerns of the worker process: the signals that interrupt it and the device it runs on."""

@@ -1,0 +1,174 @@
+"""Everything a finished pruning run logs, and each pruning iteration as it happens.
+
+- ``LiveLog``: each pruning iteration's ``pruning/...`` metrics logged asynchronously as it
+  happens, so a long trial shows in the UI while it runs;
+- ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
+  values, as single-value metrics named after the study's objectives (``validation_accuracy``,
+  ``reduction``, ...: what the MLflow UI's run table shows) and the tag
+  ``taylorprune.returned_iteration``; per pruning iteration (``pruning/...``, step = iteration)
+  and per fine-tuning iteration (step = iteration) history metrics, in batches of at most 1000;
+  the three history tables (``mlflow.load_table``-able JSON), the Hydra config, every
+  checkpoint, the progress plot and the final model (``mlflow.pytorch`` flavour, named
+  ``trial-<N>`` in a study and linked to the returned iteration's step; and the safe format);
+- ``log_deployment``: the returned network's export and latency.
+
+Every tag and artifact name comes from ``sweeps.layout``, which ``analysis`` reads with.
+
+>>> flatten({"a": {"b": 1, "c": [1, 2]}, "d": None})
+{'a.b': '1', 'a.c': '[1, 2]', 'd': 'None'}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from prune_core import PruningInfo, save_pruned
+from sweeps import layout
+from sweeps.deployment.measure import Deployment
+from sweeps.tracking.store import as_params
+
+log = logging.getLogger(__name__)
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+PARAM_BATCH = 100
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as ``{"a.b": "value"}`` (lists kept whole)."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(tree)}
+
+
+def _metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for start in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + BATCH], synchronous=True)
+
+
+def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
+    """One pruning iteration's ``pruning/...`` metrics (step = iteration)."""
+    keys = ["learnables", "reduction", "macs", "macs_reduction", "filters_removed",
+            *(k for k in row if k.startswith("validation_"))]
+    return [Metric(f"pruning/{k}", float(row[k]), timestamp, int(row["iteration"])) for k in keys if k in row]
+
+
+class LiveLog:
+    """Logs each pruning iteration as it is recorded (``compress_network(iteration_fn=...)``), with MLflow's
+    asynchronous logging: the UI shows a trial while it runs, and pruning stays off the wait.
+
+    >>> live = LiveLog(MlflowClient(uri), run.info.run_id)                   # doctest: +SKIP
+    >>> pruned, info = compress_network(..., iteration_fn=live)              # doctest: +SKIP
+    >>> live.flush()                                                         # doctest: +SKIP
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id, self.pending = client, run_id, []
+
+    def __call__(self, row: dict) -> None:
+        metrics = pruning_metrics(row, int(time.time() * 1000))
+        self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+    def flush(self) -> None:
+        """Wait until everything logged so far is stored."""
+        for operation in self.pending:
+            operation.wait()
+        self.pending.clear()
+
+
+def history_metrics(info: PruningInfo, pruning: bool = True) -> list[Metric]:
+    """Per pruning iteration (``pruning/...``, unless logged live) and per fine-tuning iteration (``train/...``,
+    ``validation/...``) metrics, time-stamped when they happened (from the tables' ``time_s``)."""
+    now = int(time.time() * 1000)
+    metrics = []
+    if pruning:
+        for row in info.pruning_history.to_dict("records"):
+            metrics += pruning_metrics(row, now)
+    tables = (("train", info.training_history), ("validation", info.validation_history))
+    started = now - int(1000 * max([0.0, *(float(t["time_s"].max()) for _, t in tables if len(t))]))
+    for prefix, table in tables:
+        stamps = [started + int(1000 * t) for t in table["time_s"]] if "time_s" in table else [now] * len(table)
+        for column in (c for c in table.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
+            metrics += [Metric(f"{prefix}/{column}", float(v), stamp, int(step))
+                        for v, step, stamp in zip(table[column], table["iteration"], stamps, strict=True)]
+    return metrics
+
+
+def result_metrics(info: PruningInfo, names: list[str]) -> list[Metric]:
+    """The returned network's values (its row of the pruning history) under the given names."""
+    row = info.returned_row
+    now = int(time.time() * 1000)
+    return [Metric(name, float(row[name]), now, 0) for name in dict.fromkeys(names) if name in row]
+
+
+def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, pruned: nn.Module, output_dir: Path,
+                checkpoints: Path | None, example: torch.Tensor, live: LiveLog | None = None,
+                log_model: bool = True) -> None:
+    """Everything of a finished pruning run (see the module docstring); ``live``: the pruning metrics
+    already logged as they happened (waited for here); ``log_model``: also the ``mlflow.pytorch`` model."""
+    client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
+    if live is not None:
+        live.flush()
+    params = as_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    for start in range(0, len(params), PARAM_BATCH):
+        client.log_batch(run_id, params=params[start:start + PARAM_BATCH], synchronous=True)
+    names = [*cfg.sweep.objectives, *cfg.sweep.constraints, "reduction", "learnables", "macs_reduction", "macs",
+             *(c for c in info.pruning_history.columns if c.startswith("validation_"))]
+    _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info, pruning=live is None))
+    client.set_tag(run_id, layout.STOP_REASON, info.stop_reason)
+    client.set_tag(run_id, layout.RETURNED_ITERATION, str(info.returned_iteration))
+    for name in layout.TABLES:
+        table: pd.DataFrame = getattr(info, name)
+        mlflow.log_table(table, artifact_file=layout.table(name), run_id=run_id)
+    hydra_dir = output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        client.log_artifacts(run_id, str(hydra_dir), layout.HYDRA_DIR)
+    if checkpoints is not None and any(checkpoints.iterdir()):
+        client.log_artifacts(run_id, str(checkpoints), layout.CHECKPOINTS)
+    if (output_dir / "pruning_progress.png").is_file():  # already drawn by compress_network
+        client.log_artifact(run_id, str(output_dir / "pruning_progress.png"))
+    elif info.figure is not None:
+        client.log_figure(run_id, info.figure, "pruning_progress.png")
+    save_pruned(pruned, output_dir / "pruned.pt", extra={"stop_reason": info.stop_reason})
+    client.log_artifact(run_id, str(output_dir / "pruned.pt"), "model_safe")
+    if log_model:
+        trial = run.data.tags.get(layout.TRIAL)
+        log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
+
+
+def log_deployment(run: mlflow.ActiveRun, deployment: Deployment) -> None:
+    """The returned network's export and latency (``sweeps.deployment.measure``): metrics, tags and ``model.onnx``."""
+    client, run_id, now = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id, int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, 0) for name, value in deployment.metrics.items()]
+    tags = [RunTag(name, value) for name, value in deployment.tags.items()]
+    client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
+    if deployment.onnx_path is not None:
+        client.log_artifact(run_id, str(deployment.onnx_path))
+
+
+def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model", step: int = 0) -> None:
+    """``mlflow.pytorch.log_model`` as an exported program (pt2, no pickle), or pickled if export fails.
+
+    ``step`` links the logged model to that step's metrics: the returned network's pruning iteration.
+    """
+    model = model.cpu().eval()
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    try:
+        mlflow.pytorch.log_model(model, name=name, input_example=example.cpu().numpy(), step=step,
+                                 serialization_format="pt2", pip_requirements=requirements)
+    except Exception as exc:
+        log.warning(f"torch.export could not export the model ({type(exc).__name__}); logging it pickled instead")
+        mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", step=step,
+                                 pip_requirements=requirements)
