@@ -4,7 +4,7 @@
 #   make demo        a short Optuna study of pruning settings on MNIST-1D, tracked in MLflow ([analysis])
 #   make test        lint, then every test ([test]; what CI runs)
 #   make test-fast   lint, then the tests not marked slow
-#   make lint        ruff over the whole repository
+#   make lint        ruff (lint and format) over the whole repository, mypy strict on prune_core
 #   make bench       every benchmark ([bench]); results in benchmarks/results/
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -29,6 +29,8 @@ demo: $(VENV)/.installed-analysis
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 test: lint
 	$(PY) -m pytest -q --doctest-modules $(TESTED)

@@ -11,5 +11,15 @@ from analysis.choice import accuracy_drop, choose, load_choice, run_config, vali
 from analysis.loading import Experiment, load_experiment, trial_summary
 from analysis.pareto import fronts_by, pareto_front
 
-__all__ = ["Experiment", "accuracy_drop", "choose", "fronts_by", "load_choice", "load_experiment", "pareto_front",
-           "run_config", "trial_summary", "validation_accuracy"]
+__all__ = [
+    "Experiment",
+    "accuracy_drop",
+    "choose",
+    "fronts_by",
+    "load_choice",
+    "load_experiment",
+    "pareto_front",
+    "run_config",
+    "trial_summary",
+    "validation_accuracy",
+]

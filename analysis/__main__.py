@@ -52,19 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     write(out / "front.png", front_figure(table, front, chosen, hue=hue, metric=args.metric))
     write(out / "trajectories.png", trajectories_figure(table, metric=args.metric))
     if experiment.hyperparameters:
-        write(out / "hyperparameters.png", hyperparameters_figure(table, experiment.hyperparameters,
-                                                                  (args.metric, "reduction")))
+        write(
+            out / "hyperparameters.png",
+            hyperparameters_figure(table, experiment.hyperparameters, (args.metric, "reduction")),
+        )
     write(out / "progress.png", progress_figure(table, chosen["run_id"], metric=args.metric))
     if "latency_ms" in table and table["latency_ms"].notna().any():
         write(out / "fronts.png", fronts_figure(table, metric=args.metric))
     left_out = f"; left out: {experiment.unfinished}" if experiment.unfinished else ""
     for run_id, why in experiment.left_out.items():
         print(f"left out run {run_id}: {why}", file=sys.stderr)
-    print(f"{table['run_id'].nunique()} runs, {len(table)} candidate levels, {len(front)} on the Pareto front"
-          f"{left_out}. Written to {out}/")
-    print(f"Chosen (at most {args.max_drop} points below the unpruned network): trial {int(chosen['trial'])}, "
-          f"iteration {int(chosen['iteration'])}, reduction {100 * chosen['reduction']:.1f}%, "
-          f"{args.metric} {chosen[args.metric]:.2f}, checkpoint runs:/{chosen['run_id']}/{chosen['checkpoint']}")
+    print(
+        f"{table['run_id'].nunique()} runs, {len(table)} candidate levels, {len(front)} on the Pareto front"
+        f"{left_out}. Written to {out}/"
+    )
+    print(
+        f"Chosen (at most {args.max_drop} points below the unpruned network): trial {int(chosen['trial'])}, "
+        f"iteration {int(chosen['iteration'])}, reduction {100 * chosen['reduction']:.1f}%, "
+        f"{args.metric} {chosen[args.metric]:.2f}, checkpoint runs:/{chosen['run_id']}/{chosen['checkpoint']}"
+    )
     return 0
 
 

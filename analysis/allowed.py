@@ -32,7 +32,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 _BUILDERS = re.compile(
-    r"(sweeps\.builders\.models|sweeps\.builders\.datasets|torchvision\.models)\.[a-z][a-z0-9_]*|timm\.create_model")
+    r"(sweeps\.builders\.models|sweeps\.builders\.datasets|torchvision\.models)\.[a-z][a-z0-9_]*|timm\.create_model"
+)
 MOVED = {"sweeps.models.": "sweeps.builders.models.", "sweeps.datasets.": "sweeps.builders.datasets."}
 
 
@@ -81,7 +82,8 @@ def check_targets(config: DictConfig, path: str, allowed: Iterable[str] = ()) ->
             raise ValueError(
                 f"{where}._target_={target!r} is not an allowed builder: the analysis instantiates only this "
                 "project's builders (sweeps.builders.models.*, sweeps.builders.datasets.*), torchvision.models.* "
-                f"constructors and timm.create_model; pass allowed=[{target!r}] if you trust it")
+                f"constructors and timm.create_model; pass allowed=[{target!r}] if you trust it"
+            )
 
 
 def instantiate_allowed(config: DictConfig, path: str, allowed: Iterable[str] = ()):

@@ -42,8 +42,12 @@ def accuracy_drop(table: pd.DataFrame, metric: str = "validation_accuracy") -> p
     return table["run_id"].map(baseline) - table[metric]
 
 
-def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: float | None = None,
-           metric: str = "validation_accuracy") -> pd.Series:
+def choose(
+    table: pd.DataFrame,
+    max_drop: float | None = None,
+    min_reduction: float | None = None,
+    metric: str = "validation_accuracy",
+) -> pd.Series:
     """The row to ship under one rule (see the module docstring)."""
     if (max_drop is None) == (min_reduction is None):
         raise ValueError("give exactly one rule: max_drop (points of accuracy) or min_reduction (0..1)")
@@ -58,8 +62,10 @@ def choose(table: pd.DataFrame, max_drop: float | None = None, min_reduction: fl
         return candidates.sort_values(["reduction", metric], ascending=False).iloc[0]
     candidates = table[loadable & (table["reduction"] >= min_reduction)]
     if candidates.empty:
-        raise ValueError(f"no row with a checkpoint reaches a reduction of {min_reduction} "
-                         f"(the highest is {table['reduction'].max():.3f})")
+        raise ValueError(
+            f"no row with a checkpoint reaches a reduction of {min_reduction} "
+            f"(the highest is {table['reduction'].max():.3f})"
+        )
     return candidates.sort_values([metric, "reduction"], ascending=False).iloc[0]
 
 
@@ -69,8 +75,9 @@ def run_config(run_id: str, tracking_uri: str) -> DictConfig:
         with downloaded(tracking_uri, run_id, layout.CONFIG) as path:
             config = OmegaConf.load(path)
     except Exception as exc:
-        raise ValueError(f"run {run_id}: its hydra/config.yaml is not a readable config ({type(exc).__name__}: "
-                         f"{str(exc)[:200]})") from exc
+        raise ValueError(
+            f"run {run_id}: its hydra/config.yaml is not a readable config ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
     if not isinstance(config, DictConfig):
         raise ValueError(f"run {run_id}: its hydra/config.yaml holds a {type(config).__name__}, not a mapping")
     return config
@@ -87,8 +94,9 @@ def validation_accuracy(model: nn.Module, config: DictConfig, allowed: Iterable[
     return evaluate(model, as_source(data.validation), loss, metrics, 256, torch.device("cpu"))["accuracy"]
 
 
-def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Module] | None = None,
-                allowed: Iterable[str] = ()) -> nn.Module:
+def load_choice(
+    row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Module] | None = None, allowed: Iterable[str] = ()
+) -> nn.Module:
     """The chosen network: its checkpoint, rebuilt from the trial's logged config (eval mode).
 
     The config's ``model._target_`` must be one of the allow-listed builders or named in
@@ -108,5 +116,7 @@ def load_choice(row: pd.Series, tracking_uri: str, builder: Callable[[], nn.Modu
         try:
             return load_pruned(path, builder).eval()
         except ValueError as exc:
-            raise ValueError(f"run {row['run_id']}, iteration {row['iteration']}: checkpoint {row['checkpoint']!r} "
-                             f"cannot be loaded: {str(exc).replace(repr(str(path)), 'it')}") from exc
+            raise ValueError(
+                f"run {row['run_id']}, iteration {row['iteration']}: checkpoint {row['checkpoint']!r} "
+                f"cannot be loaded: {str(exc).replace(repr(str(path)), 'it')}"
+            ) from exc

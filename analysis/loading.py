@@ -93,8 +93,10 @@ def _numeric(column: pd.Series) -> pd.Series:
 @contextmanager
 def downloaded(tracking_uri: str, run_id: str, artifact: str) -> Iterator[str]:
     """A run's artifact in a temporary folder, removed when the block ends (nothing left in /tmp)."""
-    with tempfile.TemporaryDirectory(prefix="taylorprune-artifact-") as folder, \
-            patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+    with (
+        tempfile.TemporaryDirectory(prefix="taylorprune-artifact-") as folder,
+        patch.dict(os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"),
+    ):
         yield MlflowClient(tracking_uri).download_artifacts(run_id, artifact, dst_path=folder)
 
 
@@ -106,8 +108,7 @@ def _history(uri: str, run) -> pd.DataFrame:
         history = pd.DataFrame(payload["data"], columns=payload["columns"])
         history["iteration"] = pd.to_numeric(history["iteration"], errors="raise").astype(int)
     except Exception as exc:
-        raise ValueError(f"{HISTORY} is not a readable history table ({type(exc).__name__}: {str(exc)[:120]})") \
-            from exc
+        raise ValueError(f"{HISTORY} is not a readable history table ({type(exc).__name__}: {str(exc)[:120]})") from exc
     if history.empty:
         raise ValueError(f"{HISTORY} has no rows")
     return history
@@ -149,8 +150,9 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
             left_out[run.info.run_id] = str(exc)
             continue
         checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, layout.CHECKPOINTS)}
-        history["checkpoint"] = [path if (path := layout.checkpoint(int(k))) in checkpoints else None
-                                 for k in history["iteration"]]
+        history["checkpoint"] = [
+            path if (path := layout.checkpoint(int(k))) in checkpoints else None for k in history["iteration"]
+        ]
         stop = run.data.tags.get(layout.STOP_REASON, "")
         last = returned_iteration(run.data.tags, int(history["iteration"].max()))
         history["returned"] = history["iteration"] == last
@@ -168,8 +170,10 @@ def load_experiment(name: str, tracking_uri: str | None = None, include_unfinish
         rows.append(history)
         params.append((run.info.run_id, run.data.params))
     if not rows:
-        raise ValueError(f"experiment {name!r} has no finished trials with a pruning history "
-                         f"(runs left out by status: {unfinished or 'none'}; unreadable: {left_out or 'none'})")
+        raise ValueError(
+            f"experiment {name!r} has no finished trials with a pruning history "
+            f"(runs left out by status: {unfinished or 'none'}; unreadable: {left_out or 'none'})"
+        )
     table = pd.concat(rows, ignore_index=True)
     values = pd.DataFrame({run_id: {k: typed(v) for k, v in p.items()} for run_id, p in params}).T
     varying = [k for k in values.columns if values[k].astype(str).nunique() > 1]

@@ -22,8 +22,13 @@ import numpy as np
 import pandas as pd
 
 
-def pareto_front(table: pd.DataFrame, x: str = "reduction", y: str = "validation_accuracy",
-                 maximize: tuple[bool, bool] = (True, True), include_rejected: bool = False) -> pd.DataFrame:
+def pareto_front(
+    table: pd.DataFrame,
+    x: str = "reduction",
+    y: str = "validation_accuracy",
+    maximize: tuple[bool, bool] = (True, True),
+    include_rejected: bool = False,
+) -> pd.DataFrame:
     """The non-dominated rows of ``table`` for columns ``x`` and ``y`` (rows with NaN are ignored)."""
     for column in (x, y):
         if column not in table:
@@ -43,8 +48,14 @@ def pareto_front(table: pd.DataFrame, x: str = "reduction", y: str = "validation
     return front.sort_values(x)
 
 
-def fronts_by(table: pd.DataFrame, by: str, x: str = "reduction", y: str = "validation_accuracy",
-              maximize: tuple[bool, bool] = (True, True), include_rejected: bool = False) -> pd.DataFrame:
+def fronts_by(
+    table: pd.DataFrame,
+    by: str,
+    x: str = "reduction",
+    y: str = "validation_accuracy",
+    maximize: tuple[bool, bool] = (True, True),
+    include_rejected: bool = False,
+) -> pd.DataFrame:
     """``pareto_front`` of each group of rows sharing a value of ``by`` (concatenated)."""
     if by not in table:
         raise ValueError(f"column {by!r} is not in the table; columns: {list(table.columns)}")

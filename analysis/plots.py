@@ -21,8 +21,11 @@ from matplotlib.figure import Figure
 
 from analysis.pareto import pareto_front
 
-PERCENT = {"reduction": "learnables reduction (%)", "validation_accuracy": "validation accuracy (%)",
-           "latency_ms": "latency, batch 1 (ms)"}
+PERCENT = {
+    "reduction": "learnables reduction (%)",
+    "validation_accuracy": "validation accuracy (%)",
+    "latency_ms": "latency, batch 1 (ms)",
+}
 
 
 def _plain(table: pd.DataFrame) -> pd.DataFrame:
@@ -37,19 +40,44 @@ def _label(column: str) -> str:
     return PERCENT.get(column, column.replace("_", " "))
 
 
-def front_figure(table: pd.DataFrame, front: pd.DataFrame, chosen: pd.Series | None = None,
-                 hue: str | None = None, metric: str = "validation_accuracy") -> Figure:
+def front_figure(
+    table: pd.DataFrame,
+    front: pd.DataFrame,
+    chosen: pd.Series | None = None,
+    hue: str | None = None,
+    metric: str = "validation_accuracy",
+) -> Figure:
     fig = Figure(figsize=(8.5, 5), layout="constrained")
     ax = fig.subplots()
     data, line = _plain(table), _plain(front)
-    sns.scatterplot(data=data, x="reduction", y=metric, hue=hue, palette="viridis" if hue else None, s=28,
-                    alpha=0.75, ax=ax, legend="brief" if hue else False)
+    sns.scatterplot(
+        data=data,
+        x="reduction",
+        y=metric,
+        hue=hue,
+        palette="viridis" if hue else None,
+        s=28,
+        alpha=0.75,
+        ax=ax,
+        legend="brief" if hue else False,
+    )
     ax.step(line["reduction"], line[metric], where="post", color="crimson", lw=1.8, label="Pareto front")
     if chosen is not None:
-        ax.scatter([100 * chosen["reduction"]], [chosen[metric]], marker="*", s=320, color="gold", edgecolor="black",
-                   zorder=5, label=f"chosen: trial {int(chosen['trial'])}, iteration {int(chosen['iteration'])}")
-    ax.set(xlabel=_label("reduction"), ylabel=_label(metric),
-           title="Every pruning iteration of every trial, and the Pareto front")
+        ax.scatter(
+            [100 * chosen["reduction"]],
+            [chosen[metric]],
+            marker="*",
+            s=320,
+            color="gold",
+            edgecolor="black",
+            zorder=5,
+            label=f"chosen: trial {int(chosen['trial'])}, iteration {int(chosen['iteration'])}",
+        )
+    ax.set(
+        xlabel=_label("reduction"),
+        ylabel=_label(metric),
+        title="Every pruning iteration of every trial, and the Pareto front",
+    )
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, title=hue)
     ax.grid(alpha=0.3)
     return fig
@@ -59,16 +87,27 @@ def trajectories_figure(table: pd.DataFrame, metric: str = "validation_accuracy"
     fig = Figure(figsize=(8.5, 5), layout="constrained")
     ax = fig.subplots()
     data = _plain(table).assign(trial=lambda d: d["trial"].astype(str))
-    sns.lineplot(data=data, x="reduction", y=metric, hue="trial", units="run_id", estimator=None, marker="o",
-                 markersize=4, ax=ax, sort=False)
+    sns.lineplot(
+        data=data,
+        x="reduction",
+        y=metric,
+        hue="trial",
+        units="run_id",
+        estimator=None,
+        marker="o",
+        markersize=4,
+        ax=ax,
+        sort=False,
+    )
     ax.set(xlabel=_label("reduction"), ylabel=_label(metric), title="Trials through their pruning iterations")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, title="trial")
     ax.grid(alpha=0.3)
     return fig
 
 
-def hyperparameters_figure(table: pd.DataFrame, hyperparameters: list[str],
-                           objectives: tuple[str, ...] = ("validation_accuracy", "reduction")) -> Figure:
+def hyperparameters_figure(
+    table: pd.DataFrame, hyperparameters: list[str], objectives: tuple[str, ...] = ("validation_accuracy", "reduction")
+) -> Figure:
     finals = _plain(table[table["returned"]])
     numeric = [h for h in hyperparameters if pd.api.types.is_numeric_dtype(finals[h])] or hyperparameters
     fig = Figure(figsize=(3.2 * max(len(numeric), 1), 2.9 * len(objectives)), layout="constrained")
@@ -89,8 +128,11 @@ def progress_figure(table: pd.DataFrame, run_id: str, metric: str = "validation_
     fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.plot(rows["iteration"], rows["learnables"] / 1e3, "o-", color="tab:purple", label="learnables")
-    ax.set(xlabel="pruning iteration", ylabel="learnables (thousands)",
-           title=f"Pruning progress of trial {int(rows['trial'].iloc[0])} (run {run_id[:8]})")
+    ax.set(
+        xlabel="pruning iteration",
+        ylabel="learnables (thousands)",
+        title=f"Pruning progress of trial {int(rows['trial'].iloc[0])} (run {run_id[:8]})",
+    )
     other = ax.twinx()
     other.plot(rows["iteration"], rows[metric], "s-", color="tab:green", label=_label(metric))
     other.set_ylabel(_label(metric))
@@ -109,10 +151,17 @@ def fronts_figure(table: pd.DataFrame, metric: str = "validation_accuracy") -> F
         exported = data["latency_source"] != "torch"
         ax.scatter(data.loc[exported, x], data.loc[exported, metric], s=30, color="tab:blue", label="returned network")
         if (~exported).any():
-            ax.scatter(data.loc[~exported, x], data.loc[~exported, metric], s=40, marker="x", color="tab:gray",
-                       label="export failed: latency on PyTorch")
-        ax.step(front[x], front[metric], where="post" if maximize else "pre", color="crimson", lw=1.8,
-                label="Pareto front")
+            ax.scatter(
+                data.loc[~exported, x],
+                data.loc[~exported, metric],
+                s=40,
+                marker="x",
+                color="tab:gray",
+                label="export failed: latency on PyTorch",
+            )
+        ax.step(
+            front[x], front[metric], where="post" if maximize else "pre", color="crimson", lw=1.8, label="Pareto front"
+        )
         ax.set(xlabel=_label(x), ylabel=_label(metric) if x == "reduction" else "")
         ax.grid(alpha=0.3)
     axes[1].legend(loc="lower right", frameon=False)

@@ -36,9 +36,16 @@ FIGURE = "pareto_front.png"
 def study_run_id(client: MlflowClient, experiment: str, sweep_dir: str) -> str:
     """The id of the latest study run of ``experiment`` that wrote to ``sweep_dir``."""
     found = client.get_experiment_by_name(experiment)
-    runs = [] if found is None else client.search_runs(
-        [found.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.`{layout.ROLE}` = 'study' and tags.`{layout.SWEEP_DIR}` = '{sweep_dir}'")
+    runs = (
+        []
+        if found is None
+        else client.search_runs(
+            [found.experiment_id],
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.`{layout.ROLE}` = 'study' and tags.`{layout.SWEEP_DIR}` = '{sweep_dir}'",
+        )
+    )
     if not runs:
         raise ValueError(f"no study run of experiment {experiment!r} has {layout.SWEEP_DIR}={sweep_dir!r}")
     return runs[0].info.run_id
@@ -57,8 +64,10 @@ class StudyFrontFigure(Callback):
             run_id = study_run_id(client, self.tracking.experiment, str(config.hydra.sweep.dir))
             table = load_experiment(self.tracking.experiment, uri).table
             if table.empty:
-                log.warning(f"Pareto-front figure not drawn: experiment {self.tracking.experiment!r} has no "
-                            "pruning iteration yet")
+                log.warning(
+                    f"Pareto-front figure not drawn: experiment {self.tracking.experiment!r} has no "
+                    "pruning iteration yet"
+                )
                 return
             client.log_figure(run_id, front_figure(table, pareto_front(table)), FIGURE)
         except Exception as exc:

@@ -80,9 +80,18 @@ def make_network(depth: int = 3) -> nn.Sequential:
 
 
 def fine_tuning(data: dict, seed: int, device: str, epochs: int = 2) -> TrainingOptions:
-    return TrainingOptions("adam", initial_learn_rate=5e-4, max_epochs=epochs, mini_batch_size=64,
-                           shuffle="every-epoch", metrics=["accuracy"], seed=seed, device=device,
-                           validation_data=(data["x_test"], data["y_test"]), validation_frequency=10_000)
+    return TrainingOptions(
+        "adam",
+        initial_learn_rate=5e-4,
+        max_epochs=epochs,
+        mini_batch_size=64,
+        shuffle="every-epoch",
+        metrics=["accuracy"],
+        seed=seed,
+        device=device,
+        validation_data=(data["x_test"], data["y_test"]),
+        validation_frequency=10_000,
+    )
 
 
 def accuracy_on_test(model: nn.Module, data: dict, device: str = "cpu") -> float:
@@ -98,19 +107,37 @@ def learnables(model: nn.Module) -> int:
 def train_base(data: dict, seed: int, depth: int, device: str) -> nn.Module:
     torch.manual_seed(seed)
     model = make_network(depth)
-    options = TrainingOptions("adam", initial_learn_rate=1e-3, max_epochs=30, mini_batch_size=64,
-                              shuffle="every-epoch", learn_rate_schedule="piecewise", learn_rate_drop_period=20,
-                              seed=seed, device=device)
+    options = TrainingOptions(
+        "adam",
+        initial_learn_rate=1e-3,
+        max_epochs=30,
+        mini_batch_size=64,
+        shuffle="every-epoch",
+        learn_rate_schedule="piecewise",
+        learn_rate_drop_period=20,
+        seed=seed,
+        device=device,
+    )
     return train_network(model, (data["x_train"], data["y_train"]), "crossentropy", options)[0]
 
 
 def _prune(model: nn.Module, data: dict, options: TrainingOptions, goal: float, increment: float, levers: dict):
-    return compress_network(model, data["x_train"], data["y_train"], "crossentropy", options, goal=goal,
-                            increment=increment, verbosity="off", **levers)
+    return compress_network(
+        model,
+        data["x_train"],
+        data["y_train"],
+        "crossentropy",
+        options,
+        goal=goal,
+        increment=increment,
+        verbosity="off",
+        **levers,
+    )
 
 
-def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str,
-             small_end: bool = False) -> list[tuple[float, float]]:
+def run_ours(
+    base: nn.Module, data: dict, seed: int, levers: dict, device: str, small_end: bool = False
+) -> list[tuple[float, float]]:
     first_goal = SMALL_END[0] if small_end else max(LEVELS)
     pruned, info = _prune(base, data, fine_tuning(data, seed, device), first_goal, 0.05, levers)
     rows = info.pruning_history
@@ -125,13 +152,13 @@ def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str,
 
 
 def tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) -> None:
-    pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
-                                  ignored_layers=[model[-1]])
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[model[-1]]
+    )
     pruner.step()
 
 
-def tp_step(model: nn.Module, example: torch.Tensor, importance, ratio: float, source, generator,
-            device: str) -> None:
+def tp_step(model: nn.Module, example: torch.Tensor, importance, ratio: float, source, generator, device: str) -> None:
     """One Torch-Pruning step at ``ratio``; ``TaylorImportance`` gets the gradients of up to 100 batches first."""
     if isinstance(importance, tp.importance.TaylorImportance):
         model.eval()
@@ -156,9 +183,19 @@ def _ratio_for(model: nn.Module, example: torch.Tensor, target: float, size, rou
 STEPS_1D = [1 - 0.05 * step for step in range(1, round(max(LEVELS) / 0.05) + 1)]
 
 
-def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: str, *, fractions=STEPS_1D,
-           size=learnables, rounds: int = 20, epochs: int = 2,
-           stop_at: float | None = None) -> list[tuple[float, float]]:
+def run_tp(
+    base: nn.Module,
+    data: dict,
+    seed: int,
+    importance_factory,
+    device: str,
+    *,
+    fractions=STEPS_1D,
+    size=learnables,
+    rounds: int = 20,
+    epochs: int = 2,
+    stop_at: float | None = None,
+) -> list[tuple[float, float]]:
     """Torch-Pruning in steps: each prunes to ``fractions[k]`` of the original ``size`` (learnables, or any
     measure of a model), then fine-tunes; (reduction, test accuracy) per step, stopping once ``stop_at``."""
     torch.manual_seed(seed)
@@ -170,8 +207,15 @@ def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: s
     for fraction in fractions:
         target = original * fraction
         if size(model) > target:
-            tp_step(model, example, importance_factory(), _ratio_for(model, example, target, size, rounds), source,
-                    generator, device)
+            tp_step(
+                model,
+                example,
+                importance_factory(),
+                _ratio_for(model, example, target, size, rounds),
+                source,
+                generator,
+                device,
+            )
         fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
         rows.append((1 - size(model) / original, accuracy_on_test(model, data, device)))
         if stop_at is not None and rows[-1][0] >= stop_at:
@@ -208,8 +252,12 @@ def run_job(network: str, seed: int, methods: list[str], device: str, threads: i
         key = {"network": network, "method": method, "seed": seed}
         records.append({**key, "unpruned": unpruned, **levels, "seconds": seconds})
         steps += [{**key, "step": k, "reduction": r, "accuracy": a} for k, (r, a) in enumerate(rows)]
-        print(f"  {network} {seed} {method:<22} " + "  ".join(f"{k} {v:5.1f}" for k, v in levels.items())
-              + f"  ({seconds:.0f} s)", flush=True)
+        print(
+            f"  {network} {seed} {method:<22} "
+            + "  ".join(f"{k} {v:5.1f}" for k, v in levels.items())
+            + f"  ({seconds:.0f} s)",
+            flush=True,
+        )
     return records, steps
 
 
@@ -249,9 +297,11 @@ def target_check(records: pd.DataFrame) -> list[str]:
             margin = means[method] - means[best_tp] - 1.0 if best_tp else float("nan")
             above = bool((at90[method] > at90["random"]).all()) if "random" in at90 else None
             label = f"{method} (default)" if method == DEFAULT else method
-            lines.append(f"- {network}, {label}: {means[method]:.1f} against "
-                         f"{best_tp} {means[best_tp]:.1f} + 1 -> {'met' if margin >= 0 else 'missed'} by "
-                         f"{abs(margin):.1f} points; above random on every seed: {above}")
+            lines.append(
+                f"- {network}, {label}: {means[method]:.1f} against "
+                f"{best_tp} {means[best_tp]:.1f} + 1 -> {'met' if margin >= 0 else 'missed'} by "
+                f"{abs(margin):.1f} points; above random on every seed: {above}"
+            )
     return lines
 
 
@@ -275,15 +325,28 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
     ]
     for network, table in records.groupby("network", sort=False):
         summary = table.groupby("method", sort=False)[levels].agg(["mean", "std"])
-        means = pd.DataFrame({level: [f"{m:.1f} ± {s:.1f}" for m, s in zip(summary[(level, "mean")],
-                                                                             summary[(level, "std")], strict=True)]
-                              for level in levels}, index=summary.index)
+        means = pd.DataFrame(
+            {
+                level: [
+                    f"{m:.1f} ± {s:.1f}" for m, s in zip(summary[(level, "mean")], summary[(level, "std")], strict=True)
+                ]
+                for level in levels
+            },
+            index=summary.index,
+        )
         unpruned = table.groupby("seed")["unpruned"].first().round(1).tolist()
-        lines += ["", f"## {network} (unpruned accuracy per seed {unpruned})", "", means.to_markdown(), "",
-                  "Accuracy at 90% per seed:", "",
-                  table.pivot(index="seed", columns="method", values="90%").round(1).to_markdown(), "",
-                  f"Mean run time per method (s): "
-                  f"{table.groupby('method', sort=False)['seconds'].mean().round(0).to_dict()}"]
+        lines += [
+            "",
+            f"## {network} (unpruned accuracy per seed {unpruned})",
+            "",
+            means.to_markdown(),
+            "",
+            "Accuracy at 90% per seed:",
+            "",
+            table.pivot(index="seed", columns="method", values="90%").round(1).to_markdown(),
+            "",
+            f"Mean run time per method (s): {table.groupby('method', sort=False)['seconds'].mean().round(0).to_dict()}",
+        ]
     publish(args.name, lines)
 
 

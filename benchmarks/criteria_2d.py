@@ -78,21 +78,41 @@ def digits_28(seed: int = 0) -> dict[str, torch.Tensor]:
     """The digits, upscaled to 28x28 (bilinear), with a fixed 25% test split."""
     split = digits(validation_fraction=0.25, seed=seed)
     up = lambda x: F.interpolate(x, size=28, mode="bilinear", align_corners=False)  # noqa: E731
-    return {"x_train": up(split["x_train"]), "y_train": split["y_train"],
-            "x_test": up(split["x_val"]), "y_test": split["y_val"]}
+    return {
+        "x_train": up(split["x_train"]),
+        "y_train": split["y_train"],
+        "x_test": up(split["x_val"]),
+        "y_test": split["y_val"],
+    }
 
 
 def train_base(data: dict, seed: int, device: str) -> nn.Module:
     torch.manual_seed(seed)
-    options = TrainingOptions("adam", initial_learn_rate=1e-3, max_epochs=15, mini_batch_size=64,
-                              shuffle="every-epoch", seed=seed, device=device)
+    options = TrainingOptions(
+        "adam",
+        initial_learn_rate=1e-3,
+        max_epochs=15,
+        mini_batch_size=64,
+        shuffle="every-epoch",
+        seed=seed,
+        device=device,
+    )
     return train_network(small_resnet(width=32), (data["x_train"], data["y_train"]), "crossentropy", options)[0]
 
 
 def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) -> list[tuple[float, float]]:
-    _, info = compress_network(base, data["x_train"], data["y_train"], "crossentropy",
-                               fine_tuning(data, seed, device, epochs=1),
-                               budget="macs", goal=GOAL, increment=INCREMENT, verbosity="off", **levers)
+    _, info = compress_network(
+        base,
+        data["x_train"],
+        data["y_train"],
+        "crossentropy",
+        fine_tuning(data, seed, device, epochs=1),
+        budget="macs",
+        goal=GOAL,
+        increment=INCREMENT,
+        verbosity="off",
+        **levers,
+    )
     rows = info.pruning_history
     return list(zip(rows["macs_reduction"], rows["validation_accuracy"], strict=True))
 
@@ -101,9 +121,18 @@ def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: s
     """Torch-Pruning in exact 7.5% steps of the original MACs, to 92%."""
     fractions = [max(1 - GOAL, 1 - INCREMENT * step) for step in range(1, round(GOAL / INCREMENT) + 2)]
     example = data["x_train"][:2].to(device)
-    return criteria.run_tp(base, data, seed, importance_factory, device, fractions=fractions,
-                           size=lambda model: count_macs(model, example), rounds=16,
-                           epochs=1, stop_at=GOAL - 1e-3)
+    return criteria.run_tp(
+        base,
+        data,
+        seed,
+        importance_factory,
+        device,
+        fractions=fractions,
+        size=lambda model: count_macs(model, example),
+        rounds=16,
+        epochs=1,
+        stop_at=GOAL - 1e-3,
+    )
 
 
 def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[list, list]:
@@ -117,15 +146,24 @@ def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[l
     records, steps = [], []
     for method in methods:
         started = time.perf_counter()
-        rows = (run_ours(base, data, seed, OURS[method], device) if method in OURS
-                else run_tp(base, data, seed, THEIRS[method], device))
+        rows = (
+            run_ours(base, data, seed, OURS[method], device)
+            if method in OURS
+            else run_tp(base, data, seed, THEIRS[method], device)
+        )
         seconds = time.perf_counter() - started
         levels = at_levels(rows, LEVELS, slack=1e-3)
         records.append({"method": method, "seed": seed, "unpruned": unpruned, **levels, "seconds": seconds})
-        steps += [{"method": method, "seed": seed, "step": k, "macs_reduction": r, "accuracy": a}
-                  for k, (r, a) in enumerate(rows)]
-        print(f"  seed {seed} {method:<16} " + "  ".join(f"{k} {v:5.1f}" for k, v in levels.items())
-              + f"  ({seconds:.0f} s)", flush=True)
+        steps += [
+            {"method": method, "seed": seed, "step": k, "macs_reduction": r, "accuracy": a}
+            for k, (r, a) in enumerate(rows)
+        ]
+        print(
+            f"  seed {seed} {method:<16} "
+            + "  ".join(f"{k} {v:5.1f}" for k, v in levels.items())
+            + f"  ({seconds:.0f} s)",
+            flush=True,
+        )
     return records, steps
 
 
@@ -141,14 +179,15 @@ def target_check(records: pd.DataFrame) -> list[str]:
     for level in levels:
         best_tp = means.loc[theirs, level].idxmax() if theirs else None
         verdict = "met" if best_tp is None or means.loc[DEFAULT, level] >= means.loc[best_tp, level] else "missed"
-        lines.append(f"- {level}: {DEFAULT} {means.loc[DEFAULT, level]:.1f} against the best Torch-Pruning "
-                     f"importance ({best_tp} {means.loc[best_tp, level]:.1f}) -> {verdict}")
+        lines.append(
+            f"- {level}: {DEFAULT} {means.loc[DEFAULT, level]:.1f} against the best Torch-Pruning "
+            f"importance ({best_tp} {means.loc[best_tp, level]:.1f}) -> {verdict}"
+        )
     at90 = records.pivot(index="seed", columns="method", values="90%")
     if "random" in at90:
         lines.append(f"- above random at 90% on every seed: {bool((at90[DEFAULT] > at90['random']).all())}")
     gap = (at90.max(axis=1) - at90[DEFAULT]).max()
-    lines.append(f"- within 3 points of the best method at 90% on every seed: {bool(gap <= 3)} "
-                 f"(largest gap {gap:.1f})")
+    lines.append(f"- within 3 points of the best method at 90% on every seed: {bool(gap <= 3)} (largest gap {gap:.1f})")
     return lines
 
 
@@ -162,10 +201,22 @@ def write_figure(steps: pd.DataFrame) -> None:
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(10, 5))
     shown = steps.assign(fewer_macs=100 * steps["macs_reduction"])  # as measured: one line per method and seed
-    sns.lineplot(data=shown, x="fewer_macs", y="accuracy", hue="method", style="method", units="seed",
-                 estimator=None, markers=True, ax=ax)
-    ax.set(xlabel="fewer MACs (%), measured after each step", ylabel="test accuracy (%), one line per seed",
-           title="Digits 28x28, residual CNN: accuracy after each prune + 1-epoch fine-tune")
+    sns.lineplot(
+        data=shown,
+        x="fewer_macs",
+        y="accuracy",
+        hue="method",
+        style="method",
+        units="seed",
+        estimator=None,
+        markers=True,
+        ax=ax,
+    )
+    ax.set(
+        xlabel="fewer MACs (%), measured after each step",
+        ylabel="test accuracy (%), one line per seed",
+        title="Digits 28x28, residual CNN: accuracy after each prune + 1-epoch fine-tune",
+    )
     ax.set_ylim(max(0, shown["accuracy"].min() - 5), 100)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -178,9 +229,15 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
     steps.to_csv(RESULTS / f"{args.name}_runs.csv", index=False, float_format="%.4f")
     levels = [f"{round(100 * level)}%" for level in LEVELS]
     summary = records.groupby("method", sort=False)[levels].agg(["mean", "std"])
-    table = pd.DataFrame({level: [f"{m:.1f} ± {s:.1f}" for m, s in zip(summary[(level, "mean")],
-                                                                         summary[(level, "std")], strict=True)]
-                          for level in levels}, index=summary.index)
+    table = pd.DataFrame(
+        {
+            level: [
+                f"{m:.1f} ± {s:.1f}" for m, s in zip(summary[(level, "mean")], summary[(level, "std")], strict=True)
+            ]
+            for level in levels
+        },
+        index=summary.index,
+    )
     lines = [
         "# Criteria on a 2-D image task: test accuracy (%) at each MACs reduction",
         "",

@@ -79,14 +79,30 @@ def plain_loop(model: nn.Module, loader: DataLoader, device: torch.device, preci
     return steps
 
 
-def through_compress(model: nn.Module, loader: DataLoader, device: torch.device,
-                     precision: str) -> tuple[list[float], nn.Module]:
+def through_compress(
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: str
+) -> tuple[list[float], nn.Module]:
     """One pruning iteration and ``EPOCHS`` epochs of fine-tuning: the wall time of every fine-tuning step (from
     the training history's ``time_s``, data loading and bookkeeping included), and the pruned network."""
-    options = TrainingOptions("adam", initial_learn_rate=1e-3, max_epochs=EPOCHS, mini_batch_size=BATCH,
-                              device=str(device), precision=precision, seed=0)
-    pruned, info = compress_network(model, loader, "crossentropy", options, goal=0.05, increment=0.05,
-                                    num_importance_score_iterations=2, verbosity="off")
+    options = TrainingOptions(
+        "adam",
+        initial_learn_rate=1e-3,
+        max_epochs=EPOCHS,
+        mini_batch_size=BATCH,
+        device=str(device),
+        precision=precision,
+        seed=0,
+    )
+    pruned, info = compress_network(
+        model,
+        loader,
+        "crossentropy",
+        options,
+        goal=0.05,
+        increment=0.05,
+        num_importance_score_iterations=2,
+        verbosity="off",
+    )
     times = info.training_history["time_s"].to_numpy()
     return list(np.diff(times)), pruned
 
@@ -101,8 +117,14 @@ def main() -> None:
         torch.set_num_threads(2)
     folder = write_folder(Path(tempfile.mkdtemp(prefix="taylorprune-throughput-")))
     data = image_folder(str(folder), validation=None, crop=32, mean=[0.5] * 3, std=[0.5] * 3, augment=True)
-    loader = DataLoader(data["train"], batch_size=BATCH, shuffle=True, drop_last=False,
-                        generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        data["train"],
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(0),
+        pin_memory=device.type == "cuda",
+    )
     torch.manual_seed(0)
     base = timm_model("resnet18", num_classes=10).to(device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
@@ -119,12 +141,16 @@ def main() -> None:
                 plain += plain_loop(copy.deepcopy(pruned), loader, device, precision)
         a, b = BATCH / statistics.median(ours), BATCH / statistics.median(plain)
         mean_a, mean_b = BATCH / statistics.fmean(ours), BATCH / statistics.fmean(plain)
-        rows.append(f"| {precision} | {b:.1f} | {a:.1f} | **{a / b:.3f}** | {mean_b:.1f} | {mean_a:.1f} | "
-                    f"{mean_a / mean_b:.3f} | {len(ours)} / {len(plain)} |")
+        rows.append(
+            f"| {precision} | {b:.1f} | {a:.1f} | **{a / b:.3f}** | {mean_b:.1f} | {mean_a:.1f} | "
+            f"{mean_a / mean_b:.3f} | {len(ours)} / {len(plain)} |"
+        )
     lines = [
-        "# Fine-tuning throughput: compress_network against a plain PyTorch loop", "",
+        "# Fine-tuning throughput: compress_network against a plain PyTorch loop",
+        "",
         f"torch {torch.__version__}, {card}, device {device}"
-        + (", 2 threads" if device.type == "cpu" else "") + f". timm resnet18 (10 classes), an image folder of "
+        + (", 2 threads" if device.type == "cpu" else "")
+        + f". timm resnet18 (10 classes), an image folder of "
         f"{10 * PER_CLASS} PNGs at 32x32 read by one DataLoader (batch {BATCH}, random crop and flip, no "
         f"workers), Adam, {EPOCHS} epochs. Produced by `python -m benchmarks.data_throughput`; every step of "
         f"{args.repeats} alternating runs after a warm-up. Target: compress_network at least 0.95x the plain loop.",

@@ -47,6 +47,7 @@ def synced(fn):
     def run():
         fn()
         torch.cuda.synchronize()
+
     return run
 
 
@@ -74,8 +75,9 @@ def step_versus_scoring(mode: str) -> list[str]:
     train_step()
     step_s, score_s = median_seconds(synced(train_step), 20), median_seconds(synced(scoring_pass), 20)
     step_m, score_m = peak_mib(train_step), peak_mib(scoring_pass)
-    return [f"| {mode} | {1e3 * step_s:.2f} | {1e3 * score_s:.2f} | {score_s / step_s:.2f} | {step_m:.0f} | "
-            f"{score_m:.0f} |"]
+    return [
+        f"| {mode} | {1e3 * step_s:.2f} | {1e3 * score_s:.2f} | {score_s / step_s:.2f} | {step_m:.0f} | {score_m:.0f} |"
+    ]
 
 
 def compression(mode: str) -> tuple[list[str], float]:
@@ -91,10 +93,14 @@ def compression(mode: str) -> tuple[list[str], float]:
 
     peak = peak_mib(run)
     per_iteration = {k: v / split["iterations"] for k, v in split.items() if k not in ("total", "iterations")}
-    rows = [f"| {mode} | {part} | {1e3 * seconds:.1f} | {100 * seconds * split['iterations'] / split['total']:.1f}% |"
-            for part, seconds in per_iteration.items()]
-    rows.append(f"| {mode} | **per iteration** ({split['iterations']:.0f} iterations) | "
-                f"{1e3 * split['total'] / split['iterations']:.1f} | 100% |")
+    rows = [
+        f"| {mode} | {part} | {1e3 * seconds:.1f} | {100 * seconds * split['iterations'] / split['total']:.1f}% |"
+        for part, seconds in per_iteration.items()
+    ]
+    rows.append(
+        f"| {mode} | **per iteration** ({split['iterations']:.0f} iterations) | "
+        f"{1e3 * split['total'] / split['iterations']:.1f} | 100% |"
+    )
     return rows, peak
 
 
@@ -103,22 +109,29 @@ def main() -> None:
         raise SystemExit("benchmarks.gpu: no CUDA device here; nothing measured (run it on a GPU machine)")
     card = torch.cuda.get_device_name()
     started = time.perf_counter()
-    lines = [f"# compress_network on {card}\n",
-             f"`python -m benchmarks.gpu`: torchvision ResNet-18 (10 classes), {IMAGES} random 32x32 images, "
-             f"batch 64 in compress_network (batch {BATCH} in the step comparison), 30% in 5% steps, 1 epoch each. "
-             f"torch {torch.__version__}, CUDA {torch.version.cuda}, {platform.machine()}.\n",
-             "## Time per pruning iteration\n", "| precision | part | ms per iteration | share |",
-             "|---|---|---:|---:|"]
+    lines = [
+        f"# compress_network on {card}\n",
+        f"`python -m benchmarks.gpu`: torchvision ResNet-18 (10 classes), {IMAGES} random 32x32 images, "
+        f"batch 64 in compress_network (batch {BATCH} in the step comparison), 30% in 5% steps, 1 epoch each. "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, {platform.machine()}.\n",
+        "## Time per pruning iteration\n",
+        "| precision | part | ms per iteration | share |",
+        "|---|---|---:|---:|",
+    ]
     peaks = {}
     for mode in ("fp32", "bf16"):
         rows, peaks[mode] = compression(mode)
         lines += rows
-    lines += ["", "Peak GPU memory of the whole compression: " +
-              ", ".join(f"{mode} {mib:.0f} MiB" for mode, mib in peaks.items()) + ".", "",
-              "## Scoring pass against a training step (same batch)\n",
-              "| precision | train step (ms) | scoring pass (ms) | ratio | train step peak (MiB) "
-              "| scoring peak (MiB) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Peak GPU memory of the whole compression: "
+        + ", ".join(f"{mode} {mib:.0f} MiB" for mode, mib in peaks.items())
+        + ".",
+        "",
+        "## Scoring pass against a training step (same batch)\n",
+        "| precision | train step (ms) | scoring pass (ms) | ratio | train step peak (MiB) | scoring peak (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for mode in ("fp32", "bf16"):
         lines += step_versus_scoring(mode)
     lines.append(f"\nMeasured in {time.perf_counter() - started:.0f} s.")

@@ -29,9 +29,21 @@ from torchvision import models
 
 from prune_core import ChannelGraph, remove_units
 
-MODELS = ["resnet50", "vgg16", "mobilenet_v2", "mobilenet_v3_large", "densenet121", "resnext50_32x4d",
-          "efficientnet_b0", "regnet_y_400mf", "googlenet", "squeezenet1_1", "shufflenet_v2_x1_0", "mnasnet1_0",
-          "convnext_tiny"]
+MODELS = [
+    "resnet50",
+    "vgg16",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "densenet121",
+    "resnext50_32x4d",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "googlenet",
+    "squeezenet1_1",
+    "shufflenet_v2_x1_0",
+    "mnasnet1_0",
+    "convnext_tiny",
+]
 
 
 def best_time(fn, repeat: int):
@@ -72,11 +84,15 @@ def torch_pruning(model: nn.Module, x: torch.Tensor, repeat: int) -> dict:
     analysis, _ = best_time(lambda: tp.DependencyGraph().build_dependency(model, example_inputs=x), repeat)
     pruned = copy.deepcopy(model)
     classes = 1000
-    ignored = [m for m in pruned.modules()
-               if getattr(m, "out_features", None) == classes or getattr(m, "out_channels", None) == classes]
+    ignored = [
+        m
+        for m in pruned.modules()
+        if getattr(m, "out_features", None) == classes or getattr(m, "out_channels", None) == classes
+    ]
     start = time.perf_counter()
-    pruner = tp.pruner.MetaPruner(pruned, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=0.3, ignored_layers=ignored)
+    pruner = tp.pruner.MetaPruner(
+        pruned, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.3, ignored_layers=ignored
+    )
     pruner.step()
     return {"analysis_s": analysis, "surgery_s": time.perf_counter() - start, "pruned": pruned}
 
@@ -101,22 +117,30 @@ def main() -> None:
         for tool, run in (("ours", ours), ("tp", torch_pruning)):
             try:
                 result = run(model, x, args.repeat)
-                row |= {f"{tool}_analysis_s": round(result["analysis_s"], 3),
-                        f"{tool}_surgery_s": round(result["surgery_s"], 3),
-                        f"{tool}_params_after": params(result["pruned"]),
-                        f"{tool}_runs": runs(result["pruned"], x, shape)}
+                row |= {
+                    f"{tool}_analysis_s": round(result["analysis_s"], 3),
+                    f"{tool}_surgery_s": round(result["surgery_s"], 3),
+                    f"{tool}_params_after": params(result["pruned"]),
+                    f"{tool}_runs": runs(result["pruned"], x, shape),
+                }
             except Exception as exc:  # a peer failing on a model is a result, not a crash
-                row |= {f"{tool}_analysis_s": None, f"{tool}_surgery_s": None, f"{tool}_params_after": None,
-                        f"{tool}_runs": f"error: {type(exc).__name__}"}
+                row |= {
+                    f"{tool}_analysis_s": None,
+                    f"{tool}_surgery_s": None,
+                    f"{tool}_params_after": None,
+                    f"{tool}_runs": f"error: {type(exc).__name__}",
+                }
         print(row, flush=True)
         rows.append(row)
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "graph_zoo.csv", index=False)
-    header = (f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch-pruning {tp.__version__}, "
-              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, input 1x3x224x224, "
-              f"best of {args.repeat}")
+    header = (
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch-pruning {tp.__version__}, "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, input 1x3x224x224, "
+        f"best of {args.repeat}"
+    )
     (out / "graph_zoo.md").write_text(f"# graph_zoo\n\n{header}\n\n```\n{table.to_string(index=False)}\n```\n")
     print(header)
     print(table.to_string(index=False))

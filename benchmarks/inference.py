@@ -43,8 +43,17 @@ def mnist1d_levels(data: dict) -> list[tuple[str, nn.Module]]:
     options = TrainingOptions("adam", initial_learn_rate=5e-4, max_epochs=1, mini_batch_size=64, seed=0)
     out = [("unpruned", make_network())]
     with tempfile.TemporaryDirectory() as folder:
-        _, info = compress_network(out[0][1], data["x_train"], data["y_train"], "crossentropy", options, goal=0.9,
-                                   increment=0.05, checkpoint_path=folder, verbosity="off")
+        _, info = compress_network(
+            out[0][1],
+            data["x_train"],
+            data["y_train"],
+            "crossentropy",
+            options,
+            goal=0.9,
+            increment=0.05,
+            checkpoint_path=folder,
+            verbosity="off",
+        )
         rows = info.pruning_history
         for level in (0.5, 0.7, 0.9):
             iteration = int(rows.loc[rows["reduction"] >= level, "iteration"].iloc[0])
@@ -72,9 +81,15 @@ def resnet_half() -> list[tuple[str, nn.Module]]:
 def measured(model: nn.Module, example: torch.Tensor, folder: Path) -> dict:
     """Latency at batch 1 and 64 on PyTorch and onnxruntime, with the largest spread."""
     runner = session(export_onnx(model, example, folder / "model.onnx").path, THREADS)
-    timings = {f"{runtime} b{batch}": (torch_latency(model, example, batch, THREADS) if runtime == "torch"
-                                       else onnx_latency(runner, example, batch))
-               for batch in (1, 64) for runtime in ("torch", "ort")}
+    timings = {
+        f"{runtime} b{batch}": (
+            torch_latency(model, example, batch, THREADS)
+            if runtime == "torch"
+            else onnx_latency(runner, example, batch)
+        )
+        for batch in (1, 64)
+        for runtime in ("torch", "ort")
+    }
     return {key: t.median_ms for key, t in timings.items()} | {"spread": max(t.spread for t in timings.values())}
 
 
@@ -82,25 +97,38 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore")
     data = mnist1d_tensors(seed=42)
-    lines = ["# Inference latency of pruned networks (CPU): PyTorch and onnxruntime", "",
-             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-             f"{platform.processor() or platform.machine()}, {THREADS} threads, median latency (ms) and speed-up "
-             "over the unpruned network on the same runtime. Produced by `python -m benchmarks.inference`.", "",
-             "| network | variant | learnables | MACs / example | MACs cut | torch b1 | ort b1 | torch b64 | "
-             "ort b64 | largest spread |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, variants, shape in (("MNIST-1D 3x Conv1d(64)", mnist1d_levels(data), (1, 40)),
-                                  ("ResNet-18, 64x64", resnet_half(), (3, 64, 64))):
+    lines = [
+        "# Inference latency of pruned networks (CPU): PyTorch and onnxruntime",
+        "",
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"{platform.processor() or platform.machine()}, {THREADS} threads, median latency (ms) and speed-up "
+        "over the unpruned network on the same runtime. Produced by `python -m benchmarks.inference`.",
+        "",
+        "| network | variant | learnables | MACs / example | MACs cut | torch b1 | ort b1 | torch b64 | "
+        "ort b64 | largest spread |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, variants, shape in (
+        ("MNIST-1D 3x Conv1d(64)", mnist1d_levels(data), (1, 40)),
+        ("ResNet-18, 64x64", resnet_half(), (3, 64, 64)),
+    ):
         base = None
         for variant, model in variants:
             example = torch.randn(2, *shape)
             with tempfile.TemporaryDirectory() as folder:
-                row = {"learnables": sum(p.numel() for p in model.parameters()),
-                       "macs": count_macs(model, example), **measured(model, example, Path(folder))}
+                row = {
+                    "learnables": sum(p.numel() for p in model.parameters()),
+                    "macs": count_macs(model, example),
+                    **measured(model, example, Path(folder)),
+                }
             base = base or row
-            times = " | ".join(f"{row[k]:.3f} ({base[k] / row[k]:.2f}x)" for k in
-                               ("torch b1", "ort b1", "torch b64", "ort b64"))
-            lines.append(f"| {name} | {variant} | {row['learnables']:,} | {row['macs']:,.0f} | "
-                         f"{100 * (1 - row['macs'] / base['macs']):.0f}% | {times} | {100 * row['spread']:.0f}% |")
+            times = " | ".join(
+                f"{row[k]:.3f} ({base[k] / row[k]:.2f}x)" for k in ("torch b1", "ort b1", "torch b64", "ort b64")
+            )
+            lines.append(
+                f"| {name} | {variant} | {row['learnables']:,} | {row['macs']:,.0f} | "
+                f"{100 * (1 - row['macs'] / base['macs']):.0f}% | {times} | {100 * row['spread']:.0f}% |"
+            )
             print(lines[-1], flush=True)
     publish("inference", lines)
 

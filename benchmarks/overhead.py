@@ -51,15 +51,33 @@ from prune_core import (
 from sweeps.builders.datasets import mnist1d_tensors
 
 
-def time_split(model: nn.Module, train: tuple, validation: tuple, goal: float, epochs: int,
-               verify: bool = True) -> dict[str, float]:
+def time_split(
+    model: nn.Module, train: tuple, validation: tuple, goal: float, epochs: int, verify: bool = True
+) -> dict[str, float]:
     """Run ``compress_network`` (5% steps up to ``goal``, checkpoints every iteration) and split its time."""
-    options = TrainingOptions("adam", initial_learn_rate=5e-4, max_epochs=epochs, mini_batch_size=64,
-                              shuffle="every-epoch", metrics=["accuracy"], seed=0, validation_data=validation,
-                              validation_frequency=10_000)
+    options = TrainingOptions(
+        "adam",
+        initial_learn_rate=5e-4,
+        max_epochs=epochs,
+        mini_batch_size=64,
+        shuffle="every-epoch",
+        metrics=["accuracy"],
+        seed=0,
+        validation_data=validation,
+        validation_frequency=10_000,
+    )
     with tempfile.TemporaryDirectory() as folder:
-        _, info = compress_network(model, *train, "crossentropy", options, goal=goal, increment=0.05,
-                                   checkpoint_path=folder, verbosity="off", verify=verify)
+        _, info = compress_network(
+            model,
+            *train,
+            "crossentropy",
+            options,
+            goal=goal,
+            increment=0.05,
+            checkpoint_path=folder,
+            verbosity="off",
+            verify=verify,
+        )
     rows, seconds = info.pruning_history, info.seconds
     total = seconds["total"]
     validation_s = seconds.get("validation", 0.0) + seconds.get("initial_validation", 0.0)
@@ -85,14 +103,19 @@ def split_table(title: str, split: dict[str, float]) -> list[str]:
         if part not in ("total", "iterations"):
             lines.append(f"| {part} | {seconds:.3f} | {100 * seconds / total:.2f}% |")
     other = total - split["scoring passes"] - split["fine-tuning (training steps)"] - split["validation"]
-    return lines + [f"| **total** ({split['iterations']:.0f} pruning iterations) | {total:.2f} | 100% |", "",
-                    f"Everything but fine-tuning, validation and scoring: {other:.3f} s = "
-                    f"**{100 * other / total:.2f}%** of the total (target < 2%), a fixed "
-                    f"{1e3 * other / split['iterations']:.0f} ms per pruning iteration.", ""]
+    return lines + [
+        f"| **total** ({split['iterations']:.0f} pruning iterations) | {total:.2f} | 100% |",
+        "",
+        f"Everything but fine-tuning, validation and scoring: {other:.3f} s = "
+        f"**{100 * other / total:.2f}%** of the total (target < 2%), a fixed "
+        f"{1e3 * other / split['iterations']:.0f} ms per pruning iteration.",
+        "",
+    ]
 
 
-def check_and_reanalysis(title: str, model: nn.Module, train: tuple, validation: tuple, goal: float,
-                         epochs: int) -> tuple[dict[str, float], list[str]]:
+def check_and_reanalysis(
+    title: str, model: nn.Module, train: tuple, validation: tuple, goal: float, epochs: int
+) -> tuple[dict[str, float], list[str]]:
     """The time split (check on), and a row: one surgery with and without the check, analysis and its update."""
     split = time_split(model, train, validation, goal, epochs)
     example = train[0][:2]
@@ -112,9 +135,11 @@ def check_and_reanalysis(title: str, model: nn.Module, train: tuple, validation:
     first = median_seconds(lambda: ChannelGraph.build(model, example), 5)
     update = median_seconds(lambda: graph.after_removal(chosen, pruned), 5)
     iteration = split["total"] / split["iterations"]
-    row = (f"| {title} | {1e3 * iteration:.0f} | {1e3 * (checked - unchecked):.1f} | "
-           f"{100 * (checked - unchecked) / iteration:.2f}% | {1e3 * first:.1f} | {1e3 * update:.2f} | "
-           f"{100 * update / first:.1f}% |")
+    row = (
+        f"| {title} | {1e3 * iteration:.0f} | {1e3 * (checked - unchecked):.1f} | "
+        f"{100 * (checked - unchecked) / iteration:.2f}% | {1e3 * first:.1f} | {1e3 * update:.2f} | "
+        f"{100 * update / first:.1f}% |"
+    )
     return split, [row]
 
 
@@ -159,9 +184,16 @@ def step_versus_scoring(name: str, model: nn.Module, x: torch.Tensor, y: torch.T
     train_step()  # Adam state exists, as in any step after the first
     step_s, score_s = median_seconds(train_step, repeat), median_seconds(scoring_pass, repeat)
     step_b, score_b = peak_bytes(train_step), peak_bytes(scoring_pass)
-    return {"network": name, "batch": len(x), "train step (ms)": 1e3 * step_s, "scoring pass (ms)": 1e3 * score_s,
-            "time ratio": score_s / step_s, "train step peak (MiB)": step_b / 2**20,
-            "scoring peak (MiB)": score_b / 2**20, "memory ratio": score_b / step_b}
+    return {
+        "network": name,
+        "batch": len(x),
+        "train step (ms)": 1e3 * step_s,
+        "scoring pass (ms)": 1e3 * score_s,
+        "time ratio": score_s / step_s,
+        "train step peak (MiB)": step_b / 2**20,
+        "scoring peak (MiB)": score_b / 2**20,
+        "memory ratio": score_b / step_b,
+    }
 
 
 def main() -> None:
@@ -170,40 +202,75 @@ def main() -> None:
     data = mnist1d_tensors(seed=42)
     torch.manual_seed(0)
     small = make_network()
-    train_network(small, (data["x_train"], data["y_train"]), "crossentropy",
-                  TrainingOptions("adam", max_epochs=5, mini_batch_size=64))
+    train_network(
+        small,
+        (data["x_train"], data["y_train"]),
+        "crossentropy",
+        TrainingOptions("adam", max_epochs=5, mini_batch_size=64),
+    )
     images = torch.randn(1280, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 10, (1280,), generator=torch.Generator().manual_seed(1))
-    lines = ["# Where compress_network's time goes", "",
-             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 2 threads. "
-             "Produced by `python -m benchmarks.overhead`. Adam fine-tuning, 5% steps, validation after "
-             "every fine-tuning, a checkpoint every iteration.", ""]
+    lines = [
+        "# Where compress_network's time goes",
+        "",
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 2 threads. "
+        "Produced by `python -m benchmarks.overhead`. Adam fine-tuning, 5% steps, validation after "
+        "every fine-tuning, a checkpoint every iteration.",
+        "",
+    ]
     small_title = "MNIST-1D network (3x Conv1d(64), 67k learnables), 4000 examples, 90% in 5% steps, 2 epochs each"
     small_split, small_rows = check_and_reanalysis(
-        "MNIST-1D network", small, (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"]), 0.9, 2)
+        "MNIST-1D network", small, (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"]), 0.9, 2
+    )
     resnet_title = "ResNet-18 (11.2M learnables), 1280 random 3x32x32 images, 15% in 5% steps, 1 epoch each"
     resnet_split, resnet_rows = check_and_reanalysis(
-        "ResNet-18", torchvision.models.resnet18(num_classes=10), (images[:1024], labels[:1024]),
-        (images[1024:], labels[1024:]), 0.15, 1)
+        "ResNet-18",
+        torchvision.models.resnet18(num_classes=10),
+        (images[:1024], labels[:1024]),
+        (images[1024:], labels[1024:]),
+        0.15,
+        1,
+    )
     lines += split_table(small_title, small_split) + split_table(resnet_title, resnet_split)
-    lines += ["## The surgery check and re-analysis (targets: check < 5% of an iteration, re-analysis < 20% of the "
-              "first)", "", "One 5% surgery (L1 choice) with the check on and off, median of 7; the graph update after "
-              "it (`ChannelGraph.after_removal`, what `compress_network` runs) against a first analysis, median of 5.",
-              "", "| network | pruning iteration (ms) | the check (ms) | check / iteration | first analysis (ms) | "
-              "graph update after the surgery (ms) | update / first analysis |",
-              "|---|---:|---:|---:|---:|---:|---:|", *small_rows, *resnet_rows, ""]
+    lines += [
+        "## The surgery check and re-analysis (targets: check < 5% of an iteration, re-analysis < 20% of the first)",
+        "",
+        "One 5% surgery (L1 choice) with the check on and off, median of 7; the graph update after "
+        "it (`ChannelGraph.after_removal`, what `compress_network` runs) against a first analysis, median of 5.",
+        "",
+        "| network | pruning iteration (ms) | the check (ms) | check / iteration | first analysis (ms) | "
+        "graph update after the surgery (ms) | update / first analysis |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *small_rows,
+        *resnet_rows,
+        "",
+    ]
     torch.manual_seed(0)
-    cases = [step_versus_scoring("MNIST-1D 3x Conv1d(64)", make_network(), data["x_train"][:64],
-                                 data["y_train"][:64], repeat=50),
-             step_versus_scoring("ResNet-18 (64x64)", torchvision.models.resnet18(num_classes=10),
-                                 torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,)), repeat=10)]
-    lines += ["## A scoring pass next to a training step on the same batch (target: both ratios <= 1.2)", "",
-              "| network | batch | train step (ms) | scoring pass (ms) | time ratio | train step peak (MiB) "
-              "| scoring peak (MiB) | memory ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    cases = [
+        step_versus_scoring(
+            "MNIST-1D 3x Conv1d(64)", make_network(), data["x_train"][:64], data["y_train"][:64], repeat=50
+        ),
+        step_versus_scoring(
+            "ResNet-18 (64x64)",
+            torchvision.models.resnet18(num_classes=10),
+            torch.randn(32, 3, 64, 64),
+            torch.randint(0, 10, (32,)),
+            repeat=10,
+        ),
+    ]
+    lines += [
+        "## A scoring pass next to a training step on the same batch (target: both ratios <= 1.2)",
+        "",
+        "| network | batch | train step (ms) | scoring pass (ms) | time ratio | train step peak (MiB) "
+        "| scoring peak (MiB) | memory ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in cases:
-        lines.append(f"| {c['network']} | {c['batch']} | {c['train step (ms)']:.2f} | {c['scoring pass (ms)']:.2f} "
-                     f"| {c['time ratio']:.2f} | {c['train step peak (MiB)']:.1f} | {c['scoring peak (MiB)']:.1f} "
-                     f"| {c['memory ratio']:.2f} |")
+        lines.append(
+            f"| {c['network']} | {c['batch']} | {c['train step (ms)']:.2f} | {c['scoring pass (ms)']:.2f} "
+            f"| {c['time ratio']:.2f} | {c['train step peak (MiB)']:.1f} | {c['scoring peak (MiB)']:.1f} "
+            f"| {c['memory ratio']:.2f} |"
+        )
     publish("overhead", lines)
 
 

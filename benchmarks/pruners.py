@@ -32,17 +32,40 @@ import torch
 from benchmarks.publish import publish
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY = ["sweep=max_reduction", "sweep.constraints={validation_accuracy: 85.0}", "data.num_samples=2000",
-         "base.training.max_epochs=15", "pruning.goal=0.95", "hydra.sweeper.sampler.seed=0", "export.onnx=false",
-         "export.latency=false", "tracking.log_model=false", "pruning.plots=none", "pruning.verbosity=off"]
+STUDY = [
+    "sweep=max_reduction",
+    "sweep.constraints={validation_accuracy: 85.0}",
+    "data.num_samples=2000",
+    "base.training.max_epochs=15",
+    "pruning.goal=0.95",
+    "hydra.sweeper.sampler.seed=0",
+    "export.onnx=false",
+    "export.latency=false",
+    "tracking.log_model=false",
+    "pruning.plots=none",
+    "pruning.verbosity=off",
+]
 
 
 def run_study(folder: Path, pruner: str, trials: int) -> float:
     """One study in ``folder``; its wall-clock seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sweeps.run", "-m", *STUDY, f"hydra.sweeper.n_trials={trials}",
-                    f"hydra.sweeper.pruner={pruner}"], cwd=folder, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.run",
+            "-m",
+            *STUDY,
+            f"hydra.sweeper.n_trials={trials}",
+            f"hydra.sweeper.pruner={pruner}",
+        ],
+        cwd=folder,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - started
 
 
@@ -50,15 +73,26 @@ def summary(folder: Path, pruner: str, seconds: float) -> dict:
     study = optuna.load_study(study_name="taylorprune", storage=f"sqlite:///{folder / 'optuna.db'}")
     trials = study.get_trials(deepcopy=False)
     start = min(t.datetime_start for t in trials)
-    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
-                   and all(c <= 0 for c in t.user_attrs.get("constraints", [0]))), key=lambda t: t.datetime_complete)
+    done = sorted(
+        (
+            t
+            for t in trials
+            if t.state == optuna.trial.TrialState.COMPLETE and all(c <= 0 for c in t.user_attrs.get("constraints", [0]))
+        ),
+        key=lambda t: t.datetime_complete,
+    )
     best = max((t.value for t in done), default=float("nan"))
     first_best = next((t for t in done if t.value == best), None)
     states = pd.Series([t.state.name for t in trials]).value_counts().to_dict()
-    return {"pruner": pruner, "best reduction (%)": round(100 * best, 1),
-            "time to best (s)": round((first_best.datetime_complete - start).total_seconds()) if first_best else None,
-            "total (s)": round(seconds), "complete": states.get("COMPLETE", 0), "pruned": states.get("PRUNED", 0),
-            "failed": states.get("FAIL", 0)}
+    return {
+        "pruner": pruner,
+        "best reduction (%)": round(100 * best, 1),
+        "time to best (s)": round((first_best.datetime_complete - start).total_seconds()) if first_best else None,
+        "total (s)": round(seconds),
+        "complete": states.get("COMPLETE", 0),
+        "pruned": states.get("PRUNED", 0),
+        "failed": states.get("FAIL", 0),
+    }
 
 
 def main() -> None:
@@ -78,16 +112,23 @@ def main() -> None:
             rows.append(summary(folder, pruner, run_study(folder, pruner, args.trials)))
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    publish("pruners", [
-        "# Optuna pruners against no pruner (sweep=max_reduction)", "",
-        f"{args.trials} trials per study, sampler seed 0, the default search space, MNIST-1D (2000 examples), "
-        f"the same cached base network; feasible: validation accuracy >= 85%. torch {torch.__version__}, optuna "
-        f"{optuna.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores. Produced by "
-        f"`python -m benchmarks.pruners {' '.join(sys.argv[1:])}`.", "",
-        table.to_markdown(index=False), "",
-        "Time to best: from the first trial's start to the completion of the trial that first reached the best "
-        "feasible value. Pruned trials stop after the pruning iteration at which their reduction falls below the "
-        "pruner's bar (median: the median of earlier trials at that iteration)."])
+    publish(
+        "pruners",
+        [
+            "# Optuna pruners against no pruner (sweep=max_reduction)",
+            "",
+            f"{args.trials} trials per study, sampler seed 0, the default search space, MNIST-1D (2000 examples), "
+            f"the same cached base network; feasible: validation accuracy >= 85%. torch {torch.__version__}, optuna "
+            f"{optuna.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores. Produced by "
+            f"`python -m benchmarks.pruners {' '.join(sys.argv[1:])}`.",
+            "",
+            table.to_markdown(index=False),
+            "",
+            "Time to best: from the first trial's start to the completion of the trial that first reached the best "
+            "feasible value. Pruned trials stop after the pruning iteration at which their reduction falls below the "
+            "pruner's bar (median: the median of earlier trials at that iteration).",
+        ],
+    )
 
 
 if __name__ == "__main__":

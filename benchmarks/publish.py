@@ -1,6 +1,6 @@
 """Where benchmark results go: ``benchmarks/results/<name>.md``, printed as well.
 
-    publish("overhead", ["# Overhead", "", "| part | seconds |", ...])   # -> benchmarks/results/overhead.md
+publish("overhead", ["# Overhead", "", "| part | seconds |", ...])   # -> benchmarks/results/overhead.md
 """
 
 from __future__ import annotations

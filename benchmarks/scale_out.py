@@ -38,15 +38,21 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from benchmarks.publish import publish
-from tests.services import create_database, mlflow_server, postgres
+from tests.support.services import create_database, mlflow_server, postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def app(folder: Path, *overrides: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "sweeps.run", *overrides], cwd=folder, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweeps.run", *overrides],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait(processes: list[subprocess.Popen]) -> None:
@@ -59,16 +65,25 @@ def wait(processes: list[subprocess.Popen]) -> None:
 def throughput(base: str, work: Path, trials: int, workers: int, cache: Path, server: str) -> float:
     """Trials per hour of ``workers`` processes sharing one new PostgreSQL study of ``trials`` trials."""
     study = create_database(base, f"study_{workers}")
-    common = ["-m", f"hydra.sweeper.storage={study}", f"tracking.uri={server}", f"base.cache_dir={cache}",
-              f"hydra.sweeper.n_trials={trials // workers}", f"tracking.experiment=scale-out-{workers}"]
+    common = [
+        "-m",
+        f"hydra.sweeper.storage={study}",
+        f"tracking.uri={server}",
+        f"base.cache_dir={cache}",
+        f"hydra.sweeper.n_trials={trials // workers}",
+        f"tracking.experiment=scale-out-{workers}",
+    ]
     folders = [work / f"{workers}-workers-{k}" for k in range(workers)]
     for folder in folders:
         folder.mkdir()
     started = time.perf_counter()
     wait([app(folder, *common) for folder in folders])
     elapsed = time.perf_counter() - started
-    done = [t for t in optuna.load_study(study_name=f"scale-out-{workers}", storage=study).trials
-            if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [
+        t
+        for t in optuna.load_study(study_name=f"scale-out-{workers}", storage=study).trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    ]
     return len(done) / elapsed * 3600
 
 
@@ -105,10 +120,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.trials < 2 or args.trials % 2:
         raise SystemExit(f"--trials must be an even number >= 2, got {args.trials}")
-    lines = ["# Scale-out: 1 and 2 workers on PostgreSQL, bookkeeping on PostgreSQL and sqlite\n",
-             f"`python -m benchmarks.scale_out --trials {args.trials} --bookkeeping {args.bookkeeping}`; "
-             f"{os.cpu_count()} CPU cores, torch {torch.__version__}, optuna {optuna.__version__}, "
-             f"mlflow {mlflow.__version__}, {platform.machine()}.\n"]
+    lines = [
+        "# Scale-out: 1 and 2 workers on PostgreSQL, bookkeeping on PostgreSQL and sqlite\n",
+        f"`python -m benchmarks.scale_out --trials {args.trials} --bookkeeping {args.bookkeeping}`; "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, optuna {optuna.__version__}, "
+        f"mlflow {mlflow.__version__}, {platform.machine()}.\n",
+    ]
     with tempfile.TemporaryDirectory(prefix="taylorprune-scale-out-") as tmp, postgres() as base:
         work, cache = Path(tmp), Path(tmp) / "cache"
         with mlflow_server(create_database(base, "tracking"), work / "artifacts") as server:
@@ -116,23 +133,33 @@ def main() -> None:
             warm.mkdir()  # trains the base network once, into the shared cache
             wait([app(warm, f"base.cache_dir={cache}", f"tracking.uri={server}", "pruning.goal=0.05")])
             rates = {n: throughput(base, work, args.trials, n, cache, server) for n in (1, 2)}
-        lines += ["## Throughput (the default study; Optuna on PostgreSQL, MLflow server on PostgreSQL)\n",
-                  "| workers | trials per hour | vs 1 worker |", "|---|---|---|"]
+        lines += [
+            "## Throughput (the default study; Optuna on PostgreSQL, MLflow server on PostgreSQL)\n",
+            "| workers | trials per hour | vs 1 worker |",
+            "|---|---|---|",
+        ]
         lines += [f"| {n} | {rate:.0f} | {rate / rates[1]:.2f}x |" for n, rate in rates.items()]
         sqlite_dir = work / "sqlite"
         sqlite_dir.mkdir()
         cost = {
             ("Optuna: ask + worker attribute + tell", "sqlite"): optuna_bookkeeping(
-                f"sqlite:///{sqlite_dir / 'optuna.db'}", args.bookkeeping),
+                f"sqlite:///{sqlite_dir / 'optuna.db'}", args.bookkeeping
+            ),
             ("Optuna: ask + worker attribute + tell", "PostgreSQL"): optuna_bookkeeping(
-                create_database(base, "optuna_bookkeeping"), args.bookkeeping),
+                create_database(base, "optuna_bookkeeping"), args.bookkeeping
+            ),
             ("MLflow: run, params + metrics batch, end", "sqlite"): mlflow_bookkeeping(
-                f"sqlite:///{sqlite_dir / 'mlflow.db'}", args.bookkeeping),
+                f"sqlite:///{sqlite_dir / 'mlflow.db'}", args.bookkeeping
+            ),
             ("MLflow: run, params + metrics batch, end", "PostgreSQL"): mlflow_bookkeeping(
-                create_database(base, "mlflow_bookkeeping"), args.bookkeeping),
+                create_database(base, "mlflow_bookkeeping"), args.bookkeeping
+            ),
         }
-    lines += ["\n## Bookkeeping per trial (ms; the same operations on each store, in this run)\n",
-              "| operations | sqlite | PostgreSQL |", "|---|---|---|"]
+    lines += [
+        "\n## Bookkeeping per trial (ms; the same operations on each store, in this run)\n",
+        "| operations | sqlite | PostgreSQL |",
+        "|---|---|---|",
+    ]
     for what in dict.fromkeys(w for w, _ in cost):
         lines.append(f"| {what} | {1000 * cost[what, 'sqlite']:.1f} | {1000 * cost[what, 'PostgreSQL']:.1f} |")
     stores = ("sqlite", "PostgreSQL")

@@ -61,6 +61,7 @@ def capture_info(original):
     def wrapper(run, cfg, info, *args, **kwargs):
         CAPTURED["info"] = info
         return original(run, cfg, info, *args, **kwargs)
+
     return wrapper
 
 
@@ -96,8 +97,12 @@ def main() -> None:
     timed(sweeps.run, "run_job", "jobs")
     timed(study_run.StudyRunCallback, "on_multirun_start", "mlflow_study")
     timed(study_run.StudyRunCallback, "on_multirun_end", "mlflow_study")
-    for owner, name in ((mlflow, "start_run"), (mlflow, "end_run"), (mlflow, "set_experiment"),
-                        (sweeps.run, "open_store")):  # patched where the job looks them up
+    for owner, name in (
+        (mlflow, "start_run"),
+        (mlflow, "end_run"),
+        (mlflow, "set_experiment"),
+        (sweeps.run, "open_store"),
+    ):  # patched where the job looks them up
         timed(owner, name, "mlflow")
     timed(history, "log_torch_model", "model")
     sweeps.run.log_pruning = capture_info(sweeps.run.log_pruning)
@@ -105,7 +110,8 @@ def main() -> None:
     sys.argv = ["sweeps.run", "-m", f"hydra.sweeper.n_trials={args.trials}"]
     conf = Path(sweeps.run.__file__).resolve().parents[1] / "conf"
     app = hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(
-        lambda cfg: sweeps.run.run_job(cfg))  # looked up at call time: the timed version
+        lambda cfg: sweeps.run.run_job(cfg)
+    )  # looked up at call time: the timed version
     started, started_epoch = time.perf_counter(), time.time()
     try:
         app()

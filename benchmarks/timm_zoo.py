@@ -43,26 +43,79 @@ from torch import nn
 
 # One small model per convolutional family (family: model).
 FAMILIES = {
-    "resnet": "resnet18", "resnet-d": "resnet18d", "resnet-t": "resnet10t", "resnet-aa": "resnetaa50",
-    "resnet-rs": "resnetrs50", "resnetblur": "resnetblur18", "resnext": "resnext26ts", "wide-resnet": "wide_resnet50_2",
-    "regnetx": "regnetx_002", "regnety": "regnety_002", "regnetz": "regnetz_b16", "regnetv": "regnetv_040",
-    "efficientnet": "efficientnet_b0", "efficientnet-lite": "efficientnet_lite0",
-    "efficientnetv2": "efficientnetv2_rw_t", "tinynet": "tinynet_e", "mobilenetv1": "mobilenetv1_100",
-    "mobilenetv2": "mobilenetv2_050", "mobilenetv3": "mobilenetv3_small_050", "mobilenetv4": "mobilenetv4_conv_small",
-    "mobilenet-edgetpu": "mobilenet_edgetpu_100", "ghostnet": "ghostnet_050", "ghostnetv2": "ghostnetv2_100",
-    "repghostnet": "repghostnet_050", "rexnet": "rexnet_100", "mixnet": "mixnet_s", "mnasnet": "mnasnet_050",
-    "semnasnet": "semnasnet_050", "spnasnet": "spnasnet_100", "fbnet": "fbnetc_100", "hardcorenas": "hardcorenas_a",
-    "lcnet": "lcnet_050", "dla": "dla34", "dpn": "dpn68", "densenet": "densenet121", "densenetblur": "densenetblur121d",
-    "cspnet": "cspresnet50", "cs3darknet": "cs3darknet_s", "cspdarknet": "cspdarknet53", "darknet": "darknet53",
-    "res2net": "res2net50_14w_8s", "res2next": "res2next50", "resnest": "resnest14d", "hrnet": "hrnet_w18_small",
-    "selecsls": "selecsls42", "vovnet": "ese_vovnet19b_dw", "tresnet": "tresnet_m", "convnext": "convnext_atto",
-    "convnextv2": "convnextv2_atto", "inception-next": "inception_next_tiny", "nfnet": "nf_resnet26",
-    "nf-regnet": "nf_regnet_b0", "repvgg": "repvgg_a0", "mobileone": "mobileone_s0", "gernet": "gernet_s",
-    "resnetv2 (BiT)": "resnetv2_50", "xception": "xception41", "legacy-xception": "legacy_xception",
-    "inception": "inception_v3", "senet": "legacy_seresnet18", "seresnext": "seresnext26d_32x4d",
-    "skresnet": "skresnet18", "ecaresnet": "ecaresnet26t", "vgg": "vgg11_bn", "hgnet": "hgnet_tiny",
-    "hgnetv2": "hgnetv2_b0", "starnet": "starnet_s1", "rdnet": "rdnet_tiny", "poolformer": "poolformer_s12",
-    "repvit": "repvit_m0_9", "fasternet": "fasternet_t0", "mambaout": "mambaout_femto", "edgenext": "edgenext_xx_small",
+    "resnet": "resnet18",
+    "resnet-d": "resnet18d",
+    "resnet-t": "resnet10t",
+    "resnet-aa": "resnetaa50",
+    "resnet-rs": "resnetrs50",
+    "resnetblur": "resnetblur18",
+    "resnext": "resnext26ts",
+    "wide-resnet": "wide_resnet50_2",
+    "regnetx": "regnetx_002",
+    "regnety": "regnety_002",
+    "regnetz": "regnetz_b16",
+    "regnetv": "regnetv_040",
+    "efficientnet": "efficientnet_b0",
+    "efficientnet-lite": "efficientnet_lite0",
+    "efficientnetv2": "efficientnetv2_rw_t",
+    "tinynet": "tinynet_e",
+    "mobilenetv1": "mobilenetv1_100",
+    "mobilenetv2": "mobilenetv2_050",
+    "mobilenetv3": "mobilenetv3_small_050",
+    "mobilenetv4": "mobilenetv4_conv_small",
+    "mobilenet-edgetpu": "mobilenet_edgetpu_100",
+    "ghostnet": "ghostnet_050",
+    "ghostnetv2": "ghostnetv2_100",
+    "repghostnet": "repghostnet_050",
+    "rexnet": "rexnet_100",
+    "mixnet": "mixnet_s",
+    "mnasnet": "mnasnet_050",
+    "semnasnet": "semnasnet_050",
+    "spnasnet": "spnasnet_100",
+    "fbnet": "fbnetc_100",
+    "hardcorenas": "hardcorenas_a",
+    "lcnet": "lcnet_050",
+    "dla": "dla34",
+    "dpn": "dpn68",
+    "densenet": "densenet121",
+    "densenetblur": "densenetblur121d",
+    "cspnet": "cspresnet50",
+    "cs3darknet": "cs3darknet_s",
+    "cspdarknet": "cspdarknet53",
+    "darknet": "darknet53",
+    "res2net": "res2net50_14w_8s",
+    "res2next": "res2next50",
+    "resnest": "resnest14d",
+    "hrnet": "hrnet_w18_small",
+    "selecsls": "selecsls42",
+    "vovnet": "ese_vovnet19b_dw",
+    "tresnet": "tresnet_m",
+    "convnext": "convnext_atto",
+    "convnextv2": "convnextv2_atto",
+    "inception-next": "inception_next_tiny",
+    "nfnet": "nf_resnet26",
+    "nf-regnet": "nf_regnet_b0",
+    "repvgg": "repvgg_a0",
+    "mobileone": "mobileone_s0",
+    "gernet": "gernet_s",
+    "resnetv2 (BiT)": "resnetv2_50",
+    "xception": "xception41",
+    "legacy-xception": "legacy_xception",
+    "inception": "inception_v3",
+    "senet": "legacy_seresnet18",
+    "seresnext": "seresnext26d_32x4d",
+    "skresnet": "skresnet18",
+    "ecaresnet": "ecaresnet26t",
+    "vgg": "vgg11_bn",
+    "hgnet": "hgnet_tiny",
+    "hgnetv2": "hgnetv2_b0",
+    "starnet": "starnet_s1",
+    "rdnet": "rdnet_tiny",
+    "poolformer": "poolformer_s12",
+    "repvit": "repvit_m0_9",
+    "fasternet": "fasternet_t0",
+    "mambaout": "mambaout_femto",
+    "edgenext": "edgenext_xx_small",
 }
 INPUT_SIZE = {"inception_v3": 96, "tresnet_m": 96, "legacy_xception": 96, "hrnet_w18_small": 64}
 LIMIT_S = 60.0
@@ -85,8 +138,11 @@ def random_share(graph, fraction: float, seed: int = 0) -> list[int]:
 
 def _state_unchanged(model: nn.Module, state: dict, modes: list[bool]) -> bool:
     now = model.state_dict()
-    return (now.keys() == state.keys() and all(torch.equal(now[k], v) for k, v in state.items())
-            and [m.training for m in model.modules()] == modes)
+    return (
+        now.keys() == state.keys()
+        and all(torch.equal(now[k], v) for k, v in state.items())
+        and [m.training for m in model.modules()] == modes
+    )
 
 
 def ours(model: nn.Module, x: torch.Tensor) -> dict:
@@ -97,8 +153,12 @@ def ours(model: nn.Module, x: torch.Tensor) -> dict:
     start = time.perf_counter()
     graph = ChannelGraph.build(model, x)
     analysis_s = time.perf_counter() - start
-    row = {"ours_analysis_s": round(analysis_s, 3), "ours_unchanged": _state_unchanged(model, state, modes),
-           "ours_units": len(graph.units), "ours_removable": len(graph.removable_units())}
+    row = {
+        "ours_analysis_s": round(analysis_s, 3),
+        "ours_unchanged": _state_unchanged(model, state, modes),
+        "ours_units": len(graph.units),
+        "ours_removable": len(graph.removable_units()),
+    }
     chosen = random_share(graph, FRACTION)
     if not chosen:
         reasons = pd.Series([r for u in graph.units for r in u.reasons]).value_counts()
@@ -125,21 +185,27 @@ def torch_pruning(model: nn.Module, x: torch.Tensor, shape) -> dict:
 
     pruned = copy.deepcopy(model)
     classifier = pruned.get_classifier() if hasattr(pruned, "get_classifier") else None
-    ignored = [m for m in pruned.modules() if getattr(m, "out_features", None) == 10
-               or getattr(m, "out_channels", None) == 10]
+    ignored = [
+        m for m in pruned.modules() if getattr(m, "out_features", None) == 10 or getattr(m, "out_channels", None) == 10
+    ]
     if isinstance(classifier, nn.Module):
         ignored.append(classifier)
     before = _params(pruned)
     start = time.perf_counter()
-    pruner = tp.pruner.MetaPruner(pruned, x, importance=tp.importance.RandomImportance(), pruning_ratio=FRACTION,
-                                  ignored_layers=ignored)
+    pruner = tp.pruner.MetaPruner(
+        pruned, x, importance=tp.importance.RandomImportance(), pruning_ratio=FRACTION, ignored_layers=ignored
+    )
     pruner.step()
     seconds = time.perf_counter() - start
     with torch.no_grad():
         out = pruned.eval()(x)
     runs = tuple(out.shape) == tuple(shape) and _params(pruned) < before
-    return {"tp_s": round(seconds, 3), "tp_params_after": _params(pruned),
-            "tp": "pruned" if runs else "error", "tp_reason": "" if runs else "no parameters removed or shape changed"}
+    return {
+        "tp_s": round(seconds, 3),
+        "tp_params_after": _params(pruned),
+        "tp": "pruned" if runs else "error",
+        "tp_reason": "" if runs else "no parameters removed or shape changed",
+    }
 
 
 def one(name: str) -> None:
@@ -208,17 +274,35 @@ def main() -> None:
         print({k: row.get(k) for k in ("family", "model", "ours", "ours_analysis_s", "ours_reason", "tp")}, flush=True)
         rows.append(row)
     table = pd.DataFrame(rows)
-    columns = ["family", "model", "params", "input", "ours", "ours_analysis_s", "ours_surgery_s", "ours_params_after",
-               "ours_unchanged", "ours_reason", "tp", "tp_s", "tp_params_after", "tp_reason"]
+    columns = [
+        "family",
+        "model",
+        "params",
+        "input",
+        "ours",
+        "ours_analysis_s",
+        "ours_surgery_s",
+        "ours_params_after",
+        "ours_unchanged",
+        "ours_reason",
+        "tp",
+        "tp_s",
+        "tp_params_after",
+        "tp_reason",
+    ]
     table = table.reindex(columns=columns)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "timm_zoo.csv", index=False)
-    header = (f"timm {timm.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
-              f"{platform.processor() or platform.machine()}, 2 threads; random weights, num_classes=10, batch 2 at "
-              f"64x64 unless `input` says otherwise; {FRACTION:.0%} of every group removed at random")
-    text = (f"# timm_zoo\n\n{header}\n\n## Outcomes\n\n{summary(table)}\n\n## Every family\n\n"
-            f"{table.to_markdown(index=False)}\n")
+    header = (
+        f"timm {timm.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
+        f"{platform.processor() or platform.machine()}, 2 threads; random weights, num_classes=10, batch 2 at "
+        f"64x64 unless `input` says otherwise; {FRACTION:.0%} of every group removed at random"
+    )
+    text = (
+        f"# timm_zoo\n\n{header}\n\n## Outcomes\n\n{summary(table)}\n\n## Every family\n\n"
+        f"{table.to_markdown(index=False)}\n"
+    )
     (out / "timm_zoo.md").write_text(text)
     print(header)
     print(summary(table))

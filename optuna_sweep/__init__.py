@@ -37,5 +37,18 @@ from optuna_sweep.storage import creation_lock, open_storage
 from optuna_sweep.sweeper import TRIAL_ENV, split_result
 from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 
-__all__ = ["PRUNERS", "TRIAL_ENV", "WORKER_ATTR", "as_override", "creation_lock", "grid", "is_gone", "job_trial",
-           "make_pruner", "open_storage", "search_space", "split_result", "this_worker"]
+__all__ = [
+    "PRUNERS",
+    "TRIAL_ENV",
+    "WORKER_ATTR",
+    "as_override",
+    "creation_lock",
+    "grid",
+    "is_gone",
+    "job_trial",
+    "make_pruner",
+    "open_storage",
+    "search_space",
+    "split_result",
+    "this_worker",
+]

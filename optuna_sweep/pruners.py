@@ -44,8 +44,9 @@ def make_pruner(name: str, options: dict | None = None) -> optuna.pruners.BasePr
     try:
         return PRUNERS[name](**dict(options or {}))
     except TypeError as exc:
-        raise ValueError(f"hydra.sweeper.pruner_options={dict(options or {})} do not fit {PRUNERS[name].__name__}: "
-                         f"{exc}") from exc
+        raise ValueError(
+            f"hydra.sweeper.pruner_options={dict(options or {})} do not fit {PRUNERS[name].__name__}: {exc}"
+        ) from exc
 
 
 def check_pruner(name: str, directions: list[str], storage: str | None, options: dict | None = None) -> None:
@@ -54,12 +55,16 @@ def check_pruner(name: str, directions: list[str], storage: str | None, options:
     if name == "none":
         return
     if len(directions) > 1:
-        raise ValueError(f"hydra.sweeper.pruner={name}: Optuna prunes single-objective studies only, and this study "
-                         f"has {len(directions)} objectives; use hydra.sweeper.pruner=none, or one entry in "
-                         "hydra.sweeper.direction")
+        raise ValueError(
+            f"hydra.sweeper.pruner={name}: Optuna prunes single-objective studies only, and this study "
+            f"has {len(directions)} objectives; use hydra.sweeper.pruner=none, or one entry in "
+            "hydra.sweeper.direction"
+        )
     if storage is None:
-        raise ValueError(f"hydra.sweeper.pruner={name} needs hydra.sweeper.storage: the jobs report their "
-                         "intermediate values to the study there")
+        raise ValueError(
+            f"hydra.sweeper.pruner={name} needs hydra.sweeper.storage: the jobs report their "
+            "intermediate values to the study there"
+        )
 
 
 def job_trial() -> optuna.Trial | None:
@@ -74,6 +79,5 @@ def job_trial() -> optuna.Trial | None:
         return None
     options = hydra.sweeper.get("pruner_options") or {}
     storage = open_storage(hydra.sweeper.storage, driver_hint=hydra.sweeper.get("driver_hint"))
-    study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage,
-                              pruner=make_pruner(name, options))
+    study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage, pruner=make_pruner(name, options))
     return optuna.Trial(study, int(trial_id))

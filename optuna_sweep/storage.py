@@ -36,15 +36,29 @@ def creation_lock(path: str | Path) -> FileLock:
     return FileLock(Path(tempfile.gettempdir()) / f"optuna-sweep-store-{digest}.lock")
 
 
-def open_storage(storage: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 stale_trial_callback: Callable | None = None, driver_hint: str | None = None):
+def open_storage(
+    storage: str | None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable | None = None,
+    driver_hint: str | None = None,
+):
     """The Optuna storage of ``hydra.sweeper.storage`` (see the module docstring); ``driver_hint``: how to
     install a database driver that is missing (``hydra.sweeper.driver_hint``), added to that error."""
-    heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
-                 "heartbeat_stale_trial_callback": stale_trial_callback} if heartbeat_interval else {}
+    heartbeat = (
+        {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": stale_trial_callback,
+        }
+        if heartbeat_interval
+        else {}
+    )
     if heartbeat and (storage is None or storage.startswith("journal:")):
-        raise ValueError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval} needs a database storage "
-                         f"(sqlite:///..., postgresql://...), not hydra.sweeper.storage={storage!r}")
+        raise ValueError(
+            f"hydra.sweeper.heartbeat_interval={heartbeat_interval} needs a database storage "
+            f"(sqlite:///..., postgresql://...), not hydra.sweeper.storage={storage!r}"
+        )
     if storage is None:
         return None
     if storage.startswith("journal:"):
@@ -63,5 +77,7 @@ def open_storage(storage: str | None, heartbeat_interval: int | None = None, gra
         except Exception as exc:  # a concurrent schema creation, or a URL that cannot work
             error = exc
     hint = f" ({driver_hint})" if driver_hint and isinstance(error, ImportError) else ""
-    raise ValueError(f"hydra.sweeper.storage={storage!r} cannot be opened: {type(error).__name__}: {error}{hint}. "
-                     "Use a database URL (sqlite:///path.db, postgresql://user@host/db) or journal:PATH") from error
+    raise ValueError(
+        f"hydra.sweeper.storage={storage!r} cannot be opened: {type(error).__name__}: {error}{hint}. "
+        "Use a database URL (sqlite:///path.db, postgresql://user@host/db) or journal:PATH"
+    ) from error

@@ -60,8 +60,9 @@ def split_result(value: Any, n_objectives: int) -> JobResult:
         value = value["values"]
     values = [float(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [float(value)]
     if len(values) != n_objectives:
-        raise ValueError(f"the job returned {len(values)} objective values, but hydra.sweeper.direction "
-                         f"has {n_objectives}")
+        raise ValueError(
+            f"the job returned {len(values)} objective values, but hydra.sweeper.direction has {n_objectives}"
+        )
     return JobResult(values, constraints, user_attrs, pruned)
 
 
@@ -114,19 +115,39 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 class OptunaSweeperImpl(Sweeper):
     """The sweeper behind ``hydra/sweeper=taylorprune_optuna``; options: ``config.TaylorpruneOptunaSweeperConf``."""
 
-    def __init__(self, sampler: DictConfig, direction: Any, study_name: str | None, storage: str | None,
-                 load_if_exists: bool, n_trials: int, n_jobs: int, max_failure_rate: float, constraints: Any,
-                 params: DictConfig | None, results_file: str | None, metric_names: Any = None,
-                 heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 retry_failed_trials: int = 0, worker_id: int | None = None, pruner: str = "none",
-                 pruner_options: DictConfig | None = None, driver_hint: str | None = None) -> None:
+    def __init__(
+        self,
+        sampler: DictConfig,
+        direction: Any,
+        study_name: str | None,
+        storage: str | None,
+        load_if_exists: bool,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        constraints: Any,
+        params: DictConfig | None,
+        results_file: str | None,
+        metric_names: Any = None,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        retry_failed_trials: int = 0,
+        worker_id: int | None = None,
+        pruner: str = "none",
+        pruner_options: DictConfig | None = None,
+        driver_hint: str | None = None,
+    ) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
         for d in directions:
             if d not in ("minimize", "maximize"):
                 raise ValueError(f"hydra.sweeper.direction entry {d!r} must be 'minimize' or 'maximize'")
-        for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_interval", heartbeat_interval),
-                            ("grace_period", grace_period)):
+        for name, value in (
+            ("n_trials", n_trials),
+            ("n_jobs", n_jobs),
+            ("heartbeat_interval", heartbeat_interval),
+            ("grace_period", grace_period),
+        ):
             if (value is not None or name in ("n_trials", "n_jobs")) and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"hydra.sweeper.{name} must be a positive integer, got {value!r}")
         if not isinstance(retry_failed_trials, int) or retry_failed_trials < 0:
@@ -140,35 +161,47 @@ class OptunaSweeperImpl(Sweeper):
         self.constraints, self.results_file = bool(constraints), results_file
         self.metric_names = None if metric_names is None else [str(name) for name in metric_names]
         if self.metric_names is not None and len(self.metric_names) != len(directions):
-            raise ValueError(f"hydra.sweeper.metric_names={self.metric_names} names {len(self.metric_names)} "
-                             f"objectives, but hydra.sweeper.direction has {len(directions)}")
+            raise ValueError(
+                f"hydra.sweeper.metric_names={self.metric_names} names {len(self.metric_names)} "
+                f"objectives, but hydra.sweeper.direction has {len(directions)}"
+            )
         self.params = {} if params is None else {str(k): str(v) for k, v in params.items()}
         self.heartbeat_interval, self.grace_period, self.worker_id = heartbeat_interval, grace_period, worker_id
-        self.pruner_options = (OmegaConf.to_container(pruner_options) if isinstance(pruner_options, DictConfig)
-                               else dict(pruner_options or {}))
+        self.pruner_options = (
+            OmegaConf.to_container(pruner_options)
+            if isinstance(pruner_options, DictConfig)
+            else dict(pruner_options or {})
+        )
         check_pruner(pruner, directions, storage, self.pruner_options)
         self.pruner, self.driver_hint = pruner, driver_hint
-        self.retry = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry_failed_trials)
-                      if retry_failed_trials else None)
+        self.retry = (
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry_failed_trials)
+            if retry_failed_trials
+            else None
+        )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     # -- building the study ----------------------------------------------------------------
     def _space(self, arguments: list[str]):
         loader = self.hydra_context.config_loader
         configured, not_sweeps = search_space([f"{k}={v}" for k, v in self.params.items()], loader)
         if not_sweeps:
-            raise ValueError(f"hydra.sweeper.params must hold sweeps, but {not_sweeps[0]!r} is a single value; "
-                             f"use {GRAMMAR}")
+            raise ValueError(
+                f"hydra.sweeper.params must hold sweeps, but {not_sweeps[0]!r} is a single value; use {GRAMMAR}"
+            )
         from_command_line, fixed = search_space(arguments, loader)
         for line in fixed:
             key = line.split("=", 1)[0].lstrip("+~")
             if key in configured and key not in from_command_line:
-                raise ValueError(f"{key} is both fixed on the command line ({line!r}) and searched in "
-                                 f"hydra.sweeper.params ({key}={self.params[key]}); drop one of them")
+                raise ValueError(
+                    f"{key} is both fixed on the command line ({line!r}) and searched in "
+                    f"hydra.sweeper.params ({key}={self.params[key]}); drop one of them"
+                )
         return {**configured, **from_command_line}, fixed
 
     def _sampler(self, space, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -195,9 +228,14 @@ class OptunaSweeperImpl(Sweeper):
 
     def _run(self, space, fixed: list[str], storage) -> list[optuna.trial.FrozenTrial]:
         """The study's loop (see the package docstring) on an opened ``storage``."""
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self._sampler(space, None),
-                                    directions=self.directions, load_if_exists=self.load_if_exists,
-                                    pruner=make_pruner(self.pruner, self.pruner_options))
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=self._sampler(space, None),
+            directions=self.directions,
+            load_if_exists=self.load_if_exists,
+            pruner=make_pruner(self.pruner, self.pruner_options),
+        )
         self._reap(study)
         seed = self.sampler_config.get("seed")
         if seed is not None:  # see sampler_seed
@@ -207,8 +245,10 @@ class OptunaSweeperImpl(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info(f"Study {study.study_name}: {self.n_trials} trials over {sorted(space)} "
-                 f"({len(study.trials)} already in the study)")
+        log.info(
+            f"Study {study.study_name}: {self.n_trials} trials over {sorted(space)} "
+            f"({len(study.trials)} already in the study)"
+        )
         done = failed = 0
         while done < self.n_trials:
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
@@ -218,9 +258,15 @@ class OptunaSweeperImpl(Sweeper):
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             for trial in trials:
                 trial.set_user_attr(WORKER_ATTR, this_worker())
-            overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()),
-                          f"++hydra.job.env_set.{TRIAL_ENV}={t.number}",
-                          f"++hydra.job.env_set.{TRIAL_ID_ENV}={t._trial_id}"] for t in trials]
+            overrides = [
+                [
+                    *fixed,
+                    *(as_override(k, v) for k, v in t.params.items()),
+                    f"++hydra.job.env_set.{TRIAL_ENV}={t.number}",
+                    f"++hydra.job.env_set.{TRIAL_ID_ENV}={t._trial_id}",
+                ]
+                for t in trials
+            ]
             try:
                 self.validate_batch_is_legal(overrides)
                 with heartbeats(storage, trials):
@@ -233,12 +279,16 @@ class OptunaSweeperImpl(Sweeper):
                 failed += not self._tell(study, trial, job)
             done += len(trials)
             if done and failed / done > self.max_failure_rate:
-                raise RuntimeError(f"{failed} of {done} trials failed, more than hydra.sweeper.max_failure_rate="
-                                   f"{self.max_failure_rate}; the study {study.study_name!r} stops here")
+                raise RuntimeError(
+                    f"{failed} of {done} trials failed, more than hydra.sweeper.max_failure_rate="
+                    f"{self.max_failure_rate}; the study {study.study_name!r} stops here"
+                )
         self._report(study, sweep_dir)
         if done and failed == done:
-            raise RuntimeError(f"every one of the {done} trials of this run failed (see the warnings above); "
-                               f"the study {study.study_name!r} has no new result")
+            raise RuntimeError(
+                f"every one of the {done} trials of this run failed (see the warnings above); "
+                f"the study {study.study_name!r} has no new result"
+            )
         return study.best_trials
 
     def _reap(self, study: optuna.Study) -> None:
@@ -251,8 +301,10 @@ class OptunaSweeperImpl(Sweeper):
                 study.tell(trial.number, state=TrialState.FAIL)
             except (ValueError, RuntimeError):  # another worker reaped it first
                 continue
-            log.warning(f"Trial {trial.number} was RUNNING, but its worker (pid {worker['pid']} on "
-                        f"{worker['host']}) is gone: marked FAIL")
+            log.warning(
+                f"Trial {trial.number} was RUNNING, but its worker (pid {worker['pid']} on "
+                f"{worker['host']}) is gone: marked FAIL"
+            )
             if self.retry is not None:
                 self.retry(study, trial)  # asks again with its parameters (Optuna's own retry callback)
 
@@ -283,15 +335,26 @@ class OptunaSweeperImpl(Sweeper):
         best = study.best_trials if complete else []
         if self.constraints:
             best = [t for t in best if all(c <= 0 for c in trial_constraints(t))]
-        rows = [{"number": t.number, "values": list(t.values), "params": dict(t.params),
-                 "user_attrs": {k: v for k, v in t.user_attrs.items() if k != CONSTRAINTS_ATTR}} for t in best]
+        rows = [
+            {
+                "number": t.number,
+                "values": list(t.values),
+                "params": dict(t.params),
+                "user_attrs": {k: v for k, v in t.user_attrs.items() if k != CONSTRAINTS_ATTR},
+            }
+            for t in best
+        ]
         title = "Pareto-optimal trials" if len(self.directions) > 1 else "Best trial"
         log.info(f"{title} of study {study.study_name!r} ({len(complete)} complete of {len(study.trials)}):")
         for row in rows:
             log.info(f"  trial {row['number']}: values {row['values']} params {row['params']}")
         if self.results_file:
-            result = {"study_name": study.study_name, "directions": self.directions,
-                      "metric_names": study.metric_names, "best_trials": rows}
+            result = {
+                "study_name": study.study_name,
+                "directions": self.directions,
+                "metric_names": study.metric_names,
+                "best_trials": rows,
+            }
             path = sweep_dir / self.results_file
             tmp = path.with_suffix(path.suffix + ".tmp")
             OmegaConf.save(OmegaConf.create(result), tmp)

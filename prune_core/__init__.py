@@ -32,6 +32,7 @@ from prune_core.channels import (
     remove_units,
     save_pruned,
 )
+from prune_core.checks import check_number, is_number
 from prune_core.compress import compress_network
 from prune_core.finetune import Metric, TrainingInfo, TrainingOptions, train_network
 from prune_core.importance import CRITERIA, Criterion, register_criterion
@@ -63,8 +64,10 @@ __all__ = [
     "Unit",
     "analyze_compression",
     "channelwise",
+    "check_number",
     "checkpoint_name",
     "compress_network",
+    "is_number",
     "load_pruned",
     "read_pruned",
     "register_allocation",

@@ -48,6 +48,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack, overload
 
@@ -55,7 +56,16 @@ import torch
 from torch import nn
 
 from prune_core.channels import count_macs, save_pruned
-from prune_core.finetune import DataSource, TrainingLog, TrainingOptions, as_source, evaluate, fine_tune, resolve_loss
+from prune_core.finetune import (
+    DataSource,
+    LossFn,
+    TrainingLog,
+    TrainingOptions,
+    as_source,
+    evaluate,
+    fine_tune,
+    resolve_loss,
+)
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PruningInfo, PruningRecord, checkpoint_name
 from prune_core.pruning_options import PruningKeywords, PruningOptions
@@ -65,11 +75,13 @@ from prune_core.stop_reason import StopReason
 Loss = str | Callable[..., torch.Tensor]
 
 
-def _parse_positional(args: tuple) -> tuple:
+def _parse_positional(args: tuple[Any, ...]) -> tuple[Any, Loss, TrainingOptions | None]:
     """(targets, loss, options) from ``(loss[, options])`` or ``(targets, loss[, options])``."""
     if not args:
-        raise TypeError("compress_network needs a loss: compress_network(model, data, loss, options) "
-                        "or compress_network(model, predictors, targets, loss, options)")
+        raise TypeError(
+            "compress_network needs a loss: compress_network(model, data, loss, options) "
+            "or compress_network(model, predictors, targets, loss, options)"
+        )
     if len(args) > 3:
         raise TypeError(f"compress_network takes at most 5 positional arguments, got {len(args) + 2}")
     if isinstance(args[0], str) or (callable(args[0]) and not isinstance(args[0], torch.Tensor)):
@@ -87,33 +99,40 @@ def _check_call(settings: PruningOptions, options: TrainingOptions, iterations_p
         if options.validation_data is None:
             raise ValueError("validation_threshold needs validation data: set options.validation_data")
         if options.validation_frequency > iterations_per_fine_tune:
-            raise ValueError(f"options.validation_frequency={options.validation_frequency} is too large: each "
-                             f"fine-tuning runs only {iterations_per_fine_tune} iterations, so validation_threshold "
-                             f"could never be checked; use a validation_frequency <= {iterations_per_fine_tune}")
+            raise ValueError(
+                f"options.validation_frequency={options.validation_frequency} is too large: each "
+                f"fine-tuning runs only {iterations_per_fine_tune} iterations, so validation_threshold "
+                f"could never be checked; use a validation_frequency <= {iterations_per_fine_tune}"
+            )
     if settings.checkpoint_path is not None and not Path(settings.checkpoint_path).is_dir():
-        raise ValueError(f"checkpoint_path {str(settings.checkpoint_path)!r} is not an existing folder; "
-                         "create it first")
+        raise ValueError(
+            f"checkpoint_path {str(settings.checkpoint_path)!r} is not an existing folder; create it first"
+        )
     plots_path = settings.plots_path
     if plots_path is not None and not Path(plots_path).parent.is_dir():
         raise ValueError(f"plots_path {str(plots_path)!r}: folder {str(Path(plots_path).parent)!r} does not exist")
 
 
-def _validate_start(model: nn.Module, validation: DataSource | None, loss_fn, options: TrainingOptions,
-                    log: TrainingLog) -> dict | None:
+def _validate_start(
+    model: nn.Module, validation: DataSource | None, loss_fn: LossFn, options: TrainingOptions, log: TrainingLog
+) -> dict[str, Any] | None:
     """Validation of the input network (iteration 0), also logged in the validation history."""
     if validation is None:
         return None
     started = time.perf_counter()
-    values = evaluate(model, validation, loss_fn, options.resolved_metrics, options.mini_batch_size,
-                      options.torch_device(), options)
+    values = evaluate(
+        model, validation, loss_fn, options.resolved_metrics, options.mini_batch_size, options.torch_device(), options
+    )
     row = {"pruning_iteration": 0, "epoch": 0, "iteration": 0, **values, "time_s": log.elapsed()}
     log.validation.append(row)
     log.add_time("initial_validation", started)
     return row
 
 
-def _crossed(validation: dict, threshold: float, options: TrainingOptions) -> bool:
-    value = validation[options.objective_metric_name]
+def _crossed(validation: dict[str, Any] | None, threshold: float, options: TrainingOptions) -> bool:
+    if validation is None:  # no validation in this fine-tuning: nothing crossed
+        return False
+    value: float = validation[options.objective_metric_name]
     return value < threshold if options.objective_maximized else value > threshold
 
 
@@ -131,19 +150,35 @@ def _figure_metric(settings: PruningOptions, options: TrainingOptions) -> str | 
 
 
 @overload
-def compress_network(model: nn.Module, data: Any, loss: Loss, options: TrainingOptions | None = None, /, *,
-                     pruning: PruningOptions | None = None,
-                     **keywords: Unpack[PruningKeywords]) -> tuple[nn.Module, PruningInfo]: ...
+def compress_network(
+    model: nn.Module,
+    data: Any,
+    loss: Loss,
+    options: TrainingOptions | None = None,
+    /,
+    *,
+    pruning: PruningOptions | None = None,
+    **keywords: Unpack[PruningKeywords],
+) -> tuple[nn.Module, PruningInfo]: ...
 
 
 @overload
-def compress_network(model: nn.Module, predictors: Any, targets: Any, loss: Loss,
-                     options: TrainingOptions | None = None, /, *, pruning: PruningOptions | None = None,
-                     **keywords: Unpack[PruningKeywords]) -> tuple[nn.Module, PruningInfo]: ...
+def compress_network(
+    model: nn.Module,
+    predictors: Any,
+    targets: Any,
+    loss: Loss,
+    options: TrainingOptions | None = None,
+    /,
+    *,
+    pruning: PruningOptions | None = None,
+    **keywords: Unpack[PruningKeywords],
+) -> tuple[nn.Module, PruningInfo]: ...
 
 
-def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOptions | None = None,
-                     **keywords: Any) -> tuple[nn.Module, PruningInfo]:
+def compress_network(
+    model: nn.Module, data: Any, *args: Any, pruning: PruningOptions | None = None, **keywords: Any
+) -> tuple[nn.Module, PruningInfo]:
     """Prune ``model`` iteratively; returns ``(pruned_model, info)``. See the module docstring.
 
     Args:
@@ -165,8 +200,11 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
     settings = PruningOptions.from_keywords(pruning, keywords)
     loss_fn = resolve_loss(loss)
     source = as_source(data, targets)
-    validation = None if options.validation_data is None else as_source(options.validation_data,
-                                                                         argument="options.validation_data")
+    validation = (
+        None
+        if options.validation_data is None
+        else as_source(options.validation_data, argument="options.validation_data")
+    )
     batches = source.num_batches(options.mini_batch_size)
     _check_call(settings, options, options.max_epochs * batches)
     generator = torch.Generator()
@@ -176,89 +214,194 @@ def compress_network(model: nn.Module, data: Any, *args: Any, pruning: PruningOp
     device = options.torch_device()
     model = copy.deepcopy(model).to(device)
     example = tuple(t.to(device) for t in source.first_inputs(2))
-    prunable = TaylorPrunableNetwork(model, example, layer_names=settings.layer_names,
-                                     leaf_modules=settings.leaf_modules, criterion=settings.criterion,
-                                     normalization=settings.normalization, per_learnable=settings.per_learnable,
-                                     allocation=settings.allocation, seed=options.seed or 0, verify=settings.verify,
-                                     budget=settings.budget, flops_weight=settings.flops_weight)
+    prunable = TaylorPrunableNetwork(
+        model,
+        example,
+        layer_names=settings.layer_names,
+        leaf_modules=settings.leaf_modules,
+        criterion=settings.criterion,
+        normalization=settings.normalization,
+        per_learnable=settings.per_learnable,
+        allocation=settings.allocation,
+        seed=options.seed or 0,
+        verify=settings.verify,
+        budget=settings.budget,
+        flops_weight=settings.flops_weight,
+    )
     prunable.require_prunable()
-    graph = prunable.graph
-    macs = count_macs(model, example)
-    by_macs = settings.budget == "macs"
-    reachable = settings.goal
-    if settings.verbosity == "summary":  # the bar's end: the goal, or the most that can go
-        most = graph.learnables_removed(graph.max_removal(), prunable.macs_per_weight if by_macs else None)
-        reachable = min(settings.goal, most / (macs if by_macs else graph.total_learnables))
-    run = PruningRecord(model, producers=list(graph.producer_units), objective=options.objective_metric_name,
-                        verbosity=settings.verbosity, reachable=reachable, iteration_fn=settings.iteration_fn,
-                        macs=macs, budget=settings.budget)
-    floors = filter_floors(graph, settings.min_filter_fraction)
-    num_importance_score_iterations = settings.score_iterations(batches)
-    best, best_row, stop, phase = copy.deepcopy(model), 0, None, "pruning"
-    asked = run.record(model, 0, {}, _validate_start(model, validation, loss_fn, options, run.log),
-                       channels=_channels(prunable), macs=macs)
-    original = macs if by_macs else run.original
-    goal_amount, step_amount = (math.ceil(fraction * original - 1e-9)
-                                for fraction in (settings.goal, settings.increment))
-    iteration = 0
-    try:
-        while stop is None:
-            removed = original - run.rows[-1]["macs"] if by_macs else run.removed(model)
-            if removed >= goal_amount:
-                stop = StopReason.MACS_GOAL if by_macs else StopReason.GOAL
-                break
-            if asked:  # iteration_fn asked to stop after the last iteration, which was kept
-                stop = StopReason.OUTPUT_FN
-                break
-            iteration += 1
-            timing, phase = {}, "pruning"
-            if prunable.needs_gradients:
-                started = time.perf_counter()
-                scoring = source.batches(options.mini_batch_size, options.shuffle, generator,
-                                         limit=num_importance_score_iterations, loader_options=options.loader_options)
-                finite = prunable.score_batches(scoring, loss_fn, device)
-                timing["scoring_s"] = time.perf_counter() - started
-                if not finite:
-                    stop, model = StopReason.DIVERGED, best
-                    break
-            budget = min(step_amount, goal_amount - removed)
+    loop = _Compression(prunable, example, source, validation, loss_fn, options, settings, generator)
+    returned, returned_row, stop = loop.run()
+    return returned, loop.record.finish(
+        returned, stop, returned_row, figure_metric=_figure_metric(settings, options), plots_path=settings.plots_path
+    )
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """How a run ends: why, and which network it returns: the one it holds now (its row closes the
+    history) or the last one kept (before an iteration that crossed the threshold or diverged)."""
+
+    reason: StopReason
+    current: bool
+
+
+class _Compression:
+    """One run of ``compress_network``: the state its pruning iterations share, and the loop over them.
+
+    ``run()`` repeats ``_iteration()`` until it returns a ``_Stop``; every stop is decided there,
+    and Ctrl-C (``_interrupted``) reads only this state, which exists from the start.
+    """
+
+    def __init__(
+        self,
+        prunable: TaylorPrunableNetwork,
+        example: tuple[torch.Tensor, ...],
+        source: DataSource,
+        validation: DataSource | None,
+        loss_fn: Callable[..., torch.Tensor],
+        options: TrainingOptions,
+        settings: PruningOptions,
+        generator: torch.Generator,
+    ) -> None:
+        self.prunable, self.example, self.source, self.validation = prunable, example, source, validation
+        self.loss_fn, self.options, self.settings, self.generator = loss_fn, options, settings, generator
+        model, graph = prunable.model, prunable.graph
+        self.by_macs = settings.budget == "macs"
+        macs = count_macs(model, example)
+        reachable = settings.goal
+        if settings.verbosity == "summary":  # the bar's end: the goal, or the most that can go
+            most = graph.learnables_removed(graph.max_removal(), prunable.macs_per_weight if self.by_macs else None)
+            reachable = min(settings.goal, most / (macs if self.by_macs else graph.total_learnables))
+        self.record = PruningRecord(
+            model,
+            producers=list(graph.producer_units),
+            objective=options.objective_metric_name,
+            verbosity=settings.verbosity,
+            reachable=reachable,
+            iteration_fn=settings.iteration_fn,
+            macs=macs,
+            budget=settings.budget,
+        )
+        self.floors = filter_floors(graph, settings.min_filter_fraction)
+        self.score_iterations = settings.score_iterations(source.num_batches(options.mini_batch_size))
+        self.original = macs if self.by_macs else self.record.original
+        self.goal_amount, self.step_amount = (
+            math.ceil(fraction * self.original - 1e-9) for fraction in (settings.goal, settings.increment)
+        )
+        # the last network kept (that did not cross the threshold or diverge) and its row
+        self.kept, self.kept_row = copy.deepcopy(model), 0
+        self.asked = self.record.record(
+            model,
+            0,
+            {},
+            _validate_start(model, validation, loss_fn, options, self.record.log),
+            channels=_channels(prunable),
+            macs=macs,
+        )
+        # the iteration under way: its number, timings and removed units, and whether its surgery is done
+        self.iteration, self.pruned = 0, False
+        self.timing: dict[str, float] = {}
+        self.chosen: list[int] = []
+
+    @property
+    def model(self) -> nn.Module:
+        return self.prunable.model
+
+    def run(self) -> tuple[nn.Module, int, StopReason]:
+        """Iterate until a stop; returns the network to return, its history row and the stop reason."""
+        try:
+            while (stop := self._iteration()) is None:
+                pass
+        except KeyboardInterrupt:
+            stop = self._interrupted()
+        if stop.current:
+            return self.model, len(self.record.rows) - 1, stop.reason
+        return self.kept, self.kept_row, stop.reason
+
+    def _removed(self) -> int:
+        return self.original - self.record.rows[-1]["macs"] if self.by_macs else self.record.removed(self.model)
+
+    def _iteration(self) -> _Stop | None:
+        """One pruning iteration: score, remove, fine-tune, validate, checkpoint. Its stop, or None."""
+        removed = self._removed()
+        if removed >= self.goal_amount:
+            return _Stop(StopReason.MACS_GOAL if self.by_macs else StopReason.GOAL, current=True)
+        if self.asked:  # iteration_fn asked to stop after the last iteration, which was kept
+            return _Stop(StopReason.OUTPUT_FN, current=True)
+        options, prunable, device = self.options, self.prunable, self.options.torch_device()
+        self.iteration += 1
+        self.timing, self.chosen, self.pruned = {}, [], False
+        if prunable.needs_gradients:
             started = time.perf_counter()
-            chosen = prunable.choose(learnables=budget, floors=floors)
-            if not chosen:
-                stop = StopReason.MAXIMUM
-                break
-            prunable.remove(chosen)
-            timing["surgery_s"] = time.perf_counter() - started
-            phase, started = "fine-tuning", time.perf_counter()
-            outcome = fine_tune(model, source, loss_fn, options, run.log, pruning_iteration=iteration,
-                                validation=validation, generator=generator, progress=settings.verbosity == "training")
-            timing["fine_tuning_s"] = time.perf_counter() - started
-            asked = run.record(model, iteration, timing, outcome.validation, filters_removed=len(chosen),
-                               channels=_channels(prunable), macs=count_macs(model, example))
-            if outcome.status == "diverged":
-                stop, model = StopReason.DIVERGED, best
-                break
-            if outcome.status == "stopped":
-                stop, best_row = StopReason.OUTPUT_FN, len(run.rows) - 1
-                break
-            threshold = settings.validation_threshold
-            if threshold is not None and _crossed(outcome.validation, threshold, options):
-                stop, model = StopReason.THRESHOLD, best
-                break
-            if settings.checkpoint_path is not None and iteration % settings.checkpoint_frequency == 0:
-                started = time.perf_counter()
-                path = Path(settings.checkpoint_path) / checkpoint_name(iteration)
-                save_pruned(model, path, extra={k: v for k, v in run.rows[-1].items() if not k.startswith("channels[")})
-                run.checkpointed(path, started)
-            best, best_row = copy.deepcopy(model), len(run.rows) - 1
-    except KeyboardInterrupt:
-        stop = StopReason.INTERRUPTED
-        if phase != "fine-tuning":
-            model = best
-        else:  # the current network, part-way through its fine-tuning: its row closes the history
-            if run.rows[-1]["iteration"] != iteration:
-                run.record(model, iteration, timing, None, filters_removed=len(chosen), channels=_channels(prunable),
-                           macs=count_macs(model, example))
-            best_row = len(run.rows) - 1
-    return model, run.finish(model, stop, best_row, figure_metric=_figure_metric(settings, options),
-                             plots_path=settings.plots_path)
+            scoring = self.source.batches(
+                options.mini_batch_size,
+                options.shuffle,
+                self.generator,
+                limit=self.score_iterations,
+                loader_options=options.loader_options,
+            )
+            finite = prunable.score_batches(scoring, self.loss_fn, device)
+            self.timing["scoring_s"] = time.perf_counter() - started
+            if not finite:
+                return _Stop(StopReason.DIVERGED, current=False)
+        started = time.perf_counter()
+        self.chosen = prunable.choose(learnables=min(self.step_amount, self.goal_amount - removed), floors=self.floors)
+        if not self.chosen:
+            return _Stop(StopReason.MAXIMUM, current=True)
+        prunable.remove(self.chosen)
+        self.timing["surgery_s"] = time.perf_counter() - started
+        self.pruned, started = True, time.perf_counter()
+        outcome = fine_tune(
+            self.model,
+            self.source,
+            self.loss_fn,
+            options,
+            self.record.log,
+            pruning_iteration=self.iteration,
+            validation=self.validation,
+            generator=self.generator,
+            progress=self.settings.verbosity == "training",
+        )
+        self.timing["fine_tuning_s"] = time.perf_counter() - started
+        self._record_row(outcome.validation)
+        if outcome.status == "diverged":
+            return _Stop(StopReason.DIVERGED, current=False)
+        if outcome.status == "stopped":
+            return _Stop(StopReason.OUTPUT_FN, current=True)
+        threshold = self.settings.validation_threshold
+        if threshold is not None and _crossed(outcome.validation, threshold, options):
+            return _Stop(StopReason.THRESHOLD, current=False)
+        self._checkpoint()
+        self.kept, self.kept_row = copy.deepcopy(self.model), len(self.record.rows) - 1
+        return None
+
+    def _record_row(self, validation: dict[str, Any] | None) -> None:
+        self.asked = self.record.record(
+            self.model,
+            self.iteration,
+            self.timing,
+            validation,
+            filters_removed=len(self.chosen),
+            channels=_channels(self.prunable),
+            macs=count_macs(self.model, self.example),
+        )
+
+    def _checkpoint(self) -> None:
+        settings = self.settings
+        if settings.checkpoint_path is None or self.iteration % settings.checkpoint_frequency:
+            return
+        started = time.perf_counter()
+        path = Path(settings.checkpoint_path) / checkpoint_name(self.iteration)
+        save_pruned(
+            self.model, path, extra={k: v for k, v in self.record.rows[-1].items() if not k.startswith("channels[")}
+        )
+        self.record.checkpointed(path, started)
+
+    def _interrupted(self) -> _Stop:
+        """Ctrl-C: before this iteration's surgery is done, the last kept network; after it, the network
+        as it is, part-way through its fine-tuning, its row closing the history."""
+        if not self.pruned:
+            return _Stop(StopReason.INTERRUPTED, current=False)
+        if self.record.rows[-1]["iteration"] != self.iteration:
+            self._record_row(None)
+        return _Stop(StopReason.INTERRUPTED, current=True)

@@ -63,8 +63,8 @@ A criterion of one's own (here: the filters' largest absolute weight):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import ClassVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,7 +74,11 @@ from prune_core.channels import ChannelGraph, owner
 from prune_core.registry import Registry
 
 # What each normalisation divides a group's scores by (0: they stay as they are).
-_SCALES = {"mean": lambda values: np.abs(values).mean(), "l2": np.linalg.norm, "none": lambda values: 0.0}
+_SCALES: dict[str, Callable[[np.ndarray], float]] = {
+    "mean": lambda values: float(np.abs(values).mean()),
+    "l2": lambda values: float(np.linalg.norm(values)),
+    "none": lambda values: 0.0,
+}
 NORMALIZATIONS = tuple(_SCALES)
 
 
@@ -132,6 +136,7 @@ def register_criterion(name: str, criterion: type[Criterion], *, replace: bool =
         raise TypeError(f"criterion {name!r} must be a subclass of prune_core.Criterion, got {criterion!r}")
     CRITERIA.register(name, criterion, replace=replace)
 
+
 def _removable(graph: ChannelGraph) -> np.ndarray:
     """Boolean per unit, with a trailing False so that index -1 (no unit) reads as not removable."""
     return np.array([u.removable for u in graph.units] + [False])
@@ -139,7 +144,10 @@ def _removable(graph: ChannelGraph) -> np.ndarray:
 
 def input_channel_dim(module: nn.Module, ndim: int) -> int:
     """The channel dim of the input of a conv / conv-transpose (before the spatial dims) or linear (last)."""
-    return ndim - 1 if isinstance(module, nn.Linear) else ndim - len(module.kernel_size) - 1
+    if isinstance(module, nn.Linear):
+        return ndim - 1
+    kernel_size: tuple[int, ...] = module.kernel_size  # type: ignore[assignment]  # a conv's
+    return ndim - len(kernel_size) - 1
 
 
 class TaylorAccumulator:
@@ -182,8 +190,8 @@ class TaylorAccumulator:
         modules = dict(model.named_modules())
         live: list[torch.Tensor] = []
 
-        def pre_hook(fqn):
-            def hook(module, args):
+        def pre_hook(fqn: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+            def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
                 x = args[0] if args else None
                 if not isinstance(x, torch.Tensor) or not x.requires_grad or x.ndim < 2:
                     return None
@@ -191,6 +199,7 @@ class TaylorAccumulator:
                 live.append(alias)
                 alias.register_hook(lambda gradient: self._record(fqn, module, activation, gradient))
                 return (alias, *args[1:])
+
             return hook
 
         handles = [modules[fqn].register_forward_pre_hook(pre_hook(fqn)) for fqn in self.consumers]
@@ -210,9 +219,8 @@ class TaylorAccumulator:
 
 
 def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "mean") -> np.ndarray:
-    """Scores comparable across layers (``inf`` for units that cannot be removed); see the module docstring."""
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization {normalization!r} is not supported; use one of {NORMALIZATIONS}")
+    """Scores comparable across layers (``inf`` for units that cannot be removed); see the module docstring.
+    ``normalization`` is one of ``NORMALIZATIONS`` (``check_scoring`` refuses any other)."""
     scores = np.full(len(graph.units), np.inf)
     groups: dict[tuple[str, ...], list[int]] = {}
     for unit in graph.units:
@@ -226,7 +234,7 @@ def normalize(graph: ChannelGraph, raw: np.ndarray, normalization: str = "mean")
 
 
 class TaylorCriterion(Criterion):
-    """"taylor": the activation Taylor criterion (see the module docstring)."""
+    """ "taylor": the activation Taylor criterion (see the module docstring)."""
 
     needs_gradients = True
     squared: ClassVar[bool] = False
@@ -235,7 +243,7 @@ class TaylorCriterion(Criterion):
         super().__init__(graph, rng)
         self.accumulator = TaylorAccumulator(graph, squared=self.squared)
 
-    def recording(self, model: nn.Module):
+    def recording(self, model: nn.Module) -> AbstractContextManager[list[torch.Tensor]]:  # type: ignore[override]
         return self.accumulator.hooks(model)
 
     @property
@@ -247,29 +255,38 @@ class TaylorCriterion(Criterion):
 
 
 class SquaredTaylorCriterion(TaylorCriterion):
-    """"taylor-squared": the activation Taylor criterion with each example's contribution squared."""
+    """ "taylor-squared": the activation Taylor criterion with each example's contribution squared."""
 
     squared = True
 
 
 class BatchNormTaylorCriterion(TaylorCriterion):
-    """"taylor-bn": Taylor-FO-BN on the BatchNorm after each filter (see the module docstring)."""
+    """ "taylor-bn": Taylor-FO-BN on the BatchNorm after each filter (see the module docstring)."""
 
     def __init__(self, graph: ChannelGraph, rng: np.random.Generator) -> None:
         super().__init__(graph, rng)
-        self.affine = {owner(name): graph.site_units[(name, 0)] for (name, dim), site in graph.sites.items()
-                       if dim == 0 and site.role == "follower" and name.endswith(".weight")}
+        self.affine = {
+            owner(name): graph.site_units[(name, 0)]
+            for (name, dim), site in graph.sites.items()
+            if dim == 0 and site.role == "follower" and name.endswith(".weight")
+        }
         self.sums, self.batches = np.zeros(len(graph.units)), 0
         self.covered = np.zeros(len(graph.units), dtype=bool)
 
     @contextmanager
     def recording(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
         modules = dict(model.named_modules())
-        norms = {fqn: modules[fqn] for fqn in self.affine
-                 if isinstance(modules.get(fqn), nn.modules.batchnorm._NormBase) and modules[fqn].affine}
+        norms = {
+            fqn: modules[fqn]
+            for fqn in self.affine
+            if isinstance(modules.get(fqn), nn.modules.batchnorm._NormBase) and modules[fqn].affine
+        }
         grads: dict[tuple[str, str], torch.Tensor] = {}
-        handles = [getattr(bn, part).register_hook(lambda g, key=(fqn, part): grads.__setitem__(key, g.detach()))
-                   for fqn, bn in norms.items() for part in ("weight", "bias")]
+        handles = [
+            getattr(bn, part).register_hook(lambda g, key=(fqn, part): grads.__setitem__(key, g.detach()))
+            for fqn, bn in norms.items()
+            for part in ("weight", "bias")
+        ]
         try:
             with self.accumulator.hooks(model) as live:
                 live += [getattr(bn, part) for bn in norms.values() for part in ("weight", "bias")]
@@ -282,12 +299,12 @@ class BatchNormTaylorCriterion(TaylorCriterion):
             for fqn, bn in norms.items():
                 if (fqn, "weight") not in grads:
                     continue
-                value = (bn.weight.detach() * grads[(fqn, "weight")] + bn.bias.detach() * grads[(fqn, "bias")])
+                value = bn.weight.detach() * grads[(fqn, "weight")] + bn.bias.detach() * grads[(fqn, "bias")]
                 units = self.affine[fqn]
                 keep = units >= 0
                 np.add.at(batch, units[keep], value.double().cpu().numpy()[keep])
                 self.covered[units[keep]] = True
-            self.sums += batch ** 2
+            self.sums += batch**2
             self.batches += 1
 
     def scores(self, model: nn.Module) -> np.ndarray:
@@ -296,14 +313,14 @@ class BatchNormTaylorCriterion(TaylorCriterion):
 
 
 class L1Criterion(Criterion):
-    """"l1": the summed absolute weights of a unit's filters (Li et al. 2017)."""
+    """ "l1": the summed absolute weights of a unit's filters (Li et al. 2017)."""
 
     def scores(self, model: nn.Module) -> np.ndarray:
         return self.graph_scores(model, lambda filters: filters.abs().flatten(1).sum(1))
 
 
 class RandomCriterion(Criterion):
-    """"random": uniform random scores, the baseline every criterion must beat."""
+    """ "random": uniform random scores, the baseline every criterion must beat."""
 
     normalized = False
 

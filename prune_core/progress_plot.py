@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: prune_core i
     from matplotlib.figure import Figure
 
 
-def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, validation: pd.DataFrame,
-                            metric: str = "loss") -> Figure:
+def pruning_progress_figure(
+    pruning: pd.DataFrame, training: pd.DataFrame, validation: pd.DataFrame, metric: str = "loss"
+) -> Figure:
     """The figure described in the module docstring (the history tables of ``PruningInfo``)."""
     from matplotlib.figure import Figure
 
@@ -64,7 +65,7 @@ def pruning_progress_figure(pruning: pd.DataFrame, training: pd.DataFrame, valid
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Save ``fig`` to ``path`` (format from the suffix) through a temporary file, then rename."""
     path = Path(path)
     if not path.parent.is_dir():

@@ -23,18 +23,28 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from prune_core.channels import ChannelGraph, macs_per_weight, remove_units
-from prune_core.finetune import resolve_loss
-from prune_core.finetune.training import forward_outputs, to_device
+from prune_core.checks import check_number
+from prune_core.finetune import LossFn, forward_outputs, resolve_loss, to_device
 from prune_core.importance import CRITERIA, NORMALIZATIONS, Criterion, normalize
 from prune_core.selection import ALLOCATIONS, choose_units
 
 BUDGETS = ("learnables", "macs")
+
+
+def check_scoring(*, budget: str, normalization: str, flops_weight: float) -> None:
+    """The checks of the scoring settings ``TaylorPrunableNetwork`` and ``PruningOptions`` share."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget {budget!r} is not supported; use one of {BUDGETS}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization {normalization!r} is not supported; use one of {NORMALIZATIONS}")
+    check_number("flops_weight", flops_weight, "[0, inf)")
 
 
 class TaylorPrunableNetwork:
@@ -60,18 +70,25 @@ class TaylorPrunableNetwork:
             they are.
     """
 
-    def __init__(self, model: nn.Module, example_input, *, layer_names: Iterable[str] | None = None,
-                 leaf_modules: Iterable[str | type] = (), criterion: str = "taylor", normalization: str = "mean",
-                 per_learnable: bool = False, allocation: str = "global", seed: int = 0,
-                 verify: bool = True, budget: str = "learnables", flops_weight: float = 0.0) -> None:
-        if budget not in BUDGETS:
-            raise ValueError(f"budget {budget!r} is not supported; use one of {BUDGETS}")
-        if isinstance(flops_weight, bool) or not isinstance(flops_weight, (int, float)) or not flops_weight >= 0:
-            raise ValueError(f"flops_weight must be a number >= 0, got {flops_weight!r}")
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: Any,
+        *,
+        layer_names: Iterable[str] | None = None,
+        leaf_modules: Iterable[str | type] = (),
+        criterion: str = "taylor",
+        normalization: str = "mean",
+        per_learnable: bool = False,
+        allocation: str = "global",
+        seed: int = 0,
+        verify: bool = True,
+        budget: str = "learnables",
+        flops_weight: float = 0.0,
+    ) -> None:
+        check_scoring(budget=budget, normalization=normalization, flops_weight=flops_weight)
         self._criterion_class = CRITERIA.get(criterion)
         self._allocate = ALLOCATIONS.get(allocation)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization {normalization!r} is not supported; use one of {NORMALIZATIONS}")
         self.model = model
         self.example_input = example_input
         self.layer_names = [layer_names] if isinstance(layer_names, str) else layer_names
@@ -83,8 +100,7 @@ class TaylorPrunableNetwork:
         self._random = np.random.default_rng(seed)
         self.graph = self._build()
         # MACs per weight entry: constant under filter pruning (output positions do not change)
-        self.macs_per_weight = (macs_per_weight(model, example_input)
-                                if budget == "macs" or self.flops_weight else None)
+        self.macs_per_weight = macs_per_weight(model, example_input) if budget == "macs" or self.flops_weight else None
         self.scorer: Criterion = self._criterion_class(self.graph, self._random)
 
     def _build(self) -> ChannelGraph:
@@ -107,7 +123,9 @@ class TaylorPrunableNetwork:
         with self.scorer.recording(self.model) as live:
             yield live
 
-    def update_score(self, inputs, targets, loss: str | Callable = "crossentropy") -> float:
+    def update_score(
+        self, inputs: Any, targets: Any, loss: str | Callable[..., torch.Tensor] = "crossentropy"
+    ) -> float:
         """One scoring pass on a batch (no weight update, gradients of the weights untouched); returns the loss.
 
         ``inputs``/``targets`` are tensors or tuples of tensors; ``loss`` a name from
@@ -117,7 +135,9 @@ class TaylorPrunableNetwork:
         targets = targets if isinstance(targets, (tuple, list)) else (targets,)
         return self.score_batch(tuple(inputs), tuple(targets), resolve_loss(loss))
 
-    def score_batch(self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], loss_fn) -> float:
+    def score_batch(
+        self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], loss_fn: LossFn
+    ) -> float:
         """``update_score`` with a resolved loss function."""
         with self.scoring() as live:
             value = loss_fn(forward_outputs(self.model, inputs), targets)
@@ -125,7 +145,7 @@ class TaylorPrunableNetwork:
                 torch.autograd.grad(value, live, allow_unused=True)
         return float(value.detach())
 
-    def score_batches(self, batches: Iterable, loss_fn, device: torch.device | None = None) -> bool:
+    def score_batches(self, batches: Iterable[Any], loss_fn: LossFn, device: torch.device | None = None) -> bool:
         """Scoring passes over ``batches`` (``(inputs, targets)`` tuples of tensors) in eval mode, the model's
         mode restored after; False as soon as a loss is not finite (what ``compress_network`` runs)."""
         was_training = self.model.training
@@ -144,8 +164,9 @@ class TaylorPrunableNetwork:
         """One score per unit of ``graph`` under the criterion (``inf`` where not removable)."""
         raw = np.asarray(self.scorer.scores(self.model), dtype=np.float64)
         if raw.shape != (len(self.graph.units),):
-            raise ValueError(f"criterion {self.criterion!r} returned {raw.shape} scores for "
-                             f"{len(self.graph.units)} units")
+            raise ValueError(
+                f"criterion {self.criterion!r} returned {raw.shape} scores for {len(self.graph.units)} units"
+            )
         if self.scorer.normalized:
             scores = normalize(self.graph, raw, self.normalization)
         else:
@@ -155,12 +176,26 @@ class TaylorPrunableNetwork:
             scores = scores - self.flops_weight * macs / max(macs.max(initial=0.0), 1e-12)
         return scores
 
-    def choose(self, *, max_units: int | None = None, learnables: int | None = None,
-               floors: dict | None = None) -> list[int]:
+    def choose(
+        self,
+        *,
+        max_units: int | None = None,
+        learnables: int | None = None,
+        floors: dict[tuple[str, int], int] | None = None,
+    ) -> list[int]:
         """The units ``prune`` would remove under a count or learnables budget (MACs with ``budget="macs"``)."""
         extra = {"weights": self.macs_per_weight} if self.budget == "macs" else {}
-        return list(self._allocate(self.graph, self.scores(), learnables=learnables, max_units=max_units,
-                                   per_learnable=self.per_learnable, floors=floors, **extra))
+        return list(
+            self._allocate(
+                self.graph,
+                self.scores(),
+                learnables=learnables,
+                max_units=max_units,
+                per_learnable=self.per_learnable,
+                floors=floors,
+                **extra,
+            )
+        )
 
     def remove(self, unit_ids: list[int]) -> None:
         """Remove these units of ``graph``, update the graph to the smaller model and reset the scores."""
@@ -171,8 +206,7 @@ class TaylorPrunableNetwork:
 
     def prune(self, max_to_prune: int = 8) -> int:
         """Remove up to ``max_to_prune`` lowest-scoring filters; returns how many went."""
-        if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
-            raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
+        check_number("max_to_prune", max_to_prune, "[1, inf)", integer=True)
         self.require_prunable()
         if self.scorer.needs_gradients and self.scorer.examples == 0:
             raise RuntimeError("no scores yet: call update_score(...) or run a pass inside scoring() before prune()")
@@ -193,5 +227,6 @@ class TaylorPrunableNetwork:
             why = "every prunable layer has a single filter left"
         else:
             why = "; ".join(reasons[:5])
-        raise ValueError(f"model has nothing to prune: {why}. Run prune_core.analyze_compression(model, example) "
-                         "for the full report")
+        raise ValueError(
+            f"model has nothing to prune: {why}. Run prune_core.analyze_compression(model, example) for the full report"
+        )

@@ -16,11 +16,12 @@ False
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from torch import nn
@@ -68,10 +69,11 @@ class PruningInfo:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
-    def returned_row(self) -> dict:
+    def returned_row(self) -> dict[str, Any]:
         """The returned network's row of ``pruning_history`` (column name to value)."""
         rows = self.pruning_history
-        return rows.loc[rows["iteration"] == self.returned_iteration].iloc[0].to_dict()
+        row: dict[str, Any] = rows.loc[rows["iteration"] == self.returned_iteration].iloc[0].to_dict()
+        return row
 
     @property
     def reduction(self) -> float:
@@ -102,36 +104,69 @@ class PruningRecord:
     (``budget``).
     """
 
-    def __init__(self, model: nn.Module, *, producers: list[str], objective: str, verbosity: str,
-                 reachable: float = 1.0, iteration_fn: Callable[[dict], None] | None = None, macs: float,
-                 budget: str = "learnables") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        producers: list[str],
+        objective: str,
+        verbosity: str,
+        reachable: float = 1.0,
+        iteration_fn: Callable[[dict[str, Any]], None] | None = None,
+        macs: float,
+        budget: str = "learnables",
+    ) -> None:
         self.original = learnables(model)
         self.original_macs, self.budget = macs, budget
         self.original_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
         self.producers, self.objective, self.iteration_fn = list(producers), objective, iteration_fn
-        self.rows: list[dict] = []
+        self.rows: list[dict[str, Any]] = []
         self.log = TrainingLog()
         self.checkpoints: list[Path] = []
         self.seconds = {"scoring": 0.0, "checkpoints": 0.0}
-        self.reporter = make_reporter(verbosity, objective=objective, reachable=reachable,
-                                      progress="macs_reduction" if budget == "macs" else "reduction")
+        self.reporter = make_reporter(
+            verbosity,
+            objective=objective,
+            reachable=reachable,
+            progress="macs_reduction" if budget == "macs" else "reduction",
+        )
 
     def removed(self, model: nn.Module) -> int:
         """Learnables gone from ``model`` since the start."""
         return self.original - learnables(model)
 
-    def record(self, model: nn.Module, iteration: int, timing: dict, validation: dict | None, *,
-               filters_removed: int = 0, channels: dict[str, int], macs: float) -> bool:
+    def record(
+        self,
+        model: nn.Module,
+        iteration: int,
+        timing: dict[str, float],
+        validation: dict[str, Any] | None,
+        *,
+        filters_removed: int = 0,
+        channels: dict[str, int],
+        macs: float,
+    ) -> bool:
         """Add the history row of pruning iteration ``iteration``: ``model`` after it, its ``timing``
         (seconds per phase), the ``validation`` values, the filters left in each producer and its MACs.
         Returns True when ``iteration_fn`` asked to stop (returned True)."""
         current = learnables(model)
-        row = {"iteration": iteration, "learnables": current, "reduction": 1 - current / self.original,
-               "macs": macs, "macs_reduction": 1 - macs / self.original_macs if self.original_macs else 0.0,
-               "filters_removed": filters_removed, "end_iteration": self.log.iteration}
+        row = {
+            "iteration": iteration,
+            "learnables": current,
+            "reduction": 1 - current / self.original,
+            "macs": macs,
+            "macs_reduction": 1 - macs / self.original_macs if self.original_macs else 0.0,
+            "filters_removed": filters_removed,
+            "end_iteration": self.log.iteration,
+        }
         if validation is not None:
-            row.update({f"validation_{k}": v for k, v in validation.items()
-                        if k not in ("pruning_iteration", "epoch", "iteration", "time_s")})
+            row.update(
+                {
+                    f"validation_{k}": v
+                    for k, v in validation.items()
+                    if k not in ("pruning_iteration", "epoch", "iteration", "time_s")
+                }
+            )
         row.update({"scoring_s": 0.0, "surgery_s": 0.0, "fine_tuning_s": 0.0, **timing, "time_s": self.log.elapsed()})
         row.update({f"channels[{fqn}]": channels.get(fqn, 0) for fqn in self.producers})
         self.seconds["scoring"] += row["scoring_s"]
@@ -149,16 +184,25 @@ class PruningRecord:
         changed = {owner(name) for name, shape in self.original_shapes.items() if now.get(name) != shape}
         return [name for name, _ in model.named_modules() if name in changed]
 
-    def finish(self, model: nn.Module, stop_reason: str, returned_row: int, *, figure_metric: str | None,
-               plots_path=None) -> PruningInfo:
+    def finish(
+        self,
+        model: nn.Module,
+        stop_reason: str,
+        returned_row: int,
+        *,
+        figure_metric: str | None,
+        plots_path: str | os.PathLike[str] | None = None,
+    ) -> PruningInfo:
         """The ``PruningInfo`` of the run; ``figure_metric`` (None: no figure) is the metric the figure shows."""
         pruning = pd.DataFrame(self.rows)
         training, validation = pd.DataFrame(self.log.training), pd.DataFrame(self.log.validation)
         layers = self.pruned_layers(model)
         reduction = 1 - learnables(model) / self.original
         quoted = ",".join(f'"{name}"' for name in layers)
-        summary = (f"Compressed network has {100 * reduction:.1f}% fewer learnable parameters.\n"
-                   f"Pruning compressed {len(layers)} layers: {quoted}")
+        summary = (
+            f"Compressed network has {100 * reduction:.1f}% fewer learnable parameters.\n"
+            f"Pruning compressed {len(layers)} layers: {quoted}"
+        )
         if self.budget == "macs":
             fewer = float(pruning["macs_reduction"].iloc[returned_row])
             summary = f"Compressed network needs {100 * fewer:.1f}% fewer MACs.\n" + summary
@@ -169,5 +213,15 @@ class PruningRecord:
             if plots_path is not None:
                 save_figure(figure, plots_path)
         seconds = {**self.seconds, **self.log.seconds, "total": self.log.elapsed()}
-        return PruningInfo(pruning, training, validation, layers, str(stop_reason), summary,
-                           int(pruning["iteration"].iloc[returned_row]), figure, list(self.checkpoints), seconds)
+        return PruningInfo(
+            pruning,
+            training,
+            validation,
+            layers,
+            str(stop_reason),
+            summary,
+            int(pruning["iteration"].iloc[returned_row]),
+            figure,
+            list(self.checkpoints),
+            seconds,
+        )

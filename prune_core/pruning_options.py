@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import TypedDict
+from typing import Any, TypedDict
 
-from prune_core.importance import CRITERIA, NORMALIZATIONS
-from prune_core.prunable import BUDGETS
+from prune_core.checks import check_number, is_number
+from prune_core.importance import CRITERIA
+from prune_core.prunable import check_scoring
 from prune_core.reporting import REPORTERS
 from prune_core.selection import ALLOCATIONS
 
@@ -85,55 +86,47 @@ class PruningOptions:
     min_filter_fraction: float = 0.0
     leaf_modules: Sequence[str | type] = ()
     verify: bool = True
-    checkpoint_path: str | os.PathLike | None = None
+    checkpoint_path: str | os.PathLike[str] | None = None
     checkpoint_frequency: int = 1
     verbosity: str = "summary"
     plots: str = "none"
-    plots_path: str | os.PathLike | None = None
-    iteration_fn: Callable[[dict], None] | None = None
+    plots_path: str | os.PathLike[str] | None = None
+    iteration_fn: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("goal", "increment"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+        check_number("goal", self.goal, "(0, 1]")
+        check_number("increment", self.increment, "(0, 1]")
         threshold = self.validation_threshold
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        if threshold is not None and not is_number(threshold):
             raise TypeError(f"validation_threshold must be a number or None, got {threshold!r}")
         n = self.num_importance_score_iterations
-        if n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        if n != "auto" and not (isinstance(n, int) and is_number(n, integer=True) and n >= 1):
             raise ValueError(f"num_importance_score_iterations must be 'auto' or a positive integer, got {n!r}")
-        frequency = self.checkpoint_frequency
-        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f"checkpoint_frequency must be a positive integer, got {frequency!r}")
-        for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS), ("normalization", NORMALIZATIONS),
-                              ("budget", BUDGETS)):
+        check_number("checkpoint_frequency", self.checkpoint_frequency, "[1, inf)", integer=True)
+        for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not supported; use one of {allowed}")
+        check_scoring(budget=self.budget, normalization=self.normalization, flops_weight=self.flops_weight)
         CRITERIA.check(self.criterion)
         ALLOCATIONS.check(self.allocation)
-        weight = self.flops_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ValueError(f"flops_weight must be a number >= 0, got {weight!r}")
-        fraction = self.min_filter_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-            raise ValueError(f"min_filter_fraction must be in [0, 1), got {fraction!r}")
+        check_number("min_filter_fraction", self.min_filter_fraction, "[0, 1)")
         if self.plots == "pruning-progress":
             try:
                 import matplotlib  # noqa: F401 (the figure needs it: say so before any work)
             except ImportError as exc:
-                raise ValueError("plots='pruning-progress' needs matplotlib: pip install matplotlib, "
-                                 "or use plots='none'") from exc
+                raise ValueError(
+                    "plots='pruning-progress' needs matplotlib: pip install matplotlib, or use plots='none'"
+                ) from exc
         if self.iteration_fn is not None and not callable(self.iteration_fn):
             raise TypeError(f"iteration_fn must be callable, got {type(self.iteration_fn).__name__}")
 
     def score_iterations(self, batches: int) -> int:
         """Mini-batches to score before each removal, with ``batches`` per epoch of training data."""
         n = self.num_importance_score_iterations
-        return min(AUTO_SCORE_ITERATIONS if n == "auto" else n, batches)
+        return min(n if isinstance(n, int) else AUTO_SCORE_ITERATIONS, batches)
 
     @classmethod
-    def from_keywords(cls, pruning: PruningOptions | None, keywords: dict) -> PruningOptions:
+    def from_keywords(cls, pruning: PruningOptions | None, keywords: dict[str, Any]) -> PruningOptions:
         """``pruning`` (or the defaults) with ``keywords`` replacing its values; unknown names raise TypeError."""
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(keywords) - set(known))
@@ -162,9 +155,9 @@ class PruningKeywords(TypedDict, total=False):
     min_filter_fraction: float
     leaf_modules: Sequence[str | type]
     verify: bool
-    checkpoint_path: str | os.PathLike | None
+    checkpoint_path: str | os.PathLike[str] | None
     checkpoint_frequency: int
     verbosity: str
     plots: str
-    plots_path: str | os.PathLike | None
-    iteration_fn: Callable[[dict], None] | None
+    plots_path: str | os.PathLike[str] | None
+    iteration_fn: Callable[[dict[str, Any]], None] | None

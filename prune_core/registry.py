@@ -42,11 +42,12 @@ class Registry(Generic[T]):
         self.check(name)
         return self._entries[name]
 
-    def check(self, name) -> None:
+    def check(self, name: object) -> None:
         """Raise ValueError unless ``name`` is registered."""
         if not isinstance(name, str) or name not in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is not supported; use one of {tuple(self.names())} "
-                             f"or add one with {self.how}")
+            raise ValueError(
+                f"{self.kind} {name!r} is not supported; use one of {tuple(self.names())} or add one with {self.how}"
+            )
 
     def names(self) -> list[str]:
         return list(self._entries)

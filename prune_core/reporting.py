@@ -21,6 +21,7 @@ Compressed network has ...
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -32,7 +33,7 @@ class Reporter:
         self.objective = f"validation_{objective}"
         self.reachable, self.progress = reachable, progress
 
-    def row(self, row: dict) -> None:
+    def row(self, row: dict[str, Any]) -> None:
         """A pruning iteration's history row was recorded."""
 
     def finish(self, stop_reason: str, summary: str) -> None:
@@ -45,10 +46,14 @@ class SummaryReporter(Reporter):
     def __init__(self, objective: str, reachable: float, progress: str = "reduction") -> None:
         super().__init__(objective, reachable, progress)
         what = "MACs" if progress == "macs_reduction" else "learnables"
-        self.bar = tqdm(total=round(100 * reachable, 1), unit="%", desc="pruning",
-                        bar_format="{desc}: {n:.1f}/{total:.1f}% fewer " + what + " |{bar}| {elapsed}")
+        self.bar = tqdm(
+            total=round(100 * reachable, 1),
+            unit="%",
+            desc="pruning",
+            bar_format="{desc}: {n:.1f}/{total:.1f}% fewer " + what + " |{bar}| {elapsed}",
+        )
 
-    def row(self, row: dict) -> None:
+    def row(self, row: dict[str, Any]) -> None:
         self.bar.update(min(round(100 * row[self.progress], 1), self.bar.total) - self.bar.n)
         if self.objective in row:
             self.bar.set_postfix({self.objective: f"{row[self.objective]:.4g}"}, refresh=False)
@@ -61,14 +66,19 @@ class SummaryReporter(Reporter):
 class LinesReporter(Reporter):
     """A table line per pruning iteration, then the stop reason and the summary."""
 
-    def row(self, row: dict) -> None:
+    def row(self, row: dict[str, Any]) -> None:
         if row["iteration"] == 0:
-            print(f"{'iteration':>9} {'learnables':>11} {'reduction':>9} {'MACs':>9} {'filters':>7} "
-                  f"{'validation':>10} {'time (s)':>9}")
+            print(
+                f"{'iteration':>9} {'learnables':>11} {'reduction':>9} {'MACs':>9} {'filters':>7} "
+                f"{'validation':>10} {'time (s)':>9}"
+            )
         value = row.get(self.objective, math.nan)
-        print(f"{row['iteration']:>9d} {row['learnables']:>11,d} {100 * row['reduction']:>8.1f}% "
-              f"{100 * row['macs_reduction']:>8.1f}% {row['filters_removed']:>7d} {value:>10.4g} "
-              f"{row['time_s']:>9.1f}", flush=True)
+        print(
+            f"{row['iteration']:>9d} {row['learnables']:>11,d} {100 * row['reduction']:>8.1f}% "
+            f"{100 * row['macs_reduction']:>8.1f}% {row['filters_removed']:>7d} {value:>10.4g} "
+            f"{row['time_s']:>9.1f}",
+            flush=True,
+        )
 
     def finish(self, stop_reason: str, summary: str) -> None:
         print(f"Stop reason: {stop_reason}")
@@ -76,7 +86,11 @@ class LinesReporter(Reporter):
 
 
 REPORTERS: dict[str, type[Reporter]] = {
-    "summary": SummaryReporter, "pruning": LinesReporter, "training": LinesReporter, "off": Reporter}
+    "summary": SummaryReporter,
+    "pruning": LinesReporter,
+    "training": LinesReporter,
+    "off": Reporter,
+}
 
 
 def make_reporter(verbosity: str, *, objective: str, reachable: float, progress: str = "reduction") -> Reporter:

@@ -47,9 +47,17 @@ from prune_core.registry import Registry
 class Allocation(Protocol):
     """Which units to remove under a budget (see the module docstring)."""
 
-    def __call__(self, graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None, max_units: int | None,
-                 per_learnable: bool, floors: dict[tuple[str, int], int] | None,
-                 weights: dict[str, float] | None = None) -> list[int]: ...
+    def __call__(
+        self,
+        graph: ChannelGraph,
+        scores: np.ndarray,
+        *,
+        learnables: int | None,
+        max_units: int | None,
+        per_learnable: bool,
+        floors: dict[tuple[str, int], int] | None,
+        weights: dict[str, float] | None = None,
+    ) -> list[int]: ...
 
 
 ALLOCATIONS: Registry[Allocation] = Registry("allocation", "prune_core.register_allocation")
@@ -62,19 +70,24 @@ def register_allocation(name: str, allocation: Allocation, *, replace: bool = Fa
     ALLOCATIONS.register(name, allocation, replace=replace)
 
 
-def choose_units(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None = None,
-                 max_units: int | None = None, per_learnable: bool = False,
-                 floors: dict[tuple[str, int], int] | None = None,
-                 weights: dict[str, float] | None = None) -> list[int]:
+def choose_units(
+    graph: ChannelGraph,
+    scores: np.ndarray,
+    *,
+    learnables: int | None = None,
+    max_units: int | None = None,
+    per_learnable: bool = False,
+    floors: dict[tuple[str, int], int] | None = None,
+    weights: dict[str, float] | None = None,
+) -> list[int]:
     """Units to remove, lowest score first; see the module docstring. Infinite scores are never taken."""
     floors = floors or {}
     keys = np.asarray(scores, dtype=np.float64)
     if per_learnable:
-        costs = np.array([graph.unit_cost(u.id, weights) if u.removable else 1 for u in graph.units],
-                         dtype=np.float64)
+        costs = np.array([graph.unit_cost(u.id, weights) if u.removable else 1 for u in graph.units], dtype=np.float64)
         keys = keys / np.maximum(costs, 1e-12 if weights is not None else 1)
     remaining = {key: units.size for key, units in graph.site_units.items()}
-    tally, taken = RemovalTally(graph, weights), []
+    tally, taken = RemovalTally(graph, weights), list[int]()
     for uid in np.argsort(keys, kind="stable").tolist():
         if not np.isfinite(keys[uid]) or (max_units is not None and len(taken) >= max_units):
             break
@@ -90,16 +103,22 @@ def choose_units(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | N
 
 
 def filter_floors(graph: ChannelGraph, fraction: float) -> dict[tuple[str, int], int]:
-    """Keep at least ``fraction`` of every filter site's channels (at least 1), from this graph's sizes."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"min_filter_fraction must be in [0, 1), got {fraction!r}")
-    return {key: max(1, math.ceil(fraction * graph.size(key)))
-            for key, site in graph.sites.items() if site.role == "filter"}
+    """Keep at least ``fraction`` of every filter site's channels (at least 1), from this graph's sizes.
+
+    ``fraction`` is ``PruningOptions.min_filter_fraction``, checked there."""
+    return {
+        key: max(1, math.ceil(fraction * graph.size(key))) for key, site in graph.sites.items() if site.role == "filter"
+    }
 
 
-def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: float,
-                   floors: dict[tuple[str, int], int] | None = None,
-                   weights: dict[str, float] | None = None) -> list[int]:
+def choose_uniform(
+    graph: ChannelGraph,
+    scores: np.ndarray,
+    *,
+    learnables: float,
+    floors: dict[tuple[str, int], int] | None = None,
+    weights: dict[str, float] | None = None,
+) -> list[int]:
     """Units to remove when every group loses the same share of its filters; see the module docstring."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for unit in graph.units:
@@ -123,12 +142,20 @@ def choose_uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: float
     return take(high)
 
 
-def _uniform(graph: ChannelGraph, scores: np.ndarray, *, learnables: int | None, max_units: int | None,
-             per_learnable: bool, floors: dict[tuple[str, int], int] | None,
-             weights: dict[str, float] | None = None) -> list[int]:
+def _uniform(
+    graph: ChannelGraph,
+    scores: np.ndarray,
+    *,
+    learnables: int | None,
+    max_units: int | None,
+    per_learnable: bool,
+    floors: dict[tuple[str, int], int] | None,
+    weights: dict[str, float] | None = None,
+) -> list[int]:
     if learnables is None:  # a count budget has no share to spread: rank globally
-        return choose_units(graph, scores, max_units=max_units, per_learnable=per_learnable, floors=floors,
-                            weights=weights)
+        return choose_units(
+            graph, scores, max_units=max_units, per_learnable=per_learnable, floors=floors, weights=weights
+        )
     return choose_uniform(graph, scores, learnables=learnables, floors=floors, weights=weights)
 
 

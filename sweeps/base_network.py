@@ -66,19 +66,26 @@ def base_network(cfg: DictConfig, data: JobData, build: Callable[[], nn.Module])
         try:
             return load_pruned(path, build), f"cache {path}"
         except Exception as exc:  # a corrupt or foreign file: never fail every trial on it
-            log.warning(f"The cached base network {path} cannot be read ({type(exc).__name__}: {exc}); "
-                        "training it again")
+            log.warning(
+                f"The cached base network {path} cannot be read ({type(exc).__name__}: {exc}); training it again"
+            )
     torch.manual_seed(cfg.seed)
     model = build()
-    options = training_options(cfg, "base.training",
-                               device=job_device(cfg.base.training.get("device", "auto"), job_index()))
+    options = training_options(
+        cfg, "base.training", device=job_device(cfg.base.training.get("device", "auto"), job_index())
+    )
     log.info(f"Training the base network ({options.max_epochs} epochs); cached as {path}")
     train_network(model, data.train, cfg.loss, options, progress=True)
-    broken = [name for name, tensor in model.state_dict().items()
-              if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
+    broken = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all())
+    ]
     if broken:
-        raise ValueError(f"the base network trained to non-finite weights ({broken[:3]}): not cached; lower "
-                         f"base.training.initial_learn_rate={options.initial_learn_rate} or check the data")
+        raise ValueError(
+            f"the base network trained to non-finite weights ({broken[:3]}): not cached; lower "
+            f"base.training.initial_learn_rate={options.initial_learn_rate} or check the data"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     save_pruned(model, path, extra={"key": key})
     return model, f"trained, cached {path}"

@@ -102,7 +102,9 @@ def load_checkpoint(path: str | Path, build: Callable[[], nn.Module], argument: 
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as exc:
-            raise ValueError(f"{argument}={str(path)!r} is neither a save_pruned file nor a state_dict of "
-                             f"the configured model: {type(exc).__name__}: {exc}") from exc
+            raise ValueError(
+                f"{argument}={str(path)!r} is neither a save_pruned file nor a state_dict of "
+                f"the configured model: {type(exc).__name__}: {exc}"
+            ) from exc
         return model
     return load_pruned(path, build)

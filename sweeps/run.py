@@ -51,16 +51,19 @@ log = logging.getLogger(__name__)
 register_schemas()  # before Hydra composes the config
 
 
-def objective_values(cfg: DictConfig, info: PruningInfo,
-                     measured: dict[str, float] | None = None) -> dict[str, list[float]] | list[float]:
+def objective_values(
+    cfg: DictConfig, info: PruningInfo, measured: dict[str, float] | None = None
+) -> dict[str, list[float]] | list[float]:
     """The returned network's values of ``sweep.objectives`` (and ``sweep.constraints`` as floor - value): its
     row of the pruning history, or what was ``measured`` of it after pruning (latency)."""
     row = info.returned_row | (measured or {})
 
     def value(name: str) -> float:
         if name not in row:
-            raise ValueError(f"sweep objective {name!r} is neither in the pruning history nor measured; use one of "
-                             f"{[c for c in row if not c.startswith('channels[')]}")
+            raise ValueError(
+                f"sweep objective {name!r} is neither in the pruning history nor measured; use one of "
+                f"{[c for c in row if not c.startswith('channels[')]}"
+            )
         return float(row[name])
 
     values = [value(name) for name in cfg.sweep.objectives]
@@ -98,12 +101,22 @@ def _run_job(cfg: DictConfig):
         live = LiveLog(MlflowClient(uri), run.info.run_id)
         plots_path = output_dir / "pruning_progress.png" if cfg.pruning.plots != "none" else None
         reported = None if trial is None else IntermediateValues(trial, cfg.sweep.objectives[0], then=live)
-        settings = pruning_options(cfg, checkpoint_path=checkpoints, plots_path=plots_path,
-                                   iteration_fn=live if reported is None else reported)
+        settings = pruning_options(
+            cfg, checkpoint_path=checkpoints, plots_path=plots_path, iteration_fn=live if reported is None else reported
+        )
         pruned, info = compress_network(base, data.train, cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED
-        log_pruning(run, cfg, info, pruned, output_dir, checkpoints, data.example(), live,
-                             log_model=cfg.tracking.log_model and not interrupted)
+        log_pruning(
+            run,
+            cfg,
+            info,
+            pruned,
+            output_dir,
+            checkpoints,
+            data.example(),
+            live,
+            log_model=cfg.tracking.log_model and not interrupted,
+        )
         if interrupted:  # logged as far as it went (no model export: stop quickly); the run is KILLED
             raise KeyboardInterrupt
         deployment = measure_deployment(pruned, data.example(), output_dir, deployment_options(cfg))
@@ -115,10 +128,13 @@ def _run_job(cfg: DictConfig):
     result = objective_values(cfg, info, deployment.metrics)
     result = (result if isinstance(result, dict) else {"values": result}) | {
         "user_attrs": {"mlflow_run_id": run.info.run_id},  # Optuna keeps which MLflow run holds the trial
-        "pruned": pruned_at is not None}
+        "pruned": pruned_at is not None,
+    }
     values = result["values"]
-    log.info(f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
-             f"objectives {dict(zip(cfg.sweep.objectives, values))}")
+    log.info(
+        f"Logged run {run.info.run_id} to {uri} (experiment {cfg.tracking.experiment!r}); "
+        f"objectives {dict(zip(cfg.sweep.objectives, values))}"
+    )
     if HydraConfig.get().mode.name != "MULTIRUN":
         print(f"\nResults: {output_dir}\nMLflow:  mlflow ui --backend-store-uri {uri}")
     if not all(math.isfinite(v) for v in values):

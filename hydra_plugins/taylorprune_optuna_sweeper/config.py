@@ -61,8 +61,16 @@ SAMPLERS = {
 }
 
 store = ConfigStore.instance()
-store.store(group="hydra/sweeper", name="taylorprune_optuna", node=TaylorpruneOptunaSweeperConf,
-            provider="taylorprune_optuna_sweeper")
+store.store(
+    group="hydra/sweeper",
+    name="taylorprune_optuna",
+    node=TaylorpruneOptunaSweeperConf,
+    provider="taylorprune_optuna_sweeper",
+)
 for _name, _target in SAMPLERS.items():
-    store.store(group="hydra/sweeper/sampler", name=_name, node=SamplerConf(_target_=_target),
-                provider="taylorprune_optuna_sweeper")
+    store.store(
+        group="hydra/sweeper/sampler",
+        name=_name,
+        node=SamplerConf(_target_=_target),
+        provider="taylorprune_optuna_sweeper",
+    )

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-_FORMS = ("example_input must be a tensor, a tuple of positional arguments (tensors, lists of tensors, numbers, "
-          "strings or None) or a dict of keyword arguments")
+_FORMS = (
+    "example_input must be a tensor, a tuple of positional arguments (tensors, lists of tensors, numbers, "
+    "strings or None) or a dict of keyword arguments"
+)
 
 
 def _check_argument(value, where: str) -> None:
@@ -114,5 +116,6 @@ class ExampleInput:
                 if x.device != params.device:
                     raise ValueError(
                         f"{where} is on {x.device} but the model's parameters are on "
-                        f"{params.device}; move one of them (e.g. example_input.to('{params.device}'))")
+                        f"{params.device}; move one of them (e.g. example_input.to('{params.device}'))"
+                    )
         return self

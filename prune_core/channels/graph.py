@@ -136,7 +136,7 @@ class ChannelGraph:
         shared: dict[tuple[bytes, bytes], tuple[dict, tuple[str, ...], bool]] = {}
         units = []
         for k, root in enumerate(order):
-            sites_k, counts_k = site_ids[bounds[k]:bounds[k + 1]], site_counts[bounds[k]:bounds[k + 1]]
+            sites_k, counts_k = site_ids[bounds[k] : bounds[k + 1]], site_counts[bounds[k] : bounds[k + 1]]
             signature = (sites_k.tobytes(), counts_k.tobytes())
             if signature not in shared:
                 counts = {keys[i]: c for i, c in zip(sites_k.tolist(), counts_k.tolist())}
@@ -193,8 +193,11 @@ class ChannelGraph:
             site_units=remaining,
             param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
             producer_units={fqn: shrink(ids) for fqn, ids in self.producer_units.items()},
-            grouped_convs=self.grouped_convs, norm_groups=self.norm_groups, renormalizing=self.renormalizing,
-            example_input=self.example_input, unsupported=self.unsupported,
+            grouped_convs=self.grouped_convs,
+            norm_groups=self.norm_groups,
+            renormalizing=self.renormalizing,
+            example_input=self.example_input,
+            unsupported=self.unsupported,
         )
 
     # -- queries --------------------------------------------------------------------------
@@ -292,6 +295,7 @@ class RemovalTally:
             weight = 1 if self.weights is None else self.weights.get(name, 0.0)
             self.total += (removed - self.per_param.get(name, 0)) * weight
             self.per_param[name] = removed
+
 
 def _selected(counts: dict[tuple[str, int], int], sites: dict[tuple[str, int], Site], names: list[str]) -> bool:
     """Whether a unit shrinks a named layer (or one inside it) other than through its inputs."""

@@ -69,9 +69,27 @@ _MODULE_KINDS: dict[type[nn.Module], str] = {
     nn.Upsample: "pool",
 }
 _ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
 )
 _MODULE_KINDS.update({cls: "elementwise" for cls in _ELEMENTWISE_MODULES})
 # Keyed by the forward function, so subclasses that keep the base forward are recognised and
@@ -87,8 +105,9 @@ _ELEMENTWISE_MODULE_NAMES = {"torchvision.ops.stochastic_depth.StochasticDepth"}
 _USER_RULES: dict[type[nn.Module], str | Callable[..., Any]] = {}
 
 
-def register_module_rule(module_type: type[nn.Module], rule: str | Callable[..., Any], *,
-                         replace: bool = False) -> None:
+def register_module_rule(
+    module_type: type[nn.Module], rule: str | Callable[..., Any], *, replace: bool = False
+) -> None:
     """Analyse ``module_type`` (and its subclasses) as a leaf with ``rule``: a name from ``KINDS`` or a rule
     function ``rule(prop, call)`` (see ``rules``). A type registered already needs ``replace=True``."""
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
@@ -120,30 +139,104 @@ def module_kind(module: nn.Module) -> str | Callable[..., Any] | None:
 
 
 ELEMENTWISE_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
-    operator.iadd, operator.isub, operator.imul, operator.itruediv,
-    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs, torch.exp, torch.neg,
-    F.relu, F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
-    F.leaky_relu, F.elu, F.selu, F.celu, F.softplus, F.hardtanh,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.neg,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.maximum,
+    torch.minimum,
+    torch.where,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.abs,
+    torch.exp,
+    torch.neg,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.sigmoid,
+    F.tanh,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.softplus,
+    F.hardtanh,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
 }
 ELEMENTWISE_FUNCTION_NAMES = {"torchvision.ops.stochastic_depth.stochastic_depth"}
 ELEMENTWISE_METHODS = {
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "abs", "exp",
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
-    "clamp_max", "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as",
-    "expand", "expand_as",
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+    "neg",
+    "abs",
+    "exp",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_max",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
+    "expand",
+    "expand_as",
 }
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten}
 RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as"}
 PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim}
 PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "movedim"}
 POOL_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    F.lp_pool1d, F.lp_pool2d, F.interpolate,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.lp_pool1d,
+    F.lp_pool2d,
+    F.interpolate,
 }
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
@@ -153,15 +246,34 @@ SPLIT_METHODS = {"chunk", "split"}
 SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 SOFTMAX_METHODS = {"softmax", "log_softmax"}
 NORM_FUNCTIONS = {
-    F.batch_norm: "channel_norm_function", F.instance_norm: "channel_norm_function",
-    F.group_norm: "group_norm_function", F.layer_norm: "layer_norm_function",
+    F.batch_norm: "channel_norm_function",
+    F.instance_norm: "channel_norm_function",
+    F.group_norm: "group_norm_function",
+    F.layer_norm: "layer_norm_function",
 }
 
 
 KINDS = (
-    "elementwise", "reshape", "permute", "pool", "reduce", "softmax", "concat", "split", "getitem",
-    "conv", "conv_transpose", "linear", "batchnorm", "groupnorm", "layernorm", "prelu", "channel_shuffle",
-    "channel_norm_function", "group_norm_function", "layer_norm_function",
+    "elementwise",
+    "reshape",
+    "permute",
+    "pool",
+    "reduce",
+    "softmax",
+    "concat",
+    "split",
+    "getitem",
+    "conv",
+    "conv_transpose",
+    "linear",
+    "batchnorm",
+    "groupnorm",
+    "layernorm",
+    "prelu",
+    "channel_shuffle",
+    "channel_norm_function",
+    "group_norm_function",
+    "layer_norm_function",
 )
 
 
@@ -169,15 +281,32 @@ def _by_kind(tables: dict[str, set]) -> dict:
     return {member: kind for kind, members in tables.items() for member in members}
 
 
-_FUNCTION_KINDS = _by_kind({
-    "elementwise": ELEMENTWISE_FUNCTIONS, "reshape": RESHAPE_FUNCTIONS, "permute": PERMUTE_FUNCTIONS,
-    "pool": POOL_FUNCTIONS, "reduce": REDUCE_FUNCTIONS, "concat": CONCAT_FUNCTIONS, "split": SPLIT_FUNCTIONS,
-    "softmax": SOFTMAX_FUNCTIONS, "getitem": {operator.getitem},
-}) | NORM_FUNCTIONS
-_METHOD_KINDS = _by_kind({
-    "elementwise": ELEMENTWISE_METHODS, "reshape": RESHAPE_METHODS, "permute": PERMUTE_METHODS,
-    "reduce": REDUCE_METHODS, "split": SPLIT_METHODS, "softmax": SOFTMAX_METHODS,
-})
+_FUNCTION_KINDS = (
+    _by_kind(
+        {
+            "elementwise": ELEMENTWISE_FUNCTIONS,
+            "reshape": RESHAPE_FUNCTIONS,
+            "permute": PERMUTE_FUNCTIONS,
+            "pool": POOL_FUNCTIONS,
+            "reduce": REDUCE_FUNCTIONS,
+            "concat": CONCAT_FUNCTIONS,
+            "split": SPLIT_FUNCTIONS,
+            "softmax": SOFTMAX_FUNCTIONS,
+            "getitem": {operator.getitem},
+        }
+    )
+    | NORM_FUNCTIONS
+)
+_METHOD_KINDS = _by_kind(
+    {
+        "elementwise": ELEMENTWISE_METHODS,
+        "reshape": RESHAPE_METHODS,
+        "permute": PERMUTE_METHODS,
+        "reduce": REDUCE_METHODS,
+        "split": SPLIT_METHODS,
+        "softmax": SOFTMAX_METHODS,
+    }
+)
 
 
 def function_kind(target) -> str | None:
@@ -186,8 +315,10 @@ def function_kind(target) -> str | None:
         kind = _FUNCTION_KINDS.get(target)
     except TypeError:  # an unhashable target
         kind = None
-    if kind is None and f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in \
-            ELEMENTWISE_FUNCTION_NAMES:
+    if (
+        kind is None
+        and f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in ELEMENTWISE_FUNCTION_NAMES
+    ):
         kind = "elementwise"
     return kind
 

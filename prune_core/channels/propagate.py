@@ -149,4 +149,3 @@ class ChannelPropagation(fx.Interpreter):
         if labels is None:
             return self._unsupported(n, lab_args, lab_kwargs, result, what)
         return labels
-

@@ -171,6 +171,7 @@ class _Recorder(TorchFunctionMode):
                 self.root[name] = module
                 node = self.graph.call_module(name, self.as_arg(tuple(args)), self.as_arg(kwargs))
                 self.bind_result(output, node)
+
         return hook
 
 
@@ -186,8 +187,9 @@ def _drop_unused(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
-def record_forward(model: nn.Module, example: ExampleInput,
-                   is_leaf: Callable[[nn.Module, str], bool]) -> fx.GraphModule:
+def record_forward(
+    model: nn.Module, example: ExampleInput, is_leaf: Callable[[nn.Module, str], bool]
+) -> fx.GraphModule:
     """The forward of ``model`` on ``example`` as a GraphModule (see the module docstring).
 
     The model runs as it is (its mode, without gradients); the caller preserves its state.

@@ -67,13 +67,26 @@ class CompressionReport:
             f"{self.total_macs:,.0f} MACs per example; at that removal {100 * self.max_macs_reduction:.1f}% fewer.",
         ]
         if len(prunable):
-            table = prunable[["group", "layers", "members", "channels", "learnables_per_channel",
-                              "macs_per_channel", "removable_learnables"]]
+            table = prunable[
+                [
+                    "group",
+                    "layers",
+                    "members",
+                    "channels",
+                    "learnables_per_channel",
+                    "macs_per_channel",
+                    "removable_learnables",
+                ]
+            ]
             lines += ["", "Prunable groups:", table.to_string(index=False, max_colwidth=60)]
         if len(blocked):
-            lines += ["", "Not (fully) prunable layers:",
-                      blocked[["layer", "type", "filters", "prunable_filters", "reason"]].to_string(
-                          index=False, max_colwidth=90)]
+            lines += [
+                "",
+                "Not (fully) prunable layers:",
+                blocked[["layer", "type", "filters", "prunable_filters", "reason"]].to_string(
+                    index=False, max_colwidth=90
+                ),
+            ]
         return "\n".join(lines)
 
 
@@ -115,19 +128,33 @@ def _group_table(graph: ChannelGraph, per_weight: dict[str, float]) -> pd.DataFr
         removable = 0
         if not reasons:
             removable = graph.learnables_removed(graph.greedy_removal(sorted(ids, key=lambda uid: -costs[uid])))
-        rows.append({
-            "group": number,
-            "layers": ", ".join(producers),
-            "members": ", ".join(members),
-            "channels": len(ids),
-            "learnables_per_channel": round(sum(costs.values()) / len(costs)),
-            "macs_per_channel": round(sum(graph.unit_cost(uid, per_weight) for uid in ids) / len(ids)),
-            "removable_learnables": removable,
-            "prunable": not reasons,
-            "reason": "; ".join(reasons),
-        })
-    return pd.DataFrame(rows, columns=["group", "layers", "members", "channels", "learnables_per_channel",
-                                       "macs_per_channel", "removable_learnables", "prunable", "reason"])
+        rows.append(
+            {
+                "group": number,
+                "layers": ", ".join(producers),
+                "members": ", ".join(members),
+                "channels": len(ids),
+                "learnables_per_channel": round(sum(costs.values()) / len(costs)),
+                "macs_per_channel": round(sum(graph.unit_cost(uid, per_weight) for uid in ids) / len(ids)),
+                "removable_learnables": removable,
+                "prunable": not reasons,
+                "reason": "; ".join(reasons),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "group",
+            "layers",
+            "members",
+            "channels",
+            "learnables_per_channel",
+            "macs_per_channel",
+            "removable_learnables",
+            "prunable",
+            "reason",
+        ],
+    )
 
 
 def _layer_table(model: nn.Module, graph: ChannelGraph) -> pd.DataFrame:
@@ -147,13 +174,15 @@ def _layer_table(model: nn.Module, graph: ChannelGraph) -> pd.DataFrame:
         why = set(reasons.get(name, set()))
         if name not in prunable and name not in reasons:
             why.add(_not_a_producer_reason(name, module, graph))
-        rows.append({
-            "layer": name,
-            "type": type(module).__name__,
-            "filters": filters,
-            "prunable_filters": prunable.get(name, 0),
-            "reason": "; ".join(sorted(why)),
-        })
+        rows.append(
+            {
+                "layer": name,
+                "type": type(module).__name__,
+                "filters": filters,
+                "prunable_filters": prunable.get(name, 0),
+                "reason": "; ".join(sorted(why)),
+            }
+        )
     return pd.DataFrame(rows, columns=["layer", "type", "filters", "prunable_filters", "reason"])
 
 

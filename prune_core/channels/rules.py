@@ -209,7 +209,8 @@ def _shape_reads(prop, node: fx.Node) -> list[tuple[fx.Node, int | None]]:
         elif isinstance(prop.labels.get(current), np.ndarray):  # a tensor: its values set the size
             found.append((current, None))
         elif (current.op == "call_function" and current.target is getattr) or (
-                current.op == "call_method" and current.target == "size"):
+            current.op == "call_method" and current.target == "size"
+        ):
             found.append((current.args[0], None))
         else:
             stack.extend(current.all_input_nodes)
@@ -396,8 +397,9 @@ def conv(prop: ChannelPropagation, call: OpCall):
         if in_per == 1:  # depthwise: each group is one input channel already
             reps = vector
         else:
-            reps = np.asarray([prop.slots.unify_all(vector[k * in_per:(k + 1) * in_per])
-                               for k in range(m.groups)], dtype=np.int64)
+            reps = np.asarray(
+                [prop.slots.unify_all(vector[k * in_per : (k + 1) * in_per]) for k in range(m.groups)], dtype=np.int64
+            )
         out = np.repeat(reps, out_per)
         prop.module_sites(fqn, ("weight", "bias"), out)
         prop.grouped_convs[fqn] = out_per
@@ -424,8 +426,10 @@ def linear(prop: ChannelPropagation, call: OpCall):
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     prop.site(f"{fqn}.weight", 1, _channel_vector(prop, lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
     if x.ndim <= 2:
-        return prop.fresh(result, f"`{fqn}` is a fully connected layer (only convolution filters and "
-                                   "pointwise linear layers are pruned)")
+        return prop.fresh(
+            result,
+            f"`{fqn}` is a fully connected layer (only convolution filters and pointwise linear layers are pruned)",
+        )
     out = prop.producer(fqn, m.out_features)
     prop.module_sites(fqn, ("weight", "bias"), out, "filter")
     return shaped(out, result.ndim, result.ndim - 1)
@@ -464,7 +468,7 @@ def _tie_norm_groups(prop, fqn: str, vector: np.ndarray, num_groups: int) -> Non
     """Channels normalised together go together: whole norm groups are removed."""
     per = vector.size // num_groups
     for k in range(num_groups):
-        prop.slots.unify_all(vector[k * per:(k + 1) * per])
+        prop.slots.unify_all(vector[k * per : (k + 1) * per])
     prop.norm_groups[fqn] = per
 
 
@@ -616,8 +620,9 @@ def _size_source(node: fx.Node) -> tuple[fx.Node, int] | None:
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
         base = node.args[0]
         if isinstance(base, fx.Node) and (
-                (base.op == "call_function" and base.target is getattr and base.args[1] == "shape")
-                or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)):
+            (base.op == "call_function" and base.target is getattr and base.args[1] == "shape")
+            or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)
+        ):
             return base.args[0], node.args[1]
     return None
 
@@ -629,11 +634,13 @@ def channelwise(*names: str, count: str | None = None) -> Rule:
 
     >>> rule = channelwise("scale", count="channels")   # then ops.register_module_rule(MyScale, rule)
     """
+
     def rule(prop: ChannelPropagation, call: OpCall):
         x = call.args[0]
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             return None
         return _norm_sites(prop, call.node.target, call.labels[0], x.shape[1], names, count)
+
     return rule
 
 

@@ -40,11 +40,15 @@ FORMAT = "taylorprune.pruned-model/1"
 
 def pruned_spec(model: nn.Module) -> dict:
     """The JSON-able description of a (pruned) model's channel structure."""
-    tensors = {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-               for name, t in model.state_dict().items()}
+    tensors = {
+        name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        for name, t in model.state_dict().items()
+    }
     modules = {name: attrs for name, m in model.named_modules() if (attrs := channel_attributes(m))}
-    layers = {name: {"class": type(m).__qualname__, "attributes": constructor_attributes(m)}
-              for name, m in model.named_modules()}
+    layers = {
+        name: {"class": type(m).__qualname__, "attributes": constructor_attributes(m)}
+        for name, m in model.named_modules()
+    }
     return {"format": FORMAT, "modules": modules, "layers": layers, "tensors": tensors}
 
 
@@ -56,8 +60,9 @@ def _plain(value) -> bool:
 
 def constructor_attributes(module: nn.Module) -> dict:
     """A module's plain public attributes (kernel_size, stride, eps, ...), as JSON-able values."""
-    return json.loads(json.dumps({k: v for k, v in vars(module).items()
-                                  if not k.startswith("_") and k != "training" and _plain(v)}))
+    return json.loads(
+        json.dumps({k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v)})
+    )
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> None:
@@ -82,8 +87,9 @@ def read_pruned(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]
         spec = json.loads(payload["spec"])
         state = payload["state_dict"]
     except Exception as exc:
-        raise ValueError(f"{str(path)!r} is not a readable pruned-model checkpoint ({type(exc).__name__}: {exc})") \
-            from exc
+        raise ValueError(
+            f"{str(path)!r} is not a readable pruned-model checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if spec.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} has format {spec.get('format')!r}; expected {FORMAT!r}")
     return spec, state
@@ -121,8 +127,10 @@ def check_layers(model: nn.Module, spec: dict, source: str = "spec") -> None:
             if attr in built and json.dumps(built[attr]) != json.dumps(value):
                 differences.append(f"`{name}`.{attr}: {value!r} saved, {built[attr]!r} built")
     if differences:
-        raise ValueError(f"{source} does not match the architecture from build_fn: {'; '.join(differences[:10])}"
-                         + (f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""))
+        raise ValueError(
+            f"{source} does not match the architecture from build_fn: {'; '.join(differences[:10])}"
+            + (f" (and {len(differences) - 10} more)" if len(differences) > 10 else "")
+        )
 
 
 def shrink_to_spec(model: nn.Module, spec: dict, source: str = "spec") -> None:

@@ -34,8 +34,16 @@ from prune_core.channels.verify import SurgeryMismatch, check_equivalent, refere
 
 # Channel-count attributes that follow the parameter shapes, per layer family.
 _CHANNEL_ATTRIBUTES = (
-    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "num_channels", "num_groups", "normalized_shape", "num_parameters",
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "num_channels",
+    "num_groups",
+    "normalized_shape",
+    "num_parameters",
 )
 
 

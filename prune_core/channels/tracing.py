@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -79,8 +80,9 @@ class _ChannelTracer(fx.Tracer):
             raise
 
 
-def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = (),
-                example_input: ExampleInput | None = None) -> fx.GraphModule:
+def trace_model(
+    model: nn.Module, leaf_modules: Iterable[str | type] = (), example_input: ExampleInput | None = None
+) -> fx.GraphModule:
     """Trace ``model`` (in training mode) into a GraphModule sharing its modules.
 
     ``leaf_modules`` names modules (dotted paths) or module classes that are not traced into;
@@ -97,8 +99,9 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[str | type] = (),
     if unknown:
         raise ValueError(f"leaf_modules names {unknown} that are not modules of the model")
     tracer = _ChannelTracer(names, types)
-    plain = example_input is None or (not example_input.kwargs and all(
-        isinstance(x, torch.Tensor) for x in example_input.args))
+    plain = example_input is None or (
+        not example_input.kwargs and all(isinstance(x, torch.Tensor) for x in example_input.args)
+    )
     attributes = set(vars(model))
     try:
         with preserved(model):
@@ -132,10 +135,17 @@ def _record(model: nn.Module, example: ExampleInput, is_leaf, caller_mode: bool)
         raise _forward_failure(exc) from first
 
 
+# the folders of torch and prune_core: frames there are not the model's own
+_LIBRARIES = tuple(
+    str(folder) + os.sep for folder in (Path(torch.__file__).resolve().parent, Path(__file__).resolve().parents[1])
+)
+
+
 def _forward_failure(exc: Exception) -> TraceFailure:
     """The error for a forward that raised on the example input, quoting the model's own frame."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if f"{os.sep}torch{os.sep}" not in f.filename and f"{os.sep}prune_core{os.sep}" not in f.filename]
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not str(Path(f.filename).resolve()).startswith(_LIBRARIES)
+    ]
     where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}: `{frames[-1].line}`" if frames else ""
     return TraceFailure(
         f"the model's own forward raised {type(exc).__name__} on the example input{where}: {exc}. The analysis "

@@ -68,6 +68,7 @@ class _KeptChannelsLayerNorm(TorchFunctionMode):
     def _enter(self, name: str):
         def hook(module, args) -> None:
             self.inside.append(name)
+
         return hook
 
     def _leave(self, module, args, output) -> None:
@@ -81,8 +82,13 @@ class _KeptChannelsLayerNorm(TorchFunctionMode):
         x, rest = args[0], dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:])) | kwargs
         weight, bias = rest.get("weight"), rest.get("bias")
         out = torch.zeros_like(x)
-        out[..., keep] = F.layer_norm(x[..., keep], (keep.numel(),), None if weight is None else weight[keep],
-                                      None if bias is None else bias[keep], rest.get("eps", 1e-5))
+        out[..., keep] = F.layer_norm(
+            x[..., keep],
+            (keep.numel(),),
+            None if weight is None else weight[keep],
+            None if bias is None else bias[keep],
+            rest.get("eps", 1e-5),
+        )
         return out
 
 
@@ -114,8 +120,12 @@ def _exact_float32() -> Iterator[None]:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _run(model: nn.Module, graph: ChannelGraph, replaced: dict[str, torch.Tensor] | None = None,
-         kept: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+def _run(
+    model: nn.Module,
+    graph: ChannelGraph,
+    replaced: dict[str, torch.Tensor] | None = None,
+    kept: dict[str, torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
     example = graph.example_input
     device = example.tensors[0].device.type
     with preserved(model), torch.no_grad(), ExitStack() as stack:
@@ -147,24 +157,32 @@ def _involved(graph: ChannelGraph, unit_ids: Sequence[int]) -> str:
     producers = sorted({p for uid in units for p in graph.units[uid].producers})
     members = sorted({m for uid in units for m in graph.units[uid].members} - set(producers))
     shown = ", ".join(map(str, units[:12])) + (f", ... ({len(units)} in all)" if len(units) > 12 else "")
-    return (f"units [{shown}] (filters of {', '.join(f'`{p}`' for p in producers[:10]) or 'no layer'}; "
-            f"also shrinking {', '.join(f'`{m}`' for m in members[:10]) or 'nothing else'})")
+    return (
+        f"units [{shown}] (filters of {', '.join(f'`{p}`' for p in producers[:10]) or 'no layer'}; "
+        f"also shrinking {', '.join(f'`{m}`' for m in members[:10]) or 'nothing else'})"
+    )
 
 
-def check_equivalent(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int],
-                     reference: list[torch.Tensor]) -> None:
+def check_equivalent(
+    model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int], reference: list[torch.Tensor]
+) -> None:
     """Raise ``SurgeryMismatch`` unless the pruned ``model`` reproduces ``reference`` (see the module docstring)."""
-    advice = ("This is a fault of the channel analysis, not of your model: please report it. To go on, keep "
-              "the layers involved out of pruning (leaf_modules=[...] or layer_names=[...]).")
+    advice = (
+        "This is a fault of the channel analysis, not of your model: please report it. To go on, keep "
+        "the layers involved out of pruning (leaf_modules=[...] or layer_names=[...])."
+    )
     try:
         pruned = _run(model, graph)
     except Exception as exc:
-        raise SurgeryMismatch(f"the pruned network no longer runs on the example input after removing "
-                              f"{_involved(graph, unit_ids)}: {type(exc).__name__}: {exc}. {advice}") from exc
+        raise SurgeryMismatch(
+            f"the pruned network no longer runs on the example input after removing "
+            f"{_involved(graph, unit_ids)}: {type(exc).__name__}: {exc}. {advice}"
+        ) from exc
     shapes = [tuple(t.shape) for t in reference], [tuple(t.shape) for t in pruned]
     if shapes[0] != shapes[1]:
-        raise SurgeryMismatch(f"removing {_involved(graph, unit_ids)} changed the output shapes from {shapes[0]} "
-                              f"to {shapes[1]}. {advice}")
+        raise SurgeryMismatch(
+            f"removing {_involved(graph, unit_ids)} changed the output shapes from {shapes[0]} to {shapes[1]}. {advice}"
+        )
     for i, (ref, out) in enumerate(zip(reference, pruned)):
         if not ref.is_floating_point():
             continue
@@ -174,4 +192,5 @@ def check_equivalent(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[i
         if not error <= tolerance:
             raise SurgeryMismatch(
                 f"the pruned network differs from the original with the removed channels zeroed by {error:.3g} "
-                f"(tolerance {tolerance:.3g}) at output {i}, after removing {_involved(graph, unit_ids)}. {advice}")
+                f"(tolerance {tolerance:.3g}) at output {i}, after removing {_involved(graph, unit_ids)}. {advice}"
+            )

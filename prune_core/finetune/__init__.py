@@ -16,14 +16,23 @@ These names are the wing's public interface; its modules are private.
 """
 
 from prune_core.finetune.data import DataSource, as_source
-from prune_core.finetune.losses import NAMED_LOSSES, resolve_loss
+from prune_core.finetune.losses import NAMED_LOSSES, LossFn, resolve_loss
 from prune_core.finetune.metrics import Metric, resolve_metric
 from prune_core.finetune.options import TrainingOptions
-from prune_core.finetune.training import TrainingInfo, TrainingLog, evaluate, fine_tune, train_network
+from prune_core.finetune.training import (
+    TrainingInfo,
+    TrainingLog,
+    evaluate,
+    fine_tune,
+    forward_outputs,
+    to_device,
+    train_network,
+)
 
 __all__ = [
     "NAMED_LOSSES",
     "DataSource",
+    "LossFn",
     "Metric",
     "TrainingInfo",
     "TrainingLog",
@@ -31,7 +40,9 @@ __all__ = [
     "as_source",
     "evaluate",
     "fine_tune",
+    "forward_outputs",
     "resolve_loss",
     "resolve_metric",
+    "to_device",
     "train_network",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,7 @@ Batch = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
 SHUFFLE_CHOICES = ("once", "every-epoch", "never")
 
 
-def _tensor(value, argument: str) -> torch.Tensor:
+def _tensor(value: object, argument: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         tensor = value
     else:
@@ -50,7 +51,7 @@ def _tensor(value, argument: str) -> torch.Tensor:
     return tensor
 
 
-def split_batch(batch) -> Batch:
+def split_batch(batch: Any) -> Batch:
     """``(inputs, targets)`` tuples from a batch ``(x, y)``, ``(x1, .., xn, y)`` or ``((xs), (ys))``."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         size = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
@@ -69,7 +70,7 @@ class _OrderSampler(Sampler[int]):
     def __init__(self) -> None:
         self.order: list[int] = []
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(self.order)
 
     def __len__(self) -> int:
@@ -79,13 +80,15 @@ class _OrderSampler(Sampler[int]):
 class DataSource:
     """Mini-batches of ``(inputs, targets)``; build with ``as_source``."""
 
-    def __init__(self, tensors: Batch | None = None, dataset: Dataset | None = None,
-                 loader: DataLoader | None = None) -> None:
+    def __init__(
+        self, tensors: Batch | None = None, dataset: Dataset[Any] | None = None, loader: DataLoader[Any] | None = None
+    ) -> None:
         self.tensors, self.dataset, self.loader = tensors, dataset, loader
         self._once: torch.Tensor | None = None
-        self._loaders: dict[tuple, tuple[DataLoader, _OrderSampler]] = {}
+        self._loaders: dict[tuple[Any, ...], tuple[DataLoader[Any], _OrderSampler]] = {}
 
-    def _dataset_loader(self, batch_size: int, loader_options: dict) -> tuple[DataLoader, _OrderSampler]:
+    def _dataset_loader(self, batch_size: int, loader_options: dict[str, Any]) -> tuple[DataLoader[Any], _OrderSampler]:
+        assert self.dataset is not None
         key = (batch_size, *sorted(loader_options.items()))
         if key not in self._loaders:
             sampler = _OrderSampler()
@@ -98,7 +101,8 @@ class DataSource:
     def __len__(self) -> int:
         if self.tensors is not None:
             return len(self.tensors[1][0])
-        return len(self.dataset if self.dataset is not None else self.loader.dataset)
+        dataset = self.dataset if self.dataset is not None else self.loader.dataset  # type: ignore[union-attr]
+        return len(dataset)  # type: ignore[arg-type]
 
     def num_batches(self, batch_size: int) -> int:
         if self.loader is not None:
@@ -115,8 +119,14 @@ class DataSource:
             return self._once
         return torch.randperm(n, generator=generator)
 
-    def batches(self, batch_size: int, order: str = "never", generator: torch.Generator | None = None,
-                limit: int | None = None, loader_options: dict | None = None) -> Iterator[Batch]:
+    def batches(
+        self,
+        batch_size: int,
+        order: str = "never",
+        generator: torch.Generator | None = None,
+        limit: int | None = None,
+        loader_options: dict[str, Any] | None = None,
+    ) -> Iterator[Batch]:
         """One pass: ``order`` is "never", "once" (the same shuffle every pass) or "every-epoch"; at most
         ``limit`` batches. ``loader_options`` go to the DataLoader that reads a Dataset."""
         if self.loader is not None:
@@ -124,8 +134,9 @@ class DataSource:
         elif self.tensors is not None:
             inputs, targets = self.tensors
             index = self._order(order, generator)
-            source = ((tuple(t[i] for t in inputs), tuple(t[i] for t in targets))
-                      for i in index.split(batch_size))
+            source = (
+                (tuple(t[i] for t in inputs), tuple(t[i] for t in targets)) for i in torch.split(index, batch_size)
+            )
         else:
             loader, sampler = self._dataset_loader(batch_size, loader_options or {})
             sampler.order = self._order(order, generator).tolist()
@@ -143,8 +154,10 @@ class DataSource:
 
 def _from_frame(frame: pd.DataFrame, argument: str) -> Batch:
     if frame.shape[1] < 2:
-        raise ValueError(f"{argument}: a DataFrame needs predictor columns and a last target column, "
-                         f"got columns {list(frame.columns)}")
+        raise ValueError(
+            f"{argument}: a DataFrame needs predictor columns and a last target column, "
+            f"got columns {list(frame.columns)}"
+        )
     predictors, target = frame.iloc[:, :-1], frame.iloc[:, -1]
     if predictors.shape[1] == 1 and predictors.iloc[:, 0].dtype == object:
         x = np.stack([np.asarray(v, dtype=np.float32) for v in predictors.iloc[:, 0]])
@@ -161,7 +174,7 @@ def _from_frame(frame: pd.DataFrame, argument: str) -> Batch:
     return (torch.as_tensor(x),), (_tensor(y, f"{argument} targets"),)
 
 
-def as_source(data, targets=None, argument: str = "data") -> DataSource:
+def as_source(data: Any, targets: Any = None, argument: str = "data") -> DataSource:
     """A ``DataSource`` for ``data`` (or ``predictors, targets``); see the module docstring."""
     if targets is not None:
         x = data if isinstance(data, (tuple, list)) else (data,)
@@ -176,12 +189,16 @@ def as_source(data, targets=None, argument: str = "data") -> DataSource:
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         return as_source(data[0], data[1], argument)
     else:
-        raise TypeError(f"{argument} must be a DataLoader, a Dataset, a (predictors, targets) pair or a DataFrame, "
-                        f"got {type(data).__name__}")
+        raise TypeError(
+            f"{argument} must be a DataLoader, a Dataset, a (predictors, targets) pair or a DataFrame, "
+            f"got {type(data).__name__}"
+        )
     lengths = [len(t) for t in tensors[0]], [len(t) for t in tensors[1]]
     if len(set(lengths[0] + lengths[1])) > 1:
-        raise ValueError(f"predictors and targets must have the same number of examples: "
-                         f"predictors have {_counts(lengths[0])}, targets have {_counts(lengths[1])}")
+        raise ValueError(
+            f"predictors and targets must have the same number of examples: "
+            f"predictors have {_counts(lengths[0])}, targets have {_counts(lengths[1])}"
+        )
     return _checked(DataSource(tensors=tensors), argument)
 
 

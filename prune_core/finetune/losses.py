@@ -32,7 +32,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-LossFn = Callable[[tuple, tuple], torch.Tensor]
+Tensors = tuple[torch.Tensor, ...]
+LossFn = Callable[[Tensors, Tensors], torch.Tensor]
+TensorLoss = Callable[..., torch.Tensor]
 
 
 def _crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -43,8 +45,10 @@ def _crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def _index_crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point() and not torch.equal(t, t.round()):
-        raise ValueError("loss 'index-crossentropy' needs integer class indices as targets; "
-                         "use 'crossentropy' for class probabilities")
+        raise ValueError(
+            "loss 'index-crossentropy' needs integer class indices as targets; "
+            "use 'crossentropy' for class probabilities"
+        )
     return F.cross_entropy(y, t.long())
 
 
@@ -52,7 +56,7 @@ def _binary_crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(y, t.to(y.dtype).reshape(y.shape))
 
 
-def _regression(fn: Callable) -> Callable:
+def _regression(fn: TensorLoss) -> TensorLoss:
     return lambda y, t: fn(y, t.to(y.dtype).reshape(y.shape))
 
 
@@ -73,14 +77,15 @@ NAMED_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
 class _Resolved:
     """A loss on tuples of outputs and targets, as ``resolve_loss`` returns it (resolving it again is a no-op)."""
 
-    def __init__(self, fn: Callable, spread: bool) -> None:
+    def __init__(self, fn: TensorLoss, spread: bool) -> None:
         self.fn, self.spread = fn, spread
 
-    def __call__(self, outputs, targets) -> torch.Tensor:
-        return self.fn(*outputs, *targets) if self.spread else self.fn(outputs[0], targets[0])
+    def __call__(self, outputs: Tensors, targets: Tensors) -> torch.Tensor:
+        value: torch.Tensor = self.fn(*outputs, *targets) if self.spread else self.fn(outputs[0], targets[0])
+        return value
 
 
-def resolve_loss(loss: str | Callable) -> LossFn:
+def resolve_loss(loss: str | TensorLoss) -> LossFn:
     """``loss(outputs, targets)`` for a loss name (see the module docstring) or a callable; a loss it already
     resolved comes back as it is (wrapping it again would hand it single tensors instead of tuples)."""
     if isinstance(loss, _Resolved):
@@ -88,10 +93,11 @@ def resolve_loss(loss: str | Callable) -> LossFn:
     if isinstance(loss, str):
         fn = NAMED_LOSSES.get(loss.lower())
         if fn is None:
-            raise ValueError(f"loss {loss!r} is not a known loss name; use one of {sorted(NAMED_LOSSES)} "
-                             "or a callable loss(*outputs, *targets)")
+            raise ValueError(
+                f"loss {loss!r} is not a known loss name; use one of {sorted(NAMED_LOSSES)} "
+                "or a callable loss(*outputs, *targets)"
+            )
         return _Resolved(fn, spread=False)
     if callable(loss):
         return _Resolved(loss, spread=True)
     raise TypeError(f"loss must be a loss name or a callable, got {type(loss).__name__} {loss!r}")
-

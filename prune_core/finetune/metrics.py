@@ -76,5 +76,6 @@ def resolve_metric(metric: str | Metric) -> Metric:
         return metric
     if isinstance(metric, str) and metric.lower() in NAMED_METRICS:
         return NAMED_METRICS[metric.lower()]
-    raise ValueError(f"metrics entry {metric!r} is not a known metric; use one of {sorted(NAMED_METRICS)} "
-                     "or a prune_core.Metric")
+    raise ValueError(
+        f"metrics entry {metric!r} is not a known metric; use one of {sorted(NAMED_METRICS)} or a prune_core.Metric"
+    )

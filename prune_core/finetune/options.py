@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
+from prune_core.checks import check_number
 from prune_core.finetune.data import SHUFFLE_CHOICES
 from prune_core.finetune.metrics import Metric, resolve_metric
 
@@ -73,7 +76,7 @@ class TrainingOptions:
     verbose_frequency: int = 50
     device: str = "auto"
     seed: int | None = None
-    output_fn: Callable[[dict], bool] | None = None
+    output_fn: Callable[[dict[str, Any]], bool] | None = None
     history_size: int = 10
     precision: str = "fp32"
     channels_last: bool = False
@@ -89,32 +92,38 @@ class TrainingOptions:
         _choice("gradient_threshold_method", self.gradient_threshold_method, CLIP_METHODS)
         _choice("precision", self.precision, tuple(PRECISIONS))
         if self.precision == "fp16" and self.solver == "lbfgs":
-            raise ValueError("precision 'fp16' needs a gradient scaler, which solver 'lbfgs' cannot use; "
-                             "use precision 'bf16' or 'fp32'")
-        for name in ("max_epochs", "mini_batch_size", "validation_frequency", "verbose_frequency",
-                     "learn_rate_drop_period", "history_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("learn_rate", "gradient_threshold", "validation_patience", "epsilon"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{'initial_learn_rate' if name == 'learn_rate' else name} must be positive, "
-                                 f"got {value!r}")
+            raise ValueError(
+                "precision 'fp16' needs a gradient scaler, which solver 'lbfgs' cannot use; "
+                "use precision 'bf16' or 'fp32'"
+            )
+        for name in (
+            "max_epochs",
+            "mini_batch_size",
+            "validation_frequency",
+            "verbose_frequency",
+            "learn_rate_drop_period",
+            "history_size",
+        ):
+            check_number(name, getattr(self, name), "[1, inf)", integer=True)
+        if self.initial_learn_rate is not None:
+            check_number("initial_learn_rate", self.initial_learn_rate, "(0, inf)")
+        for name in ("gradient_threshold", "validation_patience", "epsilon"):
+            check_number(name, getattr(self, name), "(0, inf]")
         for name in ("momentum", "gradient_decay_factor", "learn_rate_drop_factor"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
-        if self.l2_regularization < 0:
-            raise ValueError(f"l2_regularization must be >= 0, got {self.l2_regularization!r}")
+            check_number(name, getattr(self, name), "[0, 1]")
+        if self.squared_gradient_decay_factor is not None:
+            check_number("squared_gradient_decay_factor", self.squared_gradient_decay_factor, "[0, 1)")
+        check_number("num_workers", self.num_workers, "[0, inf)", integer=True)
+        check_number("l2_regularization", self.l2_regularization, "[0, inf)")
         if isinstance(self.metrics, (str, Metric)):
             self.metrics = [self.metrics]
         self.resolved_metrics = tuple(resolve_metric(m) for m in self.metrics)
         names = ["loss", *(m.name for m in self.resolved_metrics)]
         if self.objective_metric_name not in names:
-            raise ValueError(f"objective_metric_name {self.objective_metric_name!r} is not computed; "
-                             f"use one of {names} (add it to metrics)")
+            raise ValueError(
+                f"objective_metric_name {self.objective_metric_name!r} is not computed; "
+                f"use one of {names} (add it to metrics)"
+            )
         if self.output_fn is not None and not callable(self.output_fn):
             raise TypeError(f"output_fn must be callable, got {type(self.output_fn).__name__}")
         self.torch_device()
@@ -143,10 +152,13 @@ class TrainingOptions:
     @property
     def loader_options(self) -> dict[str, Any]:
         """The DataLoader options for Dataset data (see ``prune_core.finetune.data``)."""
-        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                "persistent_workers": self.persistent_workers}
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+        }
 
-    def autocast(self, device: torch.device):
+    def autocast(self, device: torch.device) -> AbstractContextManager[object]:
         """The autocast context of ``precision`` on ``device`` (a no-op for "fp32")."""
         dtype = PRECISIONS[self.precision]
         return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -157,7 +169,7 @@ class TrainingOptions:
             return self.learn_rate * self.learn_rate_drop_factor ** (epoch // self.learn_rate_drop_period)
         return self.learn_rate
 
-    def build_optimizer(self, parameters) -> torch.optim.Optimizer:
+    def build_optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         """A fresh optimizer over ``parameters`` (rebuilt after every surgery)."""
         params = [p for p in parameters if p.requires_grad]
         lr, decay = self.learn_rate, self.l2_regularization
@@ -165,14 +177,15 @@ class TrainingOptions:
             return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=decay)
         if self.solver == "adam":
             beta2 = 0.999 if self.squared_gradient_decay_factor is None else self.squared_gradient_decay_factor
-            return torch.optim.Adam(params, lr=lr, betas=(self.gradient_decay_factor, beta2), eps=self.epsilon,
-                                    weight_decay=decay)
+            return torch.optim.Adam(
+                params, lr=lr, betas=(self.gradient_decay_factor, beta2), eps=self.epsilon, weight_decay=decay
+            )
         if self.solver == "rmsprop":
             alpha = 0.9 if self.squared_gradient_decay_factor is None else self.squared_gradient_decay_factor
             return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=self.epsilon, weight_decay=decay)
         return torch.optim.LBFGS(params, lr=lr, history_size=self.history_size, line_search_fn="strong_wolfe")
 
 
-def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} {value!r} is not supported; use one of {allowed}")

@@ -36,7 +36,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import torch
@@ -55,8 +57,8 @@ _COUNTERS = ("pruning_iteration", "epoch", "iteration", "time_s")
 class TrainingLog:
     """Rows of the training and validation history, and the global iteration counter."""
 
-    training: list[dict] = field(default_factory=list)
-    validation: list[dict] = field(default_factory=list)
+    training: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
     iteration: int = 0
     started: float = field(default_factory=time.perf_counter)
     seconds: dict[str, float] = field(default_factory=dict)  # time spent building optimizers, validating
@@ -73,16 +75,19 @@ class FineTuneOutcome:
     """``status``: "completed", "diverged" or "stopped" (by ``output_fn``); the last validation row."""
 
     status: str
-    validation: dict | None = None
+    validation: dict[str, Any] | None = None
 
 
-def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device,
-              channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+def to_device(
+    tensors: tuple[torch.Tensor, ...], device: torch.device, channels_last: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Every tensor of a batch part on ``device`` (4-D floating ones in channels-last layout if asked)."""
     moved = tuple(t.to(device, non_blocking=True) for t in tensors)
     if channels_last:
-        moved = tuple(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 and t.is_floating_point()
-                      else t for t in moved)
+        moved = tuple(
+            t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 and t.is_floating_point() else t
+            for t in moved
+        )
     return moved
 
 
@@ -93,18 +98,26 @@ def forward_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, source: DataSource, loss_fn: LossFn, metrics: tuple[Metric, ...],
-             batch_size: int, device: torch.device, options: TrainingOptions | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    source: DataSource,
+    loss_fn: LossFn,
+    metrics: tuple[Metric, ...],
+    batch_size: int,
+    device: torch.device,
+    options: TrainingOptions | None = None,
+) -> dict[str, float]:
     """Mean loss (weighted by batch size) and each metric over all of ``source``, in eval mode, with the
     precision and memory format of ``options`` (when given)."""
     was_training = model.training
     model.eval()
     loss_sum, count = 0.0, 0
-    sums = {m.name: [0.0, 0] for m in metrics}
+    sums = {m.name: (0.0, 0) for m in metrics}
     autocast = options.autocast(device) if options is not None else contextlib.nullcontext()
     channels_last = options is not None and options.channels_last
     try:
-        for inputs, targets in source.batches(batch_size, loader_options=options and options.loader_options):
+        loader_options = None if options is None else options.loader_options
+        for inputs, targets in source.batches(batch_size, loader_options=loader_options):
             inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device)
             with autocast:
                 outputs = tuple(o.float() for o in forward_outputs(model, inputs))
@@ -113,8 +126,8 @@ def evaluate(model: nn.Module, source: DataSource, loss_fn: LossFn, metrics: tup
             count += n
             for m in metrics:
                 s, c = m.batch(outputs[0], targets[0])
-                sums[m.name][0] += s
-                sums[m.name][1] += c
+                total, seen = sums[m.name]
+                sums[m.name] = (total + s, seen + c)
     finally:
         model.train(was_training)
     return {"loss": loss_sum / count, **{m.name: m.finish(*sums[m.name]) for m in metrics}}
@@ -148,9 +161,18 @@ class _Patience:
         return self.waited >= self.limit
 
 
-def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: TrainingOptions, log: TrainingLog,
-              *, pruning_iteration: int = 0, validation: DataSource | None = None,
-              generator: torch.Generator | None = None, progress: bool = False) -> FineTuneOutcome:
+def fine_tune(
+    model: nn.Module,
+    source: DataSource,
+    loss_fn: LossFn,
+    options: TrainingOptions,
+    log: TrainingLog,
+    *,
+    pruning_iteration: int = 0,
+    validation: DataSource | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> FineTuneOutcome:
     """Train ``model`` in place for ``options.max_epochs`` epochs; see the module docstring."""
     device = options.torch_device()
     metrics = options.resolved_metrics
@@ -163,16 +185,26 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
     log.add_time("optimizer", started)
     patience = _Patience(options.validation_patience, options.objective_maximized)
     batches_per_epoch = source.num_batches(options.mini_batch_size)
-    bar = tqdm(total=options.max_epochs * batches_per_epoch, disable=not progress, leave=False,
-               desc=f"fine-tuning after pruning iteration {pruning_iteration}" if pruning_iteration else "training",
-               unit="it")
+    bar = tqdm(
+        total=options.max_epochs * batches_per_epoch,
+        disable=not progress,
+        leave=False,
+        desc=f"fine-tuning after pruning iteration {pruning_iteration}" if pruning_iteration else "training",
+        unit="it",
+    )
     last_validation = None
 
-    def validate(epoch: int) -> dict:
+    def validate(epoch: int) -> dict[str, Any]:
+        assert validation is not None
         started = time.perf_counter()
         values = evaluate(model, validation, loss_fn, metrics, options.mini_batch_size, device, options)
-        row = {"pruning_iteration": pruning_iteration, "epoch": epoch, "iteration": log.iteration, **values,
-               "time_s": log.elapsed()}
+        row = {
+            "pruning_iteration": pruning_iteration,
+            "epoch": epoch,
+            "iteration": log.iteration,
+            **values,
+            "time_s": log.elapsed(),
+        }
         log.validation.append(row)
         log.add_time("validation", started)
         return row
@@ -183,13 +215,18 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
             learn_rate = options.learn_rate_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = learn_rate
-            for inputs, targets in source.batches(options.mini_batch_size, options.shuffle, generator,
-                                                  loader_options=options.loader_options):
+            for inputs, targets in source.batches(
+                options.mini_batch_size, options.shuffle, generator, loader_options=options.loader_options
+            ):
                 inputs, targets = to_device(inputs, device, options.channels_last), to_device(targets, device)
                 loss, outputs = _step(model, optimizer, params, loss_fn, options, inputs, targets, scaler)
                 log.iteration += 1
-                row = {"pruning_iteration": pruning_iteration, "epoch": epoch + 1, "iteration": log.iteration,
-                       "loss": float(loss)}
+                row = {
+                    "pruning_iteration": pruning_iteration,
+                    "epoch": epoch + 1,
+                    "iteration": log.iteration,
+                    "loss": float(loss),
+                }
                 for m in metrics:
                     row[m.name] = m.finish(*m.batch(outputs[0].detach().float(), targets[0]))
                 row.update(learn_rate=learn_rate, time_s=log.elapsed())
@@ -215,14 +252,23 @@ def fine_tune(model: nn.Module, source: DataSource, loss_fn: LossFn, options: Tr
         bar.close()
 
 
-def _step(model, optimizer, params, loss_fn, options, inputs, targets, scaler):
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    loss_fn: LossFn,
+    options: TrainingOptions,
+    inputs: tuple[torch.Tensor, ...],
+    targets: tuple[torch.Tensor, ...],
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """One optimisation step (under ``options``' autocast, through ``scaler`` for fp16); returns the
     (detached) loss and the outputs it was computed from."""
     device = options.torch_device()
     if options.solver == "lbfgs":
-        seen = {}
+        seen: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
 
-        def closure():
+        def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             with options.autocast(device):
                 outputs = forward_outputs(model, inputs)
@@ -234,7 +280,7 @@ def _step(model, optimizer, params, loss_fn, options, inputs, targets, scaler):
             seen.setdefault("result", (loss.detach(), outputs))
             return loss
 
-        optimizer.step(closure)
+        optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS reads the loss tensor the closure returns
         return seen["result"]
     optimizer.zero_grad(set_to_none=True)
     with options.autocast(device):
@@ -263,8 +309,14 @@ class TrainingInfo:
     validation_history: pd.DataFrame
 
 
-def train_network(model: nn.Module, data, loss, options: TrainingOptions, *,
-                  progress: bool = False) -> tuple[nn.Module, TrainingInfo]:
+def train_network(
+    model: nn.Module,
+    data: Any,
+    loss: str | Callable[..., torch.Tensor],
+    options: TrainingOptions,
+    *,
+    progress: bool = False,
+) -> tuple[nn.Module, TrainingInfo]:
     """Train ``model`` in place with ``options``; returns ``(model, info)``. See the module docstring.
 
     Args:
@@ -278,11 +330,15 @@ def train_network(model: nn.Module, data, loss, options: TrainingOptions, *,
         raise TypeError(f"options must be a prune_core.TrainingOptions, got {type(options).__name__}")
     loss_fn = resolve_loss(loss)
     source = as_source(data)
-    validation = None if options.validation_data is None else as_source(options.validation_data,
-                                                                         argument="options.validation_data")
+    validation = (
+        None
+        if options.validation_data is None
+        else as_source(options.validation_data, argument="options.validation_data")
+    )
     generator = None if options.seed is None else torch.Generator().manual_seed(options.seed)
     model.to(options.torch_device())
     log = TrainingLog()
-    outcome = fine_tune(model, source, loss_fn, options, log, validation=validation, generator=generator,
-                        progress=progress)
+    outcome = fine_tune(
+        model, source, loss_fn, options, log, validation=validation, generator=generator, progress=progress
+    )
     return model, TrainingInfo(outcome.status, pd.DataFrame(log.training), pd.DataFrame(log.validation))

@@ -31,12 +31,15 @@ def reference_cnn1d(in_channels: int = 1, classes: int = 10, width: int = 32, ke
     return nn.Sequential(
         *_block(nn.Conv1d, nn.BatchNorm1d, in_channels, width, kernel_size),
         *_block(nn.Conv1d, nn.BatchNorm1d, width, 2 * width, kernel_size),
-        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(2 * width, classes),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, classes),
     )
 
 
-def deeper_cnn1d(in_channels: int = 1, classes: int = 10, width: int = 64, depth: int = 3, kernel_size: int = 5,
-                 length: int = 40) -> nn.Sequential:
+def deeper_cnn1d(
+    in_channels: int = 1, classes: int = 10, width: int = 64, depth: int = 3, kernel_size: int = 5, length: int = 40
+) -> nn.Sequential:
     """``depth`` Conv1d(width)+BatchNorm+ReLU blocks, flatten and a linear classifier."""
     layers = []
     for k in range(depth):
@@ -47,9 +50,12 @@ def deeper_cnn1d(in_channels: int = 1, classes: int = 10, width: int = 64, depth
 def small_cnn2d(in_channels: int = 1, classes: int = 10, width: int = 16) -> nn.Sequential:
     """Two Conv2d blocks with max pooling, global pooling and a classifier (for 8x8 digits and up)."""
     return nn.Sequential(
-        *_block(nn.Conv2d, nn.BatchNorm2d, in_channels, width, 3), nn.MaxPool2d(2),
+        *_block(nn.Conv2d, nn.BatchNorm2d, in_channels, width, 3),
+        nn.MaxPool2d(2),
         *_block(nn.Conv2d, nn.BatchNorm2d, width, 2 * width, 3),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, classes),
     )
 
 
@@ -63,8 +69,11 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU()
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -75,8 +84,12 @@ def small_resnet(in_channels: int = 1, classes: int = 10, width: int = 16) -> nn
     """A stem and three residual stages (width, 2x, 4x; stride 2 between stages)."""
     return nn.Sequential(
         *_block(nn.Conv2d, nn.BatchNorm2d, in_channels, width, 3, bias=False),
-        BasicBlock(width, width), BasicBlock(width, 2 * width, stride=2), BasicBlock(2 * width, 4 * width, stride=2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, classes),
+        BasicBlock(width, width),
+        BasicBlock(width, 2 * width, stride=2),
+        BasicBlock(2 * width, 4 * width, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, classes),
     )
 
 

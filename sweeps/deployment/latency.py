@@ -45,8 +45,15 @@ class Latency:
         return self.spread < self.max_spread
 
 
-def measure(run: Callable[[], object], *, warmup: int = 10, min_runs: int = 20, max_seconds: float = 3.0,
-            max_spread: float = MAX_SPREAD, sample_seconds: float = 0.002) -> Latency:
+def measure(
+    run: Callable[[], object],
+    *,
+    warmup: int = 10,
+    min_runs: int = 20,
+    max_seconds: float = 3.0,
+    max_spread: float = MAX_SPREAD,
+    sample_seconds: float = 0.002,
+) -> Latency:
     """Time ``run()`` (see the module docstring)."""
     started = time.perf_counter()
     for _ in range(warmup):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from torch import nn
 
+from prune_core import check_number, is_number
 from sweeps.deployment.latency import MAX_SPREAD, Latency, onnx_latency, torch_latency
 from sweeps.deployment.onnx_export import TOLERANCE, ExportFailed, export_onnx, session
 from sweeps.layout import LATENCY_SOURCE, ONNX, ONNX_FILE
@@ -51,14 +52,11 @@ class DeploymentOptions:
 
     def __post_init__(self) -> None:
         sizes = list(self.batch_sizes)
-        if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        if not sizes or not all(is_number(b, integer=True) and b >= 1 for b in sizes):
             raise ValueError(f"batch_sizes must be positive integers, got {sizes}")
         for name in ("tolerance", "max_seconds", "max_spread"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+            check_number(name, getattr(self, name), "(0, inf)")
+        check_number("threads", self.threads, "[1, inf)", integer=True)
 
     def metrics(self) -> list[str]:
         """The metric names a job with these options logs (what ``sweep.objectives`` may name)."""
@@ -99,11 +97,16 @@ def measure_deployment(model: nn.Module, example, folder: Path, options: Deploym
         result.tags[LATENCY_SOURCE] = "onnxruntime" if runner is not None else "torch"
         timing = {"max_seconds": options.max_seconds, "max_spread": options.max_spread}
         for batch in options.batch_sizes:
-            latency: Latency = (onnx_latency(runner, example, batch, **timing) if runner is not None
-                                else torch_latency(model.cpu(), example, batch, options.threads, **timing))
+            latency: Latency = (
+                onnx_latency(runner, example, batch, **timing)
+                if runner is not None
+                else torch_latency(model.cpu(), example, batch, options.threads, **timing)
+            )
             if not latency.stable:
-                log.warning(f"latency at batch {batch}: spread {100 * latency.spread:.0f}% after {latency.runs} runs "
-                            f"(more than {100 * options.max_spread:.0f}%): the machine is busy")
+                log.warning(
+                    f"latency at batch {batch}: spread {100 * latency.spread:.0f}% after {latency.runs} runs "
+                    f"(more than {100 * options.max_spread:.0f}%): the machine is busy"
+                )
             result.metrics[metric_name("latency_ms", batch)] = latency.median_ms
             result.metrics[metric_name("latency_spread", batch)] = latency.spread
     return result

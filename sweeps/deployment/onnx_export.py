@@ -91,8 +91,9 @@ def export_onnx(model: nn.Module, example, path: Path, tolerance: float = TOLERA
     batch = torch.export.Dim("batch")
     try:
         with _quiet():
-            program = torch.onnx.export(network, inputs, dynamo=True, verbose=False,
-                                        dynamic_shapes=tuple({0: batch} for _ in inputs))
+            program = torch.onnx.export(
+                network, inputs, dynamo=True, verbose=False, dynamic_shapes=tuple({0: batch} for _ in inputs)
+            )
     except Exception as exc:
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0][:300]
         raise ExportFailed(f"torch.onnx.export failed: {type(exc).__name__}: {first}") from exc
@@ -104,13 +105,13 @@ def export_onnx(model: nn.Module, example, path: Path, tolerance: float = TOLERA
             names = [i.name for i in runner.get_inputs()]
             got = runner.run(None, {name: t.numpy() for name, t in zip(names, inputs, strict=True)})
         except Exception as exc:
-            raise ExportFailed(f"onnxruntime could not run the export: {type(exc).__name__}: {str(exc)[:300]}") \
-                from exc
+            raise ExportFailed(f"onnxruntime could not run the export: {type(exc).__name__}: {str(exc)[:300]}") from exc
         with torch.no_grad():
             expected = _outputs(network(*inputs))
         if len(got) != len(expected) or any(a.shape != b.shape for a, b in zip(got, expected, strict=False)):
-            raise ExportFailed(f"onnxruntime returned shapes {[a.shape for a in got]}, PyTorch "
-                               f"{[b.shape for b in expected]}")
+            raise ExportFailed(
+                f"onnxruntime returned shapes {[a.shape for a in got]}, PyTorch {[b.shape for b in expected]}"
+            )
         diff = max(float(np.abs(a.astype(np.float64) - b).max(initial=0.0)) for a, b in zip(got, expected, strict=True))
         if not diff <= tolerance:
             raise ExportFailed(f"onnxruntime's outputs differ from PyTorch's by {diff:.3g}, more than {tolerance:g}")

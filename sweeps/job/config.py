@@ -76,11 +76,15 @@ def check_job_config(cfg: DictConfig) -> None:
     for key in ("objectives", "constraints"):
         for name in sweep.get(key) or []:
             if str(name).startswith(DEPLOYMENT_METRICS) and name not in measured:
-                raise ValueError(f"sweep.{key} names {name!r}, which this configuration does not measure "
-                                 f"(export.onnx / export.latency / export.batch_sizes); it measures {measured}")
+                raise ValueError(
+                    f"sweep.{key} names {name!r}, which this configuration does not measure "
+                    f"(export.onnx / export.latency / export.batch_sizes); it measures {measured}"
+                )
     pruner = OmegaConf.select(cfg, "hydra.sweeper.pruner", default="none")
     reported = str((sweep.get("objectives") or [""])[0])
     if pruner != "none" and reported.startswith(DEPLOYMENT_METRICS):
-        raise ValueError(f"hydra.sweeper.pruner={pruner}: the objective {reported!r} is measured once, after "
-                         "pruning; a pruner needs an objective of the pruning history (reduction, "
-                         "validation_accuracy, ...)")
+        raise ValueError(
+            f"hydra.sweeper.pruner={pruner}: the objective {reported!r} is measured once, after "
+            "pruning; a pruner needs an objective of the pruning history (reduction, "
+            "validation_accuracy, ...)"
+        )

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from prune_core import is_number
 from prune_core.finetune import as_source
 
 TENSOR_KEYS, VALIDATION_KEYS = ("x_train", "y_train"), ("x_val", "y_val")
@@ -50,14 +51,17 @@ class JobData:
 def _finite(tensor: Any, where: str, key: str) -> None:
     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(tensor.isfinite().all()):
         index = int((~tensor.isfinite()).flatten(1).any(1).nonzero()[0])
-        raise ValueError(f"{where}: {key}[{index}] holds a non-finite value (NaN or inf); clean the data before "
-                         "pruning")
+        raise ValueError(
+            f"{where}: {key}[{index}] holds a non-finite value (NaN or inf); clean the data before pruning"
+        )
 
 
 def job_data(data: Any, where: str) -> JobData:
     """``JobData`` from what a data builder returned (see the module docstring); ``where`` names it in errors."""
-    forms = ('a dict {"x_train", "y_train", "x_val", "y_val"} of tensors, a dict {"train", "validation"} of '
-             "Datasets, DataLoaders or (inputs, targets) pairs, or a Dataset or DataLoader")
+    forms = (
+        'a dict {"x_train", "y_train", "x_val", "y_val"} of tensors, a dict {"train", "validation"} of '
+        "Datasets, DataLoaders or (inputs, targets) pairs, or a Dataset or DataLoader"
+    )
     if isinstance(data, (Dataset, DataLoader)):
         return JobData(data)
     if not isinstance(data, dict):
@@ -77,7 +81,7 @@ def job_data(data: Any, where: str) -> JobData:
 
 
 def _count(num_classes: Any) -> int | None:
-    return num_classes if isinstance(num_classes, int) and not isinstance(num_classes, bool) else None
+    return num_classes if is_number(num_classes, integer=True) else None
 
 
 def load_data(cfg: DictConfig) -> JobData:
@@ -87,15 +91,21 @@ def load_data(cfg: DictConfig) -> JobData:
     if data.validation is None:
         needs = [n for n in [*cfg.sweep.objectives, *cfg.sweep.constraints] if n.startswith("validation_")]
         if cfg.pruning.validation_threshold is not None:
-            raise ValueError(f"pruning.validation_threshold={cfg.pruning.validation_threshold:g} needs validation "
-                             f"data, but {where} returns no {list(VALIDATION_KEYS)}")
+            raise ValueError(
+                f"pruning.validation_threshold={cfg.pruning.validation_threshold:g} needs validation "
+                f"data, but {where} returns no {list(VALIDATION_KEYS)}"
+            )
         if needs:
-            raise ValueError(f"sweep objectives/constraints {needs} need validation data, but {where} returns no "
-                             f"{list(VALIDATION_KEYS)}")
+            raise ValueError(
+                f"sweep objectives/constraints {needs} need validation data, but {where} returns no "
+                f"{list(VALIDATION_KEYS)}"
+            )
     key = next((k for k in ("num_classes", "classes") if k in cfg.model), None)  # timm/torchvision, this project's
     expected = _count(cfg.model.get(key)) if key else None
     if expected is not None and data.classes is not None and expected != len(data.classes):
-        raise ValueError(f"model.{key}={expected}, but the data has {len(data.classes)} classes "
-                         f"({', '.join(map(str, data.classes[:5]))}{', ...' if len(data.classes) > 5 else ''}); "
-                         f"set model.{key}={len(data.classes)}")
+        raise ValueError(
+            f"model.{key}={expected}, but the data has {len(data.classes)} classes "
+            f"({', '.join(map(str, data.classes[:5]))}{', ...' if len(data.classes) > 5 else ''}); "
+            f"set model.{key}={len(data.classes)}"
+        )
     return data

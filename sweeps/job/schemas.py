@@ -61,8 +61,11 @@ def _default(field: dataclasses.Field) -> dataclasses.Field:
 def config_schema(options: type, exclude: tuple[str, ...] = ()) -> type:
     """A structured-config dataclass with the config-holdable fields of dataclass ``options``."""
     hints = typing.get_type_hints(options)
-    fields = [(f.name, _config_type(hints[f.name]), _default(f)) for f in dataclasses.fields(options)
-              if f.init and f.name not in exclude]
+    fields = [
+        (f.name, _config_type(hints[f.name]), _default(f))
+        for f in dataclasses.fields(options)
+        if f.init and f.name not in exclude
+    ]
     return dataclasses.make_dataclass(f"{options.__name__}Schema", fields)
 
 

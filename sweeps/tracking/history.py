@@ -55,13 +55,19 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 def _metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
     for start in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[start:start + BATCH], synchronous=True)
+        client.log_batch(run_id, metrics=metrics[start : start + BATCH], synchronous=True)
 
 
 def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
     """One pruning iteration's ``pruning/...`` metrics (step = iteration)."""
-    keys = ["learnables", "reduction", "macs", "macs_reduction", "filters_removed",
-            *(k for k in row if k.startswith("validation_"))]
+    keys = [
+        "learnables",
+        "reduction",
+        "macs",
+        "macs_reduction",
+        "filters_removed",
+        *(k for k in row if k.startswith("validation_")),
+    ]
     return [Metric(f"pruning/{k}", float(row[k]), timestamp, int(row["iteration"])) for k in keys if k in row]
 
 
@@ -101,8 +107,10 @@ def history_metrics(info: PruningInfo, pruning: bool = True) -> list[Metric]:
     for prefix, table in tables:
         stamps = [started + int(1000 * t) for t in table["time_s"]] if "time_s" in table else [now] * len(table)
         for column in (c for c in table.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
-            metrics += [Metric(f"{prefix}/{column}", float(v), stamp, int(step))
-                        for v, step, stamp in zip(table[column], table["iteration"], stamps, strict=True)]
+            metrics += [
+                Metric(f"{prefix}/{column}", float(v), stamp, int(step))
+                for v, step, stamp in zip(table[column], table["iteration"], stamps, strict=True)
+            ]
     return metrics
 
 
@@ -113,9 +121,17 @@ def result_metrics(info: PruningInfo, names: list[str]) -> list[Metric]:
     return [Metric(name, float(row[name]), now, 0) for name in dict.fromkeys(names) if name in row]
 
 
-def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, pruned: nn.Module, output_dir: Path,
-                checkpoints: Path | None, example: torch.Tensor, live: LiveLog | None = None,
-                log_model: bool = True) -> None:
+def log_pruning(
+    run: mlflow.ActiveRun,
+    cfg: DictConfig,
+    info: PruningInfo,
+    pruned: nn.Module,
+    output_dir: Path,
+    checkpoints: Path | None,
+    example: torch.Tensor,
+    live: LiveLog | None = None,
+    log_model: bool = True,
+) -> None:
     """Everything of a finished pruning run (see the module docstring); ``live``: the pruning metrics
     already logged as they happened (waited for here); ``log_model``: also the ``mlflow.pytorch`` model."""
     client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
@@ -123,9 +139,16 @@ def log_pruning(run: mlflow.ActiveRun, cfg: DictConfig, info: PruningInfo, prune
         live.flush()
     params = as_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     for start in range(0, len(params), PARAM_BATCH):
-        client.log_batch(run_id, params=params[start:start + PARAM_BATCH], synchronous=True)
-    names = [*cfg.sweep.objectives, *cfg.sweep.constraints, "reduction", "learnables", "macs_reduction", "macs",
-             *(c for c in info.pruning_history.columns if c.startswith("validation_"))]
+        client.log_batch(run_id, params=params[start : start + PARAM_BATCH], synchronous=True)
+    names = [
+        *cfg.sweep.objectives,
+        *cfg.sweep.constraints,
+        "reduction",
+        "learnables",
+        "macs_reduction",
+        "macs",
+        *(c for c in info.pruning_history.columns if c.startswith("validation_")),
+    ]
     _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info, pruning=live is None))
     client.set_tag(run_id, layout.STOP_REASON, info.stop_reason)
     client.set_tag(run_id, layout.RETURNED_ITERATION, str(info.returned_iteration))
@@ -166,9 +189,16 @@ def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model"
     model = model.cpu().eval()
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     try:
-        mlflow.pytorch.log_model(model, name=name, input_example=example.cpu().numpy(), step=step,
-                                 serialization_format="pt2", pip_requirements=requirements)
+        mlflow.pytorch.log_model(
+            model,
+            name=name,
+            input_example=example.cpu().numpy(),
+            step=step,
+            serialization_format="pt2",
+            pip_requirements=requirements,
+        )
     except Exception as exc:
         log.warning(f"torch.export could not export the model ({type(exc).__name__}); logging it pickled instead")
-        mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", step=step,
-                                 pip_requirements=requirements)
+        mlflow.pytorch.log_model(
+            model, name=name, serialization_format="pickle", step=step, pip_requirements=requirements
+        )

@@ -56,8 +56,10 @@ class StudyRunCallback(Callback):
         except ValueError as exc:
             raise SystemExit(f"Error: {exc}") from None
         except Exception as exc:
-            raise SystemExit(f"Error: the study's MLflow run could not be started at tracking.uri="
-                             f"{layout.tracking_uri(self.tracking.uri)!r}: {type(exc).__name__}: {exc}") from None
+            raise SystemExit(
+                f"Error: the study's MLflow run could not be started at tracking.uri="
+                f"{layout.tracking_uri(self.tracking.uri)!r}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def _start(self, config: DictConfig) -> None:
         uri = layout.tracking_uri(self.tracking.uri)
@@ -68,9 +70,13 @@ class StudyRunCallback(Callback):
         reap_runs(self.client, self.experiment_id)
         sweeper = config.hydra.sweeper
         study = sweeper.get("study_name") or "study"
-        tags = {layout.ROLE: "study", layout.STUDY: study,
-                layout.SAMPLER: str(sweeper.get("sampler", {}).get("_target_", "")),
-                layout.SWEEP_DIR: str(config.hydra.sweep.dir), layout.WORKER: worker_tag(this_worker())}
+        tags = {
+            layout.ROLE: "study",
+            layout.STUDY: study,
+            layout.SAMPLER: str(sweeper.get("sampler", {}).get("_target_", "")),
+            layout.SWEEP_DIR: str(config.hydra.sweep.dir),
+            layout.WORKER: worker_tag(this_worker()),
+        }
         run = self.client.create_run(self.experiment_id, run_name=f"study {study}", tags=tags)
         self.run_id = run.info.run_id
         _open.append(self)
@@ -86,8 +92,10 @@ class StudyRunCallback(Callback):
                 self.client.log_artifact(self.run_id, str(sweep_dir / name))
         sweeper = config.hydra.sweeper
         try:  # an in-memory study (storage null) is gone with the sweeper: no Optuna plots then
-            study = optuna.load_study(study_name=sweeper.study_name,
-                                      storage=open_storage(sweeper.storage, driver_hint=sweeper.get("driver_hint")))
+            study = optuna.load_study(
+                study_name=sweeper.study_name,
+                storage=open_storage(sweeper.storage, driver_hint=sweeper.get("driver_hint")),
+            )
         except Exception as exc:
             log.warning(f"Optuna study not reloaded for its plots: {type(exc).__name__}: {exc}")
             study = None
@@ -95,8 +103,10 @@ class StudyRunCallback(Callback):
         if study is not None:
             study_summary.log_study_plots(self.client, self.run_id, study)
         self.end("FINISHED")
-        print(f"\nResults: {sweep_dir} (optimization_results.yaml: the best trials; one folder per trial)\n"
-              f"MLflow:  {study_summary.runs_page(self.uri, self.experiment_id)}")
+        print(
+            f"\nResults: {sweep_dir} (optimization_results.yaml: the best trials; one folder per trial)\n"
+            f"MLflow:  {study_summary.runs_page(self.uri, self.experiment_id)}"
+        )
 
     def end(self, status: str) -> None:
         """End the parent run with ``status``; children still RUNNING (workers that were stopped) become KILLED."""
@@ -105,8 +115,11 @@ class StudyRunCallback(Callback):
         run_id, self.run_id = self.run_id, None
         _open.remove(self)
         if status != "FINISHED":
-            children = self.client.search_runs([self.experiment_id], max_results=5000, filter_string=(
-                f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"))
+            children = self.client.search_runs(
+                [self.experiment_id],
+                max_results=5000,
+                filter_string=(f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"),
+            )
             for child in children:
                 self.client.set_terminated(child.info.run_id, "KILLED")
         self.client.set_terminated(run_id, status)

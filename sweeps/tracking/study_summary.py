@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 def study_params(config: DictConfig) -> dict[str, str]:
     """The study's settings as parent-run params (see the module docstring)."""
     sweeper = config.hydra.sweeper
-    params = {"sampler": str(sweeper.get("sampler", {}).get("_target_", "")), "n_trials": str(sweeper.n_trials),
-              "directions": str(list(sweeper.direction)) if OmegaConf.is_list(sweeper.direction)
-              else str(sweeper.direction), "metric_names": str(sweeper.get("metric_names"))}
+    params = {
+        "sampler": str(sweeper.get("sampler", {}).get("_target_", "")),
+        "n_trials": str(sweeper.n_trials),
+        "directions": str(list(sweeper.direction)) if OmegaConf.is_list(sweeper.direction) else str(sweeper.direction),
+        "metric_names": str(sweeper.get("metric_names")),
+    }
     for key, value in (sweeper.get("params") or {}).items():
         params[f"search/{key}"] = str(value)
     for line in config.hydra.overrides.task:
@@ -57,11 +60,15 @@ def _optuna_plots(study: optuna.Study) -> dict[str, object]:
         plots["pareto_front.html"] = lambda: optuna.visualization.plot_pareto_front(study, target_names=names)
     else:
         plots["optimization_history.html"] = lambda: optuna.visualization.plot_optimization_history(
-            study, target_name=names[0])
+            study, target_name=names[0]
+        )
     for k, name in enumerate(names):
         plots[f"param_importances_{name}.html"] = lambda k=k, name=name: optuna.visualization.plot_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t: t.values[k],
-            target_name=name)
+            study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            target=lambda t: t.values[k],
+            target_name=name,
+        )
     return plots
 
 

@@ -1,0 +1,32 @@
+"""Fixtures the tests share.
+
+- ``postgres_cluster``: a throwaway PostgreSQL cluster for the session (the base URL; make databases
+  with ``tests.support.services.create_database``). Skipped where PostgreSQL is not installed,
+  failed in CI (``CI`` set), which must run it.
+- ``mlflow_server_url``: an ``mlflow server`` on 127.0.0.1 with a SQLite store and proxied
+  artifacts in the test's folder.
+"""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import mlflow_server, postgres, postgres_bin
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[str]:
+    if postgres_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with postgres() as base:
+        yield base
+
+
+@pytest.fixture
+def mlflow_server_url(tmp_path: Path) -> Iterator[str]:
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts") as url:
+        yield url

@@ -1,0 +1,1 @@
+"""Tests of ``optuna_sweep``."""

@@ -1,0 +1,91 @@
+"""MLflow logging details against a real (sqlite) store: metric batching, params, study runs."""
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from prune_core import PruningInfo
+from sweeps import layout
+from sweeps.tracking import history as tracking_history
+
+
+def fake_history(steps: int) -> PruningInfo:
+    training = pd.DataFrame(
+        {
+            "pruning_iteration": [1] * steps,
+            "epoch": [1] * steps,
+            "iteration": range(1, steps + 1),
+            "loss": [1.0 / (k + 1) for k in range(steps)],
+            "learn_rate": [1e-3] * steps,
+            "time_s": [0.0] * steps,
+        }
+    )
+    pruning = pd.DataFrame(
+        {
+            "iteration": [0, 1],
+            "learnables": [100, 60],
+            "reduction": [0.0, 0.4],
+            "filters_removed": [0, 3],
+            "validation_loss": [0.5, 0.6],
+        }
+    )
+    validation = pd.DataFrame(
+        {
+            "pruning_iteration": [0, 1],
+            "epoch": [0, 1],
+            "iteration": [0, steps],
+            "loss": [0.5, 0.6],
+            "time_s": [0.0, 1.0],
+        }
+    )
+    return PruningInfo(pruning, training, validation, ["conv"], "Maximum compression reached.", "", 1)
+
+
+def test_history_metrics_are_logged_in_batches_of_at_most_1000(tmp_path, monkeypatch):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("batches"))
+    calls = []
+    original = MlflowClient.log_batch
+    monkeypatch.setattr(
+        MlflowClient,
+        "log_batch",
+        lambda self, run_id, metrics=(), **kw: (
+            calls.append(len(metrics)) or original(self, run_id, metrics=metrics, **kw)
+        ),
+    )
+    metrics = tracking_history.history_metrics(fake_history(2500))
+    tracking_history._metric_batches(client, run.info.run_id, metrics)
+    assert len(metrics) == 2 * 2500 + 2 * 4 + 2  # train loss and learn rate, 4 per pruning row, validation loss
+    assert calls == [1000] * 5 + [10]
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, 2501))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "pruning/reduction")] == [0, 1]
+
+
+def test_flattened_config_params():
+    cfg = OmegaConf.create({"pruning": {"goal": 0.5, "layer_names": None}, "training": {"metrics": ["accuracy"]}})
+    assert tracking_history.flatten(OmegaConf.to_container(cfg)) == {
+        "pruning.goal": "0.5",
+        "pruning.layer_names": "None",
+        "training.metrics": "['accuracy']",
+    }
+
+
+def test_tracking_uri_defaults_to_an_absolute_sqlite_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert layout.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert layout.tracking_uri("http://example:5000") == "http://example:5000"
+    mlflow.set_tracking_uri(layout.tracking_uri(None))
+    layout.check_reachable(layout.tracking_uri(None), "tracking.uri")
+    with pytest.raises(ValueError, match="there is no MLflow store at"):
+        layout.check_reachable(layout.tracking_uri(None), "tracking URI", store_must_exist=True)
+
+
+def test_the_app_and_the_analysis_honour_mlflow_tracking_uri_alike(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert layout.tracking_uri(None) == "http://tracking.example:5000"  # one resolution for writer and reader
+    assert layout.tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
