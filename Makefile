@@ -32,11 +32,15 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# pytest-xdist workers; the app's processes they start are CPU-bound, so one torch thread each.
+WORKERS ?= 4
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) --doctest-modules
+
 test: lint
-	$(PY) -m pytest -q --doctest-modules $(TESTED)
+	$(PYTEST) $(TESTED)
 
 test-fast: lint
-	$(PY) -m pytest -q --doctest-modules -m "not slow" $(TESTED)
+	$(PYTEST) -m "not slow" $(TESTED)
 
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.graph_zoo

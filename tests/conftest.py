@@ -30,3 +30,8 @@ def postgres_cluster() -> Iterator[str]:
 def mlflow_server_url(tmp_path: Path) -> Iterator[str]:
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts") as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: under pytest-xdist the long ones then start early instead of ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

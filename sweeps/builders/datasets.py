@@ -22,10 +22,12 @@ its file list, sizes and modification times, for the base network's cache key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,20 +39,27 @@ def mnist1d_tensors(seed: int = 42, num_samples: int = 5000, train_split: float 
 
     Uses ``make_dataset``, which builds the data in a few seconds from templates shipped with
     the package; ``get_dataset`` is avoided because it tries a download and unpickles a file.
+    The generated arrays are kept for the process (every trial of a study asks for the same
+    data); each call returns tensors of its own.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.seed, args.num_samples, args.train_split = seed, num_samples, train_split
-    data = make_dataset(args)
-    as_x = lambda a: torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
-    as_y = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
+    data = _generated(seed, num_samples, train_split)
+    as_x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
+    as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
     return {
         "x_train": as_x(data["x"]),
         "y_train": as_y(data["y"]),
         "x_test": as_x(data["x_test"]),
         "y_test": as_y(data["y_test"]),
     }
+
+
+@functools.lru_cache(maxsize=4)
+def _generated(seed: int, num_samples: int, train_split: float) -> dict[str, Any]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed, args.num_samples, args.train_split = seed, num_samples, train_split
+    return make_dataset(args)
 
 
 def mnist1d(num_samples: int = 5000, train_split: float = 0.8, seed: int = 42) -> dict[str, torch.Tensor]:

@@ -215,7 +215,13 @@ def canonical(g: ChannelGraph) -> tuple:
     return entries, units, g.param_shapes
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES) + ["resnet18", "densenet121", "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        *ARCHITECTURES,
+        *(pytest.param(n, marks=pytest.mark.slow) for n in ("resnet18", "densenet121", "shufflenet_v2_x0_5")),
+    ],
+)
 def test_the_graph_updated_after_a_surgery_equals_a_fresh_analysis(name):
     model, example = ARCHITECTURES[name]() if name in ARCHITECTURES else torchvision_model(name)
     model.eval()

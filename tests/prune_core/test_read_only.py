@@ -47,6 +47,7 @@ def test_small_architectures_are_left_as_they_were(name, train):
     check_read_only(mixed_state(model, train), example)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION_ZOO)
 def test_torchvision_models_are_left_as_they_were(name):
     model, example = torchvision_model(name)

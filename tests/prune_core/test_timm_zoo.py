@@ -26,6 +26,7 @@ pytest.importorskip("timm")
 REFUSED = {"nfnet": "torch.conv2d"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(TIMM_FAMILIES))
 def test_timm_family_is_left_as_it_was_and_prunes_exactly(family):
     model, example = timm_model(TIMM_FAMILIES[family])

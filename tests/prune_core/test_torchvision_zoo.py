@@ -13,6 +13,7 @@ models = pytest.importorskip("torchvision.models")
 RENORMALISING = {"convnext_tiny"}  # LayerNorm over channels: exact zero-equivalence does not hold
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION_ZOO)
 def test_torchvision_model_prunes_correctly(name):
     model, example = torchvision_model(name)

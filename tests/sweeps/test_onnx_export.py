@@ -81,6 +81,7 @@ def test_latency_is_a_median_with_its_spread():
     assert timing.median_ms > 0 and timing.spread >= 0 and timing.stable == (timing.spread < 0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -48,6 +48,7 @@ def test_a_trial_the_pruner_stops_ends_pruned_with_a_finished_tagged_run_and_usa
     assert kept["iteration"].tolist() == [1] and kept["checkpoint"].tolist() == ["checkpoints/pruned_iteration_001.pt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -165,6 +165,7 @@ def test_the_image_folder_group_reads_lazily_with_the_configured_transforms(fold
     assert tuple(x.shape) == (3, 28, 28) and y == 0 and -1.0 <= float(x.min()) < float(x.max()) <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "breakage,message",
     [
@@ -195,6 +196,7 @@ def test_a_broken_image_folder_is_refused_before_any_training(tmp_path, breakage
     assert not (tmp_path / ".cache").exists(), "nothing was trained"
 
 
+@pytest.mark.slow
 def test_a_num_classes_that_disagrees_with_the_data_is_refused(folder, tmp_path):
     result = run_app(
         tmp_path, "data=image_folder", f"data.root={folder}", "model=timm", "model.num_classes=5", check=False
@@ -224,6 +226,7 @@ def test_the_folder_identity_follows_the_file_list(tmp_path):
     assert folder_identity(str(copy)) != before
 
 
+@pytest.mark.slow
 def test_custom_data_as_datasets_and_loaders(tmp_path):
     run_app(
         tmp_path,
