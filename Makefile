@@ -34,7 +34,7 @@ lint: $(VENV)/.installed-test
 
 # pytest-xdist workers; the app's processes they start are CPU-bound, so one torch thread each.
 WORKERS ?= 4
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) --doctest-modules
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) --dist worksteal --doctest-modules
 
 test: lint
 	$(PYTEST) $(TESTED)

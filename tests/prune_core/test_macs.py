@@ -140,7 +140,6 @@ def test_macs_reduction_as_a_study_objective_and_constraint(tmp_path):
         "sweep.directions=[maximize,maximize]",
         "+sweep.constraints.macs_reduction=0.25",
         "hydra.sweeper.n_trials=2",
-        "tracking.log_model=false",
         multirun=True,
     )
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

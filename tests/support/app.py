@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from optuna_sweep import creation_lock
 
 ROOT = Path(__file__).resolve().parents[2]
-# Small data, a short base training, a short pruning: each job takes a few seconds.
-FAST = [
+# Small data, a short base training, a short pruning: each job takes a few seconds. FAST_WITH_MODEL also
+# logs the returned network as an MLflow model (about a second a trial): for the tests that read it back.
+FAST_WITH_MODEL = [
     "data.num_samples=800",
     "base.training.max_epochs=3",
     "pruning.goal=0.3",
@@ -32,6 +33,7 @@ FAST = [
     "export.onnx=false",
     "export.latency=false",
 ]
+FAST = [*FAST_WITH_MODEL, "tracking.log_model=false"]
 # replaces the default search space (hydra.sweeper.params) by two dimensions given on the command line
 FAST_SEARCH = [
     "hydra.sweeper.params=null",

@@ -117,7 +117,6 @@ def test_a_study_on_measured_latency_logs_the_export_and_draws_the_latency_front
         "sweep.objectives=[validation_accuracy,latency_ms]",
         "sweep.directions=[maximize,minimize]",
         "hydra.sweeper.n_trials=2",
-        "tracking.log_model=false",
         multirun=True,
     )
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -170,7 +169,6 @@ def test_an_export_outside_its_tolerance_is_reported_and_the_trial_completes(tmp
         "sweep.objectives=[latency_ms]",
         "sweep.directions=[minimize]",
         "hydra.sweeper.n_trials=1",
-        "tracking.log_model=false",
         multirun=True,
     )
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

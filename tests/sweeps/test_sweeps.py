@@ -11,7 +11,17 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis import choose, load_experiment, pareto_front
-from tests.support.app import FAST, FAST_SEARCH, LONG, finish, run_app, running_trial_runs, start_app, wait_for
+from tests.support.app import (
+    FAST,
+    FAST_SEARCH,
+    FAST_WITH_MODEL,
+    LONG,
+    finish,
+    run_app,
+    running_trial_runs,
+    start_app,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +41,7 @@ def study(tmp_path: Path, name: str = "taylorprune", storage: str | None = None)
 
 
 def test_single_run_logs_everything_and_caches_the_base(tmp_path):
-    out = run_app(tmp_path, *FAST).stdout
+    out = run_app(tmp_path, *FAST_WITH_MODEL).stdout
     assert "Compressed network has" in out and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in out
     client = store(tmp_path)
     (run,) = runs(client)
@@ -64,7 +74,7 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
 
 
 def test_study_resumes_and_continues_trial_numbers(tmp_path):
-    args = [*FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=2"]
+    args = [*FAST_WITH_MODEL, *FAST_SEARCH, "hydra.sweeper.n_trials=2"]
     run_app(tmp_path, *args, multirun=True)
     out = run_app(tmp_path, *args, multirun=True).stdout
     assert "#/experiments/1/runs" in out
