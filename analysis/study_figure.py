@@ -4,9 +4,10 @@
 study's own run callback, so that it runs after that one has ended the run). When a study
 invocation ends, it finds that invocation's parent run (tags ``taylorprune.role=study`` and
 ``taylorprune.sweep_dir``), reads the experiment back as the analysis does (``load_experiment``)
-and logs ``pareto_front.png`` there. An experiment with no pruning iteration yet draws nothing
-(a warning says so); any other failure is a failure: the line names it, the study run is tagged
-``taylorprune.front_figure = failed: <why>``, and the command exits non-zero.
+and logs ``pareto_front.png`` there. An experiment with no pruning iteration yet, or without
+validation accuracy (no validation data), draws nothing (a warning says so); any other failure is
+a failure: the line names it, the study run is tagged ``taylorprune.front_figure = failed: <why>``,
+and the command exits non-zero.
 
     hydra:
       callbacks:
@@ -31,6 +32,7 @@ from sweeps import layout
 
 log = logging.getLogger(__name__)
 FIGURE = "pareto_front.png"
+METRIC = "validation_accuracy"  # the front's y axis
 
 
 def study_run_id(client: MlflowClient, experiment: str, sweep_dir: str) -> str:
@@ -63,11 +65,9 @@ class StudyFrontFigure(Callback):
         try:
             run_id = study_run_id(client, self.tracking.experiment, str(config.hydra.sweep.dir))
             table = load_experiment(self.tracking.experiment, uri).table
-            if table.empty:
-                log.warning(
-                    f"Pareto-front figure not drawn: experiment {self.tracking.experiment!r} has no "
-                    "pruning iteration yet"
-                )
+            if table.empty or METRIC not in table:
+                why = "no pruning iteration yet" if table.empty else f"no {METRIC} (no validation data)"
+                log.warning(f"Pareto-front figure not drawn: experiment {self.tracking.experiment!r} has {why}")
                 return
             client.log_figure(run_id, front_figure(table, pareto_front(table)), FIGURE)
         except Exception as exc:

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from optuna_sweep import creation_lock
 
 ROOT = Path(__file__).resolve().parents[2]
-# Small data, a short base training, a short pruning: each job takes a few seconds. FAST_WITH_MODEL also
-# logs the returned network as an MLflow model (about a second a trial): for the tests that read it back.
-FAST_WITH_MODEL = [
+# Small data, a short base training, a short pruning: each job takes a few seconds. FAST leaves out the
+# two slowest things a study logs, the MLflow model (about a second a trial) and the study's front figure
+# (a second or two a study); FAST_LOGGING_ALL keeps them, for the tests that read them back.
+FAST_LOGGING_ALL = [
     "data.num_samples=800",
     "base.training.max_epochs=3",
     "pruning.goal=0.3",
@@ -33,7 +34,7 @@ FAST_WITH_MODEL = [
     "export.onnx=false",
     "export.latency=false",
 ]
-FAST = [*FAST_WITH_MODEL, "tracking.log_model=false"]
+FAST = [*FAST_LOGGING_ALL, "tracking.log_model=false", "~hydra.callbacks.front_figure"]
 # replaces the default search space (hydra.sweeper.params) by two dimensions given on the command line
 FAST_SEARCH = [
     "hydra.sweeper.params=null",

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from analysis import choose, load_experiment, pareto_front
 from tests.support.app import (
     FAST,
+    FAST_LOGGING_ALL,
     FAST_SEARCH,
-    FAST_WITH_MODEL,
     LONG,
     finish,
     run_app,
@@ -41,7 +41,7 @@ def study(tmp_path: Path, name: str = "taylorprune", storage: str | None = None)
 
 
 def test_single_run_logs_everything_and_caches_the_base(tmp_path):
-    out = run_app(tmp_path, *FAST_WITH_MODEL).stdout
+    out = run_app(tmp_path, *FAST_LOGGING_ALL).stdout
     assert "Compressed network has" in out and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in out
     client = store(tmp_path)
     (run,) = runs(client)
@@ -74,7 +74,7 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
 
 
 def test_study_resumes_and_continues_trial_numbers(tmp_path):
-    args = [*FAST_WITH_MODEL, *FAST_SEARCH, "hydra.sweeper.n_trials=2"]
+    args = [*FAST_LOGGING_ALL, *FAST_SEARCH, "hydra.sweeper.n_trials=2"]
     run_app(tmp_path, *args, multirun=True)
     out = run_app(tmp_path, *args, multirun=True).stdout
     assert "#/experiments/1/runs" in out
