@@ -20,15 +20,22 @@ Both run the model read-only: eval mode, no gradients, every buffer and mode res
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from prune_core.channels.example import ExampleInput
 from prune_core.channels.preserve import preserved
 
+if TYPE_CHECKING:
+    from torch.utils.flop_counter import FlopCounterMode
+
 
 def _counted(model: nn.Module, example) -> tuple[FlopCounterMode, int]:
+    # imported here: torch.utils.flop_counter loads triton, about 0.3 s that importing prune_core need not pay
+    from torch.utils.flop_counter import FlopCounterMode
+
     example = ExampleInput.of(example)
     counter = FlopCounterMode(display=False)
     with preserved(model), torch.no_grad():
