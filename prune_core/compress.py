@@ -258,13 +258,14 @@ class _Compression:
         example: tuple[torch.Tensor, ...],
         source: DataSource,
         validation: DataSource | None,
-        loss_fn: Callable[..., torch.Tensor],
+        loss_fn: LossFn,
         options: TrainingOptions,
         settings: PruningOptions,
         generator: torch.Generator,
     ) -> None:
         self.prunable, self.example, self.source, self.validation = prunable, example, source, validation
         self.loss_fn, self.options, self.settings, self.generator = loss_fn, options, settings, generator
+        self.device = options.torch_device()
         model, graph = prunable.model, prunable.graph
         self.by_macs = settings.budget == "macs"
         macs = count_macs(model, example)
@@ -328,7 +329,7 @@ class _Compression:
             return _Stop(StopReason.MACS_GOAL if self.by_macs else StopReason.GOAL, current=True)
         if self.asked:  # iteration_fn asked to stop after the last iteration, which was kept
             return _Stop(StopReason.OUTPUT_FN, current=True)
-        options, prunable, device = self.options, self.prunable, self.options.torch_device()
+        options, prunable = self.options, self.prunable
         self.iteration += 1
         self.timing, self.chosen, self.pruned = {}, [], False
         if prunable.needs_gradients:
@@ -340,7 +341,7 @@ class _Compression:
                 limit=self.score_iterations,
                 loader_options=options.loader_options,
             )
-            finite = prunable.score_batches(scoring, self.loss_fn, device)
+            finite = prunable.score_batches(scoring, self.loss_fn, self.device)
             self.timing["scoring_s"] = time.perf_counter() - started
             if not finite:
                 return _Stop(StopReason.DIVERGED, current=False)
