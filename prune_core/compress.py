@@ -3,7 +3,8 @@
 Each pruning iteration scores the filters on ``num_importance_score_iterations`` mini-batches,
 removes the lowest-scoring ones across all groups until at least ``increment`` of the
 *original* learnables is gone (or nothing more can go: every layer keeps a filter), rebuilds
-the optimizer, fine-tunes with ``options``, validates and checkpoints. It stops when
+the optimizer, fine-tunes with ``options``, validates and checkpoints (in the background, one
+write in flight; ``compress_network`` returns once every checkpoint is written). It stops when
 
 - the learnables reduction reaches ``goal`` -> "Learnables reduction goal reached."; with
   ``budget="macs"``, goal and increment count MACs per example (``count_macs`` on the first
@@ -55,7 +56,8 @@ from typing import Any, Unpack, overload
 import torch
 from torch import nn
 
-from prune_core.channels import count_macs, save_pruned
+from prune_core.channels import count_macs
+from prune_core.checkpoint_writer import CheckpointWriter
 from prune_core.finetune import (
     DataSource,
     LossFn,
@@ -229,8 +231,10 @@ def compress_network(
         flops_weight=settings.flops_weight,
     )
     prunable.require_prunable()
-    loop = _Compression(prunable, example, source, validation, loss_fn, options, settings, generator)
-    returned, returned_row, stop = loop.run()
+    with CheckpointWriter(settings.checkpoint_fn) as writer:
+        loop = _Compression(prunable, example, source, validation, loss_fn, options, settings, generator, writer)
+        returned, returned_row, stop = loop.run()
+    loop.record.checkpointed(writer.written, writer.waited)
     return returned, loop.record.finish(
         returned, stop, returned_row, figure_metric=_figure_metric(settings, options), plots_path=settings.plots_path
     )
@@ -262,9 +266,11 @@ class _Compression:
         options: TrainingOptions,
         settings: PruningOptions,
         generator: torch.Generator,
+        writer: CheckpointWriter,
     ) -> None:
         self.prunable, self.example, self.source, self.validation = prunable, example, source, validation
         self.loss_fn, self.options, self.settings, self.generator = loss_fn, options, settings, generator
+        self.writer = writer
         self.device = options.torch_device()
         model, graph = prunable.model, prunable.graph
         self.by_macs = settings.budget == "macs"
@@ -372,8 +378,8 @@ class _Compression:
         threshold = self.settings.validation_threshold
         if threshold is not None and _crossed(outcome.validation, threshold, options):
             return _Stop(StopReason.THRESHOLD, current=False)
-        self._checkpoint()
         self.kept, self.kept_row = copy.deepcopy(self.model), len(self.record.rows) - 1
+        self._checkpoint()
         return None
 
     def _record_row(self, validation: dict[str, Any] | None) -> None:
@@ -388,15 +394,13 @@ class _Compression:
         )
 
     def _checkpoint(self) -> None:
+        """Hand the network just kept (a copy the loop never changes) to the background writer."""
         settings = self.settings
         if settings.checkpoint_path is None or self.iteration % settings.checkpoint_frequency:
             return
-        started = time.perf_counter()
         path = Path(settings.checkpoint_path) / checkpoint_name(self.iteration)
-        save_pruned(
-            self.model, path, extra={k: v for k, v in self.record.rows[-1].items() if not k.startswith("channels[")}
-        )
-        self.record.checkpointed(path, started)
+        row = {k: v for k, v in self.record.rows[-1].items() if not k.startswith("channels[")}
+        self.writer.write(self.kept, path, extra=row)
 
     def _interrupted(self) -> _Stop:
         """Ctrl-C: before this iteration's surgery is done, the last kept network; after it, the network

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, TypedDict
 
 from prune_core.checks import check_number, is_number
@@ -63,6 +64,9 @@ class PruningOptions:
         checkpoint_path: an existing folder that receives a checkpoint every
             ``checkpoint_frequency`` iterations; None writes none.
         checkpoint_frequency: a positive integer.
+        checkpoint_fn: called with each checkpoint's path once the file is complete, on the thread
+            that writes checkpoints in the background (the loop does not wait for it); an error it
+            raises fails the run.
         verbosity: "summary" (a progress bar and the summary), "pruning" (a line per iteration),
             "training" (and fine-tuning progress) or "off".
         plots: "none" or "pruning-progress" (a figure in ``PruningInfo.figure``).
@@ -88,6 +92,7 @@ class PruningOptions:
     verify: bool = True
     checkpoint_path: str | os.PathLike[str] | None = None
     checkpoint_frequency: int = 1
+    checkpoint_fn: Callable[[Path], None] | None = None
     verbosity: str = "summary"
     plots: str = "none"
     plots_path: str | os.PathLike[str] | None = None
@@ -117,8 +122,10 @@ class PruningOptions:
                 raise ValueError(
                     "plots='pruning-progress' needs matplotlib: pip install matplotlib, or use plots='none'"
                 ) from exc
-        if self.iteration_fn is not None and not callable(self.iteration_fn):
-            raise TypeError(f"iteration_fn must be callable, got {type(self.iteration_fn).__name__}")
+        for name in ("iteration_fn", "checkpoint_fn"):
+            function = getattr(self, name)
+            if function is not None and not callable(function):
+                raise TypeError(f"{name} must be callable or None, got {type(function).__name__}")
 
     def score_iterations(self, batches: int) -> int:
         """Mini-batches to score before each removal, with ``batches`` per epoch of training data."""
@@ -157,6 +164,7 @@ class PruningKeywords(TypedDict, total=False):
     verify: bool
     checkpoint_path: str | os.PathLike[str] | None
     checkpoint_frequency: int
+    checkpoint_fn: Callable[[Path], None] | None
     verbosity: str
     plots: str
     plots_path: str | os.PathLike[str] | None

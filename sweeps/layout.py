@@ -42,6 +42,8 @@ PRUNED = "taylorprune.pruned"
 ONNX, LATENCY_SOURCE = "taylorprune.onnx", "taylorprune.latency_source"
 FRONT_FIGURE = "taylorprune.front_figure"
 JOB_ROLES = ("trial", "single")
+# The experiment's kind: the MLflow UI opens it on "Model training", not on its GenAI pages.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 HYDRA_DIR, CONFIG = "hydra", "hydra/config.yaml"
 TABLES = ("pruning_history", "training_history", "validation_history")

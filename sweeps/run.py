@@ -102,7 +102,11 @@ def _run_job(cfg: DictConfig):
         plots_path = output_dir / "pruning_progress.png" if cfg.pruning.plots != "none" else None
         reported = None if trial is None else IntermediateValues(trial, cfg.sweep.objectives[0], then=live)
         settings = pruning_options(
-            cfg, checkpoint_path=checkpoints, plots_path=plots_path, iteration_fn=live if reported is None else reported
+            cfg,
+            checkpoint_path=checkpoints,
+            checkpoint_fn=live.checkpoint,
+            plots_path=plots_path,
+            iteration_fn=live if reported is None else reported,
         )
         pruned, info = compress_network(base, data.train, cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED
@@ -112,7 +116,6 @@ def _run_job(cfg: DictConfig):
             info,
             pruned,
             output_dir,
-            checkpoints,
             data.example(),
             live,
             log_model=cfg.tracking.log_model and not interrupted,

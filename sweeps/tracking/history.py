@@ -1,14 +1,15 @@
 """Everything a finished pruning run logs, and each pruning iteration as it happens.
 
-- ``LiveLog``: each pruning iteration's ``pruning/...`` metrics logged asynchronously as it
-  happens, so a long trial shows in the UI while it runs;
+- ``LiveLog``: each pruning iteration's ``pruning/...`` metrics (step = iteration) logged
+  asynchronously as it happens, and each checkpoint as the background writer finishes it, so a
+  long trial shows in the UI while it runs and pruning never waits for MLflow;
 - ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
   values, as single-value metrics named after the study's objectives (``validation_accuracy``,
   ``reduction``, ...: what the MLflow UI's run table shows) and the tag
-  ``taylorprune.returned_iteration``; per pruning iteration (``pruning/...``, step = iteration)
-  and per fine-tuning iteration (step = iteration) history metrics, in batches of at most 1000;
-  the three history tables (``mlflow.load_table``-able JSON), the Hydra config, every
-  checkpoint, the progress plot and the final model (``mlflow.pytorch`` flavour, named
+  ``taylorprune.returned_iteration``; per fine-tuning iteration (step = iteration) history
+  metrics, in batches of at most 1000;
+  the three history tables (``mlflow.load_table``-able JSON), the Hydra config, the
+  progress plot and the final model (``mlflow.pytorch`` flavour, named
   ``trial-<N>`` in a study and linked to the returned iteration's step; and the safe format);
 - ``log_deployment``: the returned network's export and latency.
 
@@ -73,10 +74,11 @@ def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
 
 class LiveLog:
     """Logs each pruning iteration as it is recorded (``compress_network(iteration_fn=...)``), with MLflow's
-    asynchronous logging: the UI shows a trial while it runs, and pruning stays off the wait.
+    asynchronous logging, and each checkpoint as it is written (``checkpoint_fn=live.checkpoint``, on
+    the background writer's thread): the UI shows a trial while it runs, and pruning stays off the wait.
 
     >>> live = LiveLog(MlflowClient(uri), run.info.run_id)                   # doctest: +SKIP
-    >>> pruned, info = compress_network(..., iteration_fn=live)              # doctest: +SKIP
+    >>> pruned, info = compress_network(..., iteration_fn=live, checkpoint_fn=live.checkpoint)  # doctest: +SKIP
     >>> live.flush()                                                         # doctest: +SKIP
     """
 
@@ -86,6 +88,10 @@ class LiveLog:
     def __call__(self, row: dict) -> None:
         metrics = pruning_metrics(row, int(time.time() * 1000))
         self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+    def checkpoint(self, path: Path) -> None:
+        """Log the checkpoint file ``path`` under the run's ``checkpoints`` artifacts."""
+        self.client.log_artifact(self.run_id, str(path), layout.CHECKPOINTS)
 
     def flush(self) -> None:
         """Wait until everything logged so far is stored."""
@@ -127,16 +133,15 @@ def log_pruning(
     info: PruningInfo,
     pruned: nn.Module,
     output_dir: Path,
-    checkpoints: Path | None,
     example: torch.Tensor,
-    live: LiveLog | None = None,
+    live: LiveLog,
     log_model: bool = True,
 ) -> None:
     """Everything of a finished pruning run (see the module docstring); ``live``: the pruning metrics
-    already logged as they happened (waited for here); ``log_model``: also the ``mlflow.pytorch`` model."""
+    and checkpoints already logged as they happened (waited for here); ``log_model``: also the
+    ``mlflow.pytorch`` model."""
     client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
-    if live is not None:
-        live.flush()
+    live.flush()
     params = as_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     for start in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[start : start + PARAM_BATCH], synchronous=True)
@@ -149,7 +154,7 @@ def log_pruning(
         "macs",
         *(c for c in info.pruning_history.columns if c.startswith("validation_")),
     ]
-    _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info, pruning=live is None))
+    _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info, pruning=False))
     client.set_tag(run_id, layout.STOP_REASON, info.stop_reason)
     client.set_tag(run_id, layout.RETURNED_ITERATION, str(info.returned_iteration))
     for name in layout.TABLES:
@@ -158,8 +163,6 @@ def log_pruning(
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
         client.log_artifacts(run_id, str(hydra_dir), layout.HYDRA_DIR)
-    if checkpoints is not None and any(checkpoints.iterdir()):
-        client.log_artifacts(run_id, str(checkpoints), layout.CHECKPOINTS)
     if (output_dir / "pruning_progress.png").is_file():  # already drawn by compress_network
         client.log_artifact(run_id, str(output_dir / "pruning_progress.png"))
     elif info.figure is not None:

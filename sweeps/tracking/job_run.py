@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import mlflow
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from optuna_sweep.sweeper import TRIAL_ENV
@@ -21,6 +22,7 @@ from optuna_sweep.workers import this_worker
 from sweeps import layout
 from sweeps.process import interrupts
 from sweeps.tracking.reaping import worker_tag
+from sweeps.tracking.store import experiment_id
 from sweeps.tracking.study_run import STUDY_RUN_ENV
 
 
@@ -41,7 +43,7 @@ def _trial_tags(cfg: DictConfig) -> tuple[dict[str, str], str | None]:
 def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     """The MLflow run of one job; FAILED if the job raises, KILLED on Ctrl-C."""
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(cfg.tracking.experiment)
+    mlflow.set_experiment(experiment_id=experiment_id(MlflowClient(uri), cfg.tracking.experiment))
     tags, parent = _trial_tags(cfg)
     tags[layout.WORKER] = worker_tag(this_worker())
     if layout.TRIAL in tags:

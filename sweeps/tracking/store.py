@@ -2,7 +2,8 @@
 
 - ``open_store(uri, label)``: ``layout.check_reachable`` for a writer, then an embedded (sqlite)
   store's schema created under a lock, so many workers starting at once never race on it;
-- ``experiment_id(client, name)``: the experiment, created by whichever worker gets there first;
+- ``experiment_id(client, name)``: the experiment, created by whichever worker gets there first,
+  and tagged as model training (``layout.EXPERIMENT_KIND``);
 - ``as_params(mapping)``: MLflow params, each value cut to MLflow's 6000 characters.
 
 >>> [(p.key, p.value) for p in as_params({"a": "x" * 7000})] == [("a", "x" * 6000)]
@@ -37,14 +38,16 @@ def as_params(values: Mapping[str, str]) -> list[Param]:
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if absent (by whichever of several workers gets there first)."""
+    """The id of experiment ``name``, created if absent (by whichever of several workers gets there first),
+    tagged ``mlflow.experimentKind=custom_model_development`` unless it already says what it is."""
     existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # created by another worker in the meantime
-        existing = client.get_experiment_by_name(name)
-        if existing is None:
-            raise
-        return existing.experiment_id
+    if existing is None:
+        try:
+            return client.create_experiment(name, tags={layout.EXPERIMENT_KIND: layout.MODEL_TRAINING})
+        except MlflowException:  # created by another worker in the meantime
+            existing = client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+    if layout.EXPERIMENT_KIND not in existing.tags:  # made before the tag, or by someone else
+        client.set_experiment_tag(existing.experiment_id, layout.EXPERIMENT_KIND, layout.MODEL_TRAINING)
+    return existing.experiment_id

@@ -48,6 +48,8 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
     run_id = run.info.run_id
     mlflow.set_experiment("taylorprune")
     assert run.info.status == "FINISHED" and run.data.tags["taylorprune.role"] == "single"
+    kind = client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development", "the UI opens the experiment on model training"
     assert run.info.run_name == "reference_cnn1d on mnist1d, goal 0.3"
     params = run.data.params
     assert params["pruning.goal"] == "0.3" and params["model._target_"] == "sweeps.builders.models.reference_cnn1d"

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from prune_core import PruningInfo
 from sweeps import layout
 from sweeps.tracking import history as tracking_history
+from sweeps.tracking.store import experiment_id
 
 
 def fake_history(steps: int) -> PruningInfo:
@@ -89,3 +90,16 @@ def test_the_app_and_the_analysis_honour_mlflow_tracking_uri_alike(tmp_path, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert layout.tracking_uri(None) == "http://tracking.example:5000"  # one resolution for writer and reader
     assert layout.tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
+
+
+def test_experiments_are_tagged_as_model_training_new_or_old_but_never_retagged(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    new = client.get_experiment(experiment_id(client, "new"))
+    old = client.get_experiment(client.create_experiment("old"))
+    assert layout.EXPERIMENT_KIND not in old.tags
+    experiment_id(client, "old")
+    client.create_experiment("genai", tags={layout.EXPERIMENT_KIND: "genai_development"})
+    experiment_id(client, "genai")
+    kinds = {name: client.get_experiment_by_name(name).tags[layout.EXPERIMENT_KIND] for name in ("new", "old", "genai")}
+    assert kinds == {"new": "custom_model_development", "old": "custom_model_development", "genai": "genai_development"}
+    assert new.tags[layout.EXPERIMENT_KIND] == "custom_model_development"
