@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -97,8 +98,8 @@ def _run_job(cfg: DictConfig):
     checkpoints = output_dir / "checkpoints" if cfg.tracking.log_checkpoints else None
     if checkpoints is not None:
         checkpoints.mkdir(parents=True, exist_ok=True)
-    with job_run(uri, cfg) as run:
-        live = LiveLog(MlflowClient(uri), run.info.run_id)
+    with job_run(uri, cfg) as run, LiveLog(MlflowClient(uri), run.info.run_id) as live:
+        options = replace(options, output_fn=live.fine_tuning_step)
         plots_path = output_dir / "pruning_progress.png" if cfg.pruning.plots != "none" else None
         reported = None if trial is None else IntermediateValues(trial, cfg.sweep.objectives[0], then=live)
         settings = pruning_options(

@@ -1,13 +1,13 @@
 """Everything a finished pruning run logs, and each pruning iteration as it happens.
 
-- ``LiveLog``: each pruning iteration's ``pruning/...`` metrics (step = iteration) logged
-  asynchronously as it happens, and each checkpoint as the background writer finishes it, so a
-  long trial shows in the UI while it runs and pruning never waits for MLflow;
+- ``LiveLog``: each fine-tuning iteration's ``train/...`` metrics (step = fine-tuning iteration)
+  and each pruning iteration's ``pruning/...`` metrics (step = pruning iteration), logged on a
+  thread of their own as they happen, and each checkpoint as the background writer finishes it,
+  so a long trial shows in the UI while it runs and pruning never waits for MLflow;
 - ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
   values, as single-value metrics named after the study's objectives (``validation_accuracy``,
   ``reduction``, ...: what the MLflow UI's run table shows) and the tag
-  ``taylorprune.returned_iteration``; per fine-tuning iteration (step = iteration) history
-  metrics, in batches of at most 1000;
+  ``taylorprune.returned_iteration``; each validation's ``validation/...`` metrics;
   the three history tables (``mlflow.load_table``-able JSON), the Hydra config, the
   progress plot and the final model (``mlflow.pytorch`` flavour, named
   ``trial-<N>`` in a study and linked to the returned iteration's step; and the safe format);
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from sweeps.tracking.store import as_params
 
 log = logging.getLogger(__name__)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
+COUNTERS = ("pruning_iteration", "epoch", "iteration", "time_s")  # the history's columns that are not metrics
 PARAM_BATCH = 100
 
 
@@ -56,7 +58,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 def _metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
     for start in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[start : start + BATCH], synchronous=True)
+        client.log_batch(run_id, metrics=metrics[start : start + BATCH])
 
 
 def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
@@ -72,51 +74,88 @@ def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
     return [Metric(f"pruning/{k}", float(row[k]), timestamp, int(row["iteration"])) for k in keys if k in row]
 
 
-class LiveLog:
-    """Logs each pruning iteration as it is recorded (``compress_network(iteration_fn=...)``), with MLflow's
-    asynchronous logging, and each checkpoint as it is written (``checkpoint_fn=live.checkpoint``, on
-    the background writer's thread): the UI shows a trial while it runs, and pruning stays off the wait.
+def step_metrics(prefix: str, row: dict, timestamp: int) -> list[Metric]:
+    """One fine-tuning iteration's (or validation's) ``<prefix>/...`` metrics (step = fine-tuning iteration)."""
+    step = int(row["iteration"])
+    return [
+        Metric(f"{prefix}/{key}", float(value), timestamp, step)
+        for key, value in row.items()
+        if key not in COUNTERS and not key.startswith("validation_")
+    ]
 
-    >>> live = LiveLog(MlflowClient(uri), run.info.run_id)                   # doctest: +SKIP
-    >>> pruned, info = compress_network(..., iteration_fn=live, checkpoint_fn=live.checkpoint)  # doctest: +SKIP
-    >>> live.flush()                                                         # doctest: +SKIP
+
+class LiveLog:
+    """Logs each fine-tuning iteration (``TrainingOptions(output_fn=live.fine_tuning_step)``) and each
+    pruning iteration (``compress_network(iteration_fn=live)``) as they happen, on a thread of its own,
+    and each checkpoint as it is written (``checkpoint_fn=live.checkpoint``, on the background writer's
+    thread): the UI shows a trial's curves while it runs, and pruning never waits for the store.
+    Fine-tuning rows are sent in one batch per pruning iteration.
+
+    Its own thread rather than MLflow's asynchronous logging: MLflow's queue polls with a one-second
+    timeout, so ending a run that used it waits up to a second (half a second per trial on average).
+
+    >>> with LiveLog(MlflowClient(uri), run.info.run_id) as live:            # doctest: +SKIP
+    ...     options = replace(options, output_fn=live.fine_tuning_step)
+    ...     pruned, info = compress_network(..., iteration_fn=live, checkpoint_fn=live.checkpoint)
+    ...     live.flush()                         # stored; a failed write raises here
     """
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id, self.pending = client, run_id, []
+        self.client, self.run_id = client, run_id
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taylorprune-live-log")
+        self._pending: list[Future[None]] = []
+        self._steps: list[Metric] = []
+
+    def fine_tuning_step(self, state: dict) -> bool:
+        """Keep one fine-tuning iteration's ``train/...`` metrics for the next batch; never asks to stop."""
+        self._steps += step_metrics("train", state, int(time.time() * 1000))
+        return False
 
     def __call__(self, row: dict) -> None:
-        metrics = pruning_metrics(row, int(time.time() * 1000))
-        self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+        self._send(self._steps + pruning_metrics(row, int(time.time() * 1000)))
+        self._steps = []
+
+    def _send(self, metrics: list[Metric]) -> None:
+        for start in range(0, len(metrics), BATCH):
+            chunk = metrics[start : start + BATCH]
+            self._pending.append(self._pool.submit(self.client.log_batch, self.run_id, metrics=chunk))
 
     def checkpoint(self, path: Path) -> None:
         """Log the checkpoint file ``path`` under the run's ``checkpoints`` artifacts."""
         self.client.log_artifact(self.run_id, str(path), layout.CHECKPOINTS)
 
     def flush(self) -> None:
-        """Wait until everything logged so far is stored."""
-        for operation in self.pending:
-            operation.wait()
-        self.pending.clear()
+        """Send what is kept, wait until everything logged so far is stored; raise the first error of a write."""
+        self._send(self._steps)
+        self._steps = []
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.result()
+
+    def __enter__(self) -> LiveLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True)
 
 
-def history_metrics(info: PruningInfo, pruning: bool = True) -> list[Metric]:
-    """Per pruning iteration (``pruning/...``, unless logged live) and per fine-tuning iteration (``train/...``,
-    ``validation/...``) metrics, time-stamped when they happened (from the tables' ``time_s``)."""
+def history_metrics(info: PruningInfo, parts: tuple[str, ...] = ("pruning", "train", "validation")) -> list[Metric]:
+    """The history as metrics, time-stamped when each row happened (from the tables' ``time_s``): per
+    pruning iteration (``pruning/...``) and per fine-tuning iteration (``train/...``, ``validation/...``),
+    of the ``parts`` named (the rest was logged live)."""
     now = int(time.time() * 1000)
     metrics = []
-    if pruning:
+    if "pruning" in parts:
         for row in info.pruning_history.to_dict("records"):
             metrics += pruning_metrics(row, now)
     tables = (("train", info.training_history), ("validation", info.validation_history))
     started = now - int(1000 * max([0.0, *(float(t["time_s"].max()) for _, t in tables if len(t))]))
     for prefix, table in tables:
-        stamps = [started + int(1000 * t) for t in table["time_s"]] if "time_s" in table else [now] * len(table)
-        for column in (c for c in table.columns if c not in ("pruning_iteration", "epoch", "iteration", "time_s")):
-            metrics += [
-                Metric(f"{prefix}/{column}", float(v), stamp, int(step))
-                for v, step, stamp in zip(table[column], table["iteration"], stamps, strict=True)
-            ]
+        if prefix not in parts:
+            continue
+        for row in table.to_dict("records"):
+            stamp = started + int(1000 * row["time_s"]) if "time_s" in row else now
+            metrics += step_metrics(prefix, row, stamp)
     return metrics
 
 
@@ -143,8 +182,12 @@ def log_pruning(
     client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
     live.flush()
     params = as_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tags = [
+        RunTag(layout.STOP_REASON, info.stop_reason),
+        RunTag(layout.RETURNED_ITERATION, str(info.returned_iteration)),
+    ]
     for start in range(0, len(params), PARAM_BATCH):
-        client.log_batch(run_id, params=params[start : start + PARAM_BATCH], synchronous=True)
+        client.log_batch(run_id, params=params[start : start + PARAM_BATCH], tags=tags if start == 0 else [])
     names = [
         *cfg.sweep.objectives,
         *cfg.sweep.constraints,
@@ -154,9 +197,12 @@ def log_pruning(
         "macs",
         *(c for c in info.pruning_history.columns if c.startswith("validation_")),
     ]
-    _metric_batches(client, run_id, result_metrics(info, names) + history_metrics(info, pruning=False))
-    client.set_tag(run_id, layout.STOP_REASON, info.stop_reason)
-    client.set_tag(run_id, layout.RETURNED_ITERATION, str(info.returned_iteration))
+    _metric_batches(client, run_id, result_metrics(info, names))
+    if log_model:  # before the fine-tuning history: linked to its pruning iteration's metrics, not to
+        # the fine-tuning step that happens to share the number, and MLflow reads back only those
+        trial = run.data.tags.get(layout.TRIAL)
+        log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
+    _metric_batches(client, run_id, history_metrics(info, parts=("validation",)))
     for name in layout.TABLES:
         table: pd.DataFrame = getattr(info, name)
         mlflow.log_table(table, artifact_file=layout.table(name), run_id=run_id)
@@ -169,9 +215,6 @@ def log_pruning(
         client.log_figure(run_id, info.figure, "pruning_progress.png")
     save_pruned(pruned, output_dir / "pruned.pt", extra={"stop_reason": info.stop_reason})
     client.log_artifact(run_id, str(output_dir / "pruned.pt"), "model_safe")
-    if log_model:
-        trial = run.data.tags.get(layout.TRIAL)
-        log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
 
 
 def log_deployment(run: mlflow.ActiveRun, deployment: Deployment) -> None:

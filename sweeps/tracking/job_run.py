@@ -55,7 +55,6 @@ def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     try:
         yield run
     except BaseException as exc:
-        mlflow.flush_async_logging()
         mlflow.end_run("KILLED" if interrupts.interrupted(exc) else "FAILED")
         raise
     mlflow.end_run("FINISHED")

@@ -103,3 +103,30 @@ def test_experiments_are_tagged_as_model_training_new_or_old_but_never_retagged(
     kinds = {name: client.get_experiment_by_name(name).tags[layout.EXPERIMENT_KIND] for name in ("new", "old", "genai")}
     assert kinds == {"new": "custom_model_development", "old": "custom_model_development", "genai": "genai_development"}
     assert new.tags[layout.EXPERIMENT_KIND] == "custom_model_development"
+
+
+def test_live_log_sends_fine_tuning_steps_with_each_pruning_row_in_batches_of_at_most_1000(tmp_path, monkeypatch):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("live"))
+    calls = []
+    original = MlflowClient.log_batch
+    monkeypatch.setattr(
+        MlflowClient,
+        "log_batch",
+        lambda self, run_id, metrics=(), **kw: (
+            calls.append(len(metrics)) or original(self, run_id, metrics=metrics, **kw)
+        ),
+    )
+    with tracking_history.LiveLog(client, run.info.run_id) as live:
+        for step in range(1, 1201):  # a fine-tuning of 1200 steps, one metric each, then its pruning row
+            assert (
+                live.fine_tuning_step({"pruning_iteration": 1, "epoch": 1, "iteration": step, "loss": 1 / step})
+                is False
+            )
+        live({"iteration": 1, "learnables": 60, "reduction": 0.4})
+        live.fine_tuning_step({"pruning_iteration": 2, "epoch": 1, "iteration": 1201, "loss": 0.0})
+        live.flush()
+        assert calls == [1000, 202, 1], "one batch per pruning row (cut at 1000), the rest on flush"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 1202))
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "pruning/reduction")] == [0.4]
