@@ -85,6 +85,19 @@ def plain_loop(model: nn.Module, loader: DataLoader, device: torch.device, preci
     return steps
 
 
+def fine_tuning_options(device: torch.device, precision: str, **extra) -> TrainingOptions:
+    """The fine-tuning settings both loops share (Adam at 1e-3, ``EPOCHS`` epochs of ``BATCH``), with ``extra``."""
+    return TrainingOptions(
+        "adam",
+        initial_learn_rate=1e-3,
+        max_epochs=EPOCHS,
+        mini_batch_size=BATCH,
+        device=str(device),
+        precision=precision,
+        **extra,
+    )
+
+
 def through_compress(
     model: nn.Module, loader: DataLoader, device: torch.device, precision: str, threads: set[str] | None = None
 ) -> tuple[list[float], nn.Module]:
@@ -96,16 +109,7 @@ def through_compress(
         if threads is not None:
             threads.update(t.name for t in threading.enumerate())
 
-    options = TrainingOptions(
-        "adam",
-        initial_learn_rate=1e-3,
-        max_epochs=EPOCHS,
-        mini_batch_size=BATCH,
-        device=str(device),
-        precision=precision,
-        seed=0,
-        output_fn=seen_threads,
-    )
+    options = fine_tuning_options(device, precision, seed=0, output_fn=seen_threads)
     pruned, info = compress_network(
         model,
         loader,
@@ -130,14 +134,7 @@ def ops_per_step(run, steps: int) -> dict[str, int]:
 def same_work(model: nn.Module, loader: DataLoader, device: torch.device, precision: str) -> str:
     """Whether the fine-tuning loop (``train_network`` runs the one ``compress_network`` runs) calls the
     same operators per step as the plain loop, on the same network: a line for the report."""
-    options = TrainingOptions(
-        "adam",
-        initial_learn_rate=1e-3,
-        max_epochs=EPOCHS,
-        mini_batch_size=BATCH,
-        device=str(device),
-        precision=precision,
-    )
+    options = fine_tuning_options(device, precision)
     steps = EPOCHS * len(loader)
     ours = ops_per_step(lambda: train_network(copy.deepcopy(model), loader, "crossentropy", options), steps)
     plain = ops_per_step(lambda: plain_loop(copy.deepcopy(model), loader, device, precision), steps)

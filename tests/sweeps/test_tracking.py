@@ -44,10 +44,9 @@ def fake_history(steps: int) -> PruningInfo:
     return PruningInfo(pruning, training, validation, ["conv"], "Maximum compression reached.", "", 1)
 
 
-def test_history_metrics_are_logged_in_batches_of_at_most_1000(tmp_path, monkeypatch):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.create_run(client.create_experiment("batches"))
-    calls = []
+def counted_log_batches(monkeypatch) -> list[int]:
+    """The number of metrics in each ``MlflowClient.log_batch`` call from now on (the calls still store them)."""
+    calls: list[int] = []
     original = MlflowClient.log_batch
     monkeypatch.setattr(
         MlflowClient,
@@ -56,6 +55,13 @@ def test_history_metrics_are_logged_in_batches_of_at_most_1000(tmp_path, monkeyp
             calls.append(len(metrics)) or original(self, run_id, metrics=metrics, **kw)
         ),
     )
+    return calls
+
+
+def test_history_metrics_are_logged_in_batches_of_at_most_1000(tmp_path, monkeypatch):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("batches"))
+    calls = counted_log_batches(monkeypatch)
     metrics = tracking_history.history_metrics(fake_history(2500))
     tracking_history._metric_batches(client, run.info.run_id, metrics)
     assert len(metrics) == 2 * 2500 + 2 * 4 + 2  # train loss and learn rate, 4 per pruning row, validation loss
@@ -108,15 +114,7 @@ def test_experiments_are_tagged_as_model_training_new_or_old_but_never_retagged(
 def test_live_log_sends_fine_tuning_steps_with_each_pruning_row_in_batches_of_at_most_1000(tmp_path, monkeypatch):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("live"))
-    calls = []
-    original = MlflowClient.log_batch
-    monkeypatch.setattr(
-        MlflowClient,
-        "log_batch",
-        lambda self, run_id, metrics=(), **kw: (
-            calls.append(len(metrics)) or original(self, run_id, metrics=metrics, **kw)
-        ),
-    )
+    calls = counted_log_batches(monkeypatch)
     with tracking_history.LiveLog(client, run.info.run_id) as live:
         for step in range(1, 1201):  # a fine-tuning of 1200 steps, one metric each, then its pruning row
             assert (
