@@ -13,21 +13,24 @@ Methods:
 - this project (``compress_network(budget="macs")``): ``taylor`` (|activation x gradient|,
   each group's scores over their mean: the default), ``taylor+l2`` (over their L2 norm, Molchanov
   et al. 2017, the default until this benchmark), ``taylor-bn`` (Taylor-FO-BN),
-  ``taylor+uniform`` (every group loses the same share), ``l1`` and ``random``;
+  ``taylor+uniform`` (every group loses the same share), ``l1`` and ``random``; and with the
+  fine-tuning levers: ``taylor+kd`` and ``taylor+uniform+kd`` (distillation from the unpruned
+  network, alpha 0.5, T 4), ``taylor+cosine`` (a cosine learn rate over each fine-tuning);
 - Torch-Pruning (``MetaPruner``, each step the per-layer ratio that reaches the same MACs,
   found by bisection, the classifier ignored): ``tp-l1``, ``tp-l2`` (``MagnitudeImportance``),
   ``tp-taylor`` (``TaylorImportance``, gradients of the same scoring batches), ``tp-group``
   (``GroupMagnitudeImportance``), ``tp-bn`` (``BNScaleImportance``), ``tp-lamp`` and ``tp-fpgm``.
 
 Run: ``python -m benchmarks.criteria_2d [--seeds 0 1 2 3 4] [--methods ...] [--workers 1]
-[--device cpu]``. Writes ``benchmarks/results/criteria_2d.md`` (mean ± sd per level, the
-accuracy at 90% per seed, the target check), ``criteria_2d_runs.csv`` (every step) and the
-figure ``docs/figures/criteria_2d.png`` (accuracy against MACs reduction, per method).
+[--device cpu] [--name criteria_2d]``. Writes ``benchmarks/results/<name>.md`` (mean ± sd per
+level, the accuracy at 90% per seed, the target check), ``<name>_runs.csv`` (every step) and the
+figure ``docs/figures/<name>.png`` (accuracy against MACs reduction, per method).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -36,6 +39,7 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -46,20 +50,25 @@ from torch import nn
 from benchmarks import criteria
 from benchmarks.criteria import accuracy_on_test, at_levels, fine_tuning
 from benchmarks.publish import RESULTS, publish
-from prune_core import TrainingOptions, compress_network, train_network
+from prune_core import Distillation, TrainingOptions, compress_network, train_network
 from prune_core.channels import count_macs
 from sweeps.builders.datasets import digits
 from sweeps.builders.models import small_resnet
 
 LEVELS = (0.5, 0.75, 0.9)
 GOAL, INCREMENT = 0.92, 0.075
-OURS = {
+DISTILLATION = {"distillation": Distillation(alpha=0.5, temperature=4.0)}
+# compress_network's keywords, and under "training" the TrainingOptions fields that differ
+OURS: dict[str, dict[str, Any]] = {
     "taylor": {},
     "taylor+l2": {"normalization": "l2"},
     "taylor-bn": {"criterion": "taylor-bn"},
     "taylor+uniform": {"allocation": "uniform"},
     "l1": {"criterion": "l1"},
     "random": {"criterion": "random"},
+    "taylor+kd": {"training": DISTILLATION},
+    "taylor+uniform+kd": {"allocation": "uniform", "training": DISTILLATION},
+    "taylor+cosine": {"training": {"learn_rate_schedule": "cosine"}},
 }
 THEIRS = {
     "tp-l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -71,7 +80,7 @@ THEIRS = {
     "tp-fpgm": tp.importance.FPGMImportance,
 }
 DEFAULT = "taylor"
-FIGURE = Path(__file__).parent.parent / "docs" / "figures" / "criteria_2d.png"
+FIGURES = Path(__file__).parent.parent / "docs" / "figures"
 
 
 def digits_28(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -101,17 +110,18 @@ def train_base(data: dict, seed: int, device: str) -> nn.Module:
 
 
 def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) -> list[tuple[float, float]]:
+    options = dataclasses.replace(fine_tuning(data, seed, device, epochs=1), **levers.get("training", {}))
     _, info = compress_network(
         base,
         data["x_train"],
         data["y_train"],
         "crossentropy",
-        fine_tuning(data, seed, device, epochs=1),
+        options,
         budget="macs",
         goal=GOAL,
         increment=INCREMENT,
         verbosity="off",
-        **levers,
+        **{k: v for k, v in levers.items() if k != "training"},
     )
     rows = info.pruning_history
     return list(zip(rows["macs_reduction"], rows["validation_accuracy"], strict=True))
@@ -191,14 +201,14 @@ def target_check(records: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_figure(steps: pd.DataFrame) -> None:
+def write_figure(steps: pd.DataFrame, figure: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    figure.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(10, 5))
     shown = steps.assign(fewer_macs=100 * steps["macs_reduction"])  # as measured: one line per method and seed
     sns.lineplot(
@@ -220,7 +230,7 @@ def write_figure(steps: pd.DataFrame) -> None:
     ax.set_ylim(max(0, shown["accuracy"].min() - 5), 100)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(FIGURE, dpi=110)
+    fig.savefig(figure, dpi=110)
     plt.close(fig)
 
 
@@ -261,10 +271,10 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
         "",
         f"Mean run time per method (s): {records.groupby('method', sort=False)['seconds'].mean().round(0).to_dict()}",
         "",
-        f"Figure: `docs/figures/{FIGURE.name}`.",
+        f"Figure: `docs/figures/{args.name}.png`.",
     ]
     publish(args.name, lines)
-    write_figure(steps)
+    write_figure(steps, FIGURES / f"{args.name}.png")
 
 
 def main() -> None:

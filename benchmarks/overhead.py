@@ -19,7 +19,9 @@ backward to the hooked activations only, scores reduced in the gradient hooks) a
 plain training step (forward, backward, Adam step), for the MNIST-1D network (batch 64) and
 torchvision's ResNet-18 (batch 32, 64x64). Time: median of repeated runs; memory: peak bytes
 allocated during the call, from the PyTorch profiler's allocation events. Target: scoring
-<= 1.2x the training step in both.
+<= 1.2x the training step in both. The same for a distilled training step
+(``TrainingOptions(distillation=...)``: the teacher, a frozen copy in eval mode, runs forward
+on the batch too, and the loss adds the tempered KL divergence): the cost of distillation.
 
 Run: ``python -m benchmarks.overhead``. Writes ``benchmarks/results/overhead.md``.
 """
@@ -42,6 +44,7 @@ from benchmarks.criteria import LOSS, make_network
 from benchmarks.publish import publish
 from prune_core import (
     ChannelGraph,
+    Distillation,
     TaylorPrunableNetwork,
     TrainingOptions,
     compress_network,
@@ -175,6 +178,18 @@ def step_versus_scoring(name: str, model: nn.Module, x: torch.Tensor, y: torch.T
         LOSS((model(x),), (y,)).backward()
         optimizer.step()
 
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    distillation = Distillation(alpha=0.5, temperature=4.0)
+
+    def distilled_step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(x)
+        with torch.no_grad():
+            taught = teacher(x)
+        distillation.loss(outputs, taught, LOSS((outputs,), (y,))).backward()
+        optimizer.step()
+
     prunable = TaylorPrunableNetwork(model, x[:2])
 
     def scoring_pass():
@@ -183,6 +198,7 @@ def step_versus_scoring(name: str, model: nn.Module, x: torch.Tensor, y: torch.T
 
     train_step()  # Adam state exists, as in any step after the first
     step_s, score_s = median_seconds(train_step, repeat), median_seconds(scoring_pass, repeat)
+    distilled_s = median_seconds(distilled_step, repeat)
     step_b, score_b = peak_bytes(train_step), peak_bytes(scoring_pass)
     return {
         "network": name,
@@ -193,6 +209,8 @@ def step_versus_scoring(name: str, model: nn.Module, x: torch.Tensor, y: torch.T
         "train step peak (MiB)": step_b / 2**20,
         "scoring peak (MiB)": score_b / 2**20,
         "memory ratio": score_b / step_b,
+        "distilled step (ms)": 1e3 * distilled_s,
+        "distillation ratio": distilled_s / step_s,
     }
 
 
@@ -271,6 +289,18 @@ def main() -> None:
             f"| {c['time ratio']:.2f} | {c['train step peak (MiB)']:.1f} | {c['scoring peak (MiB)']:.1f} "
             f"| {c['memory ratio']:.2f} |"
         )
+    lines += [
+        "",
+        "## What distillation costs: a distilled training step next to a plain one (same batch)",
+        "",
+        "| network | batch | train step (ms) | distilled step (ms) | ratio |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {c['network']} | {c['batch']} | {c['train step (ms)']:.2f} | {c['distilled step (ms)']:.2f} "
+            f"| {c['distillation ratio']:.2f} |"
+            for c in cases
+        ),
+    ]
     publish("overhead", lines)
 
 

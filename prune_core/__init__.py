@@ -34,7 +34,7 @@ from prune_core.channels import (
 )
 from prune_core.checks import check_number, is_number
 from prune_core.compress import compress_network
-from prune_core.finetune import Metric, TrainingInfo, TrainingOptions, train_network
+from prune_core.finetune import Distillation, Metric, TrainingInfo, TrainingOptions, train_network
 from prune_core.importance import CRITERIA, Criterion, register_criterion
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PruningInfo, checkpoint_name
@@ -50,6 +50,7 @@ __all__ = [
     "ChannelGraph",
     "CompressionReport",
     "Criterion",
+    "Distillation",
     "ExampleInputMismatch",
     "Metric",
     "PruningInfo",

@@ -19,6 +19,11 @@ write in flight; ``compress_network`` returns once every checkpoint is written).
   "Stopped by output function.", or Ctrl-C -> "Stopped manually.": the current network is
   returned, history intact.
 
+With ``final_epochs``, the network to be returned is then fine-tuned for that many more epochs
+(unless the run was stopped manually): one more history row, with no filters removed, whose
+iteration is ``PruningInfo.final_iteration``. With ``options.distillation``, every fine-tuning
+learns from the input network as the teacher (a frozen copy, in eval mode).
+
 The input model is not modified: it is copied first. See ``PruningInfo`` for what comes back.
 The options are a ``PruningOptions`` (``pruning=``), or its fields as keywords (``goal=0.5``),
 or both (the keywords win).
@@ -46,6 +51,7 @@ Pruning compressed 2 layers: "0","3"
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -60,6 +66,7 @@ from prune_core.channels import count_macs
 from prune_core.checkpoint_writer import CheckpointWriter
 from prune_core.finetune import (
     DataSource,
+    FineTuneOutcome,
     LossFn,
     TrainingLog,
     TrainingOptions,
@@ -215,6 +222,8 @@ def compress_network(
         generator.manual_seed(options.seed)
     device = options.torch_device()
     model = copy.deepcopy(model).to(device)
+    distilling = options.distillation is not None and options.distillation.active
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if distilling else None
     example = tuple(t.to(device) for t in source.first_inputs(2))
     prunable = TaylorPrunableNetwork(
         model,
@@ -232,11 +241,21 @@ def compress_network(
     )
     prunable.require_prunable()
     with CheckpointWriter(settings.checkpoint_fn) as writer:
-        loop = _Compression(prunable, example, source, validation, loss_fn, options, settings, generator, writer)
+        loop = _Compression(
+            prunable, example, source, validation, loss_fn, options, settings, generator, writer, teacher
+        )
         returned, returned_row, stop = loop.run()
     loop.record.checkpointed(writer.written, writer.waited)
+    final_iteration = None
+    if settings.final_epochs and stop is not StopReason.INTERRUPTED:  # after every write: it may be `kept`
+        returned, returned_row, stop, final_iteration = loop.final_fine_tune(returned, returned_row, stop)
     return returned, loop.record.finish(
-        returned, stop, returned_row, figure_metric=_figure_metric(settings, options), plots_path=settings.plots_path
+        returned,
+        stop,
+        returned_row,
+        figure_metric=_figure_metric(settings, options),
+        plots_path=settings.plots_path,
+        final_iteration=final_iteration,
     )
 
 
@@ -267,10 +286,11 @@ class _Compression:
         settings: PruningOptions,
         generator: torch.Generator,
         writer: CheckpointWriter,
+        teacher: nn.Module | None,
     ) -> None:
         self.prunable, self.example, self.source, self.validation = prunable, example, source, validation
         self.loss_fn, self.options, self.settings, self.generator = loss_fn, options, settings, generator
-        self.writer = writer
+        self.writer, self.teacher = writer, teacher
         self.device = options.torch_device()
         model, graph = prunable.model, prunable.graph
         self.by_macs = settings.budget == "macs"
@@ -358,17 +378,7 @@ class _Compression:
         prunable.remove(self.chosen)
         self.timing["surgery_s"] = time.perf_counter() - started
         self.pruned, started = True, time.perf_counter()
-        outcome = fine_tune(
-            self.model,
-            self.source,
-            self.loss_fn,
-            options,
-            self.record.log,
-            pruning_iteration=self.iteration,
-            validation=self.validation,
-            generator=self.generator,
-            progress=self.settings.verbosity == "training",
-        )
+        outcome = self._fine_tune(self.model, options)
         self.timing["fine_tuning_s"] = time.perf_counter() - started
         self._record_row(outcome.validation)
         if outcome.status == "diverged":
@@ -381,6 +391,21 @@ class _Compression:
         self.kept, self.kept_row = copy.deepcopy(self.model), len(self.record.rows) - 1
         self._checkpoint()
         return None
+
+    def _fine_tune(self, network: nn.Module, options: TrainingOptions) -> FineTuneOutcome:
+        """Fine-tune ``network`` in place as this iteration's fine-tuning (its rows in the log)."""
+        return fine_tune(
+            network,
+            self.source,
+            self.loss_fn,
+            options,
+            self.record.log,
+            pruning_iteration=self.iteration,
+            validation=self.validation,
+            generator=self.generator,
+            progress=self.settings.verbosity == "training",
+            teacher=self.teacher,
+        )
 
     def _record_row(self, validation: dict[str, Any] | None) -> None:
         self.asked = self.record.record(
@@ -401,6 +426,35 @@ class _Compression:
         path = Path(settings.checkpoint_path) / checkpoint_name(self.iteration)
         row = {k: v for k, v in self.record.rows[-1].items() if not k.startswith("channels[")}
         self.writer.write(self.kept, path, extra=row)
+
+    def final_fine_tune(self, network: nn.Module, row: int, stop: StopReason) -> tuple[nn.Module, int, StopReason, int]:
+        """Fine-tune ``network`` (history row ``row``) for ``final_epochs`` more epochs, recorded as a
+        history row of its own. Returns the network to return, its row, the stop reason and the final
+        row's iteration; if the loss diverges, the network as it was before."""
+        before = copy.deepcopy(network)
+        self.iteration += 1
+        channels = {fqn: self.record.rows[row][f"channels[{fqn}]"] for fqn in self.record.producers}
+        options = dataclasses.replace(self.options, max_epochs=self.settings.final_epochs)
+        started, validation = time.perf_counter(), None
+        try:
+            outcome = self._fine_tune(network, options)
+            validation, status = outcome.validation, outcome.status
+        except KeyboardInterrupt:
+            status = "interrupted"
+        self.record.record(
+            network,
+            self.iteration,
+            {"fine_tuning_s": time.perf_counter() - started},
+            validation,
+            channels=channels,
+            macs=self.record.rows[row]["macs"],
+        )
+        if status == "diverged":
+            return before, row, StopReason.DIVERGED, self.iteration
+        final = len(self.record.rows) - 1
+        if status == "interrupted":
+            return network, final, StopReason.INTERRUPTED, self.iteration
+        return network, final, StopReason.OUTPUT_FN if status == "stopped" else stop, self.iteration
 
     def _interrupted(self) -> _Stop:
         """Ctrl-C: before this iteration's surgery is done, the last kept network; after it, the network

@@ -53,7 +53,8 @@ class PruningInfo:
     - ``pruned_layers`` (dotted module paths), ``stop_reason`` (the message, a plain ``str``;
       compare it with ``StopReason`` members), ``summary`` (the text printed),
       ``returned_iteration`` (the pruning iteration of the network returned), ``figure`` (with
-      ``plots="pruning-progress"``), ``checkpoints`` (paths written), ``seconds`` (time per phase).
+      ``plots="pruning-progress"``), ``checkpoints`` (paths written), ``seconds`` (time per phase),
+      ``final_iteration`` (the history row of the final fine-tune, ``final_epochs``; None without).
     """
 
     pruning_history: pd.DataFrame
@@ -66,6 +67,7 @@ class PruningInfo:
     figure: Figure | None = None
     checkpoints: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    final_iteration: int | None = None
 
     @property
     def returned_row(self) -> dict[str, Any]:
@@ -191,6 +193,7 @@ class PruningRecord:
         *,
         figure_metric: str | None,
         plots_path: str | os.PathLike[str] | None = None,
+        final_iteration: int | None = None,
     ) -> PruningInfo:
         """The ``PruningInfo`` of the run; ``figure_metric`` (None: no figure) is the metric the figure shows."""
         pruning = pd.DataFrame(self.rows)
@@ -223,4 +226,5 @@ class PruningRecord:
             figure,
             list(self.checkpoints),
             seconds,
+            final_iteration,
         )

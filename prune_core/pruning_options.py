@@ -61,6 +61,9 @@ class PruningOptions:
         min_filter_fraction: every layer keeps at least this fraction of its filters, in [0, 1).
         leaf_modules: module names or types the analysis does not trace into.
         verify: check every surgery against the zeroed original.
+        final_epochs: after the last pruning iteration, fine-tune the network to be returned for this
+            many more epochs (0: none), with the same options; it is a history row of its own
+            (``PruningInfo.final_fine_tune``).
         checkpoint_path: an existing folder that receives a checkpoint every
             ``checkpoint_frequency`` iterations; None writes none.
         checkpoint_frequency: a positive integer.
@@ -90,6 +93,7 @@ class PruningOptions:
     min_filter_fraction: float = 0.0
     leaf_modules: Sequence[str | type] = ()
     verify: bool = True
+    final_epochs: int = 0
     checkpoint_path: str | os.PathLike[str] | None = None
     checkpoint_frequency: int = 1
     checkpoint_fn: Callable[[Path], None] | None = None
@@ -108,6 +112,7 @@ class PruningOptions:
         if n != "auto" and not (isinstance(n, int) and is_number(n, integer=True) and n >= 1):
             raise ValueError(f"num_importance_score_iterations must be 'auto' or a positive integer, got {n!r}")
         check_number("checkpoint_frequency", self.checkpoint_frequency, "[1, inf)", integer=True)
+        check_number("final_epochs", self.final_epochs, "[0, inf)", integer=True)
         for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not supported; use one of {allowed}")
@@ -162,6 +167,7 @@ class PruningKeywords(TypedDict, total=False):
     min_filter_fraction: float
     leaf_modules: Sequence[str | type]
     verify: bool
+    final_epochs: int
     checkpoint_path: str | os.PathLike[str] | None
     checkpoint_frequency: int
     checkpoint_fn: Callable[[Path], None] | None

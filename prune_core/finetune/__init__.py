@@ -2,8 +2,9 @@
 
 ``as_source`` turns data in any accepted form into mini-batches (``data``); ``resolve_loss``
 and ``resolve_metric`` turn names into functions (``losses``, ``metrics``); ``TrainingOptions``
-is MATLAB's ``trainingOptions`` (``options``); ``train_network`` trains once and ``fine_tune``
-is the loop ``compress_network`` runs after every pruning iteration (``training``).
+is MATLAB's ``trainingOptions`` (``options``), ``Distillation`` its teacher term
+(``distillation``); ``train_network`` trains once and ``fine_tune`` is the loop
+``compress_network`` runs after every pruning iteration (``training``).
 
 These names are the wing's public interface; its modules are private.
 
@@ -16,10 +17,12 @@ These names are the wing's public interface; its modules are private.
 """
 
 from prune_core.finetune.data import DataSource, as_source
+from prune_core.finetune.distillation import Distillation
 from prune_core.finetune.losses import NAMED_LOSSES, LossFn, resolve_loss
 from prune_core.finetune.metrics import Metric, resolve_metric
 from prune_core.finetune.options import TrainingOptions
 from prune_core.finetune.training import (
+    FineTuneOutcome,
     TrainingInfo,
     TrainingLog,
     evaluate,
@@ -32,6 +35,8 @@ from prune_core.finetune.training import (
 __all__ = [
     "NAMED_LOSSES",
     "DataSource",
+    "Distillation",
+    "FineTuneOutcome",
     "LossFn",
     "Metric",
     "TrainingInfo",

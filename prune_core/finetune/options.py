@@ -27,11 +27,14 @@ from torch import nn
 
 from prune_core.checks import check_number
 from prune_core.finetune.data import SHUFFLE_CHOICES
+from prune_core.finetune.distillation import Distillation
 from prune_core.finetune.metrics import Metric, resolve_metric
 
 SOLVERS = ("sgdm", "adam", "rmsprop", "lbfgs")
 DEFAULT_LEARN_RATES = {"sgdm": 0.01, "adam": 0.001, "rmsprop": 0.001, "lbfgs": 1.0}
-SCHEDULES = ("none", "piecewise")
+# "piecewise": MATLAB's (learn_rate_drop_factor every learn_rate_drop_period epochs); "cosine" and
+# "onecycle" run over each fine-tuning's iterations, restarted after every surgery.
+SCHEDULES = ("none", "piecewise", "cosine", "onecycle")
 # training.precision: the autocast dtype of forward passes (None: full precision).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLIP_METHODS = ("l2norm", "global-l2norm", "absolute-value")
@@ -51,6 +54,11 @@ class TrainingOptions:
     ``channels_last`` trains and validates in that memory format (4-D inputs).
     ``num_workers``, ``pin_memory`` and ``persistent_workers`` configure the DataLoaders that
     read Dataset data (with ``mini_batch_size``); a DataLoader given as data is used as it is.
+    ``learn_rate_schedule``: "none", "piecewise" (MATLAB's, per epoch), "cosine" (from the learn
+    rate to 0 over each fine-tuning's iterations) or "onecycle" (up from a 25th of it over the
+    first 30% of the iterations, then down to nearly 0; PyTorch's ``OneCycleLR`` without momentum
+    cycling). ``distillation``: a ``Distillation`` (or a mapping of its fields) to learn from a
+    teacher as well as from the targets; ``compress_network``'s teacher is the input network.
     """
 
     solver: str = "sgdm"
@@ -83,6 +91,7 @@ class TrainingOptions:
     num_workers: int = 0
     pin_memory: bool = False
     persistent_workers: bool = False
+    distillation: Distillation | None = None
     resolved_metrics: tuple[Metric, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +133,7 @@ class TrainingOptions:
                 f"objective_metric_name {self.objective_metric_name!r} is not computed; "
                 f"use one of {names} (add it to metrics)"
             )
+        self.distillation = Distillation.of(self.distillation)
         if self.output_fn is not None and not callable(self.output_fn):
             raise TypeError(f"output_fn must be callable, got {type(self.output_fn).__name__}")
         self.torch_device()
@@ -163,11 +173,20 @@ class TrainingOptions:
         dtype = PRECISIONS[self.precision]
         return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
-    def learn_rate_at(self, epoch: int) -> float:
-        """The learn rate of a (0-based) fine-tuning epoch under the schedule."""
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The schedule of one fine-tuning, stepped once per iteration (None: a constant learn rate)."""
+        total = max(1, self.max_epochs * steps_per_epoch)
+        schedulers = torch.optim.lr_scheduler
         if self.learn_rate_schedule == "piecewise":
-            return self.learn_rate * self.learn_rate_drop_factor ** (epoch // self.learn_rate_drop_period)
-        return self.learn_rate
+            period = self.learn_rate_drop_period * max(1, steps_per_epoch)
+            return schedulers.StepLR(optimizer, step_size=period, gamma=self.learn_rate_drop_factor)
+        if self.learn_rate_schedule == "cosine":
+            return schedulers.CosineAnnealingLR(optimizer, T_max=total)
+        if self.learn_rate_schedule == "onecycle":
+            return schedulers.OneCycleLR(optimizer, max_lr=self.learn_rate, total_steps=total, cycle_momentum=False)
+        return None
 
     def build_optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         """A fresh optimizer over ``parameters`` (rebuilt after every surgery)."""

@@ -34,9 +34,10 @@ over a whole data source.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prune_core.finetune.data import DataSource, as_source
+from prune_core.finetune.distillation import Distillation
 from prune_core.finetune.losses import LossFn, resolve_loss
 from prune_core.finetune.metrics import Metric
 from prune_core.finetune.options import TrainingOptions
@@ -172,9 +174,14 @@ def fine_tune(
     validation: DataSource | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    teacher: nn.Module | None = None,
 ) -> FineTuneOutcome:
-    """Train ``model`` in place for ``options.max_epochs`` epochs; see the module docstring."""
+    """Train ``model`` in place for ``options.max_epochs`` epochs; see the module docstring.
+
+    ``teacher`` (in eval mode, on the device) is the network ``options.distillation`` learns from.
+    """
     device = options.torch_device()
+    objective = _Objective.of(loss_fn, options, teacher)
     metrics = options.resolved_metrics
     if options.channels_last:  # again after every surgery: the new, smaller tensors are contiguous
         model.to(memory_format=torch.channels_last)
@@ -182,9 +189,11 @@ def fine_tune(
     scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
     started = time.perf_counter()
     optimizer = options.build_optimizer(params)
+    batches_per_epoch = source.num_batches(options.mini_batch_size)
+    scheduler = options.build_scheduler(optimizer, batches_per_epoch)
     log.add_time("optimizer", started)
     patience = _Patience(options.validation_patience, options.objective_maximized)
-    batches_per_epoch = source.num_batches(options.mini_batch_size)
+    scheduled_steps = options.max_epochs * batches_per_epoch
     bar = tqdm(
         total=options.max_epochs * batches_per_epoch,
         disable=not progress,
@@ -211,15 +220,17 @@ def fine_tune(
 
     model.train()
     try:
+        steps = 0
         for epoch in range(options.max_epochs):
-            learn_rate = options.learn_rate_at(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = learn_rate
             for inputs, targets in source.batches(
                 options.mini_batch_size, options.shuffle, generator, loader_options=options.loader_options
             ):
                 inputs, targets = to_device(inputs, device, options.channels_last), to_device(targets, device)
-                loss, outputs = _step(model, optimizer, params, loss_fn, options, inputs, targets, scaler)
+                learn_rate = optimizer.param_groups[0]["lr"]
+                loss, outputs = _step(model, optimizer, params, objective, options, inputs, targets, scaler)
+                steps += 1
+                if scheduler is not None and steps < scheduled_steps:
+                    scheduler.step()
                 log.iteration += 1
                 row = {
                     "pruning_iteration": pruning_iteration,
@@ -252,11 +263,42 @@ def fine_tune(
         bar.close()
 
 
+@dataclass(frozen=True)
+class _Objective:
+    """The loss a step minimises: the task loss, or with distillation, the blend with the teacher's."""
+
+    loss_fn: LossFn
+    teacher: nn.Module | None = None
+    distillation: Distillation | None = None
+
+    @classmethod
+    def of(cls, loss_fn: LossFn, options: TrainingOptions, teacher: nn.Module | None) -> _Objective:
+        distillation = options.distillation
+        if distillation is None or not distillation.active:
+            return cls(loss_fn)
+        if teacher is None:
+            raise ValueError(
+                "options.distillation needs a teacher network: compress_network uses the input network; "
+                "train_network(..., teacher=net); or set options.distillation=None"
+            )
+        return cls(loss_fn, teacher, distillation)
+
+    def __call__(
+        self, outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        loss = self.loss_fn(outputs, targets)
+        if self.teacher is None or self.distillation is None:
+            return loss
+        with torch.no_grad():
+            taught = forward_outputs(self.teacher, inputs)[0]
+        return self.distillation.loss(outputs[0], taught, loss)
+
+
 def _step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
-    loss_fn: LossFn,
+    objective: _Objective,
     options: TrainingOptions,
     inputs: tuple[torch.Tensor, ...],
     targets: tuple[torch.Tensor, ...],
@@ -272,7 +314,7 @@ def _step(
             optimizer.zero_grad(set_to_none=True)
             with options.autocast(device):
                 outputs = forward_outputs(model, inputs)
-                loss = loss_fn(outputs, targets)
+                loss = objective(outputs, inputs, targets)
             if options.l2_regularization:
                 loss = loss + 0.5 * options.l2_regularization * sum(p.square().sum() for p in params)
             loss.backward()
@@ -285,7 +327,7 @@ def _step(
     optimizer.zero_grad(set_to_none=True)
     with options.autocast(device):
         outputs = forward_outputs(model, inputs)
-        loss = loss_fn(outputs, targets)
+        loss = objective(outputs, inputs, targets)
     if scaler is None:
         loss.backward()
         clip_gradients(params, options.gradient_threshold, options.gradient_threshold_method)
@@ -315,6 +357,7 @@ def train_network(
     loss: str | Callable[..., torch.Tensor],
     options: TrainingOptions,
     *,
+    teacher: nn.Module | None = None,
     progress: bool = False,
 ) -> tuple[nn.Module, TrainingInfo]:
     """Train ``model`` in place with ``options``; returns ``(model, info)``. See the module docstring.
@@ -324,6 +367,8 @@ def train_network(
         data: a DataLoader, Dataset, ``(predictors, targets)`` pair or DataFrame (see ``as_source``).
         loss: a name from ``prune_core.finetune.losses`` or a callable ``loss(outputs, targets)``.
         options: a ``TrainingOptions``; ``options.seed`` (when set) seeds the shuffling.
+        teacher: the network ``options.distillation`` learns from; it is run in eval mode on
+            ``options``' device, never trained, and its mode is restored afterwards.
         progress: show a progress bar and a line every ``options.verbose_frequency`` iterations.
     """
     if not isinstance(options, TrainingOptions):
@@ -336,9 +381,41 @@ def train_network(
         else as_source(options.validation_data, argument="options.validation_data")
     )
     generator = None if options.seed is None else torch.Generator().manual_seed(options.seed)
+    if teacher is not None and (options.distillation is None or not options.distillation.active):
+        raise ValueError(
+            "teacher is given, but options.distillation is off; set options.distillation=Distillation(...)"
+        )
+    _Objective.of(loss_fn, options, teacher)  # a missing teacher fails before anything moves
     model.to(options.torch_device())
     log = TrainingLog()
-    outcome = fine_tune(
-        model, source, loss_fn, options, log, validation=validation, generator=generator, progress=progress
-    )
+    with _as_teacher(teacher, options.torch_device()) as frozen:
+        outcome = fine_tune(
+            model,
+            source,
+            loss_fn,
+            options,
+            log,
+            validation=validation,
+            generator=generator,
+            progress=progress,
+            teacher=frozen,
+        )
     return model, TrainingInfo(outcome.status, pd.DataFrame(log.training), pd.DataFrame(log.validation))
+
+
+@contextlib.contextmanager
+def _as_teacher(teacher: nn.Module | None, device: torch.device) -> Iterator[nn.Module | None]:
+    """``teacher`` in eval mode on ``device`` for the duration; the caller's network is left as it was."""
+    if teacher is None:
+        yield None
+        return
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+    on_device = all(t.device == device for t in [*teacher.parameters(), *teacher.buffers()])
+    frozen = teacher if on_device else copy.deepcopy(teacher).to(device)
+    was_training = frozen.training
+    frozen.eval()
+    try:
+        yield frozen
+    finally:
+        frozen.train(was_training)

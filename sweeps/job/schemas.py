@@ -4,7 +4,8 @@
 ``training/schema`` (from ``prune_core.TrainingOptions``) in Hydra's ConfigStore; the group's
 YAML files name ``schema`` first in their defaults lists. The schema has every field of the
 dataclass that a config can hold, with its default and its type where OmegaConf can check it
-(numbers, strings, booleans, optional ones); anything else is ``Any``. So Hydra itself refuses
+(numbers, strings, booleans, nested dataclasses such as ``Distillation``, optional ones);
+anything else is ``Any``. So Hydra itself refuses
 a value of the wrong type (``pruning.goal=abc``) or an unknown key (``pruning.gaol=0.5``) when
 it composes the config, before the app runs. Values of the right type that are not allowed
 (``pruning.increment=0``, ``pruning.normalization=l3``) are refused by the dataclass itself,
@@ -46,8 +47,11 @@ def _config_type(hint: Any) -> Any:
         return hint
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         others = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if len(others) == 1 and others[0] in _CHECKED and len(typing.get_args(hint)) == 2:
-            return Optional[others[0]]  # noqa: UP045 (OmegaConf reads typing.Optional)
+        if len(others) == 1 and len(typing.get_args(hint)) == 2:
+            if others[0] in _CHECKED:
+                return Optional[others[0]]  # noqa: UP045 (OmegaConf reads typing.Optional)
+            if dataclasses.is_dataclass(others[0]):  # its schema: OmegaConf makes a frozen one read-only
+                return Optional[config_schema(others[0])]  # noqa: UP045
     return Any
 
 

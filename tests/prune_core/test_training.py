@@ -228,7 +228,9 @@ def test_output_fn_stops_and_divergence_is_reported():
         ({"momentum": 1.5}, "momentum must be a number in \\[0, 1\\], got 1.5"),
         ({"objective_metric_name": "accuracy"}, "'accuracy' is not computed; use one of \\['loss'\\]"),
         ({"device": "tpu"}, "device 'tpu' is not a device"),
-        ({"learn_rate_schedule": "cosine"}, "learn_rate_schedule 'cosine' is not supported"),
+        ({"learn_rate_schedule": "linear"}, "learn_rate_schedule 'linear' is not supported"),
+        ({"distillation": {"alpha": 1.5}}, "distillation.alpha must be a number in \\[0, 1\\], got 1.5"),
+        ({"distillation": {"alpha": 0.5, "temperature": 0}}, "distillation.temperature must be a positive number"),
     ],
 )
 def test_bad_training_options(kwargs, message):

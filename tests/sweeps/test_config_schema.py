@@ -30,6 +30,8 @@ def composed(*overrides: str):
         ("pruning.gaol=0.5", "Key 'gaol' not in 'PruningOptionsSchema'"),
         ("training.max_epochs=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
         ("training.solverr=adam", "Key 'solverr' not in 'TrainingOptionsSchema'"),
+        ("training.distillation.alpah=0.5", "Key 'alpah' not in 'DistillationSchema'"),
+        ("training.distillation.alpha=abc", "Value 'abc' of type 'str' could not be converted to Float"),
     ],
 )
 def test_a_wrong_type_or_unknown_key_fails_at_composition(bad, message):
@@ -49,6 +51,9 @@ def test_a_wrong_type_or_unknown_key_fails_at_composition(bad, message):
             "'taylor-squared', 'taylor-bn', 'l1', 'random'",
         ),
         ("training.solver=sgd", "training: solver 'sgd' is not supported"),
+        ("training.distillation.alpha=2", "training: distillation.alpha must be a number in [0, 1], got 2.0"),
+        ("training.learn_rate_schedule=linear", "training: learn_rate_schedule 'linear' is not supported"),
+        ("pruning.final_epochs=-1", "pruning: final_epochs must be an integer >= 0, got -1"),
         ("loss=mse2", "loss: loss 'mse2' is not a known loss name"),
     ],
 )
@@ -67,3 +72,12 @@ def test_the_composed_groups_are_the_options_dataclasses():
     assert "loss" not in cfg.pruning and cfg.loss == "crossentropy", "loss is read by base training too"
     assert "constrained" not in cfg.sweep
     assert OmegaConf.to_container(cfg.pruning)["verify"] is True, "every option has its default"
+
+
+def test_the_fine_tuning_levers_are_keys_a_study_can_set():
+    cfg = composed("training.distillation.alpha=0.3", "training.learn_rate_schedule=cosine", "pruning.final_epochs=2")
+    options = training_options(cfg)
+    assert (options.distillation.alpha, options.distillation.temperature) == (0.3, 4.0)
+    assert options.learn_rate_schedule == "cosine" and pruning_options(cfg).final_epochs == 2
+    off = training_options(composed())
+    assert off.distillation is not None and not off.distillation.active, "alpha 0 by default: no teacher is run"
