@@ -32,7 +32,7 @@ package holds the implementation and the names an application uses:
 """
 
 from optuna_sweep.pruners import PRUNERS, job_trial, make_pruner
-from optuna_sweep.search_space import as_override, grid, search_space
+from optuna_sweep.search_space import as_override, check_resumable, grid, search_space
 from optuna_sweep.storage import creation_lock, open_storage
 from optuna_sweep.sweeper import TRIAL_ENV, split_result
 from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
@@ -42,6 +42,7 @@ __all__ = [
     "TRIAL_ENV",
     "WORKER_ATTR",
     "as_override",
+    "check_resumable",
     "creation_lock",
     "grid",
     "is_gone",

@@ -15,6 +15,14 @@ Hydra expression                       Optuna distribution
 >>> space["a"], space["b"], space["c"].choices, fixed
 (FloatDistribution(high=0.2, log=False, low=0.01, step=None), IntDistribution(high=9, log=False, low=1, step=2), \
 ('x', 'y'), ['d=3'])
+
+A study that is resumed must search each parameter as it did: Optuna lets a range change, but
+not a choice's values or a parameter's kind. ``check_resumable(space, trials, study_name)``
+refuses such a space before any trial is asked (a refused ``study.ask`` would leave its trial
+RUNNING).
+
+>>> print(sweep_expression(CategoricalDistribution([0.1, 0.2])), sweep_expression(IntDistribution(1, 8, log=True)))
+choice(0.1, 0.2) tag(log, int(interval(1, 8)))
 """
 
 from __future__ import annotations
@@ -24,7 +32,14 @@ from collections.abc import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
+from optuna.trial import FrozenTrial
 
 GRAMMAR = "choice(a,b), a,b, range(start,stop[,step]), interval(low,high), int(interval(...)), tag(log, ...)"
 
@@ -92,3 +107,37 @@ def as_override(key: str, value) -> str:
     if _number(value) or isinstance(value, (bool, str)):
         return f"{key}={value}"
     raise TypeError(f"{key}: cannot pass {value!r} as an override")
+
+
+def sweep_expression(dist: BaseDistribution) -> str:
+    """A distribution written back in Hydra's sweep grammar (for messages)."""
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice({', '.join(map(str, dist.choices))})"
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        if dist.step is not None and not (isinstance(dist, IntDistribution) and dist.step == 1):
+            expression = f"range({dist.low}, {dist.high + dist.step}, {dist.step})"
+        else:
+            expression = f"interval({dist.low}, {dist.high})"
+            expression = f"int({expression})" if isinstance(dist, IntDistribution) else expression
+        return f"tag(log, {expression})" if dist.log else expression
+    return repr(dist)
+
+
+def check_resumable(space: dict[str, BaseDistribution], trials: Sequence[FrozenTrial], study_name: str) -> None:
+    """Raise ValueError if ``space`` searches a parameter of the study's ``trials`` in a way Optuna refuses."""
+    stored: dict[str, BaseDistribution] = {}
+    for trial in trials:
+        for name, dist in trial.distributions.items():
+            stored.setdefault(name, dist)
+    for name, new in space.items():
+        old = stored.get(name)
+        if old is None:
+            continue
+        try:
+            check_distribution_compatibility(old, new)
+        except ValueError as exc:
+            raise ValueError(
+                f"{name}: study {study_name!r} searched it as {sweep_expression(old)}, this run asks for "
+                f"{sweep_expression(new)}, and Optuna cannot change that within a study ({exc}). Use another "
+                f"hydra.sweeper.study_name, or search it as before"
+            ) from None

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
 from optuna_sweep.pruners import TRIAL_ID_ENV, check_pruner, make_pruner
-from optuna_sweep.search_space import GRAMMAR, as_override, grid, search_space
+from optuna_sweep.search_space import GRAMMAR, as_override, check_resumable, grid, search_space
 from optuna_sweep.storage import open_storage
 from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 
@@ -236,6 +236,7 @@ class OptunaSweeperImpl(Sweeper):
             load_if_exists=self.load_if_exists,
             pruner=make_pruner(self.pruner, self.pruner_options),
         )
+        check_resumable(space, study.get_trials(deepcopy=False), study.study_name)
         self._reap(study)
         seed = self.sampler_config.get("seed")
         if seed is not None:  # see sampler_seed

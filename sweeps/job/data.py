@@ -10,8 +10,8 @@
 Datasets are read batch by batch (``prune_core.finetune``: the batch size and loader workers
 come from ``training`` and ``base.training``); nothing is loaded whole. Tensors holding NaN or
 inf, a validation threshold or objective without validation data, and a ``model.num_classes``
-(``model.classes`` for this project's networks) that disagrees with the data's classes are
-refused before anything trains.
+(``model.classes`` for this project's networks) that disagrees with the data's classes, or that
+is smaller than the largest integer label of a tensor split, are refused before anything trains.
 
 >>> import torch
 >>> data = job_data({"x_train": torch.zeros(4, 1, 8), "y_train": torch.zeros(4, dtype=torch.long)}, "t")
@@ -108,4 +108,23 @@ def load_data(cfg: DictConfig) -> JobData:
             f"({', '.join(map(str, data.classes[:5]))}{', ...' if len(data.classes) > 5 else ''}); "
             f"set model.{key}={len(data.classes)}"
         )
+    if expected is not None:
+        _labels_fit(data, expected, f"model.{key}")
     return data
+
+
+def _labels_fit(data: JobData, classes: int, key: str) -> None:
+    """Refuse integer labels of the tensor splits that are not among ``classes`` (0 to classes - 1)."""
+    splits = [("y_train", data.train), ("y_val", data.validation)]
+    for name, split in splits:
+        if not (isinstance(split, tuple) and isinstance(split[1], torch.Tensor)):
+            continue
+        labels = split[1]
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.numel() == 0:
+            continue
+        low, high = (int(v) for v in torch.aminmax(labels))
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"{key}={classes}, but {name} holds label {low if low < 0 else high} (the labels must be 0 to "
+                f"{classes - 1}); set {key}={high + 1}, or relabel the data"
+            )

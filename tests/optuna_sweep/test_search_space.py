@@ -4,7 +4,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from optuna_sweep import as_override, grid, open_storage, search_space, split_result
+from optuna_sweep import as_override, check_resumable, grid, open_storage, search_space, split_result
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,23 @@ def test_results_and_storage():
         open_storage("journal:/no/such/journal.log")
     with pytest.raises(ValueError, match="hydra.sweeper.storage='sqlite:////no/such/dir/x.db' cannot be opened"):
         open_storage("sqlite:////no/such/dir/x.db")
+
+
+def test_a_resumed_study_must_search_each_parameter_as_it_did(tmp_path):
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    before, _ = search_space(["pruning.increment=choice(0.1, 0.2)", "training.max_epochs=range(1, 4)"])
+    study.tell(study.ask(before), 1.0)
+    trials = study.get_trials()
+    check_resumable(search_space(["training.max_epochs=range(2, 6)"])[0], trials, "s")  # a range may move
+    check_resumable(search_space(["other=choice(a, b)"])[0], trials, "s")  # a new parameter may come
+    with pytest.raises(ValueError) as caught:
+        check_resumable(search_space(["pruning.increment=choice(0.3)"])[0], trials, "s")
+    assert str(caught.value).startswith(
+        "pruning.increment: study 's' searched it as choice(0.1, 0.2), this run asks for choice(0.3)"
+    )
+    assert "Use another hydra.sweeper.study_name, or search it as before" in str(caught.value)
+    with pytest.raises(
+        ValueError, match="searched it as int\\(interval\\(1, 3\\)\\), this run asks for interval\\(0.1, 0.9\\)"
+    ):
+        check_resumable(search_space(["training.max_epochs=interval(0.1, 0.9)"])[0], trials, "s")
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE], "nothing was asked"

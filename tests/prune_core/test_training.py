@@ -238,6 +238,16 @@ def test_bad_training_options(kwargs, message):
         TrainingOptions(**kwargs)
 
 
+@pytest.mark.parametrize("name", ["crossentropy", "index-crossentropy"])
+def test_a_label_that_is_not_a_class_of_the_output_is_named(name):
+    loss = resolve_loss(name)
+    with pytest.raises(ValueError, match=f"loss '{name}': label 7 is not a class of the network, which has 5 outputs"):
+        loss((torch.zeros(4, 5),), (torch.tensor([0, 1, 7, 2]),))
+    with pytest.raises(ValueError, match="label -1 is not a class"):
+        loss((torch.zeros(2, 5, 3, 3),), (torch.full((2, 3, 3), -1),))
+    assert float(loss((torch.zeros(2, 5, 3, 3),), (torch.full((2, 3, 3), 4),))) > 0, "segmentation maps too"
+
+
 def test_device_auto_and_seeded_runs_repeat():
     assert TrainingOptions(device="auto").torch_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     x, y = toy_classification()

@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from analysis import choose, load_choice, load_experiment, run_config, validation_accuracy
 from sweeps.builders.datasets import folder_identity, image_folder
 from sweeps.builders.models import timm_model, torchvision_model
-from sweeps.job.data import job_data
+from sweeps.job.data import job_data, load_data
 from tests.support.app import app_env, run_app
 
 PER_CLASS, VAL_PER_CLASS = 30, 6
@@ -243,6 +243,22 @@ def test_custom_data_as_datasets_and_loaders(tmp_path):
     )
     experiment = load_experiment("taylorprune", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert experiment.table["reduction"].max() >= 0.2 and experiment.table["validation_accuracy"].notna().all()
+
+
+def test_labels_the_model_has_no_output_for_are_refused_before_training():
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.job.schemas import register_schemas
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[2] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["data=digits", "model=small_cnn2d", "model.classes=7"])
+    with pytest.raises(
+        ValueError,
+        match="^model.classes=7, but y_train holds label 9 \\(the labels must be 0 to 6\\); "
+        "set model.classes=10, or relabel the data$",
+    ):
+        load_data(cfg)
 
 
 def test_the_forms_a_data_builder_may_return():
