@@ -26,6 +26,7 @@ import os
 
 import optuna
 
+from optuna_sweep.reconnecting import RECONNECT_SECONDS
 from optuna_sweep.storage import open_storage
 
 PRUNERS = {
@@ -78,6 +79,10 @@ def job_trial() -> optuna.Trial | None:
     if name == "none" or trial_id is None:
         return None
     options = hydra.sweeper.get("pruner_options") or {}
-    storage = open_storage(hydra.sweeper.storage, driver_hint=hydra.sweeper.get("driver_hint"))
+    storage = open_storage(
+        hydra.sweeper.storage,
+        driver_hint=hydra.sweeper.get("driver_hint"),
+        reconnect_seconds=hydra.sweeper.get("reconnect_seconds", RECONNECT_SECONDS),
+    )
     study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage, pruner=make_pruner(name, options))
     return optuna.Trial(study, int(trial_id))

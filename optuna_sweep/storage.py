@@ -8,6 +8,8 @@
 - ``creation_lock(path)``: an inter-process lock, kept outside the user's folder, under which a
   file-backed store is created: two workers started in the same second no longer race over the
   schema. A server database (PostgreSQL, MySQL) is retried instead.
+- a server database is opened as a ``ReconnectingRDBStorage`` (``reconnecting``): a restart or
+  failover of its server is ridden out for ``reconnect_seconds``.
 
 >>> open_storage(None) is None
 True
@@ -27,6 +29,8 @@ from pathlib import Path
 import optuna
 from filelock import FileLock
 
+from optuna_sweep.reconnecting import RECONNECT_SECONDS, ReconnectingRDBStorage
+
 ATTEMPTS = 4  # a server database's first creation, raced by several workers
 
 
@@ -42,6 +46,8 @@ def open_storage(
     grace_period: int | None = None,
     stale_trial_callback: Callable | None = None,
     driver_hint: str | None = None,
+    *,
+    reconnect_seconds: float = RECONNECT_SECONDS,
 ):
     """The Optuna storage of ``hydra.sweeper.storage`` (see the module docstring); ``driver_hint``: how to
     install a database driver that is missing (``hydra.sweeper.driver_hint``), added to that error."""
@@ -73,7 +79,7 @@ def open_storage(
             if sqlite:
                 with creation_lock(storage.removeprefix("sqlite:///")):
                     return optuna.storages.RDBStorage(storage, **heartbeat)
-            return optuna.storages.RDBStorage(storage, **heartbeat)
+            return ReconnectingRDBStorage(storage, reconnect_seconds=reconnect_seconds, **heartbeat)
         except Exception as exc:  # a concurrent schema creation, or a URL that cannot work
             error = exc
     hint = f" ({driver_hint})" if driver_hint and isinstance(error, ImportError) else ""

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
 from optuna_sweep.pruners import TRIAL_ID_ENV, check_pruner, make_pruner
+from optuna_sweep.reconnecting import RECONNECT_SECONDS
 from optuna_sweep.search_space import GRAMMAR, as_override, check_resumable, grid, search_space
 from optuna_sweep.storage import open_storage
 from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
@@ -136,6 +137,7 @@ class OptunaSweeperImpl(Sweeper):
         pruner: str = "none",
         pruner_options: DictConfig | None = None,
         driver_hint: str | None = None,
+        reconnect_seconds: float = RECONNECT_SECONDS,
     ) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
@@ -154,6 +156,9 @@ class OptunaSweeperImpl(Sweeper):
             raise ValueError(f"hydra.sweeper.retry_failed_trials must be an integer >= 0, got {retry_failed_trials!r}")
         if grace_period is not None and heartbeat_interval is None:
             raise ValueError(f"hydra.sweeper.grace_period={grace_period} needs hydra.sweeper.heartbeat_interval")
+        if reconnect_seconds < 0:  # its type is checked by the structured config
+            raise ValueError(f"hydra.sweeper.reconnect_seconds must be a number >= 0, got {reconnect_seconds!r}")
+        self.reconnect_seconds = float(reconnect_seconds)
         if not 0 <= max_failure_rate <= 1:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
         self.directions, self.load_if_exists = directions, load_if_exists
@@ -220,7 +225,14 @@ class OptunaSweeperImpl(Sweeper):
         space, fixed = self._space(arguments)
         if not space:
             raise ValueError(f"nothing to search: give hydra.sweeper.params or sweeps on the command line ({GRAMMAR})")
-        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period, self.retry, self.driver_hint)
+        storage = open_storage(
+            self.storage,
+            self.heartbeat_interval,
+            self.grace_period,
+            self.retry,
+            self.driver_hint,
+            reconnect_seconds=self.reconnect_seconds,
+        )
         with warnings.catch_warnings():  # heartbeats are recorded here, not by study.optimize (see heartbeats)
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

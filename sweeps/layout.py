@@ -68,11 +68,12 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def check_reachable(uri: str, label: str, store_must_exist: bool = False) -> None:
+def check_reachable(uri: str, label: str, store_must_exist: bool = False, wait: bool = False) -> None:
     """Raise ValueError, starting with ``label``, when the store at ``uri`` cannot be used.
 
     A sqlite store needs its folder (the writer creates the file) or, with ``store_must_exist``
-    (a reader), the file itself; a server must answer within 10 s, without retries.
+    (a reader), the file itself; a server must answer within 10 s, without retries, or with
+    ``wait`` (a server that answered before, down for a while) after MLflow's own retries.
     """
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
@@ -83,8 +84,9 @@ def check_reachable(uri: str, label: str, store_must_exist: bool = False) -> Non
         return
     from mlflow.tracking import MlflowClient
 
+    at_once = {} if wait else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     try:
-        with patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+        with patch.dict(os.environ, at_once):
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise ValueError(f"{label} cannot be reached: {type(exc).__name__}: {str(exc)[:300]}") from exc

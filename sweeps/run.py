@@ -28,6 +28,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
@@ -87,7 +88,8 @@ def run_job(cfg: DictConfig):
 def _run_job(cfg: DictConfig):
     check_job_config(cfg)
     uri = layout.tracking_uri(cfg.tracking.uri)
-    open_store(uri, f"tracking.uri={uri!r}")
+    in_study = HydraConfig.get().mode == RunMode.MULTIRUN  # the study checked the server when it started
+    open_store(uri, f"tracking.uri={uri!r}", wait=in_study)
     trial = job_trial()  # a sweep with a pruner: report intermediate values to this trial
     data = load_data(cfg)
     device = job_device(cfg.training.device, job_index(HydraConfig.get().job.get("num") or 0))

@@ -3,6 +3,7 @@
 - ``postgres_cluster``: a throwaway PostgreSQL cluster for the session (the base URL; make databases
   with ``tests.support.services.create_database``). Skipped where PostgreSQL is not installed,
   failed in CI (``CI`` set), which must run it.
+- ``own_postgres``: a cluster of the test's own (the same skips), for tests that stop and start it.
 - ``mlflow_server_url``: an ``mlflow server`` on 127.0.0.1 with a SQLite store and proxied
   artifacts in the test's folder.
 """
@@ -16,12 +17,23 @@ import pytest
 from tests.support.services import mlflow_server, postgres, postgres_bin
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[str]:
+def _require_postgres() -> None:
     if postgres_bin() is None:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql package")
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[str]:
+    _require_postgres()
+    with postgres() as base:
+        yield base
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[str]:
+    _require_postgres()
     with postgres() as base:
         yield base
 

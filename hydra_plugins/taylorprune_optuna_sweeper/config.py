@@ -50,6 +50,9 @@ class TaylorpruneOptunaSweeperConf:
     pruner_options: Dict[str, Any] = field(default_factory=dict)
     # Added to the error when the storage's database driver is missing: how the application installs it.
     driver_hint: Optional[str] = None
+    # How long a call to a server database (PostgreSQL, MySQL) is retried while the server cannot be
+    # reached (a restart, a failover) before the study stops with a clear error.
+    reconnect_seconds: float = 120.0
 
 
 SAMPLERS = {

@@ -1,6 +1,6 @@
 """The MLflow store of the app: opened once, experiments found or created, params in MLflow's limits.
 
-- ``open_store(uri, label)``: ``layout.check_reachable`` for a writer, then an embedded (sqlite)
+- ``open_store(uri, label, wait)``: ``layout.check_reachable`` for a writer, then an embedded (sqlite)
   store's schema created under a lock, so many workers starting at once never race on it;
 - ``experiment_id(client, name)``: the experiment, created by whichever worker gets there first,
   and tagged as model training (``layout.EXPERIMENT_KIND``);
@@ -24,9 +24,10 @@ from sweeps import layout
 PARAM_VALUE_LIMIT = 6000  # characters MLflow keeps of a param's value
 
 
-def open_store(uri: str, label: str) -> None:
-    """``check_reachable`` for a writer, then create an embedded (sqlite) store's schema under a lock."""
-    layout.check_reachable(uri, label)
+def open_store(uri: str, label: str, wait: bool = False) -> None:
+    """``check_reachable`` for a writer (``wait``: ride out a server that is down for a while), then create an
+    embedded (sqlite) store's schema under a lock."""
+    layout.check_reachable(uri, label, wait=wait)
     if uri.startswith("sqlite:///"):
         with creation_lock(uri.removeprefix("sqlite:///")):
             MlflowClient(uri).search_experiments(max_results=1)

@@ -87,11 +87,12 @@ def trials(folder: Path, name: str = "taylorprune") -> list[optuna.trial.FrozenT
     return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}").trials
 
 
-def start_app(folder: Path, *overrides: str) -> subprocess.Popen:
+def start_app(folder: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m sweeps.run -m overrides...`` started in ``folder`` (with ``env`` added to the environment)."""
     return subprocess.Popen(
         [sys.executable, "-m", "sweeps.run", "-m", *overrides],
         cwd=folder,
-        env=app_env() | {"PYTHONUNBUFFERED": "1"},
+        env=app_env() | {"PYTHONUNBUFFERED": "1"} | (env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

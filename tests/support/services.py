@@ -5,6 +5,7 @@ the deadlines only catch a service that hangs.
 
     with postgres() as base:                                # postgresql://postgres@127.0.0.1:PORT
         study_url = create_database(base, "optuna")         # postgresql://postgres@127.0.0.1:PORT/optuna
+        pg_ctl(base, "stop"); pg_ctl(base, "start")         # an outage, as an administrator makes one
         with mlflow_server(create_database(base, "mlflow"), Path("artifacts")) as url:
             ...                                              # http://127.0.0.1:PORT
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import requests
 
 STARTUP_DEADLINE = 300  # seconds; a loaded machine may take a while, a hung service never ends
+_PG_CTL: dict[str, dict[str, list[str]]] = {}  # each running cluster's pg_ctl commands, by base URL
 
 
 def free_port() -> int:
@@ -84,13 +86,23 @@ def postgres() -> Iterator[str]:
     if started.returncode != 0:
         log = (folder / "server.log").read_text() if (folder / "server.log").is_file() else ""
         raise RuntimeError(f"PostgreSQL did not start: {started.stderr}\n{log[-3000:]}")
+    url = f"postgresql://postgres@127.0.0.1:{port}"
+    stop = [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
+    _PG_CTL[url] = {"start": start, "stop": stop}
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield url
     finally:
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True
-        )
+        _PG_CTL.pop(url, None)
+        subprocess.run(stop, capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pg_ctl(base: str, action: str) -> None:
+    """``pg_ctl stop -m fast`` (every connection cut, as in a restart or failover) or ``start`` on the
+    cluster of ``postgres()`` at ``base``; returns once it is done (``-w``)."""
+    done = subprocess.run(_PG_CTL[base][action], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_ctl {action} failed: {done.stderr}")
 
 
 def create_database(base: str, name: str) -> str:
@@ -103,9 +115,10 @@ def create_database(base: str, name: str) -> str:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2) -> Iterator[str]:
-    """``mlflow server`` with ``backend_uri`` as its store and proxied artifacts in ``artifacts``; yields its URL."""
-    port = free_port()
+def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2, port: int | None = None) -> Iterator[str]:
+    """``mlflow server`` with ``backend_uri`` as its store and proxied artifacts in ``artifacts``, on ``port``
+    (a free one when None: give the same one to start it again after a stop); yields its URL."""
+    port = free_port() if port is None else port
     command = [
         sys.executable,
         "-m",

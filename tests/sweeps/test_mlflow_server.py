@@ -3,7 +3,8 @@
 import pytest
 import requests
 
-from tests.support.app import FAST, FAST_SEARCH, run_app
+from tests.support.app import FAST, FAST_SEARCH, finish, run_app, start_app, wait_for
+from tests.support.services import free_port, mlflow_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,3 +38,36 @@ def test_sweep_runs_metrics_and_artifacts_are_on_the_server(mlflow_server_url, t
         tables = {f["path"] for f in api(server, "artifacts/list", run_id=run_id, path="tables")["files"]}
         assert tables == {f"tables/{n}_history.json" for n in ("pruning", "training", "validation")}
     assert (tmp_path / "artifacts").is_dir(), "artifacts went through the server to its artifact store"
+
+
+def test_a_study_rides_out_its_tracking_server_going_down_and_coming_back(tmp_path):
+    store, artifacts, port = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", free_port()
+    work = tmp_path / "work"
+    work.mkdir()
+    with mlflow_server(store, artifacts, port=port) as server:
+        backoff = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # MLflow's retries, twice as close as by default
+        process = start_app(
+            work, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=3", f"tracking.uri={server}", env=backoff
+        )
+
+        def finished_trials():
+            assert process.poll() is None, process.stdout.read()[-4000:]
+            found = requests.post(f"{server}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]}, timeout=30)
+            runs = found.json().get("runs", []) if found.ok else []
+            return [r for r in runs if r["info"]["status"] == "FINISHED"]
+
+        wait_for(finished_trials, "a finished trial run on the server")
+    seen = []  # the server is down: the app's next call to it is retried
+    for line in process.stdout:
+        seen.append(line)
+        if "Retrying" in line:
+            break
+    assert any("Retrying" in line for line in seen), "".join(seen)[-3000:]
+    with mlflow_server(store, artifacts, port=port) as server:
+        output = "".join(seen) + finish(process)
+        assert process.returncode == 0, output[-4000:]
+        search = {"experiment_ids": ["1"]}
+        runs = requests.post(f"{server}/api/2.0/mlflow/runs/search", json=search, timeout=30).json()["runs"]
+    roles = sorted(next(t["value"] for t in r["data"]["tags"] if t["key"] == "taylorprune.role") for r in runs)
+    assert roles == ["study", "trial", "trial", "trial"], output[-6000:]
+    assert {r["info"]["status"] for r in runs} == {"FINISHED"}
