@@ -4,7 +4,9 @@ Networks: the MNIST-1D network of ``benchmarks/criteria.py`` pruned by ``compres
 (Taylor, 5% steps, 1 fine-tuning epoch each) and saved at the first checkpoints at or
 beyond 50%, 70% and 90% fewer learnables (reloaded with ``load_pruned``, as a user would);
 and torchvision's ResNet-18 (10 classes, 3x64x64 input) with the least-L1 half of every
-prunable group's filters removed by ``remove_units``. Each network is also exported to ONNX
+prunable group's filters removed by ``remove_units``; and ResNet-18 cut to at least 60% fewer MACs by
+L1 in global steps of 5% with ``round_to`` 1, 8 and 32 (every pruned layer keeps a multiple of that
+many channels), to show whether latency follows MACs with and without it. Each network is also exported to ONNX
 (``sweeps.deployment.onnx_export``: the dynamo exporter, checked against PyTorch within 1e-4) and run with
 onnxruntime. Latency (``sweeps.deployment.latency``): the median of timed calls after 10 untimed ones, at
 batch 1 and 64, 2 threads for both runtimes (PyTorch in eval mode under ``torch.inference_mode``),
@@ -17,6 +19,7 @@ Run: ``python -m benchmarks.inference``. Writes ``benchmarks/results/inference.m
 
 from __future__ import annotations
 
+import copy
 import platform
 import tempfile
 import warnings
@@ -78,6 +81,26 @@ def resnet_half() -> list[tuple[str, nn.Module]]:
     return [("unpruned", unpruned), ("L1, half of every group's filters", model)]
 
 
+def resnet_rounded() -> list[tuple[str, nn.Module]]:
+    """ResNet-18 cut to at least 60% fewer MACs by L1 in global steps of 5%, with and without ``round_to``."""
+    out = []
+    for round_to in (1, 8, 32):
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10)
+        if not out:
+            out.append(("unpruned", copy.deepcopy(model)))
+        prunable = TaylorPrunableNetwork(
+            model, torch.randn(1, 3, 64, 64), criterion="l1", budget="macs", round_to=round_to
+        )
+        total = count_macs(model, torch.randn(1, 3, 64, 64))
+        while count_macs(model, torch.randn(1, 3, 64, 64)) > 0.4 * total:
+            prunable.remove(prunable.choose(learnables=int(0.05 * total)))
+        widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        odd = sum(w % 8 != 0 for w in widths)
+        out.append((f"L1 global, round_to={round_to} ({odd} of {len(widths)} convolutions not a multiple of 8)", model))
+    return out
+
+
 def measured(model: nn.Module, example: torch.Tensor, folder: Path) -> dict:
     """Latency at batch 1 and 64 on PyTorch and onnxruntime, with the largest spread."""
     runner = session(export_onnx(model, example, folder / "model.onnx").path, THREADS)
@@ -111,6 +134,7 @@ def main() -> None:
     for name, variants, shape in (
         ("MNIST-1D 3x Conv1d(64)", mnist1d_levels(data), (1, 40)),
         ("ResNet-18, 64x64", resnet_half(), (3, 64, 64)),
+        ("ResNet-18, 64x64", resnet_rounded(), (3, 64, 64)),
     ):
         base = None
         for variant, model in variants:

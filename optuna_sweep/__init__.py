@@ -22,7 +22,9 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
 - ``driver_hint``: how the application installs a missing database driver, added to that error;
 - ``pruner`` picks one of Optuna's pruners for a single-objective study (``pruners``): jobs
   report intermediate values to their trial (``job_trial``) and return ``{"pruned": True, ...}``
-  when its pruner stops them; the trial is then PRUNED.
+  when its pruner stops them; the trial is then PRUNED;
+- ``callbacks`` are called as ``callback(study, frozen_trial)`` after each trial is told (Optuna's
+  ``study.optimize(callbacks=...)`` convention); ``progress.front_hypervolume`` is what one can log.
 
 Hydra finds it through ``hydra_plugins/taylorprune_optuna_sweeper`` (the registered class and
 its structured config), whose modules import neither Optuna nor this package at scan time. This
@@ -31,6 +33,7 @@ package holds the implementation and the names an application uses:
 >>> from optuna_sweep import open_storage, job_trial     # the study's storage; a job's own trial
 """
 
+from optuna_sweep.progress import check_reference_point, front_hypervolume
 from optuna_sweep.pruners import PRUNERS, job_trial, make_pruner
 from optuna_sweep.search_space import as_override, check_resumable, grid, search_space
 from optuna_sweep.storage import creation_lock, open_storage
@@ -42,8 +45,10 @@ __all__ = [
     "TRIAL_ENV",
     "WORKER_ATTR",
     "as_override",
+    "check_reference_point",
     "check_resumable",
     "creation_lock",
+    "front_hypervolume",
     "grid",
     "is_gone",
     "job_trial",

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
+from optuna_sweep.progress import CONSTRAINTS_ATTR
 from optuna_sweep.pruners import TRIAL_ID_ENV, check_pruner, make_pruner
 from optuna_sweep.reconnecting import RECONNECT_SECONDS
 from optuna_sweep.search_space import GRAMMAR, as_override, check_resumable, grid, search_space
@@ -32,7 +33,6 @@ from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 
 log = logging.getLogger(__name__)
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
-CONSTRAINTS_ATTR = "constraints"
 
 
 def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
@@ -138,6 +138,7 @@ class OptunaSweeperImpl(Sweeper):
         pruner_options: DictConfig | None = None,
         driver_hint: str | None = None,
         reconnect_seconds: float = RECONNECT_SECONDS,
+        callbacks: DictConfig | None = None,
     ) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
@@ -179,6 +180,7 @@ class OptunaSweeperImpl(Sweeper):
         )
         check_pruner(pruner, directions, storage, self.pruner_options)
         self.pruner, self.driver_hint = pruner, driver_hint
+        self.callback_configs = dict(callbacks or {})
         self.retry = (
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry_failed_trials)
             if retry_failed_trials
@@ -225,6 +227,7 @@ class OptunaSweeperImpl(Sweeper):
         space, fixed = self._space(arguments)
         if not space:
             raise ValueError(f"nothing to search: give hydra.sweeper.params or sweeps on the command line ({GRAMMAR})")
+        self.callbacks = [instantiate(config) for config in self.callback_configs.values() if config is not None]
         storage = open_storage(
             self.storage,
             self.heartbeat_interval,
@@ -290,6 +293,10 @@ class OptunaSweeperImpl(Sweeper):
                 raise
             for trial, job in zip(trials, returns, strict=True):
                 failed += not self._tell(study, trial, job)
+            told = {t.number: t for t in study.get_trials(deepcopy=False)}
+            for trial in trials:
+                for callback in self.callbacks:
+                    callback(study, told[trial.number])
             done += len(trials)
             if done and failed / done > self.max_failure_rate:
                 raise RuntimeError(

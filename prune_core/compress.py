@@ -222,8 +222,7 @@ def compress_network(
         generator.manual_seed(options.seed)
     device = options.torch_device()
     model = copy.deepcopy(model).to(device)
-    distilling = options.distillation is not None and options.distillation.active
-    teacher = copy.deepcopy(model).eval().requires_grad_(False) if distilling else None
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if options.distilling else None
     example = tuple(t.to(device) for t in source.first_inputs(2))
     prunable = TaylorPrunableNetwork(
         model,
@@ -238,6 +237,7 @@ def compress_network(
         verify=settings.verify,
         budget=settings.budget,
         flops_weight=settings.flops_weight,
+        round_to=settings.round_to,
     )
     prunable.require_prunable()
     with CheckpointWriter(settings.checkpoint_fn) as writer:

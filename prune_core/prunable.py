@@ -33,6 +33,7 @@ from prune_core.channels import ChannelGraph, macs_per_weight, remove_units
 from prune_core.checks import check_number
 from prune_core.finetune import LossFn, forward_outputs, resolve_loss, to_device
 from prune_core.importance import CRITERIA, NORMALIZATIONS, Criterion, normalize
+from prune_core.rounding import round_kept
 from prune_core.selection import ALLOCATIONS, choose_units
 
 BUDGETS = ("learnables", "macs")
@@ -68,6 +69,8 @@ class TaylorPrunableNetwork:
         flops_weight: λ of the FLOPs-regularised criterion (Molchanov et al. 2017): each unit's
             score minus λ times its MACs over the largest unit's MACs; 0 (default) leaves scores as
             they are.
+        round_to: every layer ``choose`` shrinks keeps a multiple of this many channels
+            (``prune_core.rounding``); 1 (default) keeps what the allocation chose.
     """
 
     def __init__(
@@ -85,8 +88,10 @@ class TaylorPrunableNetwork:
         verify: bool = True,
         budget: str = "learnables",
         flops_weight: float = 0.0,
+        round_to: int = 1,
     ) -> None:
         check_scoring(budget=budget, normalization=normalization, flops_weight=flops_weight)
+        check_number("round_to", round_to, "[1, inf)", integer=True)
         self._criterion_class = CRITERIA.get(criterion)
         self._allocate = ALLOCATIONS.get(allocation)
         self.model = model
@@ -96,7 +101,7 @@ class TaylorPrunableNetwork:
         self.leaf_modules = tuple(leaf_modules)
         self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
         self.allocation, self.verify = allocation, verify
-        self.budget, self.flops_weight = budget, float(flops_weight)
+        self.budget, self.flops_weight, self.round_to = budget, float(flops_weight), round_to
         self._random = np.random.default_rng(seed)
         self.graph = self._build()
         # MACs per weight entry: constant under filter pruning (output positions do not change)
@@ -185,17 +190,17 @@ class TaylorPrunableNetwork:
     ) -> list[int]:
         """The units ``prune`` would remove under a count or learnables budget (MACs with ``budget="macs"``)."""
         extra = {"weights": self.macs_per_weight} if self.budget == "macs" else {}
-        return list(
-            self._allocate(
-                self.graph,
-                self.scores(),
-                learnables=learnables,
-                max_units=max_units,
-                per_learnable=self.per_learnable,
-                floors=floors,
-                **extra,
-            )
+        scores = self.scores()
+        chosen = self._allocate(
+            self.graph,
+            scores,
+            learnables=learnables,
+            max_units=max_units,
+            per_learnable=self.per_learnable,
+            floors=floors,
+            **extra,
         )
+        return round_kept(self.graph, scores, list(chosen), round_to=self.round_to, floors=floors, progress=True)
 
     def remove(self, unit_ids: list[int]) -> None:
         """Remove these units of ``graph``, update the graph to the smaller model and reset the scores."""

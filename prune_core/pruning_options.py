@@ -59,6 +59,8 @@ class PruningOptions:
         flops_weight: λ of the FLOPs-regularised criterion (score − λ·MACs of the filter over the
             largest filter's MACs, Molchanov et al. 2017), >= 0; 0 leaves the scores as they are.
         min_filter_fraction: every layer keeps at least this fraction of its filters, in [0, 1).
+        round_to: every pruned layer keeps a multiple of this many channels (8 to 32 suit GPU
+            kernels and tensor cores), >= 1; 1 keeps what the allocation chose.
         leaf_modules: module names or types the analysis does not trace into.
         verify: check every surgery against the zeroed original.
         final_epochs: after the last pruning iteration, fine-tune the network to be returned for this
@@ -91,6 +93,7 @@ class PruningOptions:
     per_learnable: bool = False
     flops_weight: float = 0.0
     min_filter_fraction: float = 0.0
+    round_to: int = 1
     leaf_modules: Sequence[str | type] = ()
     verify: bool = True
     final_epochs: int = 0
@@ -120,6 +123,7 @@ class PruningOptions:
         CRITERIA.check(self.criterion)
         ALLOCATIONS.check(self.allocation)
         check_number("min_filter_fraction", self.min_filter_fraction, "[0, 1)")
+        check_number("round_to", self.round_to, "[1, inf)", integer=True)
         if self.plots == "pruning-progress":
             try:
                 import matplotlib  # noqa: F401 (the figure needs it: say so before any work)
@@ -165,6 +169,7 @@ class PruningKeywords(TypedDict, total=False):
     per_learnable: bool
     flops_weight: float
     min_filter_fraction: float
+    round_to: int
     leaf_modules: Sequence[str | type]
     verify: bool
     final_epochs: int

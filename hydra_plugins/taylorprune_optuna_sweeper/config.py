@@ -53,6 +53,9 @@ class TaylorpruneOptunaSweeperConf:
     # How long a call to a server database (PostgreSQL, MySQL) is retried while the server cannot be
     # reached (a restart, a failover) before the study stops with a clear error.
     reconnect_seconds: float = 120.0
+    # Called as callback(study, frozen_trial) after each trial is told, as study.optimize(callbacks=...)
+    # would: a mapping of name to a Hydra object config (_target_ and its arguments); null drops one.
+    callbacks: Dict[str, Any] = field(default_factory=dict)
 
 
 SAMPLERS = {

@@ -6,7 +6,8 @@ allowed; the named losses use the first of each). Network outputs are **logits**
 classification losses (the softmax/sigmoid is part of the loss, as is usual in PyTorch):
 
 - ``crossentropy``: targets are class indices or class probabilities (one-hot) along dim 1; an
-  index that is not a class of the output (``7`` for 5 outputs) raises ValueError naming it;
+  index that is not a class of the output (``7`` for 5 outputs) raises ValueError naming it
+  where PyTorch reports it (on the CPU; a GPU kernel asserts instead);
 - ``index-crossentropy``: targets are class indices (integers);
 - ``binary-crossentropy``: targets are 0/1 (or probabilities) of the output's shape;
 - ``mae`` / ``mean-absolute-error`` / ``l1loss``, ``mse`` / ``mean-squared-error`` /
@@ -38,25 +39,30 @@ LossFn = Callable[[Tensors, Tensors], torch.Tensor]
 TensorLoss = Callable[..., torch.Tensor]
 
 
-def _class_indices(y: torch.Tensor, t: torch.Tensor, name: str) -> torch.Tensor:
-    """``t`` as class indices of ``y``'s dimension 1, or ValueError naming the label that is not one."""
+def _indexed_crossentropy(y: torch.Tensor, t: torch.Tensor, name: str) -> torch.Tensor:
+    """Cross-entropy of ``y`` against class indices ``t``; a label that is not a class of ``y``'s
+    dimension 1 raises ValueError naming it.
+
+    The labels are looked at only when PyTorch refuses them, so a good batch costs no host sync.
+    """
     t = t.long()
-    classes = y.shape[1] if y.ndim > 1 else 0
-    low, high = (int(v) for v in torch.aminmax(t)) if t.numel() else (0, 0)
-    if low < 0 or high >= classes:
+    try:
+        return F.cross_entropy(y, t)
+    except IndexError:
+        classes = y.shape[1] if y.ndim > 1 else 0
+        low, high = (int(v) for v in torch.aminmax(t))
         bad = low if low < 0 else high
         raise ValueError(
             f"loss {name!r}: label {bad} is not a class of the network, which has {classes} outputs "
             f"(classes 0 to {classes - 1}); give the network {max(high + 1, classes)} outputs "
             f"(num_classes), or relabel the data to 0..{classes - 1}"
-        )
-    return t
+        ) from None
 
 
 def _crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point() and t.shape == y.shape:
         return F.cross_entropy(y, t)
-    return F.cross_entropy(y, _class_indices(y, t, "crossentropy"))
+    return _indexed_crossentropy(y, t, "crossentropy")
 
 
 def _index_crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,7 @@ def _index_crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             "loss 'index-crossentropy' needs integer class indices as targets; "
             "use 'crossentropy' for class probabilities"
         )
-    return F.cross_entropy(y, _class_indices(y, t, "index-crossentropy"))
+    return _indexed_crossentropy(y, t, "index-crossentropy")
 
 
 def _binary_crossentropy(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

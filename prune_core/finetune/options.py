@@ -143,6 +143,11 @@ class TrainingOptions:
         return DEFAULT_LEARN_RATES[self.solver] if self.initial_learn_rate is None else self.initial_learn_rate
 
     @property
+    def distilling(self) -> bool:
+        """Whether fine-tuning learns from a teacher: ``distillation`` is set with alpha > 0."""
+        return self.distillation is not None and self.distillation.active
+
+    @property
     def objective_maximized(self) -> bool:
         """Whether larger values of the objective metric are better (accuracy) or worse (loss)."""
         return any(m.maximize for m in self.resolved_metrics if m.name == self.objective_metric_name)

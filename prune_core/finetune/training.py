@@ -273,15 +273,14 @@ class _Objective:
 
     @classmethod
     def of(cls, loss_fn: LossFn, options: TrainingOptions, teacher: nn.Module | None) -> _Objective:
-        distillation = options.distillation
-        if distillation is None or not distillation.active:
+        if not options.distilling:
             return cls(loss_fn)
         if teacher is None:
             raise ValueError(
                 "options.distillation needs a teacher network: compress_network uses the input network; "
                 "train_network(..., teacher=net); or set options.distillation=None"
             )
-        return cls(loss_fn, teacher, distillation)
+        return cls(loss_fn, teacher, options.distillation)
 
     def __call__(
         self, outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...]
@@ -381,7 +380,7 @@ def train_network(
         else as_source(options.validation_data, argument="options.validation_data")
     )
     generator = None if options.seed is None else torch.Generator().manual_seed(options.seed)
-    if teacher is not None and (options.distillation is None or not options.distillation.active):
+    if teacher is not None and not options.distilling:
         raise ValueError(
             "teacher is given, but options.distillation is off; set options.distillation=Distillation(...)"
         )

@@ -11,6 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis import choose, load_experiment, pareto_front
+from optuna_sweep import front_hypervolume
 from tests.support.app import (
     FAST,
     FAST_LOGGING_ALL,
@@ -100,6 +101,13 @@ def test_study_resumes_and_continues_trial_numbers(tmp_path):
         }
         assert "pareto_front.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
     last = max(parents, key=lambda p: p.info.start_time)  # four trials in its study: objectives that vary
+    first = min(parents, key=lambda p: p.info.start_time)
+    for parent, numbers in ((first, [0, 1]), (last, [2, 3])):  # the study's progress, one point per trial
+        history = MlflowClient().get_metric_history(parent.info.run_id, "hypervolume")
+        assert sorted(m.step for m in history) == numbers
+        volumes = [m.value for m in sorted(history, key=lambda m: m.step)]
+        assert volumes == sorted(volumes) and volumes[0] > 0, "a front only grows"
+    assert volumes[-1] == pytest.approx(front_hypervolume(study(tmp_path), [0.0, 0.0]))
     assert any(
         a.path.startswith("optuna/param_importances_")
         for a in MlflowClient().list_artifacts(last.info.run_id, "optuna")
@@ -134,6 +142,9 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert states == {"taylor": optuna.trial.TrialState.COMPLETE, "bogus": optuna.trial.TrialState.FAIL}
     statuses = sorted(r.info.status for r in runs(store(tmp_path)) if r.data.tags["taylorprune.role"] == "trial")
     assert statuses == ["FINISHED"], "the bogus criterion failed its configuration check, before any run"
+    (parent,) = [r for r in runs(store(tmp_path)) if r.data.tags["taylorprune.role"] == "study"]
+    history = MlflowClient().get_metric_history(parent.info.run_id, "hypervolume")
+    assert sorted(m.step for m in history) == [0, 1], "the failed trial has its point too"
 
 
 def test_max_failure_rate_stops_a_broken_study(tmp_path):
