@@ -25,6 +25,10 @@ both go. Nothing is kept between batches.
 "taylor-bn" is Taylor-FO-BN (Molchanov et al. 2019): per scored batch, ``(γ·∂L/∂γ + β·∂L/∂β)``
 of the BatchNorm channels that go with the unit, summed over those channels, squared and
 averaged over batches; units with no BatchNorm keep the activation Taylor score.
+"taylor-weight" is the Taylor criterion on the weights instead of the activations:
+``|w x dLoss/dw|`` over every parameter entry of the unit (filters, consumers' input channels,
+norm parameters), the gradient summed over the scored batches (Torch-Pruning's
+``TaylorImportance``).
 
 Baselines: "l1" (sum of absolute filter weights of the unit's producers, Li et al. 2017) and
 "random".
@@ -312,6 +316,60 @@ class BatchNormTaylorCriterion(TaylorCriterion):
         return np.where(self.covered, self.sums / max(self.batches, 1), taylor)
 
 
+class WeightTaylorCriterion(Criterion):
+    """ "taylor-weight": first-order Taylor on the weights (Molchanov et al. 2019, as Torch-Pruning's
+    ``TaylorImportance``): ``|w x g|`` summed over every parameter entry that goes with the unit
+    (its filters, its consumers' input channels, its norm parameters), ``g`` the gradient summed
+    over the scored batches."""
+
+    needs_gradients = True
+
+    def __init__(self, graph: ChannelGraph, rng: np.random.Generator) -> None:
+        super().__init__(graph, rng)
+        self.parameter_sites = [
+            (name, dim, units)
+            for (name, dim), units in graph.site_units.items()
+            if graph.sites[(name, dim)].kind == "parameter"
+        ]
+        self.gradients: dict[str, torch.Tensor] = {}
+        self.batches = 0
+
+    @contextmanager
+    def recording(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
+        parameters = dict(model.named_parameters())
+        wanted = {name: parameters[name] for name, _, _ in self.parameter_sites if name in parameters}
+        seen: dict[str, torch.Tensor] = {}
+        handles = [
+            p.register_hook(lambda g, name=name: seen.__setitem__(name, g.detach())) for name, p in wanted.items()
+        ]
+        try:
+            yield list(wanted.values())
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, gradient in seen.items():
+            total = self.gradients.get(name)
+            self.gradients[name] = gradient.clone() if total is None else total + gradient
+        self.batches += bool(seen)
+
+    @property
+    def examples(self) -> int:
+        """Scored batches (each holds at least one example)."""
+        return self.batches
+
+    def scores(self, model: nn.Module) -> np.ndarray:
+        parameters = dict(model.named_parameters())
+        out = np.zeros(len(self.graph.units))
+        for name, dim, units in self.parameter_sites:
+            if name not in self.gradients:
+                continue
+            product = (parameters[name].detach() * self.gradients[name]).abs().movedim(dim, 0)
+            values = product.reshape(product.shape[0], -1).sum(1).double().cpu().numpy()
+            keep = units >= 0
+            np.add.at(out, units[keep], values[keep])
+        return out
+
+
 class L1Criterion(Criterion):
     """ "l1": the summed absolute weights of a unit's filters (Li et al. 2017)."""
 
@@ -331,5 +389,6 @@ class RandomCriterion(Criterion):
 register_criterion("taylor", TaylorCriterion)
 register_criterion("taylor-squared", SquaredTaylorCriterion)
 register_criterion("taylor-bn", BatchNormTaylorCriterion)
+register_criterion("taylor-weight", WeightTaylorCriterion)
 register_criterion("l1", L1Criterion)
 register_criterion("random", RandomCriterion)

@@ -211,3 +211,28 @@ def test_mean_normalisation_does_not_favour_narrow_layers():
         assert narrow == 0 and wide == 18 / 64
     finally:
         CRITERIA.unregister("rank-in-group")
+
+
+def test_weight_taylor_scores_match_a_direct_computation_over_every_coupled_parameter():
+    net = small_net().eval()
+    prunable = TaylorPrunableNetwork(net, torch.zeros(1, 2, 12), criterion="taylor-weight", normalization="none")
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(5, 2, 12, generator=generator), torch.randint(0, 3, (5,), generator=generator)) for _ in "ab"
+    ]
+    for x, y in batches:
+        prunable.update_score(x, y)
+    summed = [torch.zeros_like(p) for p in net.parameters()]
+    for x, y in batches:
+        for total, g in zip(summed, torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))):
+            total += g
+    w_g = {name: (p * g).abs().detach() for (name, p), g in zip(net.named_parameters(), summed)}
+    first = sum(w_g[f"0.{part}"].reshape(6, -1).sum(1) for part in ("weight", "bias"))  # the filters
+    first = first + sum(w_g[f"1.{part}"] for part in ("weight", "bias"))  # their BatchNorm
+    first = first + w_g["3.weight"].sum((0, 2))  # the next convolution's input channels
+    second = w_g["3.weight"].reshape(4, -1).sum(1) + w_g["3.bias"] + w_g["6.weight"].reshape(3, 4, 10).sum((0, 2))
+    scores = prunable.scores()
+    for layer, expected in (("0", first), ("3", second)):
+        ids = [u.id for u in prunable.graph.units if u.producers == (layer,)]
+        np.testing.assert_allclose(scores[ids], expected.double().numpy(), rtol=1e-5)
+    assert all(p.grad is None for p in net.parameters()), "the weights' gradients are left alone"
