@@ -293,10 +293,11 @@ class OptunaSweeperImpl(Sweeper):
                 raise
             for trial, job in zip(trials, returns, strict=True):
                 failed += not self._tell(study, trial, job)
-            told = {t.number: t for t in study.get_trials(deepcopy=False)}
-            for trial in trials:
-                for callback in self.callbacks:
-                    callback(study, told[trial.number])
+            if self.callbacks:
+                told = {t.number: t for t in study.get_trials(deepcopy=False)}
+                for trial in trials:
+                    for callback in self.callbacks:
+                        callback(study, told[trial.number])
             done += len(trials)
             if done and failed / done > self.max_failure_rate:
                 raise RuntimeError(

@@ -34,13 +34,7 @@ import math
 import numpy as np
 
 from prune_core.channels import ChannelGraph
-
-
-def _groups(graph: ChannelGraph) -> dict[tuple[str, ...], list[int]]:
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for unit in graph.units:
-        groups.setdefault(unit.producers, []).append(unit.id)
-    return groups
+from prune_core.selection import channel_groups
 
 
 def _step(graph: ChannelGraph, ids: list[int], round_to: int) -> int | None:
@@ -73,7 +67,7 @@ def round_kept(
     floors = floors or {}
     taken = set(chosen)
     plans = []  # per group that lost units: its units lowest score first, those chosen, its step
-    for ids in _groups(graph).values():
+    for ids in channel_groups(graph).values():
         step = _step(graph, ids, round_to) if taken.intersection(ids) else None
         if step is not None:
             order = sorted(ids, key=lambda uid: scores[uid])
@@ -111,5 +105,6 @@ def _nearest(
         return picked
     if target > kept:  # give back the highest-scoring chosen units
         return picked[: size - target]
-    extra = [uid for uid in removable if uid not in set(picked)]
+    chosen = set(picked)
+    extra = [uid for uid in removable if uid not in chosen]
     return picked + extra[: kept - target]

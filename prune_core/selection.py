@@ -102,6 +102,14 @@ def choose_units(
     return taken
 
 
+def channel_groups(graph: ChannelGraph) -> dict[tuple[str, ...], list[int]]:
+    """The unit ids of each channel group: units removed from the same producers, in unit order."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for unit in graph.units:
+        groups.setdefault(unit.producers, []).append(unit.id)
+    return groups
+
+
 def filter_floors(graph: ChannelGraph, fraction: float) -> dict[tuple[str, int], int]:
     """Keep at least ``fraction`` of every filter site's channels (at least 1), from this graph's sizes.
 
@@ -120,11 +128,8 @@ def choose_uniform(
     weights: dict[str, float] | None = None,
 ) -> list[int]:
     """Units to remove when every group loses the same share of its filters; see the module docstring."""
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for unit in graph.units:
-        if np.isfinite(scores[unit.id]):
-            groups.setdefault(unit.producers, []).append(unit.id)
-    ranked = [sorted(ids, key=lambda uid: scores[uid]) for ids in groups.values()]
+    finite = ([uid for uid in ids if np.isfinite(scores[uid])] for ids in channel_groups(graph).values())
+    ranked = [sorted(ids, key=lambda uid: scores[uid]) for ids in finite if ids]
 
     def take(share: float) -> list[int]:
         picked = [uid for ids in ranked for uid in ids[: int(share * len(ids))]]
