@@ -18,7 +18,8 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
   fails the trials of dead workers on its host, ``heartbeat_interval`` reaps those of other
   hosts (``storage``), ``retry_failed_trials`` runs a reaped trial again, and each invocation's
   sampler seed also depends on the trials already in the study and ``worker_id``;
-- a run in which every trial failed raises, so the command exits non-zero;
+- a run in which every trial failed raises, so the command exits non-zero; so does a trial that
+  failed on a full disk, with "No space left on device while writing <path>" first (``disk_full``);
 - ``driver_hint``: how the application installs a missing database driver, added to that error;
 - ``pruner`` picks one of Optuna's pruners for a single-objective study (``pruners``): jobs
   report intermediate values to their trial (``job_trial``) and return ``{"pruned": True, ...}``
@@ -33,6 +34,7 @@ package holds the implementation and the names an application uses:
 >>> from optuna_sweep import open_storage, job_trial     # the study's storage; a job's own trial
 """
 
+from optuna_sweep.disk_full import disk_full_line
 from optuna_sweep.progress import check_reference_point, front_hypervolume
 from optuna_sweep.pruners import PRUNERS, job_trial, make_pruner
 from optuna_sweep.search_space import as_override, check_resumable, grid, search_space
@@ -48,6 +50,7 @@ __all__ = [
     "check_reference_point",
     "check_resumable",
     "creation_lock",
+    "disk_full_line",
     "front_hypervolume",
     "grid",
     "is_gone",

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
+from optuna_sweep.disk_full import disk_full_line
 from optuna_sweep.progress import CONSTRAINTS_ATTR
 from optuna_sweep.pruners import TRIAL_ID_ENV, check_pruner, make_pruner
 from optuna_sweep.reconnecting import RECONNECT_SECONDS
@@ -239,7 +240,17 @@ class OptunaSweeperImpl(Sweeper):
         with warnings.catch_warnings():  # heartbeats are recorded here, not by study.optimize (see heartbeats)
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return self._run(space, fixed, storage)
+            try:
+                return self._run(space, fixed, storage)
+            except Exception as exc:  # a full disk: its one line first, and as the study's error
+                full = disk_full_line(exc)
+                if full is None:
+                    raise
+                log.error(full)
+                raise RuntimeError(
+                    f"{full}: the study {self.study_name!r} stops here; free space there, then run the same "
+                    "command again to resume it"
+                ) from exc
 
     def _run(self, space, fixed: list[str], storage) -> list[optuna.trial.FrozenTrial]:
         """The study's loop (see the package docstring) on an opened ``storage``."""
@@ -335,6 +346,8 @@ class OptunaSweeperImpl(Sweeper):
         except Exception as exc:  # the job raised, or returned something unusable
             log.warning(f"Trial {trial.number} failed: {type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
+            if disk_full_line(exc) is not None:  # every later trial would fail the same way: stop (see sweep)
+                raise
             return False
         for key, value in user_attrs.items():
             trial.set_user_attr(key, value)

@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from optuna_sweep import job_trial
+from optuna_sweep import disk_full_line, job_trial
 from prune_core import PruningInfo, StopReason, compress_network
 from sweeps import layout
 from sweeps.base_network import base_network
@@ -82,6 +82,9 @@ def run_job(cfg: DictConfig):
     except Exception as exc:  # a signal that came back out of torch as another exception is still a stop
         if interrupts.interrupted(exc):
             raise KeyboardInterrupt(f"interrupted ({type(exc).__name__}: {exc})") from exc
+        full = disk_full_line(exc)
+        if full is not None:  # the one line that matters, before the stores' long messages
+            log.error(full)
         raise
 
 

@@ -6,10 +6,14 @@
 - ``own_postgres``: a cluster of the test's own (the same skips), for tests that stop and start it.
 - ``mlflow_server_url``: an ``mlflow server`` on 127.0.0.1 with a SQLite store and proxied
   artifacts in the test's folder.
+- ``small_disk``: a mounted file system of its own (tmpfs) that a test can fill: a function of its
+  size in MiB that mounts it and returns the folder. Skipped where mounting is not allowed (not
+  root), failed in CI, which runs as root.
 """
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +46,27 @@ def own_postgres() -> Iterator[str]:
 def mlflow_server_url(tmp_path: Path) -> Iterator[str]:
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts") as url:
         yield url
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    mounted: list[Path] = []
+
+    def mount(mib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            reason = f"cannot mount a small file system here: {done.stderr.strip()}"
+            pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from optuna_sweep.disk_full import disk_full_line
 from optuna_sweep.storage import open_storage
 from optuna_sweep.workers import this_worker
 from sweeps import layout
@@ -136,5 +137,10 @@ def closing_studies() -> Iterator[None]:
     except BaseException as exc:
         status = "KILLED" if interrupts.interrupted(exc) else "FAILED"
         for callback in list(_open):
-            callback.end(status)
+            run_id = callback.run_id
+            try:
+                callback.end(status)
+            except Exception as failed:  # the store itself is what failed (full, gone): keep the first error
+                reason = disk_full_line(failed) or f"{type(failed).__name__}: {failed}"
+                log.error(f"The study run {run_id} could not be marked {status}: {reason}")
         raise

@@ -5,6 +5,7 @@ generous deadline that only a hung process reaches.
 """
 
 import signal
+import subprocess
 import time
 
 import mlflow
@@ -212,3 +213,19 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
     assert "cannot be read" in result.stderr + result.stdout and "training it again" in result.stderr + result.stdout
     assert read_pruned(cached)[1], "a readable network replaced the corrupt file"
     assert [r.info.status for r in all_runs(tmp_path)] == ["FINISHED", "FINISHED"]
+
+
+def test_a_study_whose_disk_fills_says_so_in_one_line_and_resumes_once_there_is_room(small_disk):
+    disk = small_disk(3)  # room for the stores and about one trial
+    failed = run_app(disk, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=8", multirun=True, check=False)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0, output[-3000:]
+    said = f"No space left on device while writing {disk}/"
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"RuntimeError: {said}") and "run the same command again to resume it" in last, last
+    assert f"[ERROR] - {said}" in output, output[-3000:]  # logged before the stores' own messages
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    run_app(disk, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=1", multirun=True)
+    states = [t.state for t in trials(disk)]
+    assert optuna.trial.TrialState.RUNNING not in states and states[-1] == optuna.trial.TrialState.COMPLETE, states
+    assert "RUNNING" not in {r.info.status for r in all_runs(disk)}
