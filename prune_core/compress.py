@@ -1,8 +1,11 @@
 """``compress_network``: iterative Taylor pruning with fine-tuning (MATLAB's ``compressNetworkUsingTaylorPruning``).
 
 Each pruning iteration scores the filters on ``num_importance_score_iterations`` mini-batches,
-removes the lowest-scoring ones across all groups until at least ``increment`` of the
-*original* learnables is gone (or nothing more can go: every layer keeps a filter), rebuilds
+removes the lowest-scoring ones across all groups until ``k x increment`` of the *original*
+learnables is gone in all after iteration ``k`` (so "up to 1/increment iterations", as MATLAB
+says: removals come in whole filters, and a step that overshoots its target makes the next
+one smaller instead of shifting every later row), or nothing more can go (every layer keeps
+a filter); it rebuilds
 the optimizer, fine-tunes with ``options``, validates and checkpoints (in the background, one
 write in flight; ``compress_network`` returns once every checkpoint is written). It stops when
 
@@ -372,7 +375,8 @@ class _Compression:
             if not finite:
                 return _Stop(StopReason.DIVERGED, current=False)
         started = time.perf_counter()
-        self.chosen = prunable.choose(learnables=min(self.step_amount, self.goal_amount - removed), floors=self.floors)
+        target = min(self.iteration * self.step_amount, self.goal_amount)
+        self.chosen = prunable.choose(learnables=max(target - removed, 1), floors=self.floors)
         if not self.chosen:
             return _Stop(StopReason.MAXIMUM, current=True)
         prunable.remove(self.chosen)

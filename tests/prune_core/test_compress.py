@@ -341,3 +341,16 @@ def test_bad_input_forms(trained):
     last = nn.Sequential(nn.Conv1d(1, 4, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten())
     with pytest.raises(ValueError, match="model has nothing to prune: reaches the network output"):
         compress_network(last, x, y, "crossentropy", options())
+
+
+@pytest.mark.parametrize("budget,column", [("learnables", "reduction"), ("macs", "macs_reduction")])
+def test_iteration_k_removes_k_increments_in_all_so_overshoots_do_not_add_up(budget, column):
+    net, (x, y) = wave_cnn(width=32), wave_task()  # filters of 1-2% of the learnables each
+    _, info = compress_network(
+        net, x, y, "crossentropy", options(), goal=0.6, increment=0.075, budget=budget, verbosity="off"
+    )
+    reductions = info.pruning_history[column].tolist()[1:]
+    assert len(reductions) == math.ceil(0.6 / 0.075), reductions  # "up to 1/increment iterations"
+    for k, reduction in enumerate(reductions[:-1], start=1):
+        assert k * 0.075 - 1e-9 <= reduction < (k + 0.5) * 0.075, (k, reductions)
+    assert reductions[-1] >= 0.6
