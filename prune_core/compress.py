@@ -232,6 +232,7 @@ def compress_network(
         example,
         layer_names=settings.layer_names,
         leaf_modules=settings.leaf_modules,
+        compare_at=settings.compare_at,
         criterion=settings.criterion,
         normalization=settings.normalization,
         per_learnable=settings.per_learnable,

@@ -54,7 +54,8 @@ class TaylorPrunableNetwork:
     Args:
         model: the network; wrapping analyses it and leaves it as it is, ``prune`` shrinks it.
         example_input: a tensor or tuple of tensors the model runs on (for the channel analysis).
-        layer_names, leaf_modules: as in ``ChannelGraph.build``.
+        layer_names, leaf_modules, compare_at: as in ``ChannelGraph.build`` (``compare_at``: the
+            modules whose outputs the surgery check compares, for outputs that are post-processed).
         criterion: a registered criterion name: "taylor" (default), "l1", "random" or one's own
             (``prune_core.register_criterion``).
         normalization: "mean" (default), "l2" or "none" (see ``prune_core.importance``).
@@ -80,6 +81,7 @@ class TaylorPrunableNetwork:
         *,
         layer_names: Iterable[str] | None = None,
         leaf_modules: Iterable[str | type] = (),
+        compare_at: Iterable[str] = (),
         criterion: str = "taylor",
         normalization: str = "mean",
         per_learnable: bool = False,
@@ -99,6 +101,7 @@ class TaylorPrunableNetwork:
         self.layer_names = [layer_names] if isinstance(layer_names, str) else layer_names
         self.layer_names = None if self.layer_names is None else list(self.layer_names)
         self.leaf_modules = tuple(leaf_modules)
+        self.compare_at = (compare_at,) if isinstance(compare_at, str) else tuple(compare_at)
         self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
         self.allocation, self.verify = allocation, verify
         self.budget, self.flops_weight, self.round_to = budget, float(flops_weight), round_to
@@ -109,7 +112,9 @@ class TaylorPrunableNetwork:
         self.scorer: Criterion = self._criterion_class(self.graph, self._random)
 
     def _build(self) -> ChannelGraph:
-        return ChannelGraph.build(self.model, self.example_input, self.layer_names, self.leaf_modules)
+        return ChannelGraph.build(
+            self.model, self.example_input, self.layer_names, self.leaf_modules, compare_at=self.compare_at
+        )
 
     @property
     def needs_gradients(self) -> bool:

@@ -62,6 +62,8 @@ class PruningOptions:
         round_to: every pruned layer keeps a multiple of this many channels (8 to 32 suit GPU
             kernels and tensor cores), >= 1; 1 keeps what the allocation chose.
         leaf_modules: module names or types the analysis does not trace into.
+        compare_at: module names whose outputs the surgery check compares instead of the network's
+            (outputs that are post-processed: a detector's backbone and heads); () compares the outputs.
         verify: check every surgery against the zeroed original.
         final_epochs: after the last pruning iteration, fine-tune the network to be returned for this
             many more epochs (0: none), with the same options; it is a history row of its own
@@ -95,6 +97,7 @@ class PruningOptions:
     min_filter_fraction: float = 0.0
     round_to: int = 1
     leaf_modules: Sequence[str | type] = ()
+    compare_at: Sequence[str] = ()
     verify: bool = True
     final_epochs: int = 0
     checkpoint_path: str | os.PathLike[str] | None = None
@@ -171,6 +174,7 @@ class PruningKeywords(TypedDict, total=False):
     min_filter_fraction: float
     round_to: int
     leaf_modules: Sequence[str | type]
+    compare_at: Sequence[str]
     verify: bool
     final_epochs: int
     checkpoint_path: str | os.PathLike[str] | None

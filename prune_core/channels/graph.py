@@ -57,6 +57,19 @@ class Unit:
         return not self.reasons
 
 
+def check_compare_at(model: nn.Module, compare_at: Iterable[str]) -> tuple[str, ...]:
+    """``compare_at`` as a tuple of module names of ``model``; a ValueError names any that is not one."""
+    names = (compare_at,) if isinstance(compare_at, str) else tuple(compare_at)
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if not isinstance(name, str) or not name or name not in modules]
+    if unknown:
+        raise ValueError(
+            f"compare_at names {unknown}, which are not submodules of the model; use dotted module names "
+            f"such as {[n for n in modules if n][:3]}"
+        )
+    return names
+
+
 @dataclass
 class ChannelGraph:
     """Removal units of a model; see the module docstring. Build with ``ChannelGraph.build``."""
@@ -70,6 +83,7 @@ class ChannelGraph:
     norm_groups: dict[str, int] = field(default_factory=dict)
     renormalizing: set[str] = field(default_factory=set)
     example_input: ExampleInput | None = None  # what the analysis ran on; the surgery check reuses it
+    compare_at: tuple[str, ...] = ()  # modules whose outputs the surgery check compares (none: the network's)
     unsupported: tuple[str, ...] = ()  # operations the analysis did not understand
 
     @classmethod
@@ -79,6 +93,7 @@ class ChannelGraph:
         example_input,
         layer_names: Iterable[str] | None = None,
         leaf_modules: Iterable[str | type] = (),
+        compare_at: Iterable[str] = (),
     ) -> ChannelGraph:
         """Analyse ``model`` on ``example_input`` (a tensor, a tuple of positional arguments or a dict of
         keyword arguments: ``ExampleInput``).
@@ -87,9 +102,12 @@ class ChannelGraph:
         filters or channel-wise parameters lie in those layers (or inside them) -- naming a
         BatchNorm prunes the conv feeding it, naming a conv prunes its filters and shrinks the
         layers that consume them; ``leaf_modules`` are not traced into and their channels are
-        left alone.
+        left alone. ``compare_at`` names the modules whose outputs the surgery check compares instead
+        of the network's outputs (``prune_core.channels.verify``): for a detector, the backbone and
+        heads, before post-processing.
         """
         inputs = example_inputs(model, example_input)
+        compared = check_compare_at(model, compare_at)
         names = resolve_layer_names(model, layer_names)
         collecting = gc.isenabled()
         gc.disable()  # the analysis allocates many small objects and frees none of them
@@ -104,7 +122,7 @@ class ChannelGraph:
         finally:
             if collecting:
                 gc.enable()
-        graph.example_input = inputs
+        graph.example_input, graph.compare_at = inputs, compared
         return graph
 
     @classmethod
@@ -197,6 +215,7 @@ class ChannelGraph:
             norm_groups=self.norm_groups,
             renormalizing=self.renormalizing,
             example_input=self.example_input,
+            compare_at=self.compare_at,
             unsupported=self.unsupported,
         )
 

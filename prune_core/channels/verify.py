@@ -12,6 +12,15 @@ zeroing: in the reference run, such a norm (``F.layer_norm`` called inside a mod
 ``graph.renormalizing`` names) normalises over its kept channels only, and its removed
 channels read zero. Every surgery is then checked exactly, layer norms included.
 
+What is compared: every tensor of the network's outputs (tuples, lists, dicts, dataclasses), or,
+where the graph was built with ``compare_at`` (module names), every tensor those modules return
+instead. A detector's outputs come after post-processing (a score threshold, top-k, NMS), where
+the last-bit differences between zeroed and removed channels can pick other boxes: the check
+would refuse a right surgery there. ``compare_at=["head"]`` compares the head's raw predictions,
+before post-processing, at the same tolerance. Name modules whose outputs keep every channel (a
+head's predictions, not the features it reads, which pruning narrows): every pruned layer upstream
+of them is checked through them.
+
 >>> import torch, torch.nn as nn
 >>> from prune_core.channels.graph import ChannelGraph
 >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3)).eval()
@@ -128,16 +137,23 @@ def _run(
 ) -> list[torch.Tensor]:
     example = graph.example_input
     device = example.tensors[0].device.type
+    compared: list[torch.Tensor] = []
     with preserved(model), torch.no_grad(), ExitStack() as stack:
         model.eval()
+        modules = dict(model.named_modules())
+        for name in graph.compare_at:
+            hook = modules[name].register_forward_hook(lambda module, args, out: compared.extend(tensors_in(out)))
+            stack.callback(hook.remove)
         stack.enter_context(torch.autocast(device, enabled=False))  # full precision under a caller's autocast
         stack.enter_context(_exact_float32())
         if kept:
             mode = stack.enter_context(_KeptChannelsLayerNorm(model, kept))
             stack.enter_context(mode.hooks)
         if replaced:
-            return tensors_in(functional_call(model, replaced, example.args, example.kwargs, strict=False))
-        return tensors_in(example.call(model))  # every output tensor, dataclasses included
+            outputs = functional_call(model, replaced, example.args, example.kwargs, strict=False)
+        else:
+            outputs = example.call(model)
+    return compared if graph.compare_at else tensors_in(outputs)  # every tensor, dataclasses included
 
 
 def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> list[torch.Tensor]:
@@ -178,10 +194,20 @@ def check_equivalent(
             f"the pruned network no longer runs on the example input after removing "
             f"{_involved(graph, unit_ids)}: {type(exc).__name__}: {exc}. {advice}"
         ) from exc
+    where = (
+        f"the outputs of {', '.join(f'`{name}`' for name in graph.compare_at)} (compare_at)"
+        if graph.compare_at
+        else "the output"
+    )
     shapes = [tuple(t.shape) for t in reference], [tuple(t.shape) for t in pruned]
     if shapes[0] != shapes[1]:
         raise SurgeryMismatch(
-            f"removing {_involved(graph, unit_ids)} changed the output shapes from {shapes[0]} to {shapes[1]}. {advice}"
+            f"removing {_involved(graph, unit_ids)} changed the shapes of {where} from {shapes[0]} to {shapes[1]}. "
+            "Where the forward branches on sizes or values, the analysis followed the example input's path and "
+            "the pruned network may take another; where the outputs are post-processed (top-k, thresholds, NMS "
+            "in a detector), compare the tensors before it with compare_at=[...], naming modules whose outputs "
+            "keep every channel (a head's predictions, not the features pruning narrows). "
+            f"{advice}"
         )
     for i, (ref, out) in enumerate(zip(reference, pruned)):
         if not ref.is_floating_point():
@@ -192,5 +218,6 @@ def check_equivalent(
         if not error <= tolerance:
             raise SurgeryMismatch(
                 f"the pruned network differs from the original with the removed channels zeroed by {error:.3g} "
-                f"(tolerance {tolerance:.3g}) at output {i}, after removing {_involved(graph, unit_ids)}. {advice}"
+                f"(tolerance {tolerance:.3g}) at tensor {i} of {where}, after removing {_involved(graph, unit_ids)}. "
+                f"{advice}"
             )
