@@ -5,8 +5,8 @@ A full disk surfaces as an ``OSError`` with ``errno.ENOSPC`` (a file the job wri
 exceptions whose text runs to dozens of lines. ``disk_full_line(exc)`` looks through the
 exception, its causes and contexts, and returns the one line to show first, or None when the
 disk is not the cause. The path is the error's file name or, where the error gives none, the
-file or SQLite database being written in the innermost frame that holds one (an open file, a
-SQLAlchemy connection).
+file or SQLite database being written in the innermost frame that holds one (a file opened for
+writing, a SQLAlchemy connection).
 
 >>> import errno
 >>> disk_full_line(RuntimeError("saving failed")) is None
@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 
@@ -42,14 +43,26 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         pending += [current.__cause__, current.__context__]
 
 
-def _written(value: object) -> str | None:
-    """The path ``value`` writes to: an open file's name, or a SQLAlchemy connection's database."""
+# Words in a local variable's name that say it holds the path being written, best first.
+_PATH_HINTS = ("dest", "out", "tmp", "temp", "path")
+
+
+def _written(value: object, scope: dict[str, object]) -> str | None:
+    """The path ``value`` (a local of a frame whose locals are ``scope``) writes to: a SQLAlchemy connection's
+    database, or a file opened for writing: its name, or where it was opened from a descriptor (no name),
+    the frame's own name for the path (``destination_path``, ``tmp_path``, ...)."""
     url = getattr(getattr(value, "engine", None), "url", None)
     database = getattr(url, "database", None)
     if isinstance(database, str) and database:
-        return database
+        return os.path.abspath(database)  # a SQLite URL's path may be relative to the working folder
+    mode = getattr(value, "mode", "w")
+    if not callable(getattr(value, "write", None)) or (isinstance(mode, str) and "r" in mode and "+" not in mode):
+        return None
     name = getattr(value, "name", None)
-    return name if callable(getattr(value, "write", None)) and isinstance(name, str) and name else None
+    if isinstance(name, str) and name:
+        return name
+    paths = {key.lower(): v for key, v in scope.items() if isinstance(v, str) and os.path.isabs(v)}
+    return next((v for hint in _PATH_HINTS for key, v in paths.items() if hint in key), None)
 
 
 def _path_in_frames(exc: BaseException) -> str | None:
@@ -59,8 +72,9 @@ def _path_in_frames(exc: BaseException) -> str | None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        for value in frame.f_locals.values():
-            if (path := _written(value)) is not None:
+        scope = frame.f_locals
+        for value in scope.values():
+            if (path := _written(value, scope)) is not None:
                 return path
     return None
 

@@ -244,23 +244,28 @@ def compress_network(
         round_to=settings.round_to,
     )
     prunable.require_prunable()
-    with CheckpointWriter(settings.checkpoint_fn) as writer:
-        loop = _Compression(
-            prunable, example, source, validation, loss_fn, options, settings, generator, writer, teacher
+    loop: _Compression | None = None
+    try:  # an error closes the progress bar too, instead of leaving it to be drawn at exit
+        with CheckpointWriter(settings.checkpoint_fn) as writer:
+            loop = _Compression(
+                prunable, example, source, validation, loss_fn, options, settings, generator, writer, teacher
+            )
+            returned, returned_row, stop = loop.run()
+        loop.record.checkpointed(writer.written, writer.waited)
+        final_iteration = None
+        if settings.final_epochs and stop is not StopReason.INTERRUPTED:  # after every write: it may be `kept`
+            returned, returned_row, stop, final_iteration = loop.final_fine_tune(returned, returned_row, stop)
+        return returned, loop.record.finish(
+            returned,
+            stop,
+            returned_row,
+            figure_metric=_figure_metric(settings, options),
+            plots_path=settings.plots_path,
+            final_iteration=final_iteration,
         )
-        returned, returned_row, stop = loop.run()
-    loop.record.checkpointed(writer.written, writer.waited)
-    final_iteration = None
-    if settings.final_epochs and stop is not StopReason.INTERRUPTED:  # after every write: it may be `kept`
-        returned, returned_row, stop, final_iteration = loop.final_fine_tune(returned, returned_row, stop)
-    return returned, loop.record.finish(
-        returned,
-        stop,
-        returned_row,
-        figure_metric=_figure_metric(settings, options),
-        plots_path=settings.plots_path,
-        final_iteration=final_iteration,
-    )
+    finally:
+        if loop is not None:
+            loop.record.reporter.close()
 
 
 @dataclass(frozen=True)

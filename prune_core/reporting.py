@@ -39,6 +39,9 @@ class Reporter:
     def finish(self, stop_reason: str, summary: str) -> None:
         """The run ended."""
 
+    def close(self) -> None:
+        """The run stopped, normally or on an error: nothing more is drawn (safe to call again)."""
+
 
 class SummaryReporter(Reporter):
     """A progress bar in percent fewer learnables (or MACs), then the summary."""
@@ -61,6 +64,9 @@ class SummaryReporter(Reporter):
     def finish(self, stop_reason: str, summary: str) -> None:
         self.bar.close()
         print(summary)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class LinesReporter(Reporter):

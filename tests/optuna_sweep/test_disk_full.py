@@ -2,6 +2,8 @@
 
 Each test fills a real file system of its own (the ``small_disk`` fixture)."""
 
+import os
+
 import pytest
 import sqlalchemy
 
@@ -43,3 +45,18 @@ def test_other_errors_are_not_a_full_disk(tmp_path):
     with pytest.raises(OSError) as caught:
         open(tmp_path / "missing" / "file")
     assert disk_full_line(caught.value) is None
+
+
+def test_a_file_opened_from_a_descriptor_is_named_by_the_path_its_frame_holds(small_disk):
+    disk = small_disk(1)
+    fill(disk)
+
+    def stage(source_path: str, destination_path: str) -> None:  # as a store stages an artifact
+        descriptor = os.open(destination_path, os.O_WRONLY | os.O_CREAT)
+        with os.fdopen(descriptor, "wb") as staged, open(source_path, "rb") as source:
+            staged.write(source.read())
+
+    (disk.parent / "source.bin").write_bytes(b"x" * (1 << 20))
+    with pytest.raises(OSError) as caught:
+        stage(str(disk.parent / "source.bin"), str(disk / "artifact.bin"))
+    assert disk_full_line(caught.value) == f"No space left on device while writing {disk / 'artifact.bin'}"

@@ -221,9 +221,10 @@ def test_a_study_whose_disk_fills_says_so_in_one_line_and_resumes_once_there_is_
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0, output[-3000:]
     said = f"No space left on device while writing {disk}/"
-    last = output.strip().splitlines()[-1]
-    assert last.startswith(f"RuntimeError: {said}") and "run the same command again to resume it" in last, last
-    assert f"[ERROR] - {said}" in output, output[-3000:]  # logged before the stores' own messages
+    raised = [line for line in failed.stderr.splitlines() if line.startswith(f"RuntimeError: {said}")]
+    assert raised and "run the same command again to resume it" in raised[0], failed.stderr[-3000:]  # the study's error
+    logged = [line for line in output.splitlines() if line.startswith("[") and said in line]
+    assert logged, output[-3000:]  # a log line of its own, before the stores' long messages
     subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
     run_app(disk, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=1", multirun=True)
     states = [t.state for t in trials(disk)]
