@@ -45,6 +45,7 @@ test-fast: lint
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.graph_zoo
 	$(PY) -m benchmarks.timm_zoo
+	$(PY) -m benchmarks.model_zoo
 	$(PY) -m benchmarks.criteria
 	$(PY) -m benchmarks.criteria_2d
 	$(PY) -m benchmarks.overhead

@@ -256,6 +256,34 @@ def summary(table: pd.DataFrame) -> str:
     return counts.fillna(0).astype(int).to_markdown()
 
 
+# Every zoo's result columns after the ones that name the model.
+RESULT_COLUMNS = [
+    "ours",
+    "ours_analysis_s",
+    "ours_surgery_s",
+    "ours_params_after",
+    "ours_unchanged",
+    "ours_reason",
+    "tp",
+    "tp_s",
+    "tp_params_after",
+    "tp_reason",
+]
+
+
+def write_tables(table: pd.DataFrame, names: list[str], out: Path, name: str, header: str) -> None:
+    """``<name>.csv`` and ``<name>.md`` (the outcomes counted, then every row) in ``out``; prints the counts."""
+    table = table.reindex(columns=[*names, *RESULT_COLUMNS])
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{name}.csv", index=False)
+    text = (
+        f"# {name}\n\n{header}\n\n## Outcomes\n\n{summary(table)}\n\n## Every row\n\n{table.to_markdown(index=False)}\n"
+    )
+    (out / f"{name}.md").write_text(text)
+    print(header)
+    print(summary(table))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -273,39 +301,12 @@ def main() -> None:
         row = run_family(family, FAMILIES[family])
         print({k: row.get(k) for k in ("family", "model", "ours", "ours_analysis_s", "ours_reason", "tp")}, flush=True)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    columns = [
-        "family",
-        "model",
-        "params",
-        "input",
-        "ours",
-        "ours_analysis_s",
-        "ours_surgery_s",
-        "ours_params_after",
-        "ours_unchanged",
-        "ours_reason",
-        "tp",
-        "tp_s",
-        "tp_params_after",
-        "tp_reason",
-    ]
-    table = table.reindex(columns=columns)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "timm_zoo.csv", index=False)
     header = (
         f"timm {timm.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
         f"{platform.processor() or platform.machine()}, 2 threads; random weights, num_classes=10, batch 2 at "
         f"64x64 unless `input` says otherwise; {FRACTION:.0%} of every group removed at random"
     )
-    text = (
-        f"# timm_zoo\n\n{header}\n\n## Outcomes\n\n{summary(table)}\n\n## Every family\n\n"
-        f"{table.to_markdown(index=False)}\n"
-    )
-    (out / "timm_zoo.md").write_text(text)
-    print(header)
-    print(summary(table))
+    write_tables(pd.DataFrame(rows), ["family", "model", "params", "input"], Path(args.out), "timm_zoo", header)
 
 
 if __name__ == "__main__":

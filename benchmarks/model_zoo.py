@@ -1,0 +1,262 @@
+"""Breadth beyond timm's CNNs: detectors, optical flow and vision transformers whose forward is not
+plain fx-traceable, pruned by this project and by Torch-Pruning.
+
+The models (random weights, nothing downloaded):
+
+- torchvision's detectors in eval mode, called as users call them: a list of images in, a list of
+  dicts of boxes, scores and labels out (``fasterrcnn_mobilenet_v3_large_fpn``,
+  ``retinanet_resnet50_fpn``, ``ssdlite320_mobilenet_v3_large``, ``fcos_resnet50_fpn``,
+  ``keypointrcnn_resnet50_fpn``);
+- torchvision's ``raft_small`` (two images in, iterative refinement in a Python loop),
+  ``vit_b_16``, ``swin_t`` and ``maxvit_t``;
+- timm's ``efficientformer_l1``, ``levit_128s``, ``coat_lite_tiny`` and ``nf_resnet26``.
+
+The protocol is ``timm_zoo``'s (its ``ours`` and ``torch_pruning``): analyse (``ChannelGraph.build``,
+the state and modes checked unchanged), remove a random 20% of every channel group, check masked
+equivalence and the parameter count; Torch-Pruning 1.6 (``MetaPruner``, random importance, ratio
+0.2, the classifier protected) on the same model in the same process.
+
+Where equivalence is compared: on every output tensor of the model, as the built-in surgery check
+does. For the detectors that is after post-processing (score threshold, top-k, NMS), which the
+tiny numeric differences between zeroed and removed channels can turn on random weights; so for
+them the raw predictions of the heads in ``COMPARE_AT`` (before anchor decoding, top-k and NMS) are
+compared as well, as the built-in check does with ``compare_at``, and the outcome says which held.
+A detector is ``pruned and equivalent`` only where those predictions match.
+
+Each tool runs on each model in a subprocess of its own, stopped after ``LIMIT_S``. Run:
+``python -m benchmarks.model_zoo [--models ...]`` (the ``bench`` extra). Writes
+``benchmarks/results/model_zoo.csv`` and ``model_zoo.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from benchmarks import timm_zoo
+
+LIMIT_S = 240.0  # per tool and model, the model's building and forward passes included
+DETECTORS = {
+    "fasterrcnn_mobilenet_v3_large_fpn": 160,
+    "retinanet_resnet50_fpn": 160,
+    "ssdlite320_mobilenet_v3_large": 160,
+    "fcos_resnet50_fpn": 160,
+    "keypointrcnn_resnet50_fpn": 160,
+}
+# The heads whose raw predictions (before anchor decoding, top-k and NMS) the check compares: their
+# outputs keep every channel, and every pruned layer of the backbone and feature pyramid feeds them.
+# The two-stage detectors' box and keypoint heads read the proposals, which post-processing picks.
+COMPARE_AT = {
+    "fasterrcnn_mobilenet_v3_large_fpn": ["rpn.head"],
+    "retinanet_resnet50_fpn": ["head"],
+    "ssdlite320_mobilenet_v3_large": ["head"],
+    "fcos_resnet50_fpn": ["head"],
+    "keypointrcnn_resnet50_fpn": ["rpn.head"],
+}
+TORCHVISION = {"raft_small": 128, "vit_b_16": 224, "swin_t": 64, "maxvit_t": 224}
+TIMM = {"efficientformer_l1": 224, "levit_128s": 224, "coat_lite_tiny": 224, "nf_resnet26": 64}
+MODELS = [*DETECTORS, *TORCHVISION, *TIMM]
+
+
+def build(name: str) -> tuple[nn.Module, tuple]:
+    """The model (eval mode, seeded random weights) and its example as positional arguments."""
+    torch.manual_seed(0)
+    if name in DETECTORS:
+        from torchvision.models import detection
+
+        classes = 2 if name.startswith("keypoint") else 5
+        model = getattr(detection, name)(weights=None, weights_backbone=None, num_classes=classes)
+        size = DETECTORS[name]
+        return model.eval(), ([torch.rand(3, size, size), torch.rand(3, size, size - 32)],)
+    if name in TORCHVISION:
+        import torchvision
+
+        size = TORCHVISION[name]
+        if name == "raft_small":
+            model = torchvision.models.optical_flow.raft_small(weights=None)
+            return model.eval(), (torch.rand(1, 3, size, size), torch.rand(1, 3, size, size))
+        return getattr(torchvision.models, name)(weights=None, num_classes=10).eval(), (torch.rand(2, 3, size, size),)
+    import timm
+
+    size = TIMM[name]
+    return timm.create_model(name, pretrained=False, num_classes=10).eval(), (torch.rand(2, 3, size, size),)
+
+
+@contextlib.contextmanager
+def outputs_of(model: nn.Module, names: list[str]) -> Iterator[list[torch.Tensor]]:
+    """Every tensor the named submodules return while the block runs, in call order."""
+    from prune_core.channels import tensors_in
+
+    seen: list[torch.Tensor] = []
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda m, a, out: seen.extend(tensors_in(out))) for n in names]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _differs(reference: list[torch.Tensor], pruned: list[torch.Tensor]) -> str:
+    """Why ``pruned`` is not ``reference`` (the built-in check's tolerance), or ""."""
+    if [t.shape for t in reference] != [t.shape for t in pruned]:
+        return "shapes differ"
+    for i, (ref, out) in enumerate(zip(reference, pruned, strict=True)):
+        scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+        error = float((out - ref).abs().max()) if ref.numel() else 0.0
+        if ref.is_floating_point() and not error <= 1e-4 * scale:
+            return f"tensor {i} differs by {error:.3g}"
+    return ""
+
+
+def ours_before_post_processing(model: nn.Module, example: tuple, at: list[str]) -> dict:
+    """``timm_zoo.ours``' protocol, comparing the outputs of the modules ``at`` as well as the model's."""
+    from prune_core import ChannelGraph, remove_units
+    from prune_core.channels import SurgeryMismatch, check_equivalent, reference_outputs
+
+    state, modes = copy.deepcopy(model.state_dict()), [m.training for m in model.modules()]
+    start = time.perf_counter()
+    graph = ChannelGraph.build(model, example)
+    row = {
+        "ours_analysis_s": round(time.perf_counter() - start, 3),
+        "ours_unchanged": timm_zoo._state_unchanged(model, state, modes),
+        "ours_units": len(graph.units),
+        "ours_removable": len(graph.removable_units()),
+    }
+    chosen = timm_zoo.random_share(graph, timm_zoo.FRACTION)
+    if not chosen:
+        return row | {"ours": "refused", "ours_reason": "no removable units"}
+    with outputs_of(model, at) as inner_reference:
+        reference = reference_outputs(model, graph, chosen)
+    pruned = copy.deepcopy(model)
+    start = time.perf_counter()
+    remove_units(pruned, graph, chosen, verify=False)
+    row["ours_surgery_s"] = round(time.perf_counter() - start, 3)
+    row["ours_params_after"] = timm_zoo._params(pruned)
+    with outputs_of(pruned, at) as inner:
+        try:
+            check_equivalent(pruned, graph, chosen, reference)
+            final = "outputs equal"
+        except SurgeryMismatch as exc:
+            final = f"outputs after post-processing differ ({str(exc)[:90]})"
+    before = _differs(inner_reference, inner)
+    exact = timm_zoo._params(pruned) == graph.total_learnables - graph.learnables_removed(chosen)
+    if before or not exact:
+        reason = before or "parameter count differs from the analysis"
+        return row | {"ours": "silently wrong", "ours_reason": f"before post-processing: {reason}; {final}"}
+    return row | {"ours": "pruned and equivalent", "ours_reason": f"equal before post-processing; {final}"}
+
+
+def torch_pruning(model: nn.Module, example: tuple) -> dict:
+    """``timm_zoo.torch_pruning`` for any input and output structure: the network runs and lost parameters."""
+    import torch_pruning as tp
+
+    from prune_core.channels import tensors_in
+
+    pruned = copy.deepcopy(model)
+    heads = [m for m in pruned.modules() if getattr(m, "out_features", None) == 10]
+    heads += [m for name, m in pruned.named_modules() if name.endswith(("cls_logits", "bbox_pred", "cls_score"))]
+    before = timm_zoo._params(pruned)
+    start = time.perf_counter()
+    pruner = tp.pruner.MetaPruner(
+        pruned,
+        example,
+        importance=tp.importance.RandomImportance(),
+        pruning_ratio=timm_zoo.FRACTION,
+        ignored_layers=heads,
+    )
+    pruner.step()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        out = tensors_in(pruned.eval()(*example))
+    runs = bool(out) and timm_zoo._params(pruned) < before
+    return {
+        "tp_s": round(seconds, 3),
+        "tp_params_after": timm_zoo._params(pruned),
+        "tp": "pruned" if runs else "error",
+        "tp_reason": "" if runs else "no parameters removed",
+    }
+
+
+def one(name: str, tool: str) -> None:
+    """Measure one model with one tool; prints its result as one JSON line (read by ``main``)."""
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore")
+    model, example = build(name)
+    at = COMPARE_AT.get(name)
+    runs: dict[str, Callable[[], dict]] = {
+        "ours": (lambda: ours_before_post_processing(model, example, at))
+        if at
+        else (lambda: timm_zoo.ours(model, example if len(example) > 1 else example[0])),
+        "tp": lambda: torch_pruning(model, example),
+    }
+    try:
+        row = {"params": timm_zoo._params(model)} | runs[tool]()
+    except Exception as exc:  # a tool failing on a model is a result, not a crash
+        row = {tool: "error", f"{tool}_reason": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    print(json.dumps(row), flush=True)
+
+
+def run_model(name: str) -> dict:
+    """Each tool in a process of its own, stopped after ``LIMIT_S``."""
+    row = {"model": name}
+    for tool in ("ours", "tp"):
+        command = [sys.executable, "-m", "benchmarks.model_zoo", "--one", name, "--tool", tool]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=LIMIT_S)
+        except subprocess.TimeoutExpired:
+            row |= {tool: f"over {LIMIT_S:.0f} s", f"{tool}_reason": "stopped at the time limit"}
+            continue
+        found = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        if found:
+            row |= found[-1]
+        else:
+            said = done.stderr.strip().splitlines() or [f"the process ended with code {done.returncode}"]
+            killed = " (killed: out of memory on this 24 GiB machine)" if done.returncode in (-9, 137) else ""
+            row |= {tool: "error", f"{tool}_reason": said[-1][:160] + killed}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--tool", choices=("ours", "tp"), help=argparse.SUPPRESS)
+    parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    if args.one:
+        one(args.one, args.tool)
+        return
+    import timm
+    import torch_pruning as tp
+    import torchvision
+
+    rows = []
+    for name in args.models:
+        row = run_model(name)
+        print({k: row.get(k) for k in ("model", "ours", "ours_analysis_s", "ours_reason", "tp", "tp_s")}, flush=True)
+        rows.append(row)
+    header = (
+        f"torchvision {torchvision.__version__}, timm {timm.__version__}, torch {torch.__version__}, torch-pruning "
+        f"{tp.__version__}, {platform.processor() or platform.machine()}, 2 threads; random weights; "
+        f"{timm_zoo.FRACTION:.0%} of every group removed at random. Produced by `python -m benchmarks.model_zoo "
+        f"{' '.join(sys.argv[1:])}`."
+    )
+    timm_zoo.write_tables(pd.DataFrame(rows), ["model", "params"], Path(args.out), "model_zoo", header)
+
+
+if __name__ == "__main__":
+    main()
