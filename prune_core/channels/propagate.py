@@ -32,6 +32,17 @@ from prune_core.channels.recorder import tensors_in
 from prune_core.channels.rules import RULES, OpCall
 from prune_core.channels.sites import ParamRef, Site
 
+# Functions that take a layer's weight as their second argument.
+_WEIGHTED = {
+    torch.conv1d,
+    torch.conv2d,
+    torch.conv3d,
+    nn.functional.conv1d,
+    nn.functional.conv2d,
+    nn.functional.conv3d,
+    nn.functional.linear,
+}
+
 
 class ExampleInputMismatch(ValueError):
     """The example input does not run through the model."""
@@ -147,5 +158,12 @@ class ChannelPropagation(fx.Interpreter):
         rule = kind if callable(kind) else RULES[kind] if kind is not None else None
         labels = rule(self, OpCall(n, args, kwargs, lab_args, lab_kwargs, result)) if rule is not None else None
         if labels is None:
+            if n.op == "call_function" and n.target in _WEIGHTED:
+                weight = lab_args[1] if len(lab_args) > 1 else lab_kwargs.get("weight")
+                if not isinstance(weight, ParamRef):  # e.g. standardised in forward (weight standardisation)
+                    what += (
+                        " with a weight computed in forward, not a parameter (weight standardisation or the "
+                        "like: removing a channel would change it, so its channels are kept)"
+                    )
             return self._unsupported(n, lab_args, lab_kwargs, result, what)
         return labels

@@ -236,3 +236,20 @@ def test_the_graph_updated_after_a_surgery_equals_a_fresh_analysis(name):
             assert canonical(updated) == canonical(graph)
             updates += 1
     assert updates or name in ARCHITECTURES  # the tiny networks soon have layers down to their last unit
+
+
+class StandardisedConv(nn.Conv2d):
+    """A convolution whose weight is standardised per filter in forward (as NF-ResNets do)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias)
+
+
+def test_a_weight_computed_in_forward_keeps_its_channels_and_says_why():
+    net = nn.Sequential(StandardisedConv(3, 8, 3), nn.ReLU(), StandardisedConv(8, 4, 3))
+    graph = ChannelGraph.build(net, torch.randn(2, 3, 12, 12))
+    assert graph.removable_units() == []
+    said = [what for what in graph.unsupported if what.startswith("torch.conv2d")]
+    assert said and "with a weight computed in forward, not a parameter" in said[0], graph.unsupported
