@@ -60,7 +60,7 @@ def _written(value: object, scope: dict[str, object]) -> str | None:
         return None
     name = getattr(value, "name", None)
     if isinstance(name, str) and name:
-        return name
+        return None if name.startswith("<") else name  # <stdout>, <stderr>: not where the disk filled
     paths = {key.lower(): v for key, v in scope.items() if isinstance(v, str) and os.path.isabs(v)}
     return next((v for hint in _PATH_HINTS for key, v in paths.items() if hint in key), None)
 

@@ -5,9 +5,9 @@ removes the lowest-scoring ones across all groups until ``k x increment`` of the
 learnables is gone in all after iteration ``k`` (so "up to 1/increment iterations", as MATLAB
 says: removals come in whole filters, and a step that overshoots its target makes the next
 one smaller instead of shifting every later row), or nothing more can go (every layer keeps
-a filter); it rebuilds
-the optimizer, fine-tunes with ``options``, validates and checkpoints (in the background, one
-write in flight; ``compress_network`` returns once every checkpoint is written). It stops when
+a filter); it rebuilds the optimizer, fine-tunes with ``options``, validates and checkpoints (in
+the background, one write in flight; ``compress_network`` returns once every checkpoint is
+written). It stops when
 
 - the learnables reduction reaches ``goal`` -> "Learnables reduction goal reached."; with
   ``budget="macs"``, goal and increment count MACs per example (``count_macs`` on the first

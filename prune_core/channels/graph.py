@@ -103,8 +103,8 @@ class ChannelGraph:
         BatchNorm prunes the conv feeding it, naming a conv prunes its filters and shrinks the
         layers that consume them; ``leaf_modules`` are not traced into and their channels are
         left alone. ``compare_at`` names the modules whose outputs the surgery check compares instead
-        of the network's outputs (``prune_core.channels.verify``): for a detector, the backbone and
-        heads, before post-processing.
+        of the network's outputs (``prune_core.channels.verify``): for a detector, the heads whose
+        raw predictions come before post-processing.
         """
         inputs = example_inputs(model, example_input)
         compared = check_compare_at(model, compare_at)
