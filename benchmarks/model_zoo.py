@@ -11,17 +11,18 @@ The models (random weights, nothing downloaded):
   ``vit_b_16``, ``swin_t`` and ``maxvit_t``;
 - timm's ``efficientformer_l1``, ``levit_128s``, ``coat_lite_tiny`` and ``nf_resnet26``.
 
-The protocol is ``timm_zoo``'s (its ``ours`` and ``torch_pruning``): analyse (``ChannelGraph.build``,
-the state and modes checked unchanged), remove a random 20% of every channel group, check masked
-equivalence and the parameter count; Torch-Pruning 1.6 (``MetaPruner``, random importance, ratio
-0.2, the classifier protected) on the same model in the same process.
+The protocol is ``timm_zoo``'s (``timm_zoo.ours``): analyse (``ChannelGraph.build``, the state and
+modes checked unchanged), remove a random 20% of every channel group, check masked equivalence and
+the parameter count; Torch-Pruning 1.6 (``MetaPruner``, random importance, ratio 0.2, the
+classifiers and detection heads' final layers protected) on the same model.
 
 Where equivalence is compared: on every output tensor of the model, as the built-in surgery check
 does. For the detectors that is after post-processing (score threshold, top-k, NMS), which the
 tiny numeric differences between zeroed and removed channels can turn on random weights; so for
-them the raw predictions of the heads in ``COMPARE_AT`` (before anchor decoding, top-k and NMS) are
-compared as well, as the built-in check does with ``compare_at``, and the outcome says which held.
-A detector is ``pruned and equivalent`` only where those predictions match.
+them the check compares the raw predictions of the heads in ``COMPARE_AT`` (before anchor
+decoding, top-k and NMS; ``compare_at`` of the built-in check), and the reason says whether the
+post-processed outputs matched as well. A detector is ``pruned and equivalent`` only where those
+predictions match.
 
 Each tool runs on each model in a subprocess of its own, stopped after ``LIMIT_S``. Run:
 ``python -m benchmarks.model_zoo [--models ...]`` (the ``bench`` extra). Writes
@@ -31,7 +32,6 @@ Each tool runs on each model in a subprocess of its own, stopped after ``LIMIT_S
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -95,71 +95,6 @@ def build(name: str) -> tuple[nn.Module, tuple]:
     return timm.create_model(name, pretrained=False, num_classes=10).eval(), (torch.rand(2, 3, size, size),)
 
 
-@contextlib.contextmanager
-def outputs_of(model: nn.Module, names: list[str]) -> Iterator[list[torch.Tensor]]:
-    """Every tensor the named submodules return while the block runs, in call order."""
-    from prune_core.channels import tensors_in
-
-    seen: list[torch.Tensor] = []
-    modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(lambda m, a, out: seen.extend(tensors_in(out))) for n in names]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _differs(reference: list[torch.Tensor], pruned: list[torch.Tensor]) -> str:
-    """Why ``pruned`` is not ``reference`` (the built-in check's tolerance), or ""."""
-    if [t.shape for t in reference] != [t.shape for t in pruned]:
-        return "shapes differ"
-    for i, (ref, out) in enumerate(zip(reference, pruned, strict=True)):
-        scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
-        error = float((out - ref).abs().max()) if ref.numel() else 0.0
-        if ref.is_floating_point() and not error <= 1e-4 * scale:
-            return f"tensor {i} differs by {error:.3g}"
-    return ""
-
-
-def ours_before_post_processing(model: nn.Module, example: tuple, at: list[str]) -> dict:
-    """``timm_zoo.ours``' protocol, comparing the outputs of the modules ``at`` as well as the model's."""
-    from prune_core import ChannelGraph, remove_units
-    from prune_core.channels import SurgeryMismatch, check_equivalent, reference_outputs
-
-    state, modes = copy.deepcopy(model.state_dict()), [m.training for m in model.modules()]
-    start = time.perf_counter()
-    graph = ChannelGraph.build(model, example)
-    row = {
-        "ours_analysis_s": round(time.perf_counter() - start, 3),
-        "ours_unchanged": timm_zoo._state_unchanged(model, state, modes),
-        "ours_units": len(graph.units),
-        "ours_removable": len(graph.removable_units()),
-    }
-    chosen = timm_zoo.random_share(graph, timm_zoo.FRACTION)
-    if not chosen:
-        return row | {"ours": "refused", "ours_reason": "no removable units"}
-    with outputs_of(model, at) as inner_reference:
-        reference = reference_outputs(model, graph, chosen)
-    pruned = copy.deepcopy(model)
-    start = time.perf_counter()
-    remove_units(pruned, graph, chosen, verify=False)
-    row["ours_surgery_s"] = round(time.perf_counter() - start, 3)
-    row["ours_params_after"] = timm_zoo._params(pruned)
-    with outputs_of(pruned, at) as inner:
-        try:
-            check_equivalent(pruned, graph, chosen, reference)
-            final = "outputs equal"
-        except SurgeryMismatch as exc:
-            final = f"outputs after post-processing differ ({str(exc)[:90]})"
-    before = _differs(inner_reference, inner)
-    exact = timm_zoo._params(pruned) == graph.total_learnables - graph.learnables_removed(chosen)
-    if before or not exact:
-        reason = before or "parameter count differs from the analysis"
-        return row | {"ours": "silently wrong", "ours_reason": f"before post-processing: {reason}; {final}"}
-    return row | {"ours": "pruned and equivalent", "ours_reason": f"equal before post-processing; {final}"}
-
-
 def torch_pruning(model: nn.Module, example: tuple) -> dict:
     """``timm_zoo.torch_pruning`` for any input and output structure: the network runs and lost parameters."""
     import torch_pruning as tp
@@ -196,11 +131,8 @@ def one(name: str, tool: str) -> None:
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore")
     model, example = build(name)
-    at = COMPARE_AT.get(name)
     runs: dict[str, Callable[[], dict]] = {
-        "ours": (lambda: ours_before_post_processing(model, example, at))
-        if at
-        else (lambda: timm_zoo.ours(model, example if len(example) > 1 else example[0])),
+        "ours": lambda: timm_zoo.ours(model, example, COMPARE_AT.get(name, ())),
         "tp": lambda: torch_pruning(model, example),
     }
     try:

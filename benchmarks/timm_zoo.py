@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import platform
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -145,13 +147,16 @@ def _state_unchanged(model: nn.Module, state: dict, modes: list[bool]) -> bool:
     )
 
 
-def ours(model: nn.Module, x: torch.Tensor) -> dict:
+def ours(model: nn.Module, x, compare_at: Sequence[str] = ()) -> dict:
+    """This project's protocol on ``model`` with example ``x``; with ``compare_at`` (module names, as in
+    ``ChannelGraph.build``) equivalence is checked on those modules' outputs, and whether the network's
+    own (post-processed) outputs matched as well goes into the reason."""
     from prune_core import ChannelGraph, remove_units
     from prune_core.channels import SurgeryMismatch, check_equivalent, reference_outputs
 
     state, modes = copy.deepcopy(model.state_dict()), [m.training for m in model.modules()]
     start = time.perf_counter()
-    graph = ChannelGraph.build(model, x)
+    graph = ChannelGraph.build(model, x, compare_at=compare_at)
     analysis_s = time.perf_counter() - start
     row = {
         "ours_analysis_s": round(analysis_s, 3),
@@ -177,6 +182,14 @@ def ours(model: nn.Module, x: torch.Tensor) -> dict:
         reason = "" if exact else "parameter count differs from the analysis"
     except SurgeryMismatch as exc:
         outcome, reason = "silently wrong", str(exc)[:160]
+    if compare_at:  # the post-processed outputs too, for the record: they may pick other boxes
+        outputs = dataclasses.replace(graph, compare_at=())
+        try:
+            check_equivalent(pruned, outputs, chosen, reference_outputs(model, outputs, chosen))
+            after = "outputs equal"
+        except SurgeryMismatch as exc:
+            after = f"outputs after post-processing differ ({str(exc)[:90]})"
+        reason = f"{reason or 'equal'} at {', '.join(compare_at)}; {after}"
     return row | {"ours": outcome, "ours_reason": reason}
 
 
