@@ -140,9 +140,9 @@ def _run(
     compared: list[torch.Tensor] = []
     with preserved(model), torch.no_grad(), ExitStack() as stack:
         model.eval()
-        modules = dict(model.named_modules())
         for name in graph.compare_at:
-            hook = modules[name].register_forward_hook(lambda module, args, out: compared.extend(tensors_in(out)))
+            module = model.get_submodule(name)
+            hook = module.register_forward_hook(lambda module, args, out: compared.extend(tensors_in(out)))
             stack.callback(hook.remove)
         stack.enter_context(torch.autocast(device, enabled=False))  # full precision under a caller's autocast
         stack.enter_context(_exact_float32())
