@@ -50,8 +50,9 @@ width.
 >>> taylor = TaylorAccumulator(graph)
 >>> with taylor.hooks(net):
 ...     nn.functional.cross_entropy(net(torch.randn(5, 1, 8)), torch.tensor([0, 1, 0, 1, 1])).backward()
->>> taylor.examples, normalize(graph, taylor.unit_scores()).shape
-(5, (4,))
+>>> scores = normalize(graph, taylor.unit_scores())  # 4 filters, then the classifier's 2 outputs (kept)
+>>> taylor.examples, scores.shape, bool(np.isinf(scores[4:]).all())
+(5, (6,), True)
 
 A criterion of one's own (here: the filters' largest absolute weight):
 
@@ -59,8 +60,8 @@ A criterion of one's own (here: the filters' largest absolute weight):
 ...     def scores(self, model):
 ...         return self.graph_scores(model, lambda w: w.abs().flatten(1).amax(1))
 >>> register_criterion("max-weight", MaxWeight)
->>> CRITERIA.get("max-weight")(graph, np.random.default_rng(0)).scores(net).shape
-(4,)
+>>> CRITERIA.get("max-weight")(graph, np.random.default_rng(0)).scores(net).shape  # a score per unit
+(6,)
 >>> CRITERIA.unregister("max-weight")
 """
 

@@ -230,7 +230,7 @@ class TaylorPrunableNetwork:
             return
         reasons = sorted({r for u in self.graph.units for r in u.reasons})
         if not self.graph.units:
-            why = "it has no convolution filters the analysis can see"
+            why = "it has no convolution filters or hidden units the analysis can see"
             if self.graph.unsupported:
                 why += f" (operations it does not understand: {', '.join(self.graph.unsupported[:5])})"
         elif not reasons:

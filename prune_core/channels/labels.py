@@ -1,7 +1,7 @@
 """Channel labels: which removable channel each tensor position belongs to.
 
 The graph analysis gives every output channel of a prunable layer (a conv filter, a
-pointwise linear neuron) its own integer *slot*. Each tensor in the traced network carries
+hidden unit of a linear layer) its own integer *slot*. Each tensor in the traced network carries
 a label array: an integer array with the tensor's number of dimensions, broadcastable to
 the tensor's shape, whose entries name the slot of every position. A conv output of shape
 ``(N, C, H, W)`` has labels of shape ``(1, C, 1, 1)``; after ``flatten`` the labels have

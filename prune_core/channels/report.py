@@ -6,8 +6,8 @@ The counterpart of MATLAB's "Analyze for Compression".
 >>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.BatchNorm1d(8), nn.ReLU(),
 ...                     nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3))
 >>> report = analyze_compression(net, torch.zeros(2, 1, 32), verbose=False)
->>> report.groups[["layers", "channels", "learnables_per_channel"]].to_dict("records")
-[{'layers': '0', 'channels': 8, 'learnables_per_channel': 9}]
+>>> report.groups[["layers", "channels", "learnables_per_channel", "prunable"]].to_dict("records")
+[{'layers': '0', 'channels': 8, 'learnables_per_channel': 9, 'prunable': True}, {'layers': '5', 'channels': 3, 'learnables_per_channel': 9, 'prunable': False}]
 >>> round(report.max_reduction, 3)
 0.84
 >>> report.total_macs, round(report.max_macs_reduction, 3)      # per example: 8*3*30 + 8*3
@@ -191,6 +191,4 @@ def _not_a_producer_reason(name: str, module: nn.Module, graph: ChannelGraph) ->
         return "grouped/depthwise convolution: follows the channels of the layer feeding it"
     if not any(key[0].startswith(name + ".") for key in graph.sites):
         return "not reached by the traced forward pass (or inside a module that was not traced)"
-    if isinstance(module, nn.Linear):
-        return "fully connected layer: only convolution filters and pointwise linear layers are pruned"
     return "its filters are not prunable here (grouped transposed convolution or unsupported use)"

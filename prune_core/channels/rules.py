@@ -421,15 +421,11 @@ def conv_transpose(prop: ChannelPropagation, call: OpCall):
 
 
 def linear(prop: ChannelPropagation, call: OpCall):
-    """A linear layer: its inputs are a site; on more than 2 dims (pointwise) its outputs are new channels."""
+    """A linear layer: its inputs (the last dim) are a site and its outputs are new channels, both on 2 dims
+    (a hidden fully connected layer, as in VGG's classifier) and on more (pointwise, as in an MLP block)."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     prop.site(f"{fqn}.weight", 1, _channel_vector(prop, lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
-    if x.ndim <= 2:
-        return prop.fresh(
-            result,
-            f"`{fqn}` is a fully connected layer (only convolution filters and pointwise linear layers are pruned)",
-        )
     out = prop.producer(fqn, m.out_features)
     prop.module_sites(fqn, ("weight", "bias"), out, "filter")
     return shaped(out, result.ndim, result.ndim - 1)

@@ -335,8 +335,8 @@ def test_bad_input_forms(trained):
         compress_network(net, x[:0], y[:0], "crossentropy", options())
     with pytest.raises(TypeError, match="options must be a prune_core.TrainingOptions, got dict"):
         compress_network(net, x, y, "crossentropy", {"max_epochs": 1})
-    flat = nn.Sequential(nn.Flatten(), nn.Linear(24, 4))
-    with pytest.raises(ValueError, match="model has nothing to prune: it has no convolution filters"):
+    flat = nn.Sequential(nn.Flatten(), nn.LayerNorm(24))  # no layer with filters or hidden units at all
+    with pytest.raises(ValueError, match="model has nothing to prune: it has no convolution filters or hidden units"):
         compress_network(flat, x, y, "crossentropy", options())
     last = nn.Sequential(nn.Conv1d(1, 4, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten())
     with pytest.raises(ValueError, match="model has nothing to prune: reaches the network output"):
