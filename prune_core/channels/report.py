@@ -6,8 +6,8 @@ The counterpart of MATLAB's "Analyze for Compression".
 >>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.BatchNorm1d(8), nn.ReLU(),
 ...                     nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3))
 >>> report = analyze_compression(net, torch.zeros(2, 1, 32), verbose=False)
->>> report.groups[["layers", "channels", "learnables_per_channel", "prunable"]].to_dict("records")
-[{'layers': '0', 'channels': 8, 'learnables_per_channel': 9, 'prunable': True}, {'layers': '5', 'channels': 3, 'learnables_per_channel': 9, 'prunable': False}]
+>>> report.groups[["layers", "channels", "learnables_per_channel", "prunable"]].values.tolist()
+[['0', 8, 9, True], ['5', 3, 9, False]]
 >>> round(report.max_reduction, 3)
 0.84
 >>> report.total_macs, round(report.max_macs_reduction, 3)      # per example: 8*3*30 + 8*3
