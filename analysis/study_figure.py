@@ -27,7 +27,6 @@ from omegaconf import DictConfig
 
 from analysis.loading import load_experiment
 from analysis.pareto import pareto_front
-from analysis.plots import front_figure
 from sweeps import layout
 
 log = logging.getLogger(__name__)
@@ -69,6 +68,10 @@ class StudyFrontFigure(Callback):
                 why = "no pruning iteration yet" if table.empty else f"no {METRIC} (no validation data)"
                 log.warning(f"Pareto-front figure not drawn: experiment {self.tracking.experiment!r} has {why}")
                 return
+            # imported here: matplotlib and seaborn take about a second, which every run of the app (Hydra
+            # builds its callbacks first, single runs and refused configs included) would pay for nothing
+            from analysis.plots import front_figure
+
             client.log_figure(run_id, front_figure(table, pareto_front(table)), FIGURE)
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"

@@ -5,7 +5,8 @@ configuration and the store before anything starts (a clear line and a non-zero 
 then opens the parent run. Its id stays in this process and its launcher workers
 (``$TAYLORPRUNE_STUDY_RUN``), never in a folder another invocation could share. It reaps runs
 that dead processes left RUNNING (``sweeps.tracking.reaping``) when the study starts and ends, and
-attaches the study's settings and Optuna's plots (``sweeps.tracking.study_summary``).
+attaches the study's settings and Optuna's plots (``sweeps.tracking.study_summary``; the plots
+unless ``tracking.study_plots=false``).
 ``closing_studies()`` ends the parent run KILLED on Ctrl-C or SIGTERM and FAILED on any other
 error, with its children still RUNNING marked KILLED.
 
@@ -101,7 +102,7 @@ class StudyRunCallback(Callback):
             log.warning(f"Optuna study not reloaded for its plots: {type(exc).__name__}: {exc}")
             study = None
         reap_runs(self.client, self.experiment_id, study)
-        if study is not None:
+        if study is not None and self.tracking.get("study_plots", True):
             study_summary.log_study_plots(self.client, self.run_id, study)
         self.end("FINISHED")
         print(

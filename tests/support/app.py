@@ -22,8 +22,9 @@ from optuna_sweep import creation_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small data, a short base training, a short pruning: each job takes a few seconds. FAST leaves out the
-# two slowest things a study logs, the MLflow model (about a second a trial) and the study's front figure
-# (a second or two a study); FAST_LOGGING_ALL keeps them, for the tests that read them back.
+# three slowest things a study logs, the MLflow model (about a second a trial), the study's front figure
+# (a second or two a study) and Optuna's plots (a second a study); FAST_LOGGING_ALL keeps them, for the
+# tests that read them back.
 FAST_LOGGING_ALL = [
     "data.num_samples=800",
     "base.training.max_epochs=3",
@@ -34,7 +35,7 @@ FAST_LOGGING_ALL = [
     "export.onnx=false",
     "export.latency=false",
 ]
-FAST = [*FAST_LOGGING_ALL, "tracking.log_model=false", "~hydra.callbacks.front_figure"]
+FAST = [*FAST_LOGGING_ALL, "tracking.log_model=false", "~hydra.callbacks.front_figure", "tracking.study_plots=false"]
 # replaces the default search space (hydra.sweeper.params) by two dimensions given on the command line
 FAST_SEARCH = [
     "hydra.sweeper.params=null",

@@ -69,7 +69,10 @@ def make_mnist_root(root: Path) -> Path:
     return root
 
 
+# a 2-trial study of an image model; the ONNX export is checked (the default), latency is not measured
+# (seconds per trial, asserted by test_onnx_export)
 TINY = [
+    "export.latency=false",
     "base.training.max_epochs=1",
     "base.training.mini_batch_size=32",
     "training.mini_batch_size=32",
@@ -147,6 +150,7 @@ def test_a_torchvision_dataset_and_model_with_the_users_weights(tmp_path):
         "model.num_classes=10",
         f"model.weights_path={tmp_path / 'trained.pt'}",
         *TINY,
+        "export.onnx=false",  # exported in the image-folder test
         multirun=True,
         timeout=1800,
     )
@@ -240,6 +244,7 @@ def test_custom_data_as_datasets_and_loaders(tmp_path):
         "training.max_epochs=1",
         "training.num_workers=1",
         "training.validation_frequency=2",
+        "export.latency=false",
     )
     experiment = load_experiment("taylorprune", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert experiment.table["reduction"].max() >= 0.2 and experiment.table["validation_accuracy"].notna().all()
