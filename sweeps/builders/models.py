@@ -16,6 +16,10 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sweeps.layout import load_checkpoint
@@ -99,15 +103,29 @@ def _weights(model: nn.Module, path: str | None, argument: str) -> nn.Module:
     return load_checkpoint(path, lambda: model, argument)
 
 
-def timm_model(name: str, num_classes: int, in_chans: int = 3, checkpoint: str | None = None) -> nn.Module:
-    """timm's ``name`` with ``num_classes`` outputs, ``pretrained=False``; ``checkpoint``: your weights file."""
+def timm_model(
+    name: str, num_classes: int, in_chans: int = 3, checkpoint: str | None = None, model_kwargs: Mapping | None = None
+) -> nn.Module:
+    """timm's ``name`` with ``num_classes`` outputs, ``pretrained=False``; ``checkpoint``: your weights file;
+    ``model_kwargs``: the model's own arguments, such as a vision transformer's ``img_size`` and
+    ``patch_size`` for small images (``+model.model_kwargs.img_size=32``). ``timm.create_model``'s
+    own arguments (``pretrained``, ``checkpoint_path``, ...) are refused there: weights come from
+    ``checkpoint``, never from a download."""
     try:
         import timm
     except ImportError as exc:
         raise ValueError("model=timm needs timm: pip install 'taylorprune[vision]'") from exc
     if not timm.is_model(name):
         raise ValueError(f"model.name={name!r} is not a timm model; see timm.list_models()")
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    extra = dict(OmegaConf.to_container(model_kwargs) if isinstance(model_kwargs, DictConfig) else model_kwargs or {})
+    reserved = {"num_classes", "in_chans"} | set(inspect.signature(timm.create_model).parameters) - {"kwargs"}
+    if refused := sorted(reserved & set(extra)):
+        raise ValueError(
+            f"model.model_kwargs={extra} sets {refused}: give num_classes and in_chans as model.num_classes and "
+            "model.in_chans, your weights as model.checkpoint; the rest of timm.create_model's own arguments "
+            "are not taken"
+        )
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **extra)
     return _weights(model, checkpoint, "model.checkpoint")
 
 

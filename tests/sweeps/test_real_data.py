@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from PIL import Image
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
@@ -19,6 +20,7 @@ from analysis import choose, load_choice, load_experiment, run_config, validatio
 from sweeps.builders.datasets import folder_identity, image_folder
 from sweeps.builders.models import timm_model, torchvision_model
 from sweeps.job.data import job_data, load_data
+from sweeps.layout import ROLE
 from tests.support.app import app_env, run_app
 
 PER_CLASS, VAL_PER_CLASS = 30, 6
@@ -88,13 +90,16 @@ TINY = [
 
 
 @pytest.mark.slow
-def test_an_image_folder_and_a_timm_model_end_to_end(folder, tmp_path):
+def test_an_image_folder_and_a_timm_vision_transformer_end_to_end(folder, tmp_path):
+    # a ViT on the 32x32 images through its own arguments; the CNN case is the torchvision test below
     run_app(
         tmp_path,
         "data=image_folder",
         f"data.root={folder}",
         "model=timm",
-        "model.name=resnet18",
+        "model.name=vit_tiny_patch16_224",
+        "+model.model_kwargs.img_size=32",
+        "+model.model_kwargs.patch_size=8",
         "model.num_classes=10",
         *TINY,
         multirun=True,
@@ -103,6 +108,10 @@ def test_an_image_folder_and_a_timm_model_end_to_end(folder, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = load_experiment("taylorprune", uri)
     assert sorted(experiment.table["trial"].unique().tolist()) == [0, 1] and not experiment.unfinished
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("taylorprune").experiment_id])
+    trial_runs = [r for r in runs if r.data.tags[ROLE] == "trial"]
+    assert [r.data.tags["taylorprune.onnx"] for r in trial_runs] == ["exported"] * 2, "checked against onnxruntime"
     result = subprocess.run(
         [
             sys.executable,
@@ -126,7 +135,8 @@ def test_an_image_folder_and_a_timm_model_end_to_end(folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     chosen = choose(experiment.table, max_drop=100)
     model = load_choice(chosen, uri)  # rebuilt through the allow-listed sweeps.builders.models.timm_model
-    assert type(model).__name__ == "ResNet" and sum(p.numel() for p in model.parameters()) == chosen["learnables"]
+    assert type(model).__name__ == "VisionTransformer" and model.patch_embed.img_size == (32, 32)
+    assert sum(p.numel() for p in model.parameters()) == chosen["learnables"] and chosen["reduction"] >= 0.2
     config = run_config(chosen["run_id"], uri)
     assert config.data.root == str(folder)
     accuracy = validation_accuracy(model, config)  # the image folder, rebuilt through sweeps.builders.datasets
@@ -220,6 +230,14 @@ def test_models_by_name_with_the_users_weights(tmp_path):
         timm_model("resnet_18", num_classes=10)
     with pytest.raises(ValueError, match="model.weights_path='/no/such.pt' does not exist"):
         torchvision_model("resnet18", num_classes=10, weights_path="/no/such.pt")
+
+
+def test_a_timm_model_takes_its_own_arguments_but_not_create_models():
+    vit = timm_model("vit_tiny_patch16_224", num_classes=10, model_kwargs={"img_size": 32, "patch_size": 8})
+    assert vit(torch.zeros(1, 3, 32, 32)).shape == (1, 10) and vit.patch_embed.num_patches == 16
+    for refused in ({"pretrained": True}, {"checkpoint_path": "/tmp/w.pt"}, {"num_classes": 3}):
+        with pytest.raises(ValueError, match=f"model.model_kwargs=.* sets \\['{next(iter(refused))}'\\]"):
+            timm_model("vit_tiny_patch16_224", num_classes=10, model_kwargs=refused)
 
 
 def test_the_folder_identity_follows_the_file_list(tmp_path):
