@@ -29,7 +29,8 @@ from prune_core.channels.preserve import preserved
 from prune_core.channels.propagate import ExampleInputMismatch
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.report import CompressionReport, analyze_compression
-from prune_core.channels.rules import OpCall, channelwise
+from prune_core.channels.rule_call import OpCall
+from prune_core.channels.rules import channelwise
 from prune_core.channels.serialize import load_pruned, read_pruned, save_pruned
 from prune_core.channels.sites import owner
 from prune_core.channels.surgery import remove_units

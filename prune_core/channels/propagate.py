@@ -29,7 +29,8 @@ from torch.fx.node import map_arg
 from prune_core.channels import ops
 from prune_core.channels.labels import SlotTable, label_arrays
 from prune_core.channels.recorder import tensors_in
-from prune_core.channels.rules import RULES, OpCall
+from prune_core.channels.rule_call import OpCall
+from prune_core.channels.rules import RULES
 from prune_core.channels.sites import ParamRef, Site
 
 # Functions that take a layer's weight as their second argument.

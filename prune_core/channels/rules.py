@@ -2,7 +2,7 @@
 
 ``RULES`` maps every kind ``ops`` knows to a rule, explicitly: a kind without a rule is an
 error at import, never a silent "unsupported". A rule is a function ``rule(prop, call)`` of
-the running ``ChannelPropagation`` (which records slots, sites and blocks) and an ``OpCall``
+the running propagation (``rule_call.Propagation``: it records slots, sites and blocks) and an ``OpCall``
 (the fx node, its real arguments, their labels and the real result). It returns the labels of
 the result, or None when it does not understand this call: then the propagation treats the
 operation as unsupported, and every channel that reaches it is kept.
@@ -25,8 +25,6 @@ parameters).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,25 +32,8 @@ from torch import fx
 
 from prune_core.channels import ops
 from prune_core.channels.labels import along, shaped, squeeze_constant, squeeze_constant_from, varying_dims
+from prune_core.channels.rule_call import OpCall, Propagation, Rule
 from prune_core.channels.sites import ParamRef, owner
-
-if TYPE_CHECKING:
-    from prune_core.channels.propagate import ChannelPropagation
-
-
-class OpCall(NamedTuple):
-    """One executed operation: the fx ``node``, its real ``args``/``kwargs``, their ``labels``/``label_kwargs``
-    (label arrays, ``ParamRef`` or None, in the same structure) and the real ``result``."""
-
-    node: fx.Node
-    args: tuple
-    kwargs: dict
-    labels: tuple
-    label_kwargs: dict
-    result: Any
-
-
-Rule = Callable[["ChannelPropagation", OpCall], Any]
 
 
 def _tensor_pairs(values, labels):
@@ -82,7 +63,7 @@ def _operands(args, kwargs, lab_args, lab_kwargs):
     return list(_tensor_pairs(args, lab_args)) + list(_tensor_pairs(kwargs, lab_kwargs))
 
 
-def elementwise(prop: ChannelPropagation, call: OpCall):
+def elementwise(prop: Propagation, call: OpCall):
     """Activations, ``+``, ``*``, ``torch.where``, dropout, casts, ...: the output at a position depends on
     the operands at the same (broadcast) position only.
 
@@ -139,7 +120,7 @@ def elementwise(prop: ChannelPropagation, call: OpCall):
     return out
 
 
-def reshape(prop: ChannelPropagation, call: OpCall):
+def reshape(prop: Propagation, call: OpCall):
     """Row-major reshapes (view, reshape, flatten, squeeze, ...).
 
     Merging a channel dim with others is always safe. Splitting one (ShuffleNet's
@@ -226,7 +207,7 @@ def _carries_channels(prop, tensor: fx.Node, dim: int | None) -> bool:
     return bool(varying) if dim is None else dim % labels.ndim in varying
 
 
-def permute(prop: ChannelPropagation, call: OpCall):
+def permute(prop: Propagation, call: OpCall):
     """``permute``, ``transpose``, ``movedim``: the labels move with the dims."""
     n, args, kwargs, lab_args = call.node, call.args, call.kwargs, call.labels
     lab = lab_args[0]
@@ -242,7 +223,7 @@ def permute(prop: ChannelPropagation, call: OpCall):
     return np.ascontiguousarray(np.moveaxis(lab, rest[0], rest[1]))
 
 
-def pool(prop: ChannelPropagation, call: OpCall):
+def pool(prop: Propagation, call: OpCall):
     """Pooling and interpolation: channels (dim 1) pass through; labels along spatial dims give up."""
     lab_args = call.labels
     lab = lab_args[0]
@@ -251,7 +232,7 @@ def pool(prop: ChannelPropagation, call: OpCall):
     return lab
 
 
-def reduce(prop: ChannelPropagation, call: OpCall):
+def reduce(prop: Propagation, call: OpCall):
     """``mean``, ``sum``, ``amax``, ``amin``: fine over dims without channels, gives up over a channel dim."""
     args, kwargs, lab_args = call.args, call.kwargs, call.labels
     lab = lab_args[0]
@@ -267,7 +248,7 @@ def reduce(prop: ChannelPropagation, call: OpCall):
     )
 
 
-def softmax(prop: ChannelPropagation, call: OpCall):
+def softmax(prop: Propagation, call: OpCall):
     """Softmax over a dim without channels passes them through; over a channel dim it gives up."""
     n, args, kwargs, lab_args = call.node, call.args, call.kwargs, call.labels
     lab = lab_args[0]
@@ -277,7 +258,7 @@ def softmax(prop: ChannelPropagation, call: OpCall):
     return lab
 
 
-def concat(prop: ChannelPropagation, call: OpCall):
+def concat(prop: Propagation, call: OpCall):
     """``torch.cat``: along the channel dim the pieces' channels follow at their offsets; along another
     dim the pieces' channels are tied position by position."""
     args, kwargs, lab_args, result = call.args, call.kwargs, call.labels, call.result
@@ -302,7 +283,7 @@ def concat(prop: ChannelPropagation, call: OpCall):
     return squeeze_constant(np.concatenate(pieces, axis=dim))
 
 
-def split(prop: ChannelPropagation, call: OpCall):
+def split(prop: Propagation, call: OpCall):
     """``chunk``/``split``: along a non-channel dim the pieces keep the labels; along a channel dim only equal
     chunks are understood (see inside)."""
     n, args, kwargs, lab_args, result = call.node, call.args, call.kwargs, call.labels, call.result
@@ -328,7 +309,7 @@ def split(prop: ChannelPropagation, call: OpCall):
     return tuple(squeeze_constant(p) for p in pieces)
 
 
-def getitem(prop: ChannelPropagation, call: OpCall):
+def getitem(prop: Propagation, call: OpCall):
     """Indexing: a tuple's element, or a tensor slice that does not select along a channel dim."""
     args, lab_args = call.args, call.labels
     container, index = lab_args[0], args[1]
@@ -344,7 +325,7 @@ def getitem(prop: ChannelPropagation, call: OpCall):
     return squeeze_constant(np.broadcast_to(container, tuple(args[0].shape))[index])
 
 
-def layer_norm_function(prop: ChannelPropagation, call: OpCall):
+def layer_norm_function(prop: Propagation, call: OpCall):
     """``F.layer_norm``: as the module, with the weight and bias read directly."""
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
     weight = _arg(lab_args, lab_kwargs, 2, "weight")
@@ -381,7 +362,7 @@ def _channel_vector(prop, lab, dim: int, size: int, fqn: str) -> np.ndarray:
     return vector
 
 
-def conv(prop: ChannelPropagation, call: OpCall):
+def conv(prop: Propagation, call: OpCall):
     """A convolution: its filters are new channels (dim 0 of the weight); its input channels are a site.
     Grouped convolutions tie each group's input channels, and their filters follow those groups."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
@@ -406,7 +387,7 @@ def conv(prop: ChannelPropagation, call: OpCall):
     return shaped(out, result.ndim, cdim)
 
 
-def conv_transpose(prop: ChannelPropagation, call: OpCall):
+def conv_transpose(prop: Propagation, call: OpCall):
     """A transposed convolution (one group): filters along dim 1 of the weight, inputs along dim 0."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
@@ -420,7 +401,7 @@ def conv_transpose(prop: ChannelPropagation, call: OpCall):
     return shaped(out, result.ndim, cdim)
 
 
-def linear(prop: ChannelPropagation, call: OpCall):
+def linear(prop: Propagation, call: OpCall):
     """A linear layer: its inputs (the last dim) are a site and its outputs are new channels, both on 2 dims
     (a hidden fully connected layer, as in VGG's classifier) and on more (pointwise, as in an MLP block)."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
@@ -442,7 +423,7 @@ def _norm_sites(prop, fqn: str, lab, size: int, names: tuple[str, ...], attribut
     return lab
 
 
-def batchnorm(prop: ChannelPropagation, call: OpCall):
+def batchnorm(prop: Propagation, call: OpCall):
     """BatchNorm and InstanceNorm modules: parameters, running statistics and ``num_features`` follow."""
     n, lab_args = call.node, call.labels
     m = prop.modules[n.target]
@@ -450,7 +431,7 @@ def batchnorm(prop: ChannelPropagation, call: OpCall):
     return _norm_sites(prop, n.target, lab_args[0], m.num_features, names, "num_features")
 
 
-def groupnorm(prop: ChannelPropagation, call: OpCall):
+def groupnorm(prop: Propagation, call: OpCall):
     """GroupNorm: parameters and ``num_channels`` follow; whole norm groups go together."""
     n, lab_args = call.node, call.labels
     m, fqn, lab = prop.modules[n.target], n.target, lab_args[0]
@@ -468,7 +449,7 @@ def _tie_norm_groups(prop, fqn: str, vector: np.ndarray, num_groups: int) -> Non
     prop.norm_groups[fqn] = per
 
 
-def channel_norm_function(prop: ChannelPropagation, call: OpCall):
+def channel_norm_function(prop: Propagation, call: OpCall):
     """``F.batch_norm`` / ``F.instance_norm``: per channel along dim 1, like the modules."""
     args, lab_args, lab_kwargs = call.args, call.labels, call.label_kwargs
     names = ("running_mean", "running_var", "weight", "bias")
@@ -476,7 +457,7 @@ def channel_norm_function(prop: ChannelPropagation, call: OpCall):
     return None if _functional_norm(prop, args[0], lab_args[0], tensors) is None else lab_args[0]
 
 
-def group_norm_function(prop: ChannelPropagation, call: OpCall):
+def group_norm_function(prop: Propagation, call: OpCall):
     """``F.group_norm``: whole groups go, and the owning module's ``num_groups`` follows."""
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
     tensors = [_arg(lab_args, lab_kwargs, 2, "weight"), _arg(lab_args, lab_kwargs, 3, "bias")]
@@ -524,7 +505,7 @@ def _functional_norm(prop, x, lab, tensors) -> list[str] | None:
     return owners
 
 
-def layernorm(prop: ChannelPropagation, call: OpCall):
+def layernorm(prop: Propagation, call: OpCall):
     """LayerNorm over the last dim: its parameters (and ``normalized_shape``) follow the channels."""
     n, args, lab_args = call.node, call.args, call.labels
     m, fqn, x = prop.modules[n.target], n.target, args[0]
@@ -532,7 +513,7 @@ def layernorm(prop: ChannelPropagation, call: OpCall):
     return _layer_norm(prop, x, lab_args[0], len(m.normalized_shape), names, fqn)
 
 
-def prelu(prop: ChannelPropagation, call: OpCall):
+def prelu(prop: Propagation, call: OpCall):
     """PReLU: one parameter, or one per channel (``num_parameters``) that follows the channels."""
     n, lab_args = call.node, call.labels
     m = prop.modules[n.target]
@@ -541,7 +522,7 @@ def prelu(prop: ChannelPropagation, call: OpCall):
     return _norm_sites(prop, n.target, lab_args[0], m.num_parameters, ("weight",), "num_parameters")
 
 
-def channel_shuffle(prop: ChannelPropagation, call: OpCall):
+def channel_shuffle(prop: Propagation, call: OpCall):
     """``view(N, g, C // g, ...)``, swap, flatten: each of the g groups must lose the same positions."""
     n, args, lab_args = call.node, call.args, call.labels
     m, lab = prop.modules[n.target], lab_args[0]
@@ -631,7 +612,7 @@ def channelwise(*names: str, count: str | None = None) -> Rule:
     >>> rule = channelwise("scale", count="channels")   # then ops.register_module_rule(MyScale, rule)
     """
 
-    def rule(prop: ChannelPropagation, call: OpCall):
+    def rule(prop: Propagation, call: OpCall):
         x = call.args[0]
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             return None
