@@ -127,6 +127,8 @@ class Criterion:
             weight = modules[fqn].weight.detach()
             filter_dim = 1 if isinstance(modules[fqn], nn.modules.conv._ConvTransposeNd) else 0
             values = per_filter(weight.movedim(filter_dim, 0)).double().cpu().numpy()
+            # the unit of each filter: several filters per unit where a unit is an attention head
+            units = self.graph.site_units.get((f"{fqn}.weight", filter_dim), units)
             keep = units >= 0
             np.add.at(out, units[keep], values[keep])
         return out

@@ -99,6 +99,9 @@ _KIND_BY_FORWARD = {cls.forward: kind for cls, kind in _MODULE_KINDS.items()}
 # Modules of other libraries that are channel-wise by construction (matched by qualified name,
 # so the library is not a dependency).
 _ELEMENTWISE_MODULE_NAMES = {"torchvision.ops.stochastic_depth.StochasticDepth"}
+# Multi-head self-attention with one fused ``qkv`` linear and an output ``proj`` (timm's, in its ViT, DeiT,
+# EVA, ... families), kept as a leaf whose heads are units: ``rules.fused_qkv_attention``.
+_FUSED_QKV_ATTENTION_NAMES = {"timm.layers.attention.Attention"}
 
 
 # Modules taught by users: the class (subclasses included) -> a kind name or a rule function.
@@ -133,8 +136,11 @@ def module_kind(module: nn.Module) -> str | Callable[..., Any] | None:
         if cls in _USER_RULES:
             return _USER_RULES[cls]
     kind = _KIND_BY_FORWARD.get(type(module).forward)
-    if kind is None and f"{type(module).__module__}.{type(module).__qualname__}" in _ELEMENTWISE_MODULE_NAMES:
+    name = f"{type(module).__module__}.{type(module).__qualname__}"
+    if kind is None and name in _ELEMENTWISE_MODULE_NAMES:
         kind = "elementwise"
+    elif kind is None and name in _FUSED_QKV_ATTENTION_NAMES:
+        kind = "fused_qkv_attention"
     return kind
 
 
@@ -274,6 +280,7 @@ KINDS = (
     "channel_norm_function",
     "group_norm_function",
     "layer_norm_function",
+    "fused_qkv_attention",
 )
 
 

@@ -28,7 +28,7 @@ import operator
 
 import numpy as np
 import torch
-from torch import fx
+from torch import fx, nn
 
 from prune_core.channels import ops
 from prune_core.channels.labels import along, shaped, squeeze_constant, squeeze_constant_from, varying_dims
@@ -412,6 +412,36 @@ def linear(prop: Propagation, call: OpCall):
     return shaped(out, result.ndim, result.ndim - 1)
 
 
+def fused_qkv_attention(prop: Propagation, call: OpCall):
+    """Multi-head self-attention with a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention``):
+    each head is a unit: its q, k and v rows of ``qkv`` (laid out as ``(3, num_heads, head_dim)``), their
+    bias, and its ``head_dim`` input columns of ``proj``; ``num_heads`` and ``attn_dim`` count the heads
+    kept. ``head_dim`` and the attention's scale stay as they were, so a pruned attention computes what
+    the original computes with those heads' outputs zeroed. The heads are kept (with the reason) where
+    the module gates or normalises the heads' outputs together, and one head is kept in every attention.
+    ``proj``'s outputs are new channels, as a linear layer's are."""
+    n, args, lab_args, result = call.node, call.args, call.labels, call.result
+    m, fqn, x = prop.modules[n.target], n.target, args[0]
+    qkv, proj, heads, head_dim = m.qkv, m.proj, m.num_heads, m.head_dim
+    if qkv.out_features != 3 * heads * head_dim or proj.in_features != heads * head_dim:
+        return None
+    vector = _channel_vector(prop, lab_args[0], x.ndim - 1, qkv.in_features, f"{fqn}.qkv")
+    prop.site(f"{fqn}.qkv.weight", 1, vector, "input")
+    if getattr(m, "gate", None) is not None:  # reads the input too
+        prop.site(f"{fqn}.gate.weight", 1, vector, "input")
+    per_head = prop.producer(f"{fqn}.qkv", heads)
+    if getattr(m, "gate", None) is not None or not isinstance(getattr(m, "norm", None), (type(None), nn.Identity)):
+        prop.slots.block(per_head, f"`{fqn}` gates or normalises its heads' outputs together: its heads are kept")
+    rows = np.tile(np.repeat(per_head, head_dim), 3)
+    prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), rows, "filter")
+    prop.site(f"{fqn}.proj.weight", 1, np.repeat(per_head, head_dim), "input")
+    prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
+    prop.site(f"{fqn}.attn_dim", 0, np.repeat(per_head, head_dim), "follower", kind="attribute")
+    out = prop.producer(f"{fqn}.proj", proj.out_features)
+    prop.module_sites(f"{fqn}.proj", ("weight", "bias"), out, "filter")
+    return shaped(out, result.ndim, result.ndim - 1)
+
+
 def _norm_sites(prop, fqn: str, lab, size: int, names: tuple[str, ...], attribute: str | None):
     """A channel-wise module: its parameters/buffers and its channel count follow the labels."""
     vector = along(lab, 1, size) if isinstance(lab, np.ndarray) else None
@@ -642,6 +672,7 @@ RULES: dict[str, Rule] = {
     "channel_norm_function": channel_norm_function,
     "group_norm_function": group_norm_function,
     "layer_norm_function": layer_norm_function,
+    "fused_qkv_attention": fused_qkv_attention,
 }
 if set(RULES) != set(ops.KINDS):
     raise ImportError(f"channel rules and op kinds differ: {sorted(set(RULES) ^ set(ops.KINDS))}")

@@ -44,6 +44,8 @@ _CHANNEL_ATTRIBUTES = (
     "num_groups",
     "normalized_shape",
     "num_parameters",
+    "num_heads",
+    "attn_dim",
 )
 
 

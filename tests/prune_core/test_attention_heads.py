@@ -1,0 +1,78 @@
+"""Attention heads as removal units: timm's fused-qkv ``Attention`` (ViT, DeiT, ...) loses whole heads, its
+``num_heads`` and ``attn_dim`` follow, and the pruned network computes what the original computes with those
+heads' outputs zeroed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prune_core import ChannelGraph, TrainingOptions, analyze_compression, compress_network, remove_units
+from prune_core.channels import load_pruned, save_pruned
+from tests.support.equivalence import check_surgery
+
+timm = pytest.importorskip("timm")
+
+
+def small_vit(**overrides) -> nn.Module:
+    """A two-block ViT of 4 heads on 16x16 images (timm, random weights)."""
+    torch.manual_seed(0)
+    settings = {"img_size": 16, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 4, "num_classes": 3}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **settings | overrides).eval()
+
+
+def test_every_head_is_a_unit_of_its_q_k_v_rows_and_proj_columns():
+    graph = ChannelGraph.build(small_vit(), torch.zeros(2, 3, 16, 16))
+    heads = [u for u in graph.removable_units() if u.producers == ("blocks.0.attn.qkv",)]
+    assert len(heads) == 4
+    head = heads[1]
+    assert head.counts[("blocks.0.attn.qkv.weight", 0)] == 3 * 12  # q, k and v rows of a 12-wide head
+    assert head.counts[("blocks.0.attn.proj.weight", 1)] == 12
+    layers = analyze_compression(small_vit(), torch.zeros(2, 3, 16, 16), verbose=False).layers.set_index("layer")
+    assert layers.loc["blocks.1.attn.qkv", "prunable_filters"] == 4  # heads
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_removing_heads_equals_zeroing_their_outputs(seed):
+    result = check_surgery(small_vit(), torch.randn(4, 3, 16, 16), fraction=0.5, seed=seed)
+    assert result["effect"] > 1e-4 and result["max_error"] <= 1e-5 * max(1.0, result["scale"])
+    assert result["params"] == result["predicted_params"]
+    for block in result["pruned"].blocks:
+        attn = block.attn
+        assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim and attn.head_dim == 12
+        assert attn.proj.in_features == attn.attn_dim == attn.num_heads * 12
+        assert attn.scale == 12**-0.5, "the scale is the original network's"
+
+
+def test_one_head_is_always_kept_and_the_pruned_network_saves_and_loads(tmp_path):
+    model, example = small_vit(), torch.randn(2, 3, 16, 16)
+    graph = ChannelGraph.build(model, example)
+    every_head = [u.id for u in graph.removable_units() if u.producers[0].endswith(".attn.qkv")]
+    remove_units(model, graph, graph.greedy_removal(every_head))
+    assert [block.attn.num_heads for block in model.blocks] == [1, 1]
+    save_pruned(model, tmp_path / "vit.pt")
+    loaded = load_pruned(tmp_path / "vit.pt", small_vit)
+    assert [block.attn.num_heads for block in loaded.blocks] == [1, 1]
+    assert torch.allclose(loaded(example), model(example), atol=1e-6)
+
+
+def test_heads_gated_or_normalised_together_are_kept_with_the_reason():
+    from timm.layers.attention import Attention
+
+    gated = nn.Sequential(nn.Linear(8, 16), Attention(16, num_heads=4, gated=True), nn.Flatten(), nn.Linear(48, 2))
+    graph = ChannelGraph.build(gated, torch.zeros(2, 3, 8))
+    (heads,) = {u.reasons for u in graph.units if u.producers == ("1.qkv",)}
+    assert heads == ("`1` gates or normalises its heads' outputs together: its heads are kept",)
+    result = check_surgery(gated, torch.randn(4, 3, 8), fraction=0.5)  # the first layer's units: qkv and gate inputs
+    assert result["effect"] > 1e-4 and result["max_error"] <= 1e-5 * max(1.0, result["scale"])
+    assert result["pruned"][1].gate.in_features == result["pruned"][1].qkv.in_features < 16
+
+
+def test_compress_network_removes_heads_by_their_taylor_scores():
+    model = small_vit()
+    x, y = torch.randn(128, 3, 16, 16), torch.randint(0, 3, (128,))
+    options = TrainingOptions("adam", max_epochs=1, mini_batch_size=32, seed=0)
+    pruned, info = compress_network(model, x, y, "crossentropy", options, goal=0.5, increment=0.1, verbosity="off")
+    assert info.reduction >= 0.5 and sum(block.attn.num_heads for block in pruned.blocks) < 8
+    assert [block.attn.num_heads for block in model.blocks] == [4, 4], "the caller's network is left as it was"
