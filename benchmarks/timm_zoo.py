@@ -19,9 +19,12 @@ LayerNorm over channels loses channels, the reference normalises over the kept o
 in the same process; it has no equivalence check, so its outcome is ``pruned`` (the network
 runs, keeps its output shape and lost parameters), ``error`` or ``over 60 s``.
 
+``--set transformers`` runs one model per transformer or hybrid family instead, at its own input size;
+Torch-Pruning then gets its ViT settings (``num_heads`` of every fused ``qkv``, whole heads pruned).
+
 Every model runs in a subprocess of its own with a time limit. Run:
-``python -m benchmarks.timm_zoo`` (needs the ``bench`` extra: timm, torch-pruning). Writes
-``benchmarks/results/timm_zoo.csv`` and ``timm_zoo.md``.
+``python -m benchmarks.timm_zoo [--set transformers]`` (needs the ``bench`` extra: timm, torch-pruning).
+Writes ``benchmarks/results/timm_zoo.csv`` and ``timm_zoo.md`` (``timm_zoo_transformers.*``).
 """
 
 from __future__ import annotations
@@ -119,6 +122,27 @@ FAMILIES = {
     "mambaout": "mambaout_femto",
     "edgenext": "edgenext_xx_small",
 }
+# One small model per transformer or hybrid family (``--set transformers``), at its own input size.
+TRANSFORMER_FAMILIES = {
+    "vit": "vit_tiny_patch16_224",
+    "deit": "deit_tiny_patch16_224",
+    "deit3": "deit3_small_patch16_224",
+    "flexivit": "flexivit_small",
+    "vit-relpos": "vit_relpos_small_patch16_224",
+    "eva02": "eva02_tiny_patch14_224",
+    "beit": "beitv2_base_patch16_224",
+    "cait": "cait_xxs24_224",
+    "pit": "pit_ti_224",
+    "twins": "twins_svt_small",
+    "xcit": "xcit_nano_12_p16_224",
+    "swin": "swin_tiny_patch4_window7_224",
+    "maxvit": "maxvit_nano_rw_256",
+    "coat": "coat_lite_tiny",
+    "levit": "levit_128s",
+    "efficientformer": "efficientformer_l1",
+    "mobilevit": "mobilevit_xxs",
+}
+SETS = {"cnn": (FAMILIES, "timm_zoo"), "transformers": (TRANSFORMER_FAMILIES, "timm_zoo_transformers")}
 INPUT_SIZE = {"inception_v3": 96, "tresnet_m": 96, "legacy_xception": 96, "hrnet_w18_small": 64}
 LIMIT_S = 60.0
 FRACTION = 0.2
@@ -160,6 +184,7 @@ def ours(model: nn.Module, x, compare_at: Sequence[str] = ()) -> dict:
     analysis_s = time.perf_counter() - start
     row = {
         "ours_analysis_s": round(analysis_s, 3),
+        "ours_max_reduction": round(graph.learnables_removed(graph.max_removal()) / graph.total_learnables, 3),
         "ours_unchanged": _state_unchanged(model, state, modes),
         "ours_units": len(graph.units),
         "ours_removable": len(graph.removable_units()),
@@ -204,11 +229,26 @@ def torch_pruning(model: nn.Module, x: torch.Tensor, shape) -> dict:
     if isinstance(classifier, nn.Module):
         ignored.append(classifier)
     before = _params(pruned)
+    # its ViT settings: the heads of every fused-qkv attention, pruned whole; their counts put back after
+    attentions = [
+        m for m in pruned.modules() if isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")
+    ]
     start = time.perf_counter()
     pruner = tp.pruner.MetaPruner(
-        pruned, x, importance=tp.importance.RandomImportance(), pruning_ratio=FRACTION, ignored_layers=ignored
+        pruned,
+        x,
+        importance=tp.importance.RandomImportance(),
+        pruning_ratio=FRACTION,
+        ignored_layers=ignored,
+        num_heads={m.qkv: m.num_heads for m in attentions},
+        prune_num_heads=bool(attentions),
+        prune_head_dims=False,
     )
     pruner.step()
+    for m in attentions:
+        m.num_heads = pruner.num_heads[m.qkv]
+        if hasattr(m, "attn_dim"):
+            m.attn_dim = m.num_heads * m.head_dim
     seconds = time.perf_counter() - start
     with torch.no_grad():
         out = pruned.eval()(x)
@@ -229,7 +269,8 @@ def one(name: str) -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-    size = INPUT_SIZE.get(name, 64)
+    # transformers at the size their patch grid and position embeddings are built for
+    size = model.pretrained_cfg["input_size"][-1] if name in TRANSFORMER_FAMILIES.values() else INPUT_SIZE.get(name, 64)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         shape = model(x).shape
@@ -272,6 +313,7 @@ def summary(table: pd.DataFrame) -> str:
 # Every zoo's result columns after the ones that name the model.
 RESULT_COLUMNS = [
     "ours",
+    "ours_max_reduction",
     "ours_analysis_s",
     "ours_surgery_s",
     "ours_params_after",
@@ -300,7 +342,8 @@ def write_tables(table: pd.DataFrame, names: list[str], out: Path, name: str, he
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--families", nargs="*", default=list(FAMILIES))
+    parser.add_argument("--set", choices=list(SETS), default="cnn", help="convolutional or transformer families")
+    parser.add_argument("--families", nargs="*", help="a subset of the set's families")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     if args.one:
@@ -309,17 +352,21 @@ def main() -> None:
     import timm
     import torch_pruning as tp
 
+    families, name = SETS[args.set]
     rows = []
-    for family in args.families:
-        row = run_family(family, FAMILIES[family])
+    for family in args.families or list(families):
+        row = run_family(family, families[family])
         print({k: row.get(k) for k in ("family", "model", "ours", "ours_analysis_s", "ours_reason", "tp")}, flush=True)
         rows.append(row)
     header = (
         f"timm {timm.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
         f"{platform.processor() or platform.machine()}, 2 threads; random weights, num_classes=10, batch 2 at "
-        f"64x64 unless `input` says otherwise; {FRACTION:.0%} of every group removed at random"
+        f"{'64x64' if args.set == 'cnn' else 'its own size'} unless `input` says otherwise; "
+        f"{FRACTION:.0%} of every group removed at random (Torch-Pruning: ratio {FRACTION}, attention heads "
+        "pruned whole where it knows the module's num_heads); `ours_max_reduction`: the most learnables "
+        f"the analysis can remove. Produced by `python -m benchmarks.timm_zoo --set {args.set}`."
     )
-    write_tables(pd.DataFrame(rows), ["family", "model", "params", "input"], Path(args.out), "timm_zoo", header)
+    write_tables(pd.DataFrame(rows), ["family", "model", "params", "input"], Path(args.out), name, header)
 
 
 if __name__ == "__main__":
