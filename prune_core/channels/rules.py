@@ -79,7 +79,8 @@ def elementwise(prop: Propagation, call: OpCall):
     - A parameter or buffer read directly (``ParamRef``, e.g. a learned per-channel scale of
       shape ``(C, 1, 1)``) that spans a channel dim becomes a *site* along that dim, so the
       surgery slices it with the channels; if the output's labels vary along another dim too,
-      the rule gives up.
+      the rule gives up. A parameter alone (a class token expanded to the batch) gets new slots
+      along the one dim it spans.
     """
     n, args, kwargs, lab_args, lab_kwargs, result = call
     if not isinstance(result, torch.Tensor):
@@ -98,7 +99,7 @@ def elementwise(prop: Propagation, call: OpCall):
             lab = prop.fresh(real, f"tensor without channel information at `{n.name}`")
         tensors.append((shape, lab.reshape((1,) * (nd - lab.ndim) + lab.shape)))
     if not tensors:
-        return None
+        return _parameter_alone(prop, params, out_shape)
     labeled = {d for _, lab in tensors for d in varying_dims(lab)}
     part = [lab for shape, lab in tensors if all(shape[d] == out_shape[d] for d in labeled)]
     rest = [lab for shape, lab in tensors if not all(shape[d] == out_shape[d] for d in labeled)]
@@ -118,6 +119,21 @@ def elementwise(prop: Propagation, call: OpCall):
                     return None
                 prop.site(ref.name, d - offset, vector, "follower")
     return out
+
+
+def _parameter_alone(prop: Propagation, params: list, out_shape: tuple[int, ...]):
+    """A parameter read directly with no tensor beside it (a class token expanded to the batch): new slots
+    along the one dim it spans, as a site; they join the channels of what it is concatenated with or added to."""
+    if len(params) != 1:
+        return None
+    ref, shape = params[0]
+    spanned = [d for d, size in enumerate(shape) if size > 1]
+    if len(spanned) != 1 or shape[spanned[0]] != out_shape[spanned[0]]:
+        return None
+    d = spanned[0]
+    vector = prop.slots.new_slots(out_shape[d])
+    prop.site(ref.name, d - (len(out_shape) - len(ref.shape)), vector, "follower")
+    return shaped(vector, len(out_shape), d)
 
 
 def reshape(prop: Propagation, call: OpCall):

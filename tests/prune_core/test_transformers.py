@@ -1,8 +1,11 @@
-"""Attention heads as removal units: timm's fused-qkv ``Attention`` (ViT, DeiT, ...) loses whole heads, its
-``num_heads`` and ``attn_dim`` follow, and the pruned network computes what the original computes with those
-heads' outputs zeroed."""
+"""Transformers: timm's fused-qkv ``Attention`` (ViT, DeiT, ...) loses whole heads, its ``num_heads`` and
+``attn_dim`` follow, and the pruned network computes what the original computes with those heads' outputs
+zeroed; the embedding width (the residual stream: patch embedding, class token, position embedding, every
+norm and block) is one coupled group."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from torch import nn
 
 from prune_core import ChannelGraph, TrainingOptions, analyze_compression, compress_network, remove_units
 from prune_core.channels import load_pruned, save_pruned
-from tests.support.equivalence import check_surgery
+from tests.support.equivalence import check_surgery, outputs, random_units, zeroed_reference
 
 timm = pytest.importorskip("timm")
 
@@ -35,14 +38,53 @@ def test_every_head_is_a_unit_of_its_q_k_v_rows_and_proj_columns():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_removing_heads_equals_zeroing_their_outputs(seed):
-    result = check_surgery(small_vit(), torch.randn(4, 3, 16, 16), fraction=0.5, seed=seed)
-    assert result["effect"] > 1e-4 and result["max_error"] <= 1e-5 * max(1.0, result["scale"])
-    assert result["params"] == result["predicted_params"]
-    for block in result["pruned"].blocks:
+    model, example = small_vit(), torch.randn(4, 3, 16, 16)
+    graph = ChannelGraph.build(model, example)
+    heads = [u for u in graph.removable_units() if u.producers[0].endswith(".attn.qkv")]
+    chosen = graph.greedy_removal(
+        [u.id for u in heads if torch.rand(1, generator=torch.Generator().manual_seed(seed + u.id)) < 0.5]
+    )
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, chosen, verify=False)  # checked here, against zeroed heads
+    (expected,), (got,), (original,) = (
+        outputs(m, example) for m in (zeroed_reference(model, graph, chosen), pruned, model)
+    )
+    assert chosen and (expected - original).abs().max() > 1e-4 and torch.allclose(got, expected, atol=1e-5)
+    assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)
+    for block in pruned.blocks:
         attn = block.attn
         assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim and attn.head_dim == 12
         assert attn.proj.in_features == attn.attn_dim == attn.num_heads * 12
         assert attn.scale == 12**-0.5, "the scale is the original network's"
+
+
+def test_the_embedding_width_is_one_group_through_every_block():
+    model, example = small_vit(), torch.randn(4, 3, 16, 16)
+    graph = ChannelGraph.build(model, example)
+    (stream,) = {u.producers for u in graph.removable_units() if "patch_embed.proj" in u.producers}
+    assert stream == (
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc2",
+        "blocks.1.attn.proj",
+        "blocks.1.mlp.fc2",
+        "patch_embed.proj",
+    )
+    width = [u for u in graph.removable_units() if u.producers == stream]
+    assert len(width) == 48
+    assert {"norm", "blocks.0.norm1", "blocks.1.mlp.fc1", "head"} <= set(width[0].members)
+    assert {("cls_token", 2), ("pos_embed", 2), ("blocks.0.attn.qkv.weight", 1)} <= set(width[0].counts)
+    for seed in range(3):  # the built-in check: LayerNorms over the stream normalise over the kept channels
+        pruned = copy.deepcopy(model)
+        remove_units(pruned, graph, random_units(graph, 0.4, seed))
+        kept = pruned.patch_embed.proj.out_channels
+        assert kept < 48 and pruned.cls_token.shape[-1] == pruned.pos_embed.shape[-1] == pruned.head.in_features == kept
+        assert pruned.norm.normalized_shape == (kept,) and pruned.blocks[1].mlp.fc1.in_features == kept
+
+
+def test_a_vision_transformer_can_lose_nearly_everything_but_its_outputs():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    report = analyze_compression(model, torch.zeros(2, 3, 224, 224), verbose=False)
+    assert report.max_reduction > 0.95  # heads, MLP units and the embedding width (64.1% with MLP units only)
 
 
 def test_one_head_is_always_kept_and_the_pruned_network_saves_and_loads(tmp_path):
@@ -73,6 +115,9 @@ def test_compress_network_removes_heads_by_their_taylor_scores():
     model = small_vit()
     x, y = torch.randn(128, 3, 16, 16), torch.randint(0, 3, (128,))
     options = TrainingOptions("adam", max_epochs=1, mini_batch_size=32, seed=0)
-    pruned, info = compress_network(model, x, y, "crossentropy", options, goal=0.5, increment=0.1, verbosity="off")
-    assert info.reduction >= 0.5 and sum(block.attn.num_heads for block in pruned.blocks) < 8
+    heads = ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]  # the heads alone, not the MLPs or the width
+    pruned, info = compress_network(
+        model, x, y, "crossentropy", options, goal=0.2, increment=0.05, layer_names=heads, verbosity="off"
+    )
+    assert info.reduction >= 0.2 and sum(block.attn.num_heads for block in pruned.blocks) < 8
     assert [block.attn.num_heads for block in model.blocks] == [4, 4], "the caller's network is left as it was"
