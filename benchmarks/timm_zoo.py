@@ -176,7 +176,7 @@ def ours(model: nn.Module, x, compare_at: Sequence[str] = ()) -> dict:
     ``ChannelGraph.build``) equivalence is checked on those modules' outputs, and whether the network's
     own (post-processed) outputs matched as well goes into the reason."""
     from prune_core import ChannelGraph, remove_units
-    from prune_core.channels import SurgeryMismatch, check_equivalent, reference_outputs
+    from prune_core.channels import NETWORK_OUTPUT, SurgeryMismatch, check_equivalent, reference_outputs
 
     state, modes = copy.deepcopy(model.state_dict()), [m.training for m in model.modules()]
     start = time.perf_counter()
@@ -191,7 +191,8 @@ def ours(model: nn.Module, x, compare_at: Sequence[str] = ()) -> dict:
     }
     chosen = random_share(graph, FRACTION)
     if not chosen:
-        reasons = pd.Series([r for u in graph.units for r in u.reasons]).value_counts()
+        inner = [u for u in graph.units if u.reasons != (NETWORK_OUTPUT,)]  # not just the network's outputs
+        reasons = pd.Series([r for u in inner for r in u.reasons]).value_counts()
         why = reasons.index[0][:120] if len(reasons) else f"no filters seen; not understood: {graph.unsupported[:3]}"
         return row | {"ours": "refused", "ours_reason": why}
     reference = reference_outputs(model, graph, chosen)

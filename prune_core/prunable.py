@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.channels import ChannelGraph, macs_per_weight, remove_units
+from prune_core.channels import NETWORK_OUTPUT, ChannelGraph, macs_per_weight, remove_units
 from prune_core.checks import check_number
 from prune_core.finetune import LossFn, forward_outputs, resolve_loss, to_device
 from prune_core.importance import CRITERIA, NORMALIZATIONS, Criterion, normalize
@@ -228,9 +228,14 @@ class TaylorPrunableNetwork:
         """Raise ValueError, with the analysis' reasons, when no filter can be pruned."""
         if self.num_prunables > 0:
             return
-        reasons = sorted({r for u in self.graph.units for r in u.reasons})
-        if not self.graph.units:
-            why = "it has no convolution filters or hidden units the analysis can see"
+        inner = [u for u in self.graph.units if u.reasons != (NETWORK_OUTPUT,)]  # not just the network's outputs
+        reasons = sorted({r for u in inner for r in u.reasons})
+        if not inner:
+            why = (
+                "its only filters are the network's outputs, which are never pruned"
+                if self.graph.units
+                else "it has no convolution filters or hidden units the analysis can see"
+            )
             if self.graph.unsupported:
                 why += f" (operations it does not understand: {', '.join(self.graph.unsupported[:5])})"
         elif not reasons:

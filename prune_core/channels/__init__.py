@@ -26,7 +26,7 @@ from prune_core.channels.graph import ChannelGraph, RemovalTally, Unit
 from prune_core.channels.macs import count_macs, macs_per_weight
 from prune_core.channels.ops import KINDS, register_module_rule, unregister_module_rule
 from prune_core.channels.preserve import preserved
-from prune_core.channels.propagate import ExampleInputMismatch
+from prune_core.channels.propagate import NETWORK_OUTPUT, ExampleInputMismatch
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.report import CompressionReport, analyze_compression
 from prune_core.channels.rule_call import OpCall
@@ -39,6 +39,7 @@ from prune_core.channels.verify import SurgeryMismatch, check_equivalent, refere
 
 __all__ = [
     "KINDS",
+    "NETWORK_OUTPUT",
     "ChannelGraph",
     "CompressionReport",
     "ExampleInput",

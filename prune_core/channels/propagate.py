@@ -45,6 +45,9 @@ _WEIGHTED = {
 }
 
 
+NETWORK_OUTPUT = "reaches the network output"  # the reason of every channel of the network's outputs
+
+
 class ExampleInputMismatch(ValueError):
     """The example input does not run through the model."""
 
@@ -144,7 +147,7 @@ class ChannelPropagation(fx.Interpreter):
         if n.op == "get_attr":
             return ParamRef(n.target, tuple(result.shape)) if isinstance(result, torch.Tensor) else None
         if n.op == "output":
-            self.block(lab_args, "reaches the network output")
+            self.block(lab_args, NETWORK_OUTPUT)
             return None
         if not tensors_in(result):  # sizes, flags; a dataclass or object holding tensors is not one of them
             return None

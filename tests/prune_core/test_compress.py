@@ -339,7 +339,7 @@ def test_bad_input_forms(trained):
     with pytest.raises(ValueError, match="model has nothing to prune: it has no convolution filters or hidden units"):
         compress_network(flat, x, y, "crossentropy", options())
     last = nn.Sequential(nn.Conv1d(1, 4, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten())
-    with pytest.raises(ValueError, match="model has nothing to prune: reaches the network output"):
+    with pytest.raises(ValueError, match="model has nothing to prune: its only filters are the network's outputs"):
         compress_network(last, x, y, "crossentropy", options())
 
 
