@@ -40,7 +40,9 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -151,11 +153,36 @@ def run_ours(
     return out
 
 
+def tp_attention_settings(model: nn.Module, ratio: float) -> tuple[dict, Callable[[Any], None]]:
+    """Torch-Pruning's settings for vision transformers: every fused-qkv attention's ``num_heads``, whole heads
+    pruned at ``ratio``; and what puts the heads' counts back into the modules after ``pruner.step()``."""
+    attentions = [
+        m for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")
+    ]
+    settings = {
+        "num_heads": {m.qkv: m.num_heads for m in attentions},
+        "prune_num_heads": bool(attentions),
+        "prune_head_dims": False,
+        "head_pruning_ratio": ratio if attentions else 0.0,
+    }
+
+    def put_back(pruner) -> None:
+        for m in attentions:
+            m.num_heads = pruner.num_heads[m.qkv]
+            if hasattr(m, "attn_dim"):
+                m.attn_dim = m.num_heads * m.head_dim
+
+    return settings, put_back
+
+
 def tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) -> None:
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else model[-1]
+    settings, put_back = tp_attention_settings(model, ratio)
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[model[-1]]
+        model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[classifier], **settings
     )
     pruner.step()
+    put_back(pruner)
 
 
 def tp_step(model: nn.Module, example: torch.Tensor, importance, ratio: float, source, generator, device: str) -> None:

@@ -222,6 +222,8 @@ def ours(model: nn.Module, x, compare_at: Sequence[str] = ()) -> dict:
 def torch_pruning(model: nn.Module, x: torch.Tensor, shape) -> dict:
     import torch_pruning as tp
 
+    from benchmarks.criteria import tp_attention_settings
+
     pruned = copy.deepcopy(model)
     classifier = pruned.get_classifier() if hasattr(pruned, "get_classifier") else None
     ignored = [
@@ -230,10 +232,7 @@ def torch_pruning(model: nn.Module, x: torch.Tensor, shape) -> dict:
     if isinstance(classifier, nn.Module):
         ignored.append(classifier)
     before = _params(pruned)
-    # its ViT settings: the heads of every fused-qkv attention, pruned whole; their counts put back after
-    attentions = [
-        m for m in pruned.modules() if isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")
-    ]
+    settings, put_back = tp_attention_settings(pruned, FRACTION)  # its ViT settings, where it has attention
     start = time.perf_counter()
     pruner = tp.pruner.MetaPruner(
         pruned,
@@ -241,15 +240,10 @@ def torch_pruning(model: nn.Module, x: torch.Tensor, shape) -> dict:
         importance=tp.importance.RandomImportance(),
         pruning_ratio=FRACTION,
         ignored_layers=ignored,
-        num_heads={m.qkv: m.num_heads for m in attentions},
-        prune_num_heads=bool(attentions),
-        prune_head_dims=False,
+        **settings,
     )
     pruner.step()
-    for m in attentions:
-        m.num_heads = pruner.num_heads[m.qkv]
-        if hasattr(m, "attn_dim"):
-            m.attn_dim = m.num_heads * m.head_dim
+    put_back(pruner)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         out = pruned.eval()(x)
