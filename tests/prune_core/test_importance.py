@@ -174,7 +174,7 @@ def test_prune_before_scoring_is_refused():
 def test_prune_on_a_network_with_nothing_prunable_says_why():
     net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten())  # its filters reach the output
     prunable = TaylorPrunableNetwork(net, torch.zeros(1, 2, 8))
-    with pytest.raises(ValueError, match="model has nothing to prune: reaches the network output"):
+    with pytest.raises(ValueError, match="model has nothing to prune: its only filters are the network's outputs"):
         prunable.prune()
 
 
