@@ -96,12 +96,13 @@ _MODULE_KINDS.update({cls: "elementwise" for cls in _ELEMENTWISE_MODULES})
 # subclasses that override it (torchvision's LayerNorm2d, say) are traced through instead.
 _KIND_BY_FORWARD = {cls.forward: kind for cls, kind in _MODULE_KINDS.items()}
 
-# Modules of other libraries that are channel-wise by construction (matched by qualified name,
-# so the library is not a dependency).
-_ELEMENTWISE_MODULE_NAMES = {"torchvision.ops.stochastic_depth.StochasticDepth"}
-# Multi-head self-attention with one fused ``qkv`` linear and an output ``proj`` (timm's, in its ViT, DeiT,
-# EVA, ... families), kept as a leaf whose heads are units: ``rules.fused_qkv_attention``.
-_FUSED_QKV_ATTENTION_NAMES = {"timm.layers.attention.Attention"}
+# Modules of other libraries, matched by qualified name so the library is not a dependency: channel-wise
+# by construction, or multi-head self-attention with one fused ``qkv`` linear and an output ``proj``
+# (timm's, in its ViT, DeiT, ... families), kept as a leaf whose heads are units.
+_KIND_BY_NAME = {
+    "torchvision.ops.stochastic_depth.StochasticDepth": "elementwise",
+    "timm.layers.attention.Attention": "fused_qkv_attention",
+}
 
 
 # Modules taught by users: the class (subclasses included) -> a kind name or a rule function.
@@ -136,12 +137,7 @@ def module_kind(module: nn.Module) -> str | Callable[..., Any] | None:
         if cls in _USER_RULES:
             return _USER_RULES[cls]
     kind = _KIND_BY_FORWARD.get(type(module).forward)
-    name = f"{type(module).__module__}.{type(module).__qualname__}"
-    if kind is None and name in _ELEMENTWISE_MODULE_NAMES:
-        kind = "elementwise"
-    elif kind is None and name in _FUSED_QKV_ATTENTION_NAMES:
-        kind = "fused_qkv_attention"
-    return kind
+    return kind or _KIND_BY_NAME.get(f"{type(module).__module__}.{type(module).__qualname__}")
 
 
 ELEMENTWISE_FUNCTIONS = {

@@ -441,12 +441,13 @@ def fused_qkv_attention(prop: Propagation, call: OpCall):
     qkv, proj, heads, head_dim = m.qkv, m.proj, m.num_heads, m.head_dim
     if qkv.out_features != 3 * heads * head_dim or proj.in_features != heads * head_dim:
         return None
+    gated = getattr(m, "gate", None) is not None
     vector = _channel_vector(prop, lab_args[0], x.ndim - 1, qkv.in_features, f"{fqn}.qkv")
     prop.site(f"{fqn}.qkv.weight", 1, vector, "input")
-    if getattr(m, "gate", None) is not None:  # reads the input too
+    if gated:  # the gate reads the input too
         prop.site(f"{fqn}.gate.weight", 1, vector, "input")
     per_head = prop.producer(f"{fqn}.qkv", heads)
-    if getattr(m, "gate", None) is not None or not isinstance(getattr(m, "norm", None), (type(None), nn.Identity)):
+    if gated or not isinstance(getattr(m, "norm", None), (type(None), nn.Identity)):
         prop.slots.block(per_head, f"`{fqn}` gates or normalises its heads' outputs together: its heads are kept")
     rows = np.tile(np.repeat(per_head, head_dim), 3)
     prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), rows, "filter")
