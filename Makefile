@@ -45,9 +45,11 @@ test-fast: lint
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.graph_zoo
 	$(PY) -m benchmarks.timm_zoo
+	$(PY) -m benchmarks.timm_zoo --set transformers
 	$(PY) -m benchmarks.model_zoo
 	$(PY) -m benchmarks.criteria
 	$(PY) -m benchmarks.criteria_2d
+	$(PY) -m benchmarks.criteria_vit
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.inference
 	$(PY) -m benchmarks.pruners

@@ -155,7 +155,8 @@ def run_ours(
 
 def tp_attention_settings(model: nn.Module, ratio: float) -> tuple[dict, Callable[[Any], None]]:
     """Torch-Pruning's settings for vision transformers: every fused-qkv attention's ``num_heads``, whole heads
-    pruned at ``ratio``; and what puts the heads' counts back into the modules after ``pruner.step()``."""
+    pruned at ``ratio`` (at most all but one head of the attention with fewest); and what puts the heads'
+    counts back into the modules after ``pruner.step()``."""
     attentions = [
         m for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")
     ]
@@ -163,7 +164,8 @@ def tp_attention_settings(model: nn.Module, ratio: float) -> tuple[dict, Callabl
         "num_heads": {m.qkv: m.num_heads for m in attentions},
         "prune_num_heads": bool(attentions),
         "prune_head_dims": False,
-        "head_pruning_ratio": ratio if attentions else 0.0,
+        # it removes ceil(ratio x heads): just under (heads - 1) / heads leaves one head
+        "head_pruning_ratio": max(0.0, min([ratio, *((m.num_heads - 1) / m.num_heads - 1e-6 for m in attentions)])),
     }
 
     def put_back(pruner) -> None:
@@ -222,9 +224,11 @@ def run_tp(
     rounds: int = 20,
     epochs: int = 2,
     stop_at: float | None = None,
+    finished: Callable[[nn.Module], None] | None = None,
 ) -> list[tuple[float, float]]:
     """Torch-Pruning in steps: each prunes to ``fractions[k]`` of the original ``size`` (learnables, or any
-    measure of a model), then fine-tunes; (reduction, test accuracy) per step, stopping once ``stop_at``."""
+    measure of a model), then fine-tunes; (reduction, test accuracy) per step, stopping once ``stop_at``.
+    ``finished`` is called with the last network."""
     torch.manual_seed(seed)
     model, options = copy.deepcopy(base).to(device), fine_tuning(data, seed, device, epochs)
     source, generator = as_source(data["x_train"], data["y_train"]), torch.Generator().manual_seed(seed)
@@ -247,6 +251,8 @@ def run_tp(
         rows.append((1 - size(model) / original, accuracy_on_test(model, data, device)))
         if stop_at is not None and rows[-1][0] >= stop_at:
             break
+    if finished is not None:
+        finished(model)
     return rows
 
 

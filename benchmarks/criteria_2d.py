@@ -38,6 +38,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -98,18 +99,18 @@ def digits_28(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def train_base(data: dict, seed: int, device: str) -> nn.Module:
+def train_on_digits(network: Callable[[], nn.Module], data: dict, seed: int, device: str, **options: Any) -> nn.Module:
+    """``network()`` built under ``seed`` and trained with Adam 1e-3, batch 64 (``options``: the other
+    ``TrainingOptions`` fields, ``max_epochs`` among them)."""
     torch.manual_seed(seed)
-    options = TrainingOptions(
-        "adam",
-        initial_learn_rate=1e-3,
-        max_epochs=15,
-        mini_batch_size=64,
-        shuffle="every-epoch",
-        seed=seed,
-        device=device,
+    training = TrainingOptions(
+        "adam", initial_learn_rate=1e-3, mini_batch_size=64, shuffle="every-epoch", seed=seed, device=device, **options
     )
-    return train_network(small_resnet(width=32), (data["x_train"], data["y_train"]), "crossentropy", options)[0]
+    return train_network(network(), (data["x_train"], data["y_train"]), "crossentropy", training)[0]
+
+
+def train_base(data: dict, seed: int, device: str) -> nn.Module:
+    return train_on_digits(lambda: small_resnet(width=32), data, seed, device, max_epochs=15)
 
 
 def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) -> list[tuple[float, float]]:
@@ -133,51 +134,68 @@ def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) 
 def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: str) -> list[tuple[float, float]]:
     """Torch-Pruning in exact 7.5% steps of the original MACs, to 92%."""
     fractions = [max(1 - GOAL, 1 - INCREMENT * step) for step in range(1, round(GOAL / INCREMENT) + 2)]
+    return run_tp_macs(base, data, seed, importance_factory, device, fractions, epochs=1, stop_at=GOAL - 1e-3)
+
+
+def run_tp_macs(
+    base: nn.Module, data: dict, seed: int, importance_factory, device: str, fractions: list[float], **steps: Any
+) -> list[tuple[float, float]]:
+    """``criteria.run_tp`` to those fractions of the original MACs (``steps``: its other keywords)."""
     example = data["x_train"][:2].to(device)
+    size = lambda model: count_macs(model, example)  # noqa: E731
     return criteria.run_tp(
-        base,
-        data,
-        seed,
-        importance_factory,
-        device,
-        fractions=fractions,
-        size=lambda model: count_macs(model, example),
-        rounds=16,
-        epochs=1,
-        stop_at=GOAL - 1e-3,
+        base, data, seed, importance_factory, device, fractions=fractions, size=size, rounds=16, **steps
     )
 
 
 def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[list, list]:
     """One seed: train the base, run every method on it; (records, steps)."""
+
+    def run(method: str, base: nn.Module, data: dict) -> tuple[list, dict]:
+        if method in OURS:
+            return run_ours(base, data, seed, OURS[method], device), {}
+        return run_tp(base, data, seed, THEIRS[method], device), {}
+
+    return run_methods(seed, methods, device, threads, train_base, run, LEVELS)
+
+
+def run_methods(
+    seed: int, methods: list[str], device: str, threads: int, train, run, levels: tuple
+) -> tuple[list, list]:
+    """One seed of a digits benchmark: ``train(data, seed, device)`` the base, then ``run(method, base, data)`` ->
+    (rows of reduction and accuracy, extra record fields) for every method; (records, steps)."""
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")
     data = digits_28()
-    base = train_base(data, seed, device).cpu()
+    base = train(data, seed, device).cpu()
     unpruned = accuracy_on_test(base, data, "cpu")
     print(f"seed {seed}: unpruned test accuracy {unpruned:.1f}%", flush=True)
     records, steps = [], []
     for method in methods:
         started = time.perf_counter()
-        rows = (
-            run_ours(base, data, seed, OURS[method], device)
-            if method in OURS
-            else run_tp(base, data, seed, THEIRS[method], device)
-        )
-        seconds = time.perf_counter() - started
-        levels = at_levels(rows, LEVELS, slack=1e-3)
-        records.append({"method": method, "seed": seed, "unpruned": unpruned, **levels, "seconds": seconds})
-        steps += [
-            {"method": method, "seed": seed, "step": k, "macs_reduction": r, "accuracy": a}
-            for k, (r, a) in enumerate(rows)
-        ]
-        print(
-            f"  seed {seed} {method:<16} "
-            + "  ".join(f"{k} {v:5.1f}" for k, v in levels.items())
-            + f"  ({seconds:.0f} s)",
-            flush=True,
-        )
+        rows, extra = run(method, base, data)
+        record, run_steps = record_run(method, seed, unpruned, rows, time.perf_counter() - started, levels, **extra)
+        records.append(record)
+        steps += run_steps
     return records, steps
+
+
+def record_run(
+    method: str, seed: int, unpruned: float, rows: list, seconds: float, levels: tuple, **extra: Any
+) -> tuple[dict, list[dict]]:
+    """One run's record (the accuracy at each level, ``extra``) and steps (reduction and accuracy), printed."""
+    at = at_levels(rows, levels, slack=1e-3)
+    steps = [
+        {"method": method, "seed": seed, "step": k, "macs_reduction": r, "accuracy": a} for k, (r, a) in enumerate(rows)
+    ]
+    print(
+        f"  seed {seed} {method:<18} "
+        + "  ".join(f"{k} {v:5.1f}" for k, v in at.items())
+        + "".join(f"  {k} {v:.3f}" if isinstance(v, float) else f"  {k} {v}" for k, v in extra.items())
+        + f"  ({seconds:.0f} s)",
+        flush=True,
+    )
+    return {"method": method, "seed": seed, "unpruned": unpruned, **at, **extra, "seconds": seconds}, steps
 
 
 def target_check(records: pd.DataFrame) -> list[str]:
@@ -204,7 +222,11 @@ def target_check(records: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_figure(steps: pd.DataFrame, figure: Path) -> None:
+def write_figure(
+    steps: pd.DataFrame,
+    figure: Path,
+    title: str = "Digits 28x28, residual CNN: accuracy after each prune + 1-epoch fine-tune",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,7 +250,7 @@ def write_figure(steps: pd.DataFrame, figure: Path) -> None:
     ax.set(
         xlabel="fewer MACs (%), measured after each step",
         ylabel="test accuracy (%), one line per seed",
-        title="Digits 28x28, residual CNN: accuracy after each prune + 1-epoch fine-tune",
+        title=title,
     )
     ax.set_ylim(max(0, shown["accuracy"].min() - 5), 100)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -237,20 +259,26 @@ def write_figure(steps: pd.DataFrame, figure: Path) -> None:
     plt.close(fig)
 
 
+def mean_sd_table(records: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """ "mean ± sd" over seeds of each column, a row per method in the order run; "-" where a method has no value."""
+    summary = records.groupby("method", sort=False)[columns].agg(["mean", "std"])
+    return pd.DataFrame(
+        {
+            column: [
+                "-" if pd.isna(m) else f"{m:.1f} ± {s:.1f}"
+                for m, s in zip(summary[(column, "mean")], summary[(column, "std")], strict=True)
+            ]
+            for column in columns
+        },
+        index=summary.index,
+    )
+
+
 def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int) -> None:
     RESULTS.mkdir(exist_ok=True)
     steps.to_csv(RESULTS / f"{args.name}_runs.csv", index=False, float_format="%.4f")
     levels = [f"{round(100 * level)}%" for level in LEVELS]
-    summary = records.groupby("method", sort=False)[levels].agg(["mean", "std"])
-    table = pd.DataFrame(
-        {
-            level: [
-                f"{m:.1f} ± {s:.1f}" for m, s in zip(summary[(level, "mean")], summary[(level, "std")], strict=True)
-            ]
-            for level in levels
-        },
-        index=summary.index,
-    )
+    table = mean_sd_table(records, levels)
     lines = [
         "# Criteria on a 2-D image task: test accuracy (%) at each MACs reduction",
         "",
@@ -280,23 +308,30 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
     write_figure(steps, FIGURES / f"{args.name}.png")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--methods", nargs="+", default=[*OURS, *THEIRS], choices=[*OURS, *THEIRS])
-    parser.add_argument("--device", default="cpu", help="where fine-tuning and scoring run (cpu, cuda)")
+def run_seeds(doc: str, methods: list[str], seeds: list[int], name: str, run_job, write_results) -> None:
+    """The command line of a per-seed benchmark (``--seeds --methods --device --workers --name``, these
+    defaults): ``run_job(seed, methods, device, threads)`` per seed in parallel processes, and
+    ``write_results(records, steps, args, threads)`` with the results so far after every seed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
+    parser.add_argument("--device", default="cpu", help="where training, fine-tuning and scoring run (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel processes")
-    parser.add_argument("--name", default="criteria_2d", help="results file stem under benchmarks/results/")
+    parser.add_argument("--name", default=name, help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 2) // max(1, args.workers))
     records, steps = [], []
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run_job, seed, args.methods, args.device, threads) for seed in args.seeds]
-        for future in as_completed(futures):  # the results so far are written after every seed
+        for future in as_completed(futures):
             job_records, job_steps = future.result()
             records += job_records
             steps += job_steps
             write_results(pd.DataFrame(records), pd.DataFrame(steps), args, threads)
+
+
+def main() -> None:
+    run_seeds(__doc__, [*OURS, *THEIRS], [0, 1, 2, 3, 4], "criteria_2d", run_job, write_results)
 
 
 if __name__ == "__main__":
