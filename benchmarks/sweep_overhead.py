@@ -136,7 +136,7 @@ def main() -> None:
     parts = {
         "MLflow runs: start, end, experiment, store check": spent("runs"),
         "params, metrics, tables, artifacts (`log_pruning` without the model)": spent("log_pruning") - model,
-        "`mlflow.pytorch.log_model` (torch.export to pt2, its check)": model,
+        "`mlflow.pytorch.log_model` (torch.export to pt2)": model,
         "deployment metrics and `model.onnx` (`log_deployment`)": spent("log_deployment"),
         "the study's run (start, summary, Optuna plots, front figure)": spent("study"),
     }

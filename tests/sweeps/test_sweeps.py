@@ -72,6 +72,10 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
     assert model.source_run_id == run_id
     loaded = mlflow.pytorch.load_model(model.model_uri)
     assert loaded(torch.zeros(2, 1, 40)).shape == (2, 10)
+    # what MLflow's serving would do with the logged input example (log_model no longer checks it per trial)
+    served = mlflow.pyfunc.load_model(model.model_uri)
+    example = served.input_example
+    assert example.shape[1:] == (1, 40) and served.predict(example).shape == (example.shape[0], 10)
     again = run_app(tmp_path, *FAST, "pruning.goal=0.2").stdout
     assert "Base network: cache" in again and len(runs(client)) == 2
 
