@@ -61,7 +61,8 @@ def test_sigterm_stops_the_study_and_its_joblib_workers(tmp_path):
     assert statuses == [("study", "KILLED"), ("trial", "KILLED"), ("trial", "KILLED")]
 
 
-def test_a_trial_of_a_dead_worker_on_another_host_is_failed_by_heartbeats_and_retried(tmp_path):
+def test_a_trial_of_a_dead_worker_on_another_host_is_failed_by_heartbeats_and_retried(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the experiment made here keeps its artifacts in ./mlruns, as the app's would
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
     study = optuna.create_study(study_name="taylorprune", storage=storage, directions=["maximize", "maximize"])
     lost = study.ask(
