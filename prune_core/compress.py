@@ -27,6 +27,9 @@ With ``final_epochs``, the network to be returned is then fine-tuned for that ma
 iteration is ``PruningInfo.final_iteration``. With ``options.distillation``, every fine-tuning
 learns from the input network as the teacher (a frozen copy, in eval mode).
 
+With ``resume_from``, a checkpoint of an earlier run of the same call, the run goes on from the
+iteration after it, that run's history rows first (``prune_core.resume``).
+
 The input model is not modified: it is copied first. See ``PruningInfo`` for what comes back.
 The options are a ``PruningOptions`` (``pruning=``), or its fields as keywords (``goal=0.5``),
 or both (the keywords win).
@@ -79,8 +82,9 @@ from prune_core.finetune import (
     resolve_loss,
 )
 from prune_core.prunable import TaylorPrunableNetwork
-from prune_core.pruning_info import PruningInfo, PruningRecord, checkpoint_name
+from prune_core.pruning_info import PruningInfo, PruningRecord, checkpoint_name, learnables
 from prune_core.pruning_options import PruningKeywords, PruningOptions
+from prune_core.resume import ResumePoint, read_resume_point, resume_extra
 from prune_core.selection import filter_floors
 from prune_core.stop_reason import StopReason
 
@@ -116,6 +120,10 @@ def _check_call(settings: PruningOptions, options: TrainingOptions, iterations_p
                 f"fine-tuning runs only {iterations_per_fine_tune} iterations, so validation_threshold "
                 f"could never be checked; use a validation_frequency <= {iterations_per_fine_tune}"
             )
+    if settings.resume_from is not None and not Path(settings.resume_from).is_file():
+        raise ValueError(
+            f"resume_from {str(settings.resume_from)!r} is not a file; give a checkpoint of an earlier run"
+        )
     if settings.checkpoint_path is not None and not Path(settings.checkpoint_path).is_dir():
         raise ValueError(
             f"checkpoint_path {str(settings.checkpoint_path)!r} is not an existing folder; create it first"
@@ -226,9 +234,10 @@ def compress_network(
     device = options.torch_device()
     model = copy.deepcopy(model).to(device)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if options.distilling else None
+    resumed = None if settings.resume_from is None else read_resume_point(settings.resume_from, model)
     example = tuple(t.to(device) for t in source.first_inputs(2))
     prunable = TaylorPrunableNetwork(
-        model,
+        model if resumed is None else resumed.network,
         example,
         layer_names=settings.layer_names,
         leaf_modules=settings.leaf_modules,
@@ -250,6 +259,8 @@ def compress_network(
             loop = _Compression(
                 prunable, example, source, validation, loss_fn, options, settings, generator, writer, teacher
             )
+            loop.start(model, resumed)
+            del model, resumed  # the original's counts are in the record: its copy need not stay in memory
             returned, returned_row, stop = loop.run()
         loop.record.checkpointed(writer.written, writer.waited)
         final_iteration = None
@@ -280,8 +291,9 @@ class _Stop:
 class _Compression:
     """One run of ``compress_network``: the state its pruning iterations share, and the loop over them.
 
-    ``run()`` repeats ``_iteration()`` until it returns a ``_Stop``; every stop is decided there,
-    and Ctrl-C (``_interrupted``) reads only this state, which exists from the start.
+    ``start()`` records the input network as row 0 (or takes a resumed run's rows), then ``run()``
+    repeats ``_iteration()`` until it returns a ``_Stop``; every stop is decided there, and Ctrl-C
+    (``_interrupted``) reads only this state, which exists from the start.
     """
 
     def __init__(
@@ -301,15 +313,26 @@ class _Compression:
         self.loss_fn, self.options, self.settings, self.generator = loss_fn, options, settings, generator
         self.writer, self.teacher = writer, teacher
         self.device = options.torch_device()
-        model, graph = prunable.model, prunable.graph
         self.by_macs = settings.budget == "macs"
-        macs = count_macs(model, example)
+        # the iteration under way: its number, timings and removed units, and whether its surgery is done
+        self.iteration, self.pruned = 0, False
+        self.timing: dict[str, float] = {}
+        self.chosen: list[int] = []
+        self.score_iterations = settings.score_iterations(source.num_batches(options.mini_batch_size))
+
+    def start(self, original: nn.Module, resumed: ResumePoint | None) -> None:
+        """Record the ``original`` network (the input's copy) as history row 0 and keep it, or, going on from
+        ``resumed`` (whose network ``prunable`` holds), take that run's rows, counts and floors."""
+        settings, options, graph, model = self.settings, self.options, self.prunable.graph, self.model
+        macs = count_macs(original, self.example)
         reachable = settings.goal
         if settings.verbosity == "summary":  # the bar's end: the goal, or the most that can go
-            most = graph.learnables_removed(graph.max_removal(), prunable.macs_per_weight if self.by_macs else None)
-            reachable = min(settings.goal, most / (macs if self.by_macs else graph.total_learnables))
+            weights = self.prunable.macs_per_weight if self.by_macs else None
+            most = graph.learnables_removed(graph.max_removal(), weights)
+            start, now = (macs, count_macs(model, self.example)) if self.by_macs else map(learnables, (original, model))
+            reachable = min(settings.goal, (start - now + most) / start)
         self.record = PruningRecord(
-            model,
+            original,
             producers=list(graph.producer_units),
             objective=options.objective_metric_name,
             verbosity=settings.verbosity,
@@ -318,26 +341,27 @@ class _Compression:
             macs=macs,
             budget=settings.budget,
         )
-        self.floors = filter_floors(graph, settings.min_filter_fraction)
-        self.score_iterations = settings.score_iterations(source.num_batches(options.mini_batch_size))
         self.original = macs if self.by_macs else self.record.original
         self.goal_amount, self.step_amount = (
             math.ceil(fraction * self.original - 1e-9) for fraction in (settings.goal, settings.increment)
         )
         # the last network kept (that did not cross the threshold or diverge) and its row
-        self.kept, self.kept_row = copy.deepcopy(model), 0
-        self.asked = self.record.record(
-            model,
-            0,
-            {},
-            _validate_start(model, validation, loss_fn, options, self.record.log),
-            channels=_channels(prunable),
-            macs=macs,
-        )
-        # the iteration under way: its number, timings and removed units, and whether its surgery is done
-        self.iteration, self.pruned = 0, False
-        self.timing: dict[str, float] = {}
-        self.chosen: list[int] = []
+        self.kept = copy.deepcopy(model)
+        if resumed is None:
+            self.floors = filter_floors(graph, settings.min_filter_fraction)
+            self.kept_row = 0
+            self.asked = self.record.record(
+                model,
+                0,
+                {},
+                _validate_start(model, self.validation, self.loss_fn, options, self.record.log),
+                channels=_channels(self.prunable),
+                macs=macs,
+            )
+            return
+        self.floors = resumed.floors
+        self.record.restore(resumed.rows, resumed.log_iteration)
+        self.kept_row, self.asked, self.iteration = len(resumed.rows) - 1, False, resumed.iteration
 
     @property
     def model(self) -> nn.Module:
@@ -435,7 +459,8 @@ class _Compression:
             return
         path = Path(settings.checkpoint_path) / checkpoint_name(self.iteration)
         row = {k: v for k, v in self.record.rows[-1].items() if not k.startswith("channels[")}
-        self.writer.write(self.kept, path, extra=row)
+        resume = resume_extra(self.record.rows, self.record.log.iteration, self.floors)
+        self.writer.write(self.kept, path, extra=row | resume)
 
     def final_fine_tune(self, network: nn.Module, row: int, stop: StopReason) -> tuple[nn.Module, int, StopReason, int]:
         """Fine-tune ``network`` (history row ``row``) for ``final_epochs`` more epochs, recorded as a

@@ -175,6 +175,16 @@ class PruningRecord:
         self.reporter.row(row)
         return self.iteration_fn is not None and self.iteration_fn(dict(row)) is True
 
+    def restore(self, rows: list[dict[str, Any]], log_iteration: int) -> None:
+        """Go on from another run's history ``rows`` (a checkpoint's): they are this run's first rows, shown
+        again by the reporter (not passed to ``iteration_fn``: they were then), and the fine-tuning iteration
+        count and elapsed time continue from theirs."""
+        for row in rows:
+            self.rows.append(dict(row))
+            self.reporter.row(self.rows[-1])
+        self.log.iteration = log_iteration
+        self.log.started -= float(rows[-1].get("time_s", 0.0))
+
     def checkpointed(self, paths: list[Path], waited: float) -> None:
         """The checkpoints written, and the seconds the loop waited on them."""
         self.checkpoints = list(paths)

@@ -71,6 +71,9 @@ class PruningOptions:
         checkpoint_path: an existing folder that receives a checkpoint every
             ``checkpoint_frequency`` iterations; None writes none.
         checkpoint_frequency: a positive integer.
+        resume_from: a checkpoint an earlier run of the same call wrote (``checkpoint_path``'s files):
+            this run goes on from the iteration after it, with that run's history rows
+            (``prune_core.resume``); None starts from the input network.
         checkpoint_fn: called with each checkpoint's path once the file is complete, on the thread
             that writes checkpoints in the background (the loop does not wait for it); an error it
             raises fails the run.
@@ -102,6 +105,7 @@ class PruningOptions:
     final_epochs: int = 0
     checkpoint_path: str | os.PathLike[str] | None = None
     checkpoint_frequency: int = 1
+    resume_from: str | os.PathLike[str] | None = None
     checkpoint_fn: Callable[[Path], None] | None = None
     verbosity: str = "summary"
     plots: str = "none"
@@ -179,6 +183,7 @@ class PruningKeywords(TypedDict, total=False):
     final_epochs: int
     checkpoint_path: str | os.PathLike[str] | None
     checkpoint_frequency: int
+    resume_from: str | os.PathLike[str] | None
     checkpoint_fn: Callable[[Path], None] | None
     verbosity: str
     plots: str
