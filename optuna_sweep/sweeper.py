@@ -34,6 +34,7 @@ from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 
 log = logging.getLogger(__name__)
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
+RETRIED_ENV = "OPTUNA_RETRIED_TRIAL_NUMBER"  # set only for a trial that runs a failed one again
 
 
 def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
@@ -291,6 +292,7 @@ class OptunaSweeperImpl(Sweeper):
                     *(as_override(k, v) for k, v in t.params.items()),
                     f"++hydra.job.env_set.{TRIAL_ENV}={t.number}",
                     f"++hydra.job.env_set.{TRIAL_ID_ENV}={t._trial_id}",
+                    *self._retried(storage, t),
                 ]
                 for t in trials
             ]
@@ -322,6 +324,14 @@ class OptunaSweeperImpl(Sweeper):
                 f"the study {study.study_name!r} has no new result"
             )
         return study.best_trials
+
+    @staticmethod
+    def _retried(storage, trial: optuna.Trial) -> list[str]:
+        """The override telling a job which failed trial it runs again, the last of a series of retries (none for a
+        new trial)."""
+        frozen = storage.get_trial(trial._trial_id)
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+        return [f"++hydra.job.env_set.{RETRIED_ENV}={history[-1]}"] if history else []
 
     def _reap(self, study: optuna.Study) -> None:
         """Fail the RUNNING trials whose worker ran on this host and is gone (and retry them, if asked)."""

@@ -39,6 +39,7 @@ from prune_core.importance import CRITERIA, Criterion, register_criterion
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PruningInfo, checkpoint_name
 from prune_core.pruning_options import AUTO_SCORE_ITERATIONS, PruningKeywords, PruningOptions
+from prune_core.resume import ResumePoint, read_resume_point
 from prune_core.selection import ALLOCATIONS, Allocation, register_allocation
 from prune_core.stop_reason import StopReason
 
@@ -56,6 +57,7 @@ __all__ = [
     "PruningInfo",
     "PruningKeywords",
     "PruningOptions",
+    "ResumePoint",
     "StopReason",
     "SurgeryMismatch",
     "TaylorPrunableNetwork",
@@ -71,6 +73,7 @@ __all__ = [
     "is_number",
     "load_pruned",
     "read_pruned",
+    "read_resume_point",
     "register_allocation",
     "register_criterion",
     "register_module_rule",

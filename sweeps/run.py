@@ -45,7 +45,8 @@ from sweeps.job.schemas import register_schemas
 from sweeps.process import interrupts
 from sweeps.process.devices import job_device, job_index
 from sweeps.tracking.history import LiveLog, log_deployment, log_pruning
-from sweeps.tracking.job_run import job_run
+from sweeps.tracking.job_run import job_run, study_name
+from sweeps.tracking.resumption import find_resumption
 from sweeps.tracking.store import open_store
 from sweeps.tracking.study_run import closing_studies
 
@@ -103,7 +104,14 @@ def _run_job(cfg: DictConfig):
     checkpoints = output_dir / "checkpoints" if cfg.tracking.log_checkpoints else None
     if checkpoints is not None:
         checkpoints.mkdir(parents=True, exist_ok=True)
-    with job_run(uri, cfg) as run, LiveLog(MlflowClient(uri), run.info.run_id) as live:
+    resumed_from = output_dir / "resumed_from"
+    resumption = find_resumption(MlflowClient(uri), cfg.tracking.experiment, study_name(), resumed_from, base)
+    with (
+        job_run(uri, cfg, resumption) as run,
+        LiveLog(MlflowClient(uri), run.info.run_id, checkpoints=checkpoints is not None) as live,
+    ):
+        if resumption is not None:
+            live.restore(resumption.rows)
         options = replace(options, output_fn=live.fine_tuning_step)
         plots_path = output_dir / "pruning_progress.png" if cfg.pruning.plots != "none" else None
         reported = None if trial is None else IntermediateValues(trial, cfg.sweep.objectives[0], then=live)
@@ -113,6 +121,7 @@ def _run_job(cfg: DictConfig):
             checkpoint_fn=live.checkpoint,
             plots_path=plots_path,
             iteration_fn=live if reported is None else reported,
+            resume_from=None if resumption is None else resumption.checkpoint,
         )
         pruned, info = compress_network(base, data.train, cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED

@@ -41,7 +41,9 @@ class TaylorpruneOptunaSweeperConf:
     # heartbeat (recorded every heartbeat_interval s) is older than grace_period s (default 2x) is failed.
     heartbeat_interval: Optional[int] = None
     grace_period: Optional[int] = None
-    retry_failed_trials: int = 0  # a reaped trial is asked again with its parameters, at most this many times
+    # a reaped trial is asked again with its parameters, at most this many times; its job sees the failed
+    # trial's number in OPTUNA_RETRIED_TRIAL_NUMBER (to go on from where it stopped)
+    retry_failed_trials: int = 0
     worker_id: Optional[int] = None  # mixed into the sampler seed: give one per worker started together
     # Optuna's pruner for a single-objective study: median, hyperband, successive_halving or none. Jobs report
     # each pruning iteration's objective as an intermediate value; a pruned trial ends PRUNED.

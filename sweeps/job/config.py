@@ -39,7 +39,8 @@ def _group(cfg: DictConfig, group: str) -> dict:
 
 
 def pruning_options(cfg: DictConfig, **runtime: Any) -> PruningOptions:
-    """``PruningOptions`` from ``cfg.pruning`` and ``runtime`` (checkpoint_path, plots_path, iteration_fn)."""
+    """``PruningOptions`` from ``cfg.pruning`` and ``runtime`` (checkpoint_path, plots_path, iteration_fn,
+    resume_from)."""
     try:
         return PruningOptions(**_group(cfg, "pruning"), **runtime)
     except (ValueError, TypeError) as exc:

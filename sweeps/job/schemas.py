@@ -36,7 +36,7 @@ from hydra.core.config_store import ConfigStore
 
 from prune_core import PruningOptions, TrainingOptions
 
-PRUNING_RUNTIME = ("checkpoint_path", "checkpoint_fn", "plots_path", "iteration_fn")
+PRUNING_RUNTIME = ("checkpoint_path", "checkpoint_fn", "plots_path", "iteration_fn", "resume_from")
 TRAINING_RUNTIME = ("validation_data", "seed", "output_fn")
 _CHECKED = (int, float, bool, str)
 

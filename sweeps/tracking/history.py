@@ -22,6 +22,8 @@ Every tag and artifact name comes from ``sweeps.layout``, which ``analysis`` rea
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -94,17 +96,24 @@ class LiveLog:
     Its own thread rather than MLflow's asynchronous logging: MLflow's queue polls with a one-second
     timeout, so ending a run that used it waits up to a second (half a second per trial on average).
 
+    With ``checkpoints``, an iteration's metrics are held until the checkpoint of that iteration (or a
+    later one) is logged, so a run that a retried trial goes on with (``sweeps.tracking.resumption``)
+    holds each iteration once: what the killed process did after its last logged checkpoint, and will
+    be done again, was never sent. Held metrics go out at the next checkpoint or at ``flush``.
+
     >>> with LiveLog(MlflowClient(uri), run.info.run_id) as live:            # doctest: +SKIP
     ...     options = replace(options, output_fn=live.fine_tuning_step)
     ...     pruned, info = compress_network(..., iteration_fn=live, checkpoint_fn=live.checkpoint)
     ...     live.flush()                         # stored; a failed write raises here
     """
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(self, client: MlflowClient, run_id: str, checkpoints: bool = False) -> None:
+        self.client, self.run_id, self.checkpoints = client, run_id, checkpoints
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taylorprune-live-log")
         self._pending: list[Future[None]] = []
         self._steps: list[Metric] = []
+        self._held: list[tuple[int, list[Metric]]] = []  # (pruning iteration, its metrics) until checkpointed
+        self._lock = threading.Lock()  # checkpoints arrive on the writer's thread
 
     def fine_tuning_step(self, state: dict) -> bool:
         """Keep one fine-tuning iteration's ``train/...`` metrics for the next batch; never asks to stop."""
@@ -112,8 +121,26 @@ class LiveLog:
         return False
 
     def __call__(self, row: dict) -> None:
-        self._send(self._steps + pruning_metrics(row, int(time.time() * 1000)))
-        self._steps = []
+        metrics, self._steps = self._steps + pruning_metrics(row, int(time.time() * 1000)), []
+        if not self.checkpoints:
+            self._send(metrics)
+            return
+        with self._lock:
+            self._held.append((int(row["iteration"]), metrics))
+
+    def restore(self, rows: list[dict]) -> None:
+        """Send the ``pruning/...`` metrics of the ``rows`` (a checkpoint's history, which a resumed run goes
+        on from) that the run does not have yet: those its killed process held when it died."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "pruning/reduction")}
+        now = int(time.time() * 1000)
+        self._send([m for row in rows if int(row["iteration"]) not in logged for m in pruning_metrics(row, now)])
+
+    def _release(self, through: float) -> None:
+        """Send the held metrics of the pruning iterations up to ``through``."""
+        with self._lock:
+            released = [m for iteration, metrics in self._held if iteration <= through for m in metrics]
+            self._held = [(iteration, metrics) for iteration, metrics in self._held if iteration > through]
+        self._send(released)
 
     def _send(self, metrics: list[Metric]) -> None:
         for start in range(0, len(metrics), BATCH):
@@ -121,11 +148,15 @@ class LiveLog:
             self._pending.append(self._pool.submit(self.client.log_batch, self.run_id, metrics=chunk))
 
     def checkpoint(self, path: Path) -> None:
-        """Log the checkpoint file ``path`` under the run's ``checkpoints`` artifacts."""
+        """Log the checkpoint file ``path`` under the run's ``checkpoints`` artifacts, then the metrics held
+        for its iteration and those before."""
         self.client.log_artifact(self.run_id, str(path), layout.CHECKPOINTS)
+        iteration = layout.checkpoint_iteration(path.name)
+        self._release(math.inf if iteration is None else iteration)
 
     def flush(self) -> None:
         """Send what is kept, wait until everything logged so far is stored; raise the first error of a write."""
+        self._release(math.inf)
         self._send(self._steps)
         self._steps = []
         pending, self._pending = self._pending, []

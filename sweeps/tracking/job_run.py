@@ -1,5 +1,6 @@
 """The MLflow run of one job: a child of the study's run in a sweep, FAILED when the job raises,
-KILLED on Ctrl-C or SIGTERM.
+KILLED on Ctrl-C or SIGTERM. A retried trial that goes on from where its trial stopped
+(``resumption``) reopens that trial's run instead, tagged with this trial and with where it went on from.
 
     with job_run(uri, cfg) as run:          # the job's body (sweeps.run)
         ...
@@ -22,8 +23,14 @@ from optuna_sweep.workers import this_worker
 from sweeps import layout
 from sweeps.process import interrupts
 from sweeps.tracking.reaping import worker_tag
+from sweeps.tracking.resumption import Resumption
 from sweeps.tracking.store import experiment_id
 from sweeps.tracking.study_run import STUDY_RUN_ENV
+
+
+def study_name() -> str:
+    """The name of the study a job belongs to (``hydra.sweeper.study_name``)."""
+    return str(HydraConfig.get().sweeper.get("study_name") or "study")
 
 
 def _trial_tags(cfg: DictConfig) -> tuple[dict[str, str], str | None]:
@@ -33,15 +40,16 @@ def _trial_tags(cfg: DictConfig) -> tuple[dict[str, str], str | None]:
         return {layout.ROLE: "single"}, None
     hydra = HydraConfig.get()
     sweeper = hydra.sweeper
-    tags[layout.STUDY] = str(sweeper.get("study_name") or "study")
+    tags[layout.STUDY] = study_name()
     tags[layout.SAMPLER] = str(sweeper.get("sampler", {}).get("_target_", ""))
     tags[layout.TRIAL] = os.environ.get(TRIAL_ENV, str(hydra.job.num))
     return tags, os.environ.get(STUDY_RUN_ENV)
 
 
 @contextmanager
-def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
-    """The MLflow run of one job; FAILED if the job raises, KILLED on Ctrl-C."""
+def job_run(uri: str, cfg: DictConfig, resumption: Resumption | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The MLflow run of one job (``resumption``: the reopened run of the trial it goes on with); FAILED if the
+    job raises, KILLED on Ctrl-C."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=experiment_id(MlflowClient(uri), cfg.tracking.experiment))
     tags, parent = _trial_tags(cfg)
@@ -51,7 +59,11 @@ def job_run(uri: str, cfg: DictConfig) -> Iterator[mlflow.ActiveRun]:
     else:  # a single run: what was pruned, on what, to which goal
         model, data = (str(cfg[group].get("_target_", group)).rpartition(".")[2] for group in ("model", "data"))
         name = f"{model} on {data}, goal {cfg.pruning.goal}"
-    run = mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags)
+    if resumption is None:
+        run = mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags)
+    else:  # this worker's now: the reaper leaves it alone while it runs
+        run = mlflow.start_run(run_id=resumption.run_id)
+        mlflow.set_tags({**tags, layout.RESUMED: resumption.tag, "mlflow.runName": name})
     try:
         yield run
     except BaseException as exc:

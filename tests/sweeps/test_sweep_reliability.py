@@ -97,6 +97,53 @@ def test_a_trial_of_a_dead_worker_on_another_host_is_failed_by_heartbeats_and_re
     assert client(tmp_path).get_run(orphan.info.run_id).info.status == "KILLED"
 
 
+RESUMABLE = [
+    *FAST,
+    "hydra.sweeper.params=null",
+    "pruning.num_importance_score_iterations=int(interval(8, 10))",
+    "data.num_samples=2000",
+    "pruning.goal=0.6",
+    "pruning.increment=0.1",
+    "training.max_epochs=3",
+    "hydra.sweeper.n_trials=1",
+    "hydra.sweeper.heartbeat_interval=1",
+    "hydra.sweeper.retry_failed_trials=1",
+]
+
+
+def logged_checkpoint(folder, iteration: int):
+    """The RUNNING trial run, once it has logged the checkpoint of pruning ``iteration``."""
+    for run in running_trial_runs(folder, 1) or []:
+        if f"checkpoints/pruned_iteration_{iteration:03d}.pt" in {
+            a.path for a in client(folder).list_artifacts(run.info.run_id, "checkpoints")
+        }:
+            return run
+    return None
+
+
+def test_a_retried_trial_goes_on_from_the_last_checkpoint_of_its_killed_worker(tmp_path):
+    process = start_app(tmp_path, *RESUMABLE)
+    killed = wait_for(lambda: logged_checkpoint(tmp_path, 2), "the trial's checkpoint of pruning iteration 2")
+    process.send_signal(signal.SIGKILL)
+    finish(process)
+    assert [t.state for t in trials(tmp_path)] == [optuna.trial.TrialState.RUNNING], "killed in the middle"
+    again = run_app(tmp_path, *RESUMABLE, multirun=True)
+    assert "Trial 0 goes on from its checkpoint of pruning iteration" in again.stdout + again.stderr
+    done = trials(tmp_path)
+    assert [t.state for t in done] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert done[1].params == done[0].params
+    (run,) = [r for r in all_runs(tmp_path) if r.data.tags["taylorprune.role"] == "trial"]
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED", "the same run goes on"
+    assert run.data.tags["taylorprune.trial"] == "1" and run.data.tags["taylorprune.resumed"].endswith("of trial 0")
+    assert done[1].user_attrs["mlflow_run_id"] == run.info.run_id
+    steps = [m.step for m in client(tmp_path).get_metric_history(run.info.run_id, "pruning/reduction")]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("taylorprune")
+    table = mlflow.load_table("tables/pruning_history.json", run_ids=[run.info.run_id])
+    assert sorted(steps) == table["iteration"].tolist() == list(range(len(table))), "every iteration exactly once"
+    assert table["reduction"].iloc[-1] >= 0.6
+
+
 def test_two_studies_started_together_keep_their_trials_apart(tmp_path):
     processes = [start_app(tmp_path, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=2") for _ in range(2)]
     outputs = [finish(p) for p in processes]
