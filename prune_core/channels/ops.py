@@ -98,10 +98,11 @@ _KIND_BY_FORWARD = {cls.forward: kind for cls, kind in _MODULE_KINDS.items()}
 
 # Modules of other libraries, matched by qualified name so the library is not a dependency: channel-wise
 # by construction, or multi-head self-attention with one fused ``qkv`` linear and an output ``proj``
-# (timm's, in its ViT, DeiT, ... families), kept as a leaf whose heads are units.
+# (timm's, in its ViT, DeiT, ... families, and Swin's window attention), kept as a leaf whose heads are units.
 _KIND_BY_NAME = {
     "torchvision.ops.stochastic_depth.StochasticDepth": "elementwise",
     "timm.layers.attention.Attention": "fused_qkv_attention",
+    "timm.models.swin_transformer.WindowAttention": "fused_qkv_attention",
 }
 
 
@@ -218,6 +219,8 @@ ELEMENTWISE_METHODS = {
     "type_as",
     "expand",
     "expand_as",
+    "bernoulli",
+    "bernoulli_",
 }
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten}
 RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as"}
@@ -277,6 +280,9 @@ KINDS = (
     "group_norm_function",
     "layer_norm_function",
     "fused_qkv_attention",
+    "pad",
+    "roll",
+    "new_tensor",
 )
 
 
@@ -296,6 +302,8 @@ _FUNCTION_KINDS = (
             "split": SPLIT_FUNCTIONS,
             "softmax": SOFTMAX_FUNCTIONS,
             "getitem": {operator.getitem},
+            "pad": {F.pad},
+            "roll": {torch.roll},
         }
     )
     | NORM_FUNCTIONS
@@ -308,6 +316,8 @@ _METHOD_KINDS = _by_kind(
         "reduce": REDUCE_METHODS,
         "split": SPLIT_METHODS,
         "softmax": SOFTMAX_METHODS,
+        "roll": {"roll"},
+        "new_tensor": {"new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"},
     }
 )
 

@@ -429,16 +429,18 @@ def linear(prop: Propagation, call: OpCall):
 
 
 def fused_qkv_attention(prop: Propagation, call: OpCall):
-    """Multi-head self-attention with a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention``):
-    each head is a unit: its q, k and v rows of ``qkv`` (laid out as ``(3, num_heads, head_dim)``), their
-    bias, and its ``head_dim`` input columns of ``proj``; ``num_heads`` and ``attn_dim`` count the heads
-    kept. ``head_dim`` and the attention's scale stay as they were, so a pruned attention computes what
-    the original computes with those heads' outputs zeroed. The heads are kept (with the reason) where
-    the module gates or normalises the heads' outputs together, and one head is kept in every attention.
-    ``proj``'s outputs are new channels, as a linear layer's are."""
+    """Multi-head self-attention with a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention``, and
+    Swin's ``WindowAttention`` with its per-head relative position bias table): each head is a unit: its q,
+    k and v rows of ``qkv`` (laid out as ``(3, num_heads, head_dim)``), their bias, its ``head_dim`` input
+    columns of ``proj`` and its column of a relative position bias table; ``num_heads`` and ``attn_dim``
+    count the heads kept. ``head_dim`` and the attention's scale stay as they were, so a pruned attention
+    computes what the original computes with those heads' outputs zeroed. The heads are kept (with the
+    reason) where the module gates or normalises the heads' outputs together, and one head is kept in every
+    attention. ``proj``'s outputs are new channels, as a linear layer's are."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
-    qkv, proj, heads, head_dim = m.qkv, m.proj, m.num_heads, m.head_dim
+    qkv, proj, heads = m.qkv, m.proj, m.num_heads
+    head_dim = getattr(m, "head_dim", None) or qkv.out_features // (3 * heads)
     if qkv.out_features != 3 * heads * head_dim or proj.in_features != heads * head_dim:
         return None
     gated = getattr(m, "gate", None) is not None
@@ -453,10 +455,42 @@ def fused_qkv_attention(prop: Propagation, call: OpCall):
     prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), rows, "filter")
     prop.site(f"{fqn}.proj.weight", 1, np.repeat(per_head, head_dim), "input")
     prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
-    prop.site(f"{fqn}.attn_dim", 0, np.repeat(per_head, head_dim), "follower", kind="attribute")
+    if hasattr(m, "attn_dim"):
+        prop.site(f"{fqn}.attn_dim", 0, np.repeat(per_head, head_dim), "follower", kind="attribute")
+    table = getattr(m, "relative_position_bias_table", None)
+    if isinstance(table, nn.Parameter) and table.ndim == 2 and table.shape[1] == heads:
+        prop.site(f"{fqn}.relative_position_bias_table", 1, per_head, "follower")
     out = prop.producer(f"{fqn}.proj", proj.out_features)
     prop.module_sites(f"{fqn}.proj", ("weight", "bias"), out, "filter")
     return shaped(out, result.ndim, result.ndim - 1)
+
+
+def pad(prop: Propagation, call: OpCall):
+    """``F.pad``: fine where no channel dim is padded (Swin's windows pad the spatial dims); gives up otherwise."""
+    args, kwargs, lab_args = call.args, call.kwargs, call.labels
+    lab, amounts = lab_args[0], _arg(args, kwargs, 1, "pad")
+    if not isinstance(lab, np.ndarray) or not isinstance(amounts, (tuple, list)):
+        return None
+    padded = [lab.ndim - 1 - i for i in range(len(amounts) // 2) if amounts[2 * i] or amounts[2 * i + 1]]
+    if set(padded) & set(varying_dims(lab)):
+        return None
+    return lab[tuple(slice(0, 1) if d in padded else slice(None) for d in range(lab.ndim))]
+
+
+def new_tensor(prop: Propagation, call: OpCall):
+    """``x.new_empty(shape)`` and the like: a tensor of ``x``'s type that holds none of its channels (stochastic
+    depth's random mask, traced in training mode)."""
+    return prop.fresh(call.result, f"a new tensor (`Tensor.{call.node.target}`, node `{call.node.name}`)")
+
+
+def roll(prop: Propagation, call: OpCall):
+    """``torch.roll``: fine along dims without channels (Swin's shifted windows roll the spatial dims)."""
+    args, kwargs, lab_args = call.args, call.kwargs, call.labels
+    lab, dims = lab_args[0], _arg(args, kwargs, 2, "dims")
+    if not isinstance(lab, np.ndarray):
+        return None
+    rolled = list(range(lab.ndim)) if dims is None else _dims(dims, lab.ndim)
+    return None if set(rolled) & set(varying_dims(lab)) else lab
 
 
 def _norm_sites(prop, fqn: str, lab, size: int, names: tuple[str, ...], attribute: str | None):
@@ -690,6 +724,9 @@ RULES: dict[str, Rule] = {
     "group_norm_function": group_norm_function,
     "layer_norm_function": layer_norm_function,
     "fused_qkv_attention": fused_qkv_attention,
+    "pad": pad,
+    "roll": roll,
+    "new_tensor": new_tensor,
 }
 if set(RULES) != set(ops.KINDS):
     raise ImportError(f"channel rules and op kinds differ: {sorted(set(RULES) ^ set(ops.KINDS))}")

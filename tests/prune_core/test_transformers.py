@@ -1,7 +1,8 @@
-"""Transformers: timm's fused-qkv ``Attention`` (ViT, DeiT, ...) loses whole heads, its ``num_heads`` and
-``attn_dim`` follow, and the pruned network computes what the original computes with those heads' outputs
-zeroed; the embedding width (the residual stream: patch embedding, class token, position embedding, every
-norm and block) is one coupled group."""
+"""Transformers: timm's fused-qkv ``Attention`` (ViT, DeiT, ...) and Swin's ``WindowAttention`` lose whole
+heads, their ``num_heads``, ``attn_dim`` and per-head bias columns follow, and the pruned network computes what
+the original computes with those heads' outputs zeroed; the embedding width (the residual stream: patch
+embedding, class token, position embedding, every norm and block, through Swin's shifted windows) is one
+coupled group."""
 
 from __future__ import annotations
 
@@ -121,3 +122,35 @@ def test_compress_network_removes_heads_by_their_taylor_scores():
     )
     assert info.reduction >= 0.2 and sum(block.attn.num_heads for block in pruned.blocks) < 8
     assert [block.attn.num_heads for block in model.blocks] == [4, 4], "the caller's network is left as it was"
+
+
+def small_swin() -> nn.Module:
+    """A two-stage Swin of 2 and 4 heads, shifted windows of 4x4 tokens, on 32x32 images (timm, random weights)."""
+    torch.manual_seed(0)
+    settings = {"img_size": 32, "window_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (2, 4)}
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, **settings).eval()
+
+
+def test_swin_loses_heads_with_their_bias_columns_and_its_width_through_shifted_windows():
+    model, example = small_swin(), torch.randn(2, 3, 32, 32)
+    graph = ChannelGraph.build(model, example)
+    heads = [u for u in graph.removable_units() if u.producers == ("layers.1.blocks.1.attn.qkv",)]
+    assert len(heads) == 4 and heads[0].counts[("layers.1.blocks.1.attn.relative_position_bias_table", 1)] == 1
+    every_head = graph.greedy_removal([u.id for u in graph.removable_units() if u.producers[0].endswith(".qkv")])
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, every_head, verify=False)  # checked here, against zeroed heads
+    (expected,), (got,), (original,) = (
+        outputs(m, example) for m in (zeroed_reference(model, graph, every_head), pruned, model)
+    )
+    assert (expected - original).abs().max() > 1e-4 and torch.allclose(got, expected, atol=1e-5)
+    assert [b.attn.num_heads for layer in pruned.layers for b in layer.blocks] == [1, 1, 1, 1]
+    widths = [u.id for u in graph.removable_units() if not any(p.endswith(".qkv") for p in u.producers)]
+    assert not any(graph.units[i].reasons for i in widths) and len(widths) > 100, "stochastic depth, roll and pad"
+    for seed in range(2):  # the built-in check: LayerNorms over the stream normalise over the kept channels
+        pruned = copy.deepcopy(model)
+        remove_units(pruned, graph, random_units(graph, 0.4, seed))
+        attention = pruned.layers[1].blocks[1].attn
+        assert attention.relative_position_bias_table.shape[1] == attention.num_heads
+        assert attention.qkv.out_features == 3 * attention.num_heads * 8 == 3 * attention.proj.in_features
+        assert pruned.patch_embed.proj.out_channels < 16
+    assert analyze_compression(model, example, verbose=False).max_reduction > 0.95
