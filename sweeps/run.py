@@ -10,7 +10,9 @@ log everything to MLflow, and return the objectives named in
 the trial's ``mlflow_run_id`` user attribute) to the sweeper. With ``hydra.sweeper.pruner``, each
 pruning iteration's objective is reported to the trial (``sweeps.job.intermediate``); when the pruner
 stops the trial, the network so far is logged as usual, the MLflow run FINISHED and tagged
-``taylorprune.pruned``, and the trial ends PRUNED. SIGTERM is handled like Ctrl-C, in
+``taylorprune.pruned``, and the trial ends PRUNED. A trial that runs a failed one again
+(``hydra.sweeper.retry_failed_trials``) goes on from that trial's last logged checkpoint, in its
+MLflow run (``sweeps.tracking.resumption``). SIGTERM is handled like Ctrl-C, in
 the app and in its launcher workers: the trial fails, its runs are KILLED, the study stops.
 
     python -m sweeps.run                                    # defaults: MNIST-1D, reference-like CNN
