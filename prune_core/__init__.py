@@ -37,7 +37,7 @@ from prune_core.compress import compress_network
 from prune_core.finetune import Distillation, Metric, TrainingInfo, TrainingOptions, train_network
 from prune_core.importance import CRITERIA, Criterion, register_criterion
 from prune_core.prunable import TaylorPrunableNetwork
-from prune_core.pruning_info import PruningInfo, checkpoint_name
+from prune_core.pruning_info import PruningInfo, checkpoint_iteration, checkpoint_name
 from prune_core.pruning_options import AUTO_SCORE_ITERATIONS, PruningKeywords, PruningOptions
 from prune_core.resume import ResumePoint, read_resume_point
 from prune_core.selection import ALLOCATIONS, Allocation, register_allocation
@@ -68,6 +68,7 @@ __all__ = [
     "analyze_compression",
     "channelwise",
     "check_number",
+    "checkpoint_iteration",
     "checkpoint_name",
     "compress_network",
     "is_number",

@@ -329,7 +329,8 @@ class _Compression:
         if settings.verbosity == "summary":  # the bar's end: the goal, or the most that can go
             weights = self.prunable.macs_per_weight if self.by_macs else None
             most = graph.learnables_removed(graph.max_removal(), weights)
-            start, now = (macs, count_macs(model, self.example)) if self.by_macs else map(learnables, (original, model))
+            start = macs if self.by_macs else learnables(original)
+            now = start if resumed is None else resumed.rows[-1]["macs" if self.by_macs else "learnables"]
             reachable = min(settings.goal, (start - now + most) / start)
         self.record = PruningRecord(
             original,

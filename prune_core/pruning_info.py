@@ -17,6 +17,7 @@ False
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,16 @@ def learnables(model: nn.Module) -> int:
 def checkpoint_name(iteration: int) -> str:
     """The file name of pruning iteration ``iteration``'s checkpoint (``pruned_iteration_007.pt``)."""
     return f"pruned_iteration_{iteration:03d}.pt"
+
+
+def checkpoint_iteration(name: str) -> int | None:
+    """The pruning iteration of a checkpoint's file name (``checkpoint_name``'s inverse), None for any other name.
+
+    >>> checkpoint_iteration(checkpoint_name(12)), checkpoint_iteration("model.pt")
+    (12, None)
+    """
+    match = re.fullmatch(r"pruned_iteration_(\d+)\.pt", name)
+    return None if match is None else int(match.group(1))
 
 
 class PruningRecord:

@@ -31,6 +31,7 @@ from typing import Any
 from torch import nn
 
 from prune_core.channels import load_pruned, read_pruned
+from prune_core.pruning_info import learnables
 
 RESUME_KEY = "resume"
 
@@ -75,7 +76,7 @@ def read_resume_point(path: str | os.PathLike[str], original: nn.Module) -> Resu
             "use a file its checkpoint_path received"
         )
     rows = [dict(row) for row in saved["rows"]]
-    start = sum(p.numel() for p in original.parameters())
+    start = learnables(original)
     if rows[0].get("learnables") != start:
         raise ValueError(
             f"{where} began from a network of {rows[0].get('learnables')} learnables; this one has {start}. "

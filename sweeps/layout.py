@@ -14,18 +14,17 @@ names, the tracking URI's resolution, and how a user's weights file is read:
   "failed: <why>"), ``LATENCY_SOURCE`` ("onnxruntime", or "torch" when the export failed) and
   ``FRONT_FIGURE`` (on a study run: "failed: <why>" when its end-of-run figure was not drawn);
 - artifacts: ``CONFIG`` (the composed Hydra config), ``table(name)`` (the history tables),
-  ``checkpoint(iteration)`` (and back: ``checkpoint_iteration(name)``), ``ONNX_FILE`` (the returned network exported);
+  ``checkpoint(iteration)``, ``ONNX_FILE`` (the returned network exported);
 - weights: ``WEIGHT_FILE_KEYS`` (the model config keys that name a trained weights file) and
   ``load_checkpoint`` (the safe format of ``save_pruned``, or a plain ``state_dict``).
 
->>> table("pruning_history"), checkpoint(3), checkpoint_iteration("pruned_iteration_012.pt")
-('tables/pruning_history.json', 'checkpoints/pruned_iteration_003.pt', 12)
+>>> table("pruning_history"), checkpoint(3)
+('tables/pruning_history.json', 'checkpoints/pruned_iteration_003.pt')
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from unittest.mock import patch
@@ -63,12 +62,6 @@ def table(name: str) -> str:
 def checkpoint(iteration: int) -> str:
     """The artifact path of a pruning iteration's checkpoint."""
     return f"{CHECKPOINTS}/{checkpoint_name(iteration)}"
-
-
-def checkpoint_iteration(name: str) -> int | None:
-    """The pruning iteration of a checkpoint's file name (``checkpoint``'s), None for any other name."""
-    match = re.fullmatch(r"pruned_iteration_(\d+)\.pt", name)
-    return None if match is None else int(match.group(1))
 
 
 def tracking_uri(uri: str | None = None) -> str:

@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from prune_core import PruningInfo, save_pruned
+from prune_core import PruningInfo, checkpoint_iteration, save_pruned
 from sweeps import layout
 from sweeps.deployment.measure import Deployment
 from sweeps.tracking.store import as_params
@@ -151,7 +151,7 @@ class LiveLog:
         """Log the checkpoint file ``path`` under the run's ``checkpoints`` artifacts, then the metrics held
         for its iteration and those before."""
         self.client.log_artifact(self.run_id, str(path), layout.CHECKPOINTS)
-        iteration = layout.checkpoint_iteration(path.name)
+        iteration = checkpoint_iteration(path.name)
         self._release(math.inf if iteration is None else iteration)
 
     def flush(self) -> None:

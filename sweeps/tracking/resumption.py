@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from optuna_sweep import RETRIED_ENV
-from prune_core import read_resume_point
+from prune_core import checkpoint_iteration, read_resume_point
 from sweeps import layout
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,13 @@ class Resumption:
 
     run_id: str
     checkpoint: Path
-    iteration: int
     retried_trial: str
     rows: list[dict]  # the pruning history up to the checkpoint, as it holds it
+
+    @property
+    def iteration(self) -> int:
+        """The pruning iteration the checkpoint was written after."""
+        return int(self.rows[-1]["iteration"])
 
     @property
     def tag(self) -> str:
@@ -68,7 +72,7 @@ def find_resumption(
         return None
     run_id = runs[0].info.run_id
     names = [Path(a.path).name for a in client.list_artifacts(run_id, layout.CHECKPOINTS)]
-    found = sorted(n for name in names if (n := layout.checkpoint_iteration(name)) is not None)
+    found = sorted(n for name in names if (n := checkpoint_iteration(name)) is not None)
     if not found:
         log.warning(f"Trial {retried} runs again from the base network: its run {run_id} logged no checkpoint")
         return None
@@ -81,4 +85,4 @@ def find_resumption(
         log.warning(f"Trial {retried} runs again from the base network: its last checkpoint cannot be read ({exc})")
         return None
     log.info(f"Trial {retried} goes on from its checkpoint of pruning iteration {iteration} (run {run_id})")
-    return Resumption(run_id, path, iteration, retried, rows)
+    return Resumption(run_id, path, retried, rows)
