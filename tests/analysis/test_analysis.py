@@ -1,8 +1,6 @@
 """analysis: Pareto fronts against brute force, choosing a level, and the CLI and notebooks on a real sweep."""
 
 import os
-import subprocess
-import sys
 from unittest.mock import patch
 
 import nbformat
@@ -13,7 +11,7 @@ from nbclient import NotebookClient
 
 from analysis import choose, load_choice, load_experiment, pareto_front, run_config, validation_accuracy
 from analysis.pareto import fronts_by
-from tests.support.app import FAST, FAST_SEARCH, ROOT, app_env, run_app
+from tests.support.app import FAST, FAST_SEARCH, ROOT, run_analysis, run_app
 
 
 def dominated(a: np.ndarray, b: np.ndarray, i: int) -> bool:
@@ -128,24 +126,8 @@ def test_chosen_checkpoint_loads_and_scores_as_logged(sweep):
 def test_cli_writes_figures_tables_and_the_choice(sweep, tmp_path):
     folder, uri = sweep
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "analysis",
-            "--experiment",
-            "taylorprune",
-            "--tracking-uri",
-            uri,
-            "--out",
-            str(out),
-            "--max-drop",
-            "50",
-        ],
-        capture_output=True,
-        text=True,
-        env=app_env(),
-        timeout=900,
+    result = run_analysis(
+        tmp_path, "--experiment", "taylorprune", "--tracking-uri", uri, "--out", str(out), "--max-drop", "50"
     )
     assert result.returncode == 0, result.stderr
     assert "Chosen (at most 50.0 points below the unpruned network): trial" in result.stdout
@@ -176,10 +158,9 @@ def test_cli_writes_figures_tables_and_the_choice(sweep, tmp_path):
 )
 def test_cli_bad_input(sweep, args, message, tmp_path):
     folder, uri = sweep
-    command = [sys.executable, "-m", "analysis", *args]
     if "--tracking-uri" not in args:
-        command += ["--tracking-uri", uri]
-    result = subprocess.run(command, capture_output=True, text=True, env=app_env(), timeout=900, cwd=tmp_path)
+        args = [*args, "--tracking-uri", uri]
+    result = run_analysis(tmp_path, *args)
     assert result.returncode == 2 and message in result.stderr
     if args[1] == "nope":
         assert "experiments there: " in result.stderr and "'taylorprune'" in result.stderr

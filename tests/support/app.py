@@ -1,5 +1,7 @@
 """Running ``python -m sweeps.run`` as a user would, in a scratch folder, with a tiny fast setup, and
-reading what it left (the MLflow store, the Optuna study) while it runs or after.
+reading what it left (the MLflow store, the Optuna study) while it runs or after. ``run_app`` forks the
+app from an interpreter that has already imported it (``tests.support.zygote``); ``start_app`` starts a
+fresh interpreter.
 
 Every wait is on an event (a line of output, a run in the store, a process gone), with a generous
 deadline that only a hung process reaches."""
@@ -19,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 
 from optuna_sweep import creation_lock
+from tests.support.zygote import run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small data, a short base training, a short pruning: each job takes a few seconds. FAST leaves out the
@@ -52,14 +55,19 @@ def app_env() -> dict[str, str]:
 def run_app(
     cwd: Path, *overrides: str, multirun: bool = False, check: bool = True, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    """``python -m sweeps.run [-m] overrides...`` in ``cwd``; fails the test with the output if it fails."""
-    command = [sys.executable, "-m", "sweeps.run", *(["-m"] if multirun else []), *overrides]
-    result = subprocess.run(command, cwd=cwd, env=app_env(), capture_output=True, text=True, timeout=timeout)
+    """``python -m sweeps.run [-m] overrides...`` in ``cwd`` (forked from ``tests.support.zygote``); fails the
+    test with the output if it fails."""
+    result = run_module("sweeps.run", [*(["-m"] if multirun else []), *overrides], cwd, app_env(), timeout)
     if check and result.returncode != 0:
         raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+            f"{' '.join(result.args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def run_analysis(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m analysis args...`` in ``cwd`` (forked from ``tests.support.zygote``), whatever its exit status."""
+    return run_module("analysis", list(args), cwd, app_env(), timeout=900)
 
 
 DEADLINE = 900  # seconds; reached only by a process that hangs
@@ -89,7 +97,8 @@ def trials(folder: Path, name: str = "taylorprune") -> list[optuna.trial.FrozenT
 
 
 def start_app(folder: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m sweeps.run -m overrides...`` started in ``folder`` (with ``env`` added to the environment)."""
+    """``python -m sweeps.run -m overrides...`` started in ``folder`` (with ``env`` added to the environment), in
+    a fresh interpreter: a process the test can read while it runs and signal."""
     return subprocess.Popen(
         [sys.executable, "-m", "sweeps.run", "-m", *overrides],
         cwd=folder,

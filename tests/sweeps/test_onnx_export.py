@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import mlflow
 import numpy as np
@@ -17,7 +15,7 @@ from torch import nn
 from sweeps.deployment.latency import measure
 from sweeps.deployment.measure import DeploymentOptions, measure_deployment
 from sweeps.deployment.onnx_export import ExportFailed, export_onnx, session
-from tests.support.app import FAST, FAST_SEARCH, app_env, run_app
+from tests.support.app import FAST, FAST_SEARCH, run_analysis, run_app
 
 
 class CumulativeMax(nn.Module):
@@ -133,21 +131,14 @@ def test_a_study_on_measured_latency_logs_the_export_and_draws_the_latency_front
         trial = next(t for t in study.trials if t.user_attrs["mlflow_run_id"] == run.info.run_id)
         assert math.isclose(trial.values[1], run.data.metrics["latency_ms"])  # the value the study acted on
     out = tmp_path / "analysis"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "analysis",
-            "--experiment",
-            "taylorprune",
-            "--out",
-            str(out),
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=app_env(),
+    result = run_analysis(
+        tmp_path,
+        "--experiment",
+        "taylorprune",
+        "--out",
+        str(out),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
     )
     assert result.returncode == 0, result.stderr
     assert (out / "fronts.png").stat().st_size > 10_000

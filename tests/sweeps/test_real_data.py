@@ -4,8 +4,6 @@ torchvision models by name, the user's weights, and every bad input refused befo
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from sweeps.builders.datasets import folder_identity, image_folder
 from sweeps.builders.models import timm_model, torchvision_model
 from sweeps.job.data import job_data, load_data
 from sweeps.layout import ROLE
-from tests.support.app import app_env, run_app
+from tests.support.app import run_analysis, run_app
 
 PER_CLASS, VAL_PER_CLASS = 30, 6
 
@@ -112,25 +110,16 @@ def test_an_image_folder_and_a_timm_vision_transformer_end_to_end(folder, tmp_pa
     runs = client.search_runs([client.get_experiment_by_name("taylorprune").experiment_id])
     trial_runs = [r for r in runs if r.data.tags[ROLE] == "trial"]
     assert [r.data.tags["taylorprune.onnx"] for r in trial_runs] == ["exported"] * 2, "checked against onnxruntime"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "analysis",
-            "--experiment",
-            "taylorprune",
-            "--tracking-uri",
-            uri,
-            "--out",
-            str(tmp_path / "analysis_out"),
-            "--max-drop",
-            "100",
-        ],
-        cwd=tmp_path,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
+    result = run_analysis(
+        tmp_path,
+        "--experiment",
+        "taylorprune",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "analysis_out"),
+        "--max-drop",
+        "100",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     chosen = choose(experiment.table, max_drop=100)
