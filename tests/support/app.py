@@ -1,7 +1,7 @@
 """Running ``python -m sweeps.run`` as a user would, in a scratch folder, with a tiny fast setup, and
-reading what it left (the MLflow store, the Optuna study) while it runs or after. ``run_app`` forks the
-app from an interpreter that has already imported it (``tests.support.zygote``); ``start_app`` starts a
-fresh interpreter.
+reading what it left (the MLflow store, the Optuna study) while it runs or after. The app's processes
+are forked from an interpreter that has already imported it (``tests.support.zygote``);
+``run_app(..., fresh=True)`` starts a new interpreter, as a user does.
 
 Every wait is on an event (a line of output, a run in the store, a process gone), with a generous
 deadline that only a hung process reaches."""
@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 
 from optuna_sweep import creation_lock
-from tests.support.zygote import run_module
+from tests.support.zygote import ForkedProcess, run_module, start_module
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small data, a short base training, a short pruning: each job takes a few seconds. FAST leaves out the
@@ -53,11 +53,16 @@ def app_env() -> dict[str, str]:
 
 
 def run_app(
-    cwd: Path, *overrides: str, multirun: bool = False, check: bool = True, timeout: int = 600
+    cwd: Path, *overrides: str, multirun: bool = False, check: bool = True, timeout: int = 600, fresh: bool = False
 ) -> subprocess.CompletedProcess:
-    """``python -m sweeps.run [-m] overrides...`` in ``cwd`` (forked from ``tests.support.zygote``); fails the
-    test with the output if it fails."""
-    result = run_module("sweeps.run", [*(["-m"] if multirun else []), *overrides], cwd, app_env(), timeout)
+    """``python -m sweeps.run [-m] overrides...`` in ``cwd``, forked from ``tests.support.zygote`` (``fresh``: in
+    a new interpreter, as a user starts it); fails the test with the output if it fails."""
+    args = [*(["-m"] if multirun else []), *overrides]
+    if fresh:
+        command = [sys.executable, "-m", "sweeps.run", *args]
+        result = subprocess.run(command, cwd=cwd, env=app_env(), capture_output=True, text=True, timeout=timeout)
+    else:
+        result = run_module("sweeps.run", args, cwd, app_env(), timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(result.args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
@@ -96,17 +101,10 @@ def trials(folder: Path, name: str = "taylorprune") -> list[optuna.trial.FrozenT
     return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}").trials
 
 
-def start_app(folder: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m sweeps.run -m overrides...`` started in ``folder`` (with ``env`` added to the environment), in
-    a fresh interpreter: a process the test can read while it runs and signal."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "sweeps.run", "-m", *overrides],
-        cwd=folder,
-        env=app_env() | {"PYTHONUNBUFFERED": "1"} | (env or {}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def start_app(folder: Path, *overrides: str, env: dict[str, str] | None = None) -> ForkedProcess:
+    """``python -m sweeps.run -m overrides...`` started in ``folder`` (with ``env`` added to the environment),
+    forked from ``tests.support.zygote``: a process the test can read while it runs and signal."""
+    return start_module("sweeps.run", ["-m", *overrides], folder, app_env() | {"PYTHONUNBUFFERED": "1"} | (env or {}))
 
 
 def wait_for(condition, what: str):
@@ -131,7 +129,7 @@ def running_trial_runs(folder: Path, count: int):
     return found if len(found) >= count else None
 
 
-def finish(process: subprocess.Popen) -> str:
+def finish(process: ForkedProcess) -> str:
     try:
         return process.communicate(timeout=DEADLINE)[0]
     finally:

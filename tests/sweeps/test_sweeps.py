@@ -42,7 +42,7 @@ def study(tmp_path: Path, name: str = "taylorprune", storage: str | None = None)
 
 
 def test_single_run_logs_everything_and_caches_the_base(tmp_path):
-    out = run_app(tmp_path, *FAST_LOGGING_ALL).stdout
+    out = run_app(tmp_path, *FAST_LOGGING_ALL, fresh=True).stdout  # started as a user starts it
     assert "Compressed network has" in out and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in out
     client = store(tmp_path)
     (run,) = runs(client)
