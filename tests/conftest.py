@@ -70,5 +70,8 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first: under pytest-xdist the long ones then start early instead of ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests first (those with real services, then the other slow ones): under pytest-xdist they
+    then start early instead of ending the run alone."""
+    items.sort(
+        key=lambda item: (item.get_closest_marker("integration") is None, item.get_closest_marker("slow") is None)
+    )
