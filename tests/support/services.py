@@ -136,7 +136,9 @@ def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2, port: int
         str(workers),
     ]
     log = tempfile.NamedTemporaryFile(prefix="taylorprune-mlflow-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # without MLflow's job runner (GenAI evaluation jobs, which runs are never given): 7 processes fewer to start
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE

@@ -72,8 +72,13 @@ MESSAGE = 1 << 16  # bytes; a request (its environment included) is far smaller
 
 def _serve(channel: socket.socket) -> None:
     """The zygote: import, then fork one child per request and report its pid and, once gone, its exit status."""
-    for name in (*MAIN_MODULES, *WARM_MODULES):
+    for name in MAIN_MODULES:
         importlib.import_module(name)
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:  # a package a later release no longer brings: its children import it
+            pass
     for name in MAIN_MODULES:
         package, _, leaf = name.rpartition(".")
         del sys.modules[name]
