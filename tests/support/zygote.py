@@ -95,10 +95,14 @@ def _serve(channel: socket.socket) -> None:
                 request = json.loads(message)
                 pid = os.fork()
                 if pid == 0:
-                    channel.close()
-                    for pidfd in children:
-                        os.close(pidfd)
-                    _run_as_main(request, *fds)  # never returns: the child ends with the module's exit status
+                    try:
+                        channel.close()
+                        for pidfd in children:
+                            os.close(pidfd)
+                        _run_as_main(request, *fds)  # ends the child with the module's exit status
+                    finally:  # reached only where the child failed before it could run the module (no such cwd)
+                        traceback.print_exc()
+                        os._exit(1)
                 for fd in fds:
                     os.close(fd)
                 children[os.pidfd_open(pid)] = (request["id"], pid)
