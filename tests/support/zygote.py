@@ -217,7 +217,9 @@ class _Zygote:
         self.running: dict[int, ForkedProcess] = {}
         self.ids = itertools.count()
 
-    def start(self, module: str, args: list[str], cwd: Path, env: dict[str, str], fds: tuple[int, int]):
+    def start(
+        self, module: str, args: list[str], cwd: Path, env: dict[str, str], fds: tuple[int, int]
+    ) -> ForkedProcess:
         process = ForkedProcess([sys.executable, "-m", module, *args])
         with self.lock:
             channel = self._started(env)
