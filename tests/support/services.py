@@ -136,7 +136,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2, port: int
         str(workers),
     ]
     log = tempfile.NamedTemporaryFile(prefix="taylorprune-mlflow-server-", suffix=".log", delete=False)
-    # without MLflow's job runner (GenAI evaluation jobs, which runs are never given): 7 processes fewer to start
+    # without MLflow's job runner (GenAI evaluation jobs, which this project never submits): 7 processes fewer
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
