@@ -100,9 +100,9 @@ def _serve(channel: socket.socket) -> None:
                         for pidfd in children:
                             os.close(pidfd)
                         _run_as_main(request, *fds)  # ends the child with the module's exit status
-                    finally:  # reached only where the child failed before it could run the module (no such cwd)
+                    except BaseException:  # the child failed before it could run the module (no such cwd)
                         traceback.print_exc()
-                        os._exit(1)
+                    os._exit(1)
                 for fd in fds:
                     os.close(fd)
                 children[os.pidfd_open(pid)] = (request["id"], pid)
