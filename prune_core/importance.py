@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.channels import ChannelGraph, owner
+from prune_core.channels import ChannelGraph, out_proj_called, owner
 from prune_core.registry import Registry
 
 # What each normalisation divides a group's scores by (0: they stay as they are).
@@ -124,11 +124,11 @@ class Criterion:
         for fqn, units in self.graph.producer_units.items():
             if not removable[units].any():
                 continue
-            weight = modules[fqn].weight.detach()
-            filter_dim = 1 if isinstance(modules[fqn], nn.modules.conv._ConvTransposeNd) else 0
+            name, filter_dim = _filters(modules[fqn])
+            weight = getattr(modules[fqn], name).detach()
             values = per_filter(weight.movedim(filter_dim, 0)).double().cpu().numpy()
             # the unit of each filter: several filters per unit where a unit is an attention head
-            units = self.graph.site_units.get((f"{fqn}.weight", filter_dim), units)
+            units = self.graph.site_units.get((f"{fqn}.{name}", filter_dim), units)
             keep = units >= 0
             np.add.at(out, units[keep], values[keep])
         return out
@@ -149,9 +149,19 @@ def _removable(graph: ChannelGraph) -> np.ndarray:
     return np.array([u.removable for u in graph.units] + [False])
 
 
+def _filters(producer: nn.Module) -> tuple[str, int]:
+    """The name of the weight holding a producer layer's filters, and the dim they lie along."""
+    if isinstance(producer, nn.MultiheadAttention):
+        return "in_proj_weight", 0
+    if isinstance(producer, (nn.modules.conv._ConvTransposeNd, nn.Embedding)):
+        return "weight", 1
+    return "weight", 0
+
+
 def input_channel_dim(module: nn.Module, ndim: int) -> int:
-    """The channel dim of the input of a conv / conv-transpose (before the spatial dims) or linear (last)."""
-    if isinstance(module, nn.Linear):
+    """The channel dim of the input of a conv / conv-transpose (before the spatial dims), or of a linear or
+    multi-head attention (last)."""
+    if isinstance(module, (nn.Linear, nn.MultiheadAttention)):
         return ndim - 1
     kernel_size: tuple[int, ...] = module.kernel_size  # type: ignore[assignment]  # a conv's
     return ndim - len(kernel_size) - 1
@@ -205,13 +215,15 @@ class TaylorAccumulator:
                 alias, activation = x.view_as(x), x.detach()
                 live.append(alias)
                 alias.register_hook(lambda gradient: self._record(fqn, module, activation, gradient))
-                return (alias, *args[1:])
+                # an attention's query, key and value: one tensor, read through the alias in every place
+                return tuple(alias if a is x else a for a in args)
 
             return hook
 
         handles = [modules[fqn].register_forward_pre_hook(pre_hook(fqn)) for fqn in self.consumers]
         try:
-            yield live
+            with out_proj_called(model):  # so that the hooks see the heads' outputs of nn.MultiheadAttention
+                yield live
         finally:
             for handle in handles:
                 handle.remove()

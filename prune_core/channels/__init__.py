@@ -7,7 +7,9 @@ union-find of ``labels``) and groups channels into removal units (``graph``);
 ``register_module_rule`` teaches it a module of one's own. ``remove_units``
 cuts them out (``surgery``) and checks the result (``verify``); ``analyze_compression`` reports
 on a model (``report``); ``save_pruned``/``load_pruned`` store a pruned model without pickle
-(``serialize``). Analysis leaves the model as it was (``preserve``).
+(``serialize``). A pruned ``nn.MultiheadAttention`` becomes a ``PrunedMultiheadAttention``
+(``attention``, with its rules in ``attention_rules``); ``out_proj_called`` lets hooks see the heads'
+outputs of unpruned ones. Analysis leaves the model as it was (``preserve``).
 
 These names are the wing's public interface; its modules are private.
 
@@ -21,6 +23,7 @@ These names are the wing's public interface; its modules are private.
 """
 
 from prune_core.channels.atomic import atomic_path
+from prune_core.channels.attention import PrunedMultiheadAttention, out_proj_called
 from prune_core.channels.example import ExampleInput
 from prune_core.channels.graph import ChannelGraph, RemovalTally, Unit
 from prune_core.channels.macs import count_macs, macs_per_weight
@@ -45,6 +48,7 @@ __all__ = [
     "ExampleInput",
     "ExampleInputMismatch",
     "OpCall",
+    "PrunedMultiheadAttention",
     "RemovalTally",
     "SurgeryMismatch",
     "TraceFailure",
@@ -56,6 +60,7 @@ __all__ = [
     "count_macs",
     "load_pruned",
     "macs_per_weight",
+    "out_proj_called",
     "owner",
     "preserved",
     "read_pruned",

@@ -7,8 +7,17 @@ parameters: for every leaf module that holds a ``weight``, the module's MACs div
 weight's size. Removing an entry of that weight removes that many MACs (exact for convolutions
 and linear layers, whose MACs are the weight's size times the output positions, which filter
 pruning never changes), so a ``RemovalTally`` weighted by it counts the MACs a removal saves.
+An ``nn.MultiheadAttention``'s MACs (projections and attention products) are spread evenly over
+the entries of its ``in_proj_weight`` and ``out_proj.weight``: a head holds the same share of
+both as of the MACs, so this is exact for heads; for the width it overcounts by the attention
+products' share.
 
-Both run the model read-only: eval mode, no gradients, every buffer and mode restored.
+Both run the model read-only: eval mode, no gradients, every buffer and mode restored. The
+count runs under a pass-through ``TorchFunctionMode``: with one active, torch's fused inference
+kernels (``nn.MultiheadAttention``'s and ``nn.TransformerEncoderLayer``'s fast paths), which
+the counter cannot see into and counts as nothing, are not taken. CPU attention
+(``aten._scaled_dot_product_flash_attention_for_cpu``), which the counter has no formula for,
+is counted as the other attention kernels are.
 
 >>> import torch, torch.nn as nn
 >>> net = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30, 2))
@@ -24,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from prune_core.channels.example import ExampleInput
 from prune_core.channels.preserve import preserved
@@ -32,15 +42,27 @@ if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
 
+class _Unfused(TorchFunctionMode):
+    """Calls every function as it is; while it is active, torch does not take its fused inference paths."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
 def _counted(model: nn.Module, example) -> tuple[FlopCounterMode, int]:
     # imported here: torch.utils.flop_counter loads triton, about 0.3 s that importing prune_core need not pay
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
 
     example = ExampleInput.of(example)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
+    )
     with preserved(model), torch.no_grad():
         model.eval()
-        with counter:
+        with counter, _Unfused():
             example.call(model)
     return counter, example.batch
 
@@ -64,4 +86,11 @@ def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
         flops = per_module.get(f"{root}.{name}", 0)
         if flops:
             result[f"{name}.weight"] = flops / 2 / batch / weight.numel()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            flops = per_module.get(f"{root}.{name}" if name else root, 0)
+            entries = module.in_proj_weight.numel() + module.out_proj.weight.numel()
+            prefix = f"{name}." if name else ""
+            for weight in ("in_proj_weight", "out_proj.weight"):
+                result[prefix + weight] = flops / 2 / batch / entries
     return result

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune_core.channels.attention import PrunedMultiheadAttention
+
 _MODULE_KINDS: dict[type[nn.Module], str] = {
     nn.Conv1d: "conv",
     nn.Conv2d: "conv",
@@ -38,6 +40,9 @@ _MODULE_KINDS: dict[type[nn.Module], str] = {
     nn.ConvTranspose2d: "conv_transpose",
     nn.ConvTranspose3d: "conv_transpose",
     nn.Linear: "linear",
+    nn.Embedding: "embedding",
+    nn.MultiheadAttention: "multihead_attention",
+    PrunedMultiheadAttention: "multihead_attention",
     nn.BatchNorm1d: "batchnorm",
     nn.BatchNorm2d: "batchnorm",
     nn.BatchNorm3d: "batchnorm",
@@ -280,6 +285,8 @@ KINDS = (
     "group_norm_function",
     "layer_norm_function",
     "fused_qkv_attention",
+    "multihead_attention",
+    "embedding",
     "pad",
     "roll",
     "new_tensor",

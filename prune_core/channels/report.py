@@ -167,10 +167,17 @@ def _layer_table(model: nn.Module, graph: ChannelGraph) -> pd.DataFrame:
             else:
                 reasons.setdefault(layer, set()).update(unit.reasons)
     rows = []
+    filters_of = {
+        nn.Linear: "out_features",
+        nn.modules.conv._ConvNd: "out_channels",
+        nn.Embedding: "embedding_dim",
+        nn.MultiheadAttention: "num_heads",
+    }
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        counted = [attr for cls, attr in filters_of.items() if isinstance(module, cls)]
+        if not counted:
             continue
-        filters = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        filters = getattr(module, counted[0])
         why = set(reasons.get(name, set()))
         if name not in prunable and name not in reasons:
             why.add(_not_a_producer_reason(name, module, graph))

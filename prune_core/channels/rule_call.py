@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from torch import fx, nn
 
-from prune_core.channels.labels import SlotTable
+from prune_core.channels.labels import SlotTable, along
 
 
 class OpCall(NamedTuple):
@@ -68,3 +68,14 @@ class Propagation(Protocol):
 
 
 Rule = Callable[[Propagation, OpCall], Any]
+
+
+def channel_vector(prop: Propagation, lab: object, dim: int, size: int, fqn: str) -> np.ndarray:
+    """The slots of the ``size`` channels along ``dim`` of an input to layer ``fqn`` with labels ``lab``: blocked
+    ones (and ``lab`` blocked) where the labels vary along another dim too or are not an array."""
+    vector = along(lab, dim, size) if isinstance(lab, np.ndarray) else None
+    if vector is None:
+        if isinstance(lab, np.ndarray):
+            prop.slots.block(lab, f"channel layout not understood at the input of `{fqn}`")
+        vector = np.full(size, prop.slots.new_blocked(f"input of `{fqn}` has no channel information"))
+    return vector

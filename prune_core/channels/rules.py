@@ -28,11 +28,12 @@ import operator
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import fx
 
 from prune_core.channels import ops
+from prune_core.channels.attention_rules import fused_qkv_attention, multihead_attention
 from prune_core.channels.labels import along, shaped, squeeze_constant, squeeze_constant_from, varying_dims
-from prune_core.channels.rule_call import OpCall, Propagation, Rule
+from prune_core.channels.rule_call import OpCall, Propagation, Rule, channel_vector
 from prune_core.channels.sites import ParamRef, owner
 
 
@@ -369,22 +370,13 @@ def _layer_norm(prop, x, lab, k: int, names: list[str], owner: str | None):
     return lab
 
 
-def _channel_vector(prop, lab, dim: int, size: int, fqn: str) -> np.ndarray:
-    vector = along(lab, dim, size) if isinstance(lab, np.ndarray) else None
-    if vector is None:
-        if isinstance(lab, np.ndarray):
-            prop.slots.block(lab, f"channel layout not understood at the input of `{fqn}`")
-        vector = np.full(size, prop.slots.new_blocked(f"input of `{fqn}` has no channel information"))
-    return vector
-
-
 def conv(prop: Propagation, call: OpCall):
     """A convolution: its filters are new channels (dim 0 of the weight); its input channels are a site.
     Grouped convolutions tie each group's input channels, and their filters follow those groups."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     cdim = x.ndim - len(m.kernel_size) - 1
-    vector = _channel_vector(prop, lab_args[0], cdim, m.in_channels, fqn)
+    vector = channel_vector(prop, lab_args[0], cdim, m.in_channels, fqn)
     if m.groups == 1:
         prop.site(f"{fqn}.weight", 1, vector, "input")
         out = prop.producer(fqn, m.out_channels)
@@ -410,7 +402,7 @@ def conv_transpose(prop: Propagation, call: OpCall):
     if m.groups != 1:
         return None
     cdim = x.ndim - len(m.kernel_size) - 1
-    prop.site(f"{fqn}.weight", 0, _channel_vector(prop, lab_args[0], cdim, m.in_channels, fqn), "input")
+    prop.site(f"{fqn}.weight", 0, channel_vector(prop, lab_args[0], cdim, m.in_channels, fqn), "input")
     out = prop.producer(fqn, m.out_channels)
     prop.site(f"{fqn}.weight", 1, out, "filter")
     prop.module_sites(fqn, ("bias",), out, "filter")
@@ -422,46 +414,23 @@ def linear(prop: Propagation, call: OpCall):
     (a hidden fully connected layer, as in VGG's classifier) and on more (pointwise, as in an MLP block)."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
-    prop.site(f"{fqn}.weight", 1, _channel_vector(prop, lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
+    prop.site(f"{fqn}.weight", 1, channel_vector(prop, lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
     out = prop.producer(fqn, m.out_features)
     prop.module_sites(fqn, ("weight", "bias"), out, "filter")
     return shaped(out, result.ndim, result.ndim - 1)
 
 
-def fused_qkv_attention(prop: Propagation, call: OpCall):
-    """Multi-head self-attention with a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention``, and
-    Swin's ``WindowAttention`` with its per-head relative position bias table): each head is a unit: its q,
-    k and v rows of ``qkv`` (laid out as ``(3, num_heads, head_dim)``), their bias, its ``head_dim`` input
-    columns of ``proj`` and its column of a relative position bias table; ``num_heads`` and ``attn_dim``
-    count the heads kept. ``head_dim`` and the attention's scale stay as they were, so a pruned attention
-    computes what the original computes with those heads' outputs zeroed. The heads are kept (with the
-    reason) where the module gates or normalises the heads' outputs together, and one head is kept in every
-    attention. ``proj``'s outputs are new channels, as a linear layer's are."""
-    n, args, lab_args, result = call.node, call.args, call.labels, call.result
-    m, fqn, x = prop.modules[n.target], n.target, args[0]
-    qkv, proj, heads = m.qkv, m.proj, m.num_heads
-    head_dim = getattr(m, "head_dim", None) or qkv.out_features // (3 * heads)
-    if qkv.out_features != 3 * heads * head_dim or proj.in_features != heads * head_dim:
+def embedding(prop: Propagation, call: OpCall):
+    """An embedding table (``nn.Embedding``): its embedding dims (dim 1 of the weight, the output's last dim)
+    are new channels, as a linear layer's outputs are; ``embedding_dim`` follows. A table that renormalises
+    its rows (``max_norm``) keeps them: a row's norm spans every dim."""
+    n, result = call.node, call.result
+    m, fqn = prop.modules[n.target], n.target
+    if m.max_norm is not None:
         return None
-    gated = getattr(m, "gate", None) is not None
-    vector = _channel_vector(prop, lab_args[0], x.ndim - 1, qkv.in_features, f"{fqn}.qkv")
-    prop.site(f"{fqn}.qkv.weight", 1, vector, "input")
-    if gated:  # the gate reads the input too
-        prop.site(f"{fqn}.gate.weight", 1, vector, "input")
-    per_head = prop.producer(f"{fqn}.qkv", heads)
-    if gated or not isinstance(getattr(m, "norm", None), (type(None), nn.Identity)):
-        prop.slots.block(per_head, f"`{fqn}` gates or normalises its heads' outputs together: its heads are kept")
-    rows = np.tile(np.repeat(per_head, head_dim), 3)
-    prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), rows, "filter")
-    prop.site(f"{fqn}.proj.weight", 1, np.repeat(per_head, head_dim), "input")
-    prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
-    if hasattr(m, "attn_dim"):
-        prop.site(f"{fqn}.attn_dim", 0, np.repeat(per_head, head_dim), "follower", kind="attribute")
-    table = getattr(m, "relative_position_bias_table", None)
-    if isinstance(table, nn.Parameter) and table.ndim == 2 and table.shape[1] == heads:
-        prop.site(f"{fqn}.relative_position_bias_table", 1, per_head, "follower")
-    out = prop.producer(f"{fqn}.proj", proj.out_features)
-    prop.module_sites(f"{fqn}.proj", ("weight", "bias"), out, "filter")
+    out = prop.producer(fqn, m.embedding_dim)
+    prop.site(f"{fqn}.weight", 1, out, "filter")
+    prop.site(f"{fqn}.embedding_dim", 0, out, "follower", kind="attribute")
     return shaped(out, result.ndim, result.ndim - 1)
 
 
@@ -724,6 +693,8 @@ RULES: dict[str, Rule] = {
     "group_norm_function": group_norm_function,
     "layer_norm_function": layer_norm_function,
     "fused_qkv_attention": fused_qkv_attention,
+    "multihead_attention": multihead_attention,
+    "embedding": embedding,
     "pad": pad,
     "roll": roll,
     "new_tensor": new_tensor,

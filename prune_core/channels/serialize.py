@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from prune_core.channels.atomic import atomic_path
+from prune_core.channels.attention import PrunedMultiheadAttention, to_pruned_form
 from prune_core.channels.sites import replace_tensor
 from prune_core.channels.surgery import channel_attributes
 
@@ -155,3 +156,9 @@ def shrink_to_spec(model: nn.Module, spec: dict, source: str = "spec") -> None:
             continue
         old = current[name]
         replace_tensor(modules, name, torch.empty(shape, dtype=old.dtype, device=old.device))
+    layers = spec.get("layers")
+    for name, layer in layers.items() if isinstance(layers, dict) else ():
+        module = modules.get(name)  # an attention the surgery turned into its pruned form
+        if isinstance(layer, dict) and layer.get("class") == PrunedMultiheadAttention.__qualname__:
+            if type(module) is nn.MultiheadAttention and module.in_proj_weight is not None:
+                to_pruned_form(module)

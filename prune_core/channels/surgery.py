@@ -3,8 +3,10 @@
 ``remove_units(model, graph, unit_ids)`` replaces every parameter and buffer touched by the
 units with a smaller copy (``index_select`` of the kept entries along each pruned dim) and
 updates the layers' channel attributes (``in_channels``, ``out_channels``, ``groups``,
-``num_features``, ``in_features``, ...). The model keeps its classes and stays trainable and
-scriptable; any optimizer holding the old parameters must be rebuilt.
+``num_features``, ``in_features``, ``embed_dim``, ...). The model keeps its classes and stays
+trainable, except that a pruned ``nn.MultiheadAttention`` becomes a ``PrunedMultiheadAttention``
+(a subclass whose forward allows its new sizes: ``attention``); any optimizer holding the old
+parameters must be rebuilt.
 
 Every surgery is checked (``verify``, on by default): on the graph's example input, the
 pruned model must equal the original with the removed channels zeroed at their consumers.
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prune_core.channels.attention import to_pruned_form
 from prune_core.channels.graph import ChannelGraph
 from prune_core.channels.sites import owner, replace_tensor
 from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
@@ -46,6 +49,10 @@ _CHANNEL_ATTRIBUTES = (
     "num_parameters",
     "num_heads",
     "attn_dim",
+    "embed_dim",
+    "kdim",
+    "vdim",
+    "embedding_dim",
 )
 
 
@@ -74,12 +81,13 @@ def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int],
         raise
 
 
-def _state(module: nn.Module) -> tuple[dict, dict, dict]:
-    return dict(module.__dict__), dict(module._parameters), dict(module._buffers)
+def _state(module: nn.Module) -> tuple[type, dict, dict, dict]:
+    return type(module), dict(module.__dict__), dict(module._parameters), dict(module._buffers)
 
 
-def _restore(module: nn.Module, state: tuple[dict, dict, dict]) -> None:
-    attributes, parameters, buffers = state
+def _restore(module: nn.Module, state: tuple[type, dict, dict, dict]) -> None:
+    cls, attributes, parameters, buffers = state
+    module.__class__ = cls
     module.__dict__.update(attributes)
     for current, saved in ((module._parameters, parameters), (module._buffers, buffers)):
         current.clear()
@@ -109,7 +117,7 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
 
 
 def _sync_attributes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
-    """Derive channel counts of convs and linears from their (new) weight shapes."""
+    """Derive channel counts of convs, linears, embeddings and attentions from their (new) weight shapes."""
     if isinstance(module, nn.modules.conv._ConvNd):
         weight = module.weight
         if name in graph.grouped_convs:
@@ -120,6 +128,10 @@ def _sync_attributes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
             module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Embedding):
+        module.embedding_dim = module.weight.shape[1]
+    elif isinstance(module, nn.MultiheadAttention):
+        to_pruned_form(module)
     elif name in graph.norm_groups:  # a GroupNorm, or a module calling F.group_norm with its own tensors
         module.num_groups = module.num_channels // graph.norm_groups[name]
 

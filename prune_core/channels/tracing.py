@@ -69,6 +69,8 @@ class _ChannelTracer(fx.Tracer):
             return True
         if module_kind(m) is not None:
             return True
+        if next(m.children(), None) is not None:  # torch.nn's compositions too (nn.TransformerEncoderLayer)
+            return False
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):

@@ -42,6 +42,20 @@ def zeroed_reference(model: nn.Module, graph: ChannelGraph, unit_ids: list[int])
     return reference
 
 
+def removal_equals_zeroing(model: nn.Module, graph: ChannelGraph, chosen: list[int], example) -> nn.Module:
+    """Remove ``chosen`` from a copy of ``model`` without the built-in check, and check it here: it computes
+    what ``zeroed_reference`` computes, the removal matters, and exactly the graph's learnables went. Returns
+    the pruned copy."""
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, chosen, verify=False)
+    (expected,), (got,), (original,) = (
+        outputs(m, example) for m in (zeroed_reference(model, graph, chosen), pruned, model)
+    )
+    assert chosen and (expected - original).abs().max() > 1e-4 and torch.allclose(got, expected, atol=1e-5)
+    assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)
+    return pruned
+
+
 def outputs(model: nn.Module, example) -> list[torch.Tensor]:
     """Every output tensor of ``model`` on ``example`` (any form ``ExampleInput`` takes)."""
     with torch.no_grad():

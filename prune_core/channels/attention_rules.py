@@ -1,0 +1,112 @@
+"""The channel rules of multi-head attention, kept as one leaf whose heads are units.
+
+Two layouts are understood, each a leaf module:
+
+- a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention`` in ViT, DeiT, ... and Swin's
+  ``WindowAttention``): ``fused_qkv_attention``;
+- ``nn.MultiheadAttention`` (torchvision's ViT, ``nn.TransformerEncoderLayer`` and
+  ``nn.TransformerDecoderLayer``): ``multihead_attention``. A pruned one becomes a
+  ``PrunedMultiheadAttention`` (``attention``), which computes the same with its new sizes.
+
+Either way a head is a unit: its q, k and v rows of the input projection (laid out as ``(3,
+num_heads, head_dim)``) and their bias, and its ``head_dim`` input columns of the output
+projection. ``num_heads`` follows; ``head_dim`` and the attention's scale stay as they were, so a
+pruned attention computes what the original computes with those heads' outputs zeroed. One head is
+kept in every attention (every layer keeps a channel). The output projection's outputs are new
+channels, as a linear layer's are.
+
+>>> import torch, torch.nn as nn
+>>> from prune_core.channels.graph import ChannelGraph
+>>> layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+>>> graph = ChannelGraph.build(nn.Sequential(layer), torch.randn(2, 5, 16))
+>>> heads = [u for u in graph.units if u.producers == ("0.self_attn",)]
+>>> len(heads), heads[0].counts[("0.self_attn.in_proj_weight", 0)]   # 4 heads of 4 q, k and v rows each
+(4, 12)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_core.channels.attention import PrunedMultiheadAttention
+from prune_core.channels.labels import shaped
+from prune_core.channels.rule_call import OpCall, Propagation, channel_vector
+
+
+def _arg(args, kwargs, index: int, name: str):
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def fused_qkv_attention(prop: Propagation, call: OpCall):
+    """Multi-head self-attention with a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention``, and
+    Swin's ``WindowAttention`` with its per-head relative position bias table, whose head's column goes with
+    the head). ``attn_dim`` follows where the module has it. The heads are kept (with the reason) where the
+    module gates or normalises the heads' outputs together."""
+    n, args, lab_args, result = call.node, call.args, call.labels, call.result
+    m, fqn, x = prop.modules[n.target], n.target, args[0]
+    qkv, proj, heads = m.qkv, m.proj, m.num_heads
+    head_dim = getattr(m, "head_dim", None) or qkv.out_features // (3 * heads)
+    if qkv.out_features != 3 * heads * head_dim or proj.in_features != heads * head_dim:
+        return None
+    gated = getattr(m, "gate", None) is not None
+    vector = channel_vector(prop, lab_args[0], x.ndim - 1, qkv.in_features, f"{fqn}.qkv")
+    prop.site(f"{fqn}.qkv.weight", 1, vector, "input")
+    if gated:  # the gate reads the input too
+        prop.site(f"{fqn}.gate.weight", 1, vector, "input")
+    per_head = prop.producer(f"{fqn}.qkv", heads)
+    if gated or not isinstance(getattr(m, "norm", None), (type(None), nn.Identity)):
+        prop.slots.block(per_head, f"`{fqn}` gates or normalises its heads' outputs together: its heads are kept")
+    rows = np.tile(np.repeat(per_head, head_dim), 3)
+    prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), rows, "filter")
+    prop.site(f"{fqn}.proj.weight", 1, np.repeat(per_head, head_dim), "input")
+    prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
+    if hasattr(m, "attn_dim"):
+        prop.site(f"{fqn}.attn_dim", 0, np.repeat(per_head, head_dim), "follower", kind="attribute")
+    table = getattr(m, "relative_position_bias_table", None)
+    if isinstance(table, nn.Parameter) and table.ndim == 2 and table.shape[1] == heads:
+        prop.site(f"{fqn}.relative_position_bias_table", 1, per_head, "follower")
+    out = prop.producer(f"{fqn}.proj", proj.out_features)
+    prop.module_sites(f"{fqn}.proj", ("weight", "bias"), out, "filter")
+    return shaped(out, result.ndim, result.ndim - 1)
+
+
+def multihead_attention(prop: Propagation, call: OpCall):
+    """``nn.MultiheadAttention`` and its pruned form. The query, key and value share ``in_proj_weight``'s input
+    columns, so their channels are one (the width of a cross-attention's memory is tied to the query's). Heads
+    given a per-head (3-D) ``attn_mask`` are kept. Not understood (the operation is then unsupported and every
+    channel reaching it kept): separate key and value widths (``kdim``/``vdim``), ``add_bias_kv``,
+    ``add_zero_attn`` and subclasses."""
+    n, args, kwargs, lab_args, lab_kwargs, result = call
+    m, fqn = prop.modules[n.target], n.target
+    if type(m) not in (nn.MultiheadAttention, PrunedMultiheadAttention):
+        return None
+    if m.in_proj_weight is None or m.bias_k is not None or m.add_zero_attn:
+        return None
+    heads, head_dim, width = m.num_heads, m.head_dim, m.in_proj_weight.shape[1]
+    if m.in_proj_weight.shape[0] != 3 * heads * head_dim or m.out_proj.in_features != heads * head_dim:
+        return None
+    vector = None
+    for index, name in enumerate(("query", "key", "value")):
+        x, lab = _arg(args, kwargs, index, name), _arg(lab_args, lab_kwargs, index, name)
+        if not isinstance(x, torch.Tensor):
+            return None
+        channels = channel_vector(prop, lab, x.ndim - 1, width, fqn)
+        if vector is None:
+            vector = channels
+        else:
+            prop.slots.unify_arrays(vector, channels)
+    prop.site(f"{fqn}.in_proj_weight", 1, vector, "input")
+    per_head = prop.producer(fqn, heads)
+    mask = _arg(args, kwargs, 5, "attn_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+        prop.slots.block(per_head, f"`{fqn}` is given a per-head attention mask: its heads are kept")
+    prop.module_sites(fqn, ("in_proj_weight", "in_proj_bias"), np.tile(np.repeat(per_head, head_dim), 3), "filter")
+    prop.site(f"{fqn}.out_proj.weight", 1, np.repeat(per_head, head_dim), "input")
+    prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
+    out = prop.producer(f"{fqn}.out_proj", m.out_proj.out_features)
+    prop.module_sites(f"{fqn}.out_proj", ("weight", "bias"), out, "filter")
+    output, weights = result
+    labels = shaped(out, output.ndim, output.ndim - 1)
+    return labels, None if weights is None else prop.fresh(weights, f"the attention weights of `{fqn}`")
