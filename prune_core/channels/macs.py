@@ -8,8 +8,9 @@ weight's size. Removing an entry of that weight removes that many MACs (exact fo
 and linear layers, whose MACs are the weight's size times the output positions, which filter
 pruning never changes), so a ``RemovalTally`` weighted by it counts the MACs a removal saves.
 An ``nn.MultiheadAttention``'s MACs (projections and attention products) are spread evenly over
-the entries of its ``in_proj_weight`` and ``out_proj.weight``: a head holds the same share of
-both as of the MACs, so this is exact for heads; for the width it overcounts by the attention
+the entries of its ``in_proj_weight`` and ``out_proj.weight``, and a fused-qkv attention's
+attention products over its ``qkv.weight``: a head holds the same share of those weights as of
+those MACs, so this is exact for heads; for the embedding width it overcounts by the attention
 products' share.
 
 Both run the model read-only: eval mode, no gradients, every buffer and mode restored. The
@@ -36,6 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prune_core.channels.example import ExampleInput
+from prune_core.channels.ops import module_kind
 from prune_core.channels.preserve import preserved
 
 if TYPE_CHECKING:
@@ -87,10 +89,13 @@ def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
         if flops:
             result[f"{name}.weight"] = flops / 2 / batch / weight.numel()
     for name, module in model.named_modules():
+        prefix, flops = f"{name}." if name else "", per_module.get(f"{root}.{name}" if name else root, 0)
         if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
-            flops = per_module.get(f"{root}.{name}" if name else root, 0)
             entries = module.in_proj_weight.numel() + module.out_proj.weight.numel()
-            prefix = f"{name}." if name else ""
             for weight in ("in_proj_weight", "out_proj.weight"):
                 result[prefix + weight] = flops / 2 / batch / entries
+        elif module_kind(module) == "fused_qkv_attention":  # its attention products, beside qkv's and proj's
+            own = flops - sum(per_module.get(f"{root}.{prefix}{child}", 0) for child, _ in module.named_children())
+            qkv = f"{prefix}qkv.weight"
+            result[qkv] = result.get(qkv, 0.0) + own / 2 / batch / module.qkv.weight.numel()
     return result

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prune_core import ChannelGraph, TrainingOptions, analyze_compression, compress_network, remove_units
-from prune_core.channels import load_pruned, save_pruned
+from prune_core.channels import count_macs, load_pruned, macs_per_weight, save_pruned
 from tests.support.equivalence import check_surgery, outputs, random_units, removal_equals_zeroing, zeroed_reference
 
 timm = pytest.importorskip("timm")
@@ -74,6 +74,16 @@ def test_the_embedding_width_is_one_group_through_every_block():
         kept = pruned.patch_embed.proj.out_channels
         assert kept < 48 and pruned.cls_token.shape[-1] == pruned.pos_embed.shape[-1] == pruned.head.in_features == kept
         assert pruned.norm.normalized_shape == (kept,) and pruned.blocks[1].mlp.fc1.in_features == kept
+
+
+def test_macs_per_weight_counts_a_heads_macs_attention_products_included():
+    model, example = small_vit(), torch.zeros(2, 3, 16, 16)
+    graph = ChannelGraph.build(model, example)
+    head = next(u.id for u in graph.removable_units() if u.producers == ("blocks.1.attn.qkv",))
+    estimate = graph.learnables_removed([head], macs_per_weight(model, example))
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, [head])
+    assert estimate == pytest.approx(count_macs(model, example) - count_macs(pruned, example), rel=1e-9)
 
 
 def test_a_vision_transformer_can_lose_nearly_everything_but_its_outputs():
