@@ -248,7 +248,7 @@ def fine_tune(
                 state = dict(row)
                 if validation is not None and log.iteration % options.validation_frequency == 0:
                     last_validation = validate(epoch + 1)
-                    state.update({f"validation_{k}": v for k, v in last_validation.items() if k not in row})
+                    state.update({f"validation_{k}": v for k, v in last_validation.items() if k not in _COUNTERS})
                     if patience.exhausted(last_validation[options.objective_metric_name]):
                         return FineTuneOutcome("completed", last_validation)
                 if progress and log.iteration % options.verbose_frequency == 0:

@@ -1,14 +1,14 @@
 """Everything a finished pruning run logs, and each pruning iteration as it happens.
 
-- ``LiveLog``: each fine-tuning iteration's ``train/...`` metrics (step = fine-tuning iteration)
-  and each pruning iteration's ``pruning/...`` metrics (step = pruning iteration), logged on a
+- ``LiveLog``: each fine-tuning iteration's ``train/...`` metrics and each validation's
+  ``validation/...`` metrics (step = fine-tuning iteration) and each pruning iteration's
+  ``pruning/...`` metrics (step = pruning iteration), logged on a
   thread of their own as they happen, and each checkpoint as the background writer finishes it,
   so a long trial shows in the UI while it runs and pruning never waits for MLflow;
 - ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
   values, as single-value metrics named after the study's objectives (``validation_accuracy``,
   ``reduction``, ...: what the MLflow UI's run table shows) and the tag
-  ``taylorprune.returned_iteration``; each validation's ``validation/...`` metrics;
-  the three history tables (``mlflow.load_table``-able JSON), the Hydra config, the
+  ``taylorprune.returned_iteration``; the three history tables (``mlflow.load_table``-able JSON), the Hydra config, the
   progress plot and the final model (``mlflow.pytorch`` flavour, named
   ``trial-<N>`` in a study and linked to the returned iteration's step; and the safe format);
 - ``log_deployment``: the returned network's export and latency.
@@ -76,6 +76,16 @@ def pruning_metrics(row: dict, timestamp: int) -> list[Metric]:
     return [Metric(f"pruning/{k}", float(row[k]), timestamp, int(row["iteration"])) for k in keys if k in row]
 
 
+def validation_metrics(row: dict, step: int, timestamp: int) -> list[Metric]:
+    """A validation's ``validation/...`` metrics from a row's ``validation_<name>`` values (a fine-tuning
+    state, or a pruning history row), at fine-tuning iteration ``step``."""
+    return [
+        Metric(f"validation/{key.removeprefix('validation_')}", float(value), timestamp, step)
+        for key, value in row.items()
+        if key.startswith("validation_")
+    ]
+
+
 def step_metrics(prefix: str, row: dict, timestamp: int) -> list[Metric]:
     """One fine-tuning iteration's (or validation's) ``<prefix>/...`` metrics (step = fine-tuning iteration)."""
     step = int(row["iteration"])
@@ -91,7 +101,9 @@ class LiveLog:
     pruning iteration (``compress_network(iteration_fn=live)``) as they happen, on a thread of its own,
     and each checkpoint as it is written (``checkpoint_fn=live.checkpoint``, on the background writer's
     thread): the UI shows a trial's curves while it runs, and pruning never waits for the store.
-    Fine-tuning rows are sent in one batch per pruning iteration.
+    Fine-tuning rows are sent in one batch per pruning iteration. Validations go the same way: those
+    during fine-tuning from its states, the one that ends a fine-tuning (or precedes pruning) from the
+    pruning iteration's row, at the fine-tuning iteration it ended on.
 
     Its own thread rather than MLflow's asynchronous logging: MLflow's queue polls with a one-second
     timeout, so ending a run that used it waits up to a second (half a second per trial on average).
@@ -114,14 +126,34 @@ class LiveLog:
         self._steps: list[Metric] = []
         self._held: list[tuple[int, list[Metric]]] = []  # (pruning iteration, its metrics) until checkpointed
         self._lock = threading.Lock()  # checkpoints arrive on the writer's thread
+        self._validated: set[tuple[int, int]] = set()  # (pruning, fine-tuning iteration) of validations sent or held
 
     def fine_tuning_step(self, state: dict) -> bool:
-        """Keep one fine-tuning iteration's ``train/...`` metrics for the next batch; never asks to stop."""
-        self._steps += step_metrics("train", state, int(time.time() * 1000))
+        """Keep one fine-tuning iteration's ``train/...`` metrics (and its validation's, if it had one) for the
+        next batch; never asks to stop."""
+        now = int(time.time() * 1000)
+        validation = self._validation(state, int(state["pruning_iteration"]), int(state["iteration"]), now)
+        self._steps += step_metrics("train", state, now) + validation
         return False
 
+    def _validation(self, row: dict, pruning_iteration: int, step: int, timestamp: int) -> list[Metric]:
+        """``validation_metrics`` of a validation not sent or held yet."""
+        metrics = validation_metrics(row, step, timestamp)
+        if not metrics or (pruning_iteration, step) in self._validated:
+            return []
+        self._validated.add((pruning_iteration, step))
+        return metrics
+
+    def _ending_validation(self, row: dict, timestamp: int) -> list[Metric]:
+        """The validation in a pruning history row (if it has one): the one that ended its fine-tuning."""
+        if "end_iteration" not in row:
+            return []
+        return self._validation(row, int(row["iteration"]), int(row["end_iteration"]), timestamp)
+
     def __call__(self, row: dict) -> None:
-        metrics, self._steps = self._steps + pruning_metrics(row, int(time.time() * 1000)), []
+        now = int(time.time() * 1000)
+        metrics = self._steps + pruning_metrics(row, now) + self._ending_validation(row, now)
+        self._steps = []
         if not self.checkpoints:
             self._send(metrics)
             return
@@ -133,7 +165,9 @@ class LiveLog:
         on from) that the run does not have yet: those its killed process held when it died."""
         logged = {m.step for m in self.client.get_metric_history(self.run_id, "pruning/reduction")}
         now = int(time.time() * 1000)
-        self._send([m for row in rows if int(row["iteration"]) not in logged for m in pruning_metrics(row, now)])
+        missing = [row for row in rows if int(row["iteration"]) not in logged]
+        self._send([m for row in missing for m in pruning_metrics(row, now)])
+        self._send([m for row in missing for m in self._ending_validation(row, now)])
 
     def _release(self, through: float) -> None:
         """Send the held metrics of the pruning iterations up to ``through``."""
@@ -170,20 +204,15 @@ class LiveLog:
         self._pool.shutdown(wait=True)
 
 
-def history_metrics(info: PruningInfo, parts: tuple[str, ...] = ("pruning", "train", "validation")) -> list[Metric]:
-    """The history as metrics, time-stamped when each row happened (from the tables' ``time_s``): per
-    pruning iteration (``pruning/...``) and per fine-tuning iteration (``train/...``, ``validation/...``),
-    of the ``parts`` named (the rest was logged live)."""
+def history_metrics(info: PruningInfo) -> list[Metric]:
+    """The whole history as metrics, time-stamped when each row happened (from the tables' ``time_s``): per
+    pruning iteration (``pruning/...``) and per fine-tuning iteration (``train/...``, ``validation/...``). A
+    run logs them live instead (``LiveLog``); this is what ``benchmarks.sweep_overhead`` batches."""
     now = int(time.time() * 1000)
-    metrics = []
-    if "pruning" in parts:
-        for row in info.pruning_history.to_dict("records"):
-            metrics += pruning_metrics(row, now)
+    metrics = [m for row in info.pruning_history.to_dict("records") for m in pruning_metrics(row, now)]
     tables = (("train", info.training_history), ("validation", info.validation_history))
     started = now - int(1000 * max([0.0, *(float(t["time_s"].max()) for _, t in tables if len(t))]))
     for prefix, table in tables:
-        if prefix not in parts:
-            continue
         for row in table.to_dict("records"):
             stamp = started + int(1000 * row["time_s"]) if "time_s" in row else now
             metrics += step_metrics(prefix, row, stamp)
@@ -233,7 +262,6 @@ def log_pruning(
         # the fine-tuning step that happens to share the number, and MLflow reads back only those
         trial = run.data.tags.get(layout.TRIAL)
         log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
-    _metric_batches(client, run_id, history_metrics(info, parts=("validation",)))
     for name in layout.TABLES:
         table: pd.DataFrame = getattr(info, name)
         mlflow.log_table(table, artifact_file=layout.table(name), run_id=run_id)

@@ -195,6 +195,20 @@ def test_gradient_clipping_methods_bound_the_update():
         assert (net.weight.detach() - before).abs().max() <= 1e-3 + 1e-7
 
 
+def test_output_fn_is_given_each_validations_values():
+    x, y = toy_classification()
+    states = []
+    options = TrainingOptions(
+        "adam", max_epochs=1, mini_batch_size=32, metrics=["accuracy"], validation_frequency=2, output_fn=states.append
+    )
+    log = TrainingLog()
+    fine_tune(nn.Linear(3, 2), as_source(x, y), resolve_loss("crossentropy"), options, log, validation=as_source(x, y))
+    validated = [s for s in states if "validation_loss" in s]
+    assert [s["iteration"] for s in validated] == [s["iteration"] for s in log.validation if s["iteration"] % 2 == 0]
+    assert validated and all({"validation_loss", "validation_accuracy"} <= set(s) for s in validated)
+    assert [s["validation_loss"] for s in validated] == [r["loss"] for r in log.validation if r["iteration"] % 2 == 0]
+
+
 def test_output_fn_stops_and_divergence_is_reported():
     x, y = toy_classification()
     calls = []

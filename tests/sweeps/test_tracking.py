@@ -3,10 +3,12 @@
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from torch import nn
 
-from prune_core import PruningInfo
+from prune_core import PruningInfo, TrainingOptions, compress_network
 from sweeps import layout
 from sweeps.tracking import history as tracking_history
 from sweeps.tracking.store import experiment_id
@@ -128,3 +130,33 @@ def test_live_log_sends_fine_tuning_steps_with_each_pruning_row_in_batches_of_at
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, 1202))
     assert [m.value for m in client.get_metric_history(run.info.run_id, "pruning/reduction")] == [0.4]
+
+
+def test_live_log_sends_every_validation_once_as_it_happens(tmp_path, monkeypatch):
+    """Validations during fine-tuning (every 3rd iteration) and those that end a fine-tuning or precede pruning
+    go out live, at their fine-tuning iteration, each once: what the validation history table holds."""
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("live"))
+    torch.manual_seed(0)
+    x, y = torch.randn(80, 6), torch.randint(0, 3, (80,))
+    network = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    with tracking_history.LiveLog(client, run.info.run_id) as live:
+        options = TrainingOptions(
+            "adam",
+            max_epochs=1,
+            mini_batch_size=16,
+            metrics=["accuracy"],
+            validation_data=(x, y),
+            validation_frequency=3,
+            output_fn=live.fine_tuning_step,
+        )
+        _, info = compress_network(
+            network, x, y, "crossentropy", options, goal=0.5, increment=0.2, iteration_fn=live, verbosity="off"
+        )
+        live.flush()
+    table = info.validation_history
+    assert len(table) > len(info.pruning_history), "validations during fine-tuning too"
+    for name in ("loss", "accuracy"):
+        logged = client.get_metric_history(run.info.run_id, f"validation/{name}")
+        assert sorted((m.step, m.value) for m in logged) == sorted(zip(table["iteration"], table[name].astype(float)))
