@@ -142,6 +142,9 @@ def test_a_retried_trial_goes_on_from_the_last_checkpoint_of_its_killed_worker(t
     table = mlflow.load_table("tables/pruning_history.json", run_ids=[run.info.run_id])
     assert sorted(steps) == table["iteration"].tolist() == list(range(len(table))), "every iteration exactly once"
     assert table["reduction"].iloc[-1] >= 0.6
+    validations = [m.step for m in client(tmp_path).get_metric_history(run.info.run_id, "validation/loss")]
+    assert len(set(validations)) == len(validations), "every validation once, the killed process's included"
+    assert set(table["end_iteration"]) <= set(validations), "the validation ending every pruning iteration"
 
 
 def test_two_studies_started_together_keep_their_trials_apart(tmp_path):
