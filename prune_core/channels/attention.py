@@ -117,11 +117,25 @@ def to_pruned_form(module: nn.MultiheadAttention) -> None:
     module._qkv_same_embed_dim = False  # keeps torch's fused kernels away (see the module docstring)
 
 
+def attends_alike(module: nn.Module) -> bool:
+    """Whether ``attend`` computes what ``module``'s forward does: an ``nn.MultiheadAttention`` (or its pruned
+    form) with one input projection, without ``add_bias_kv`` or ``add_zero_attn``."""
+    return (
+        type(module) in (nn.MultiheadAttention, PrunedMultiheadAttention)
+        and module.in_proj_weight is not None
+        and module.bias_k is None
+        and not module.add_zero_attn
+    )
+
+
 @contextmanager
 def out_proj_called(model: nn.Module) -> Iterator[None]:
-    """Inside, every ``nn.MultiheadAttention`` of ``model`` runs ``attend`` (the same computation), which
-    calls its ``out_proj`` as a module, so hooks on ``out_proj`` see the heads' outputs; put back after."""
-    native = [m for m in model.modules() if type(m) is nn.MultiheadAttention and "forward" not in vars(m)]
+    """Inside, every ``nn.MultiheadAttention`` of ``model`` that ``attends_alike`` runs ``attend`` (the same
+    computation), which calls its ``out_proj`` as a module, so hooks on ``out_proj`` see the heads' outputs;
+    put back after."""
+    native = [
+        m for m in model.modules() if type(m) is nn.MultiheadAttention and attends_alike(m) and "forward" not in vars(m)
+    ]
     for module in native:
         module.forward = MethodType(attend, module)  # type: ignore[method-assign]
     try:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.channels.attention import PrunedMultiheadAttention
+from prune_core.channels.attention import attends_alike
 from prune_core.channels.labels import shaped
 from prune_core.channels.rule_call import OpCall, Propagation, channel_vector
 
@@ -80,9 +80,7 @@ def multihead_attention(prop: Propagation, call: OpCall):
     ``add_zero_attn`` and subclasses."""
     n, args, kwargs, lab_args, lab_kwargs, result = call
     m, fqn = prop.modules[n.target], n.target
-    if type(m) not in (nn.MultiheadAttention, PrunedMultiheadAttention):
-        return None
-    if m.in_proj_weight is None or m.bias_k is not None or m.add_zero_attn:
+    if not attends_alike(m):
         return None
     heads, head_dim, width = m.num_heads, m.head_dim, m.in_proj_weight.shape[1]
     if m.in_proj_weight.shape[0] != 3 * heads * head_dim or m.out_proj.in_features != heads * head_dim:

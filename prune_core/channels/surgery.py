@@ -4,9 +4,9 @@
 units with a smaller copy (``index_select`` of the kept entries along each pruned dim) and
 updates the layers' channel attributes (``in_channels``, ``out_channels``, ``groups``,
 ``num_features``, ``in_features``, ``embed_dim``, ...). The model keeps its classes and stays
-trainable, except that a pruned ``nn.MultiheadAttention`` becomes a ``PrunedMultiheadAttention``
-(a subclass whose forward allows its new sizes: ``attention``); any optimizer holding the old
-parameters must be rebuilt.
+trainable and scriptable, except that a pruned ``nn.MultiheadAttention`` becomes a
+``PrunedMultiheadAttention`` (a subclass whose forward allows its new sizes: ``attention``); any
+optimizer holding the old parameters must be rebuilt.
 
 Every surgery is checked (``verify``, on by default): on the graph's example input, the
 pruned model must equal the original with the removed channels zeroed at their consumers.

@@ -174,6 +174,9 @@ def test_heads_of_a_per_head_mask_and_separate_key_widths_are_kept_with_the_reas
 
     report = analyze_compression(Cross(), (torch.zeros(2, 5, 16), torch.zeros(2, 3, 8)), verbose=False)
     assert report.max_removable_learnables == 0 and "MultiheadAttention" in str(report.graph.unsupported)
+    others = nn.ModuleList([Cross().attention, nn.MultiheadAttention(16, 4, add_bias_kv=True)])
+    with out_proj_called(others):  # attend does not compute what these do: they keep their own forward
+        assert all("forward" not in vars(m) for m in others)
 
 
 def test_taylor_scores_reach_the_heads_and_the_forward_is_put_back():
