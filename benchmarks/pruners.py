@@ -9,8 +9,13 @@ for it. Per study, from Optuna's own records: the best feasible value, the time 
 trial's start to the completion of the trial that first reached it, the total time, and the
 trials that completed or were pruned.
 
-Run: ``python -m benchmarks.pruners [--trials 12] [--pruners none median hyperband]``. Writes
-``benchmarks/results/pruners.md``.
+With ``--jobs k`` (k > 1) the studies run k trials at once through the joblib launcher, once per
+``--launch`` mode: ``slots`` (each slot takes the next trial as soon as its own ends) and
+``batches`` (``hydra.sweeper.slots=false``: batches of k, each waiting for its slowest trial), so
+the two are measured side by side, under the same load.
+
+Run: ``python -m benchmarks.pruners [--trials 12] [--pruners none median hyperband] [--jobs 2 --launch
+slots batches]``. Writes ``benchmarks/results/pruners.md`` (``pruners_<k>_jobs.md`` with ``--jobs k``).
 """
 
 from __future__ import annotations
@@ -47,8 +52,15 @@ STUDY = [
 ]
 
 
-def run_study(folder: Path, pruner: str, trials: int) -> float:
-    """One study in ``folder``; its wall-clock seconds."""
+def launching(jobs: int, launch: str) -> list[str]:
+    """The overrides that run ``jobs`` trials at once in ``launch`` mode (none for one at a time)."""
+    if jobs == 1:
+        return []
+    return ["hydra/launcher=joblib", f"hydra.sweeper.n_jobs={jobs}", f"hydra.sweeper.slots={launch == 'slots'}"]
+
+
+def run_study(folder: Path, pruner: str, trials: int, launch: list[str] = ()) -> float:
+    """One study in ``folder`` (``launch``: ``launching``'s overrides); its wall-clock seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     subprocess.run(
@@ -60,6 +72,7 @@ def run_study(folder: Path, pruner: str, trials: int) -> float:
             *STUDY,
             f"hydra.sweeper.n_trials={trials}",
             f"hydra.sweeper.pruner={pruner}",
+            *launch,
         ],
         cwd=folder,
         env=env,
@@ -69,7 +82,7 @@ def run_study(folder: Path, pruner: str, trials: int) -> float:
     return time.perf_counter() - started
 
 
-def summary(folder: Path, pruner: str, seconds: float) -> dict:
+def summary(folder: Path, pruner: str, seconds: float) -> dict[str, object]:
     study = optuna.load_study(study_name="taylorprune", storage=f"sqlite:///{folder / 'optuna.db'}")
     trials = study.get_trials(deepcopy=False)
     start = min(t.datetime_start for t in trials)
@@ -99,25 +112,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--pruners", nargs="+", default=["none", "median"])
+    parser.add_argument("--jobs", type=int, default=1, help="trials at once (joblib launcher when > 1)")
+    parser.add_argument("--launch", nargs="+", choices=["slots", "batches"], default=["slots"])
     args = parser.parse_args()
+    modes = args.launch if args.jobs > 1 else ["one at a time"]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         warm = Path(scratch) / "warm"
         warm.mkdir()
         run_study(warm, "none", 1)  # trains and caches the base network once
         for pruner in args.pruners:
-            folder = Path(scratch) / pruner
-            folder.mkdir()
-            shutil.copytree(warm / ".cache", folder / ".cache")
-            rows.append(summary(folder, pruner, run_study(folder, pruner, args.trials)))
-            print(rows[-1], flush=True)
+            for mode in modes:
+                folder = Path(scratch) / f"{pruner}-{mode}"
+                folder.mkdir()
+                shutil.copytree(warm / ".cache", folder / ".cache")
+                seconds = run_study(folder, pruner, args.trials, launching(args.jobs, mode))
+                rows.append({"launch": mode} | summary(folder, pruner, seconds))
+                print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     publish(
-        "pruners",
+        "pruners" if args.jobs == 1 else f"pruners_{args.jobs}_jobs",
         [
             "# Optuna pruners against no pruner (sweep=max_reduction)",
             "",
-            f"{args.trials} trials per study, sampler seed 0, the default search space, MNIST-1D (2000 examples), "
+            f"{args.trials} trials per study, {args.jobs} at a time, sampler seed 0, the default search space, "
+            "MNIST-1D (2000 examples), "
             f"the same cached base network; feasible: validation accuracy >= 85%. torch {torch.__version__}, optuna "
             f"{optuna.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores. Produced by "
             f"`python -m benchmarks.pruners {' '.join(sys.argv[1:])}`.",

@@ -5,8 +5,10 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
 
 - the search space comes from ``hydra.sweeper.params`` and the command line, in Hydra's sweep
   grammar (``search_space``);
-- trials are asked ``n_jobs`` at a time, handed to the configured Hydra launcher as one batch,
-  and told their results (a float, a list for several objectives, or a dict
+- ``n_jobs`` trials run at once: with a launcher that runs jobs in other processes (joblib,
+  submitit), each of ``n_jobs`` slots launches one trial at a time and asks for the next as soon as
+  its own ends (``slots``; ``slots=false``, or Hydra's basic launcher: batches of ``n_jobs``, one
+  launch each). Trials are told their results (a float, a list for several objectives, or a dict
   ``{"values": ..., "constraints": ..., "user_attrs": ...}``, the attributes stored on the
   trial); a job that raises is recorded as FAIL;
 - ``metric_names`` (one per objective) become the study's metric names, which

@@ -10,7 +10,8 @@ import logging
 import math
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ from optuna_sweep.progress import CONSTRAINTS_ATTR
 from optuna_sweep.pruners import TRIAL_ID_ENV, check_pruner, make_pruner
 from optuna_sweep.reconnecting import RECONNECT_SECONDS
 from optuna_sweep.search_space import GRAMMAR, as_override, check_resumable, grid, search_space
+from optuna_sweep.slots import Slots, runs_jobs_elsewhere
 from optuna_sweep.storage import open_storage
 from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 
@@ -82,7 +84,7 @@ def sampler_seed(seed: int, trials_at_start: int, worker_id: int | None) -> int:
 
 
 @contextmanager
-def heartbeats(storage, trials: Sequence[optuna.Trial]) -> Iterator[None]:
+def heartbeats(storage, trials: Collection[optuna.Trial]) -> Iterator[None]:
     """Record the trials' heartbeats every ``heartbeat_interval`` seconds while they run (a database storage
     with heartbeats on; otherwise nothing). Optuna does this only inside ``study.optimize``."""
     interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
@@ -93,7 +95,7 @@ def heartbeats(storage, trials: Sequence[optuna.Trial]) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            for trial in trials:
+            for trial in list(trials):  # the slots' trials change while it beats
                 storage.record_heartbeat(trial._trial_id)  # the id Optuna's own heartbeat thread records
             if stop.wait(interval):
                 return
@@ -141,6 +143,7 @@ class OptunaSweeperImpl(Sweeper):
         driver_hint: str | None = None,
         reconnect_seconds: float = RECONNECT_SECONDS,
         callbacks: DictConfig | None = None,
+        slots: bool = True,
     ) -> None:
         self.sampler_config, self.study_name, self.storage = sampler, study_name, storage
         directions = list(direction) if isinstance(direction, (list, ListConfig)) else [direction]
@@ -183,6 +186,9 @@ class OptunaSweeperImpl(Sweeper):
         check_pruner(pruner, directions, storage, self.pruner_options)
         self.pruner, self.driver_hint = pruner, driver_hint
         self.callback_configs = dict(callbacks or {})
+        if not isinstance(slots, bool):
+            raise ValueError(f"hydra.sweeper.slots must be true or false, got {slots!r}")
+        self.slots = slots
         self.retry = (
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry_failed_trials)
             if retry_failed_trials
@@ -277,46 +283,10 @@ class OptunaSweeperImpl(Sweeper):
             f"Study {study.study_name}: {self.n_trials} trials over {sorted(space)} "
             f"({len(study.trials)} already in the study)"
         )
-        done = failed = 0
-        while done < self.n_trials:
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
-                log.info(f"The grid is exhausted after {done} new trials")
-                break
-            optuna.storages.fail_stale_trials(study)  # heartbeats (if on): workers that died on any host
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            for trial in trials:
-                trial.set_user_attr(WORKER_ATTR, this_worker())
-            overrides = [
-                [
-                    *fixed,
-                    *(as_override(k, v) for k, v in t.params.items()),
-                    f"++hydra.job.env_set.{TRIAL_ENV}={t.number}",
-                    f"++hydra.job.env_set.{TRIAL_ID_ENV}={t._trial_id}",
-                    *self._retried(storage, t),
-                ]
-                for t in trials
-            ]
-            try:
-                self.validate_batch_is_legal(overrides)
-                with heartbeats(storage, trials):
-                    returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
-            except BaseException:
-                for trial in trials:
-                    study.tell(trial, state=TrialState.FAIL)
-                raise
-            for trial, job in zip(trials, returns, strict=True):
-                failed += not self._tell(study, trial, job)
-            if self.callbacks:
-                told = {t.number: t for t in study.get_trials(deepcopy=False)}
-                for trial in trials:
-                    for callback in self.callbacks:
-                        callback(study, told[trial.number])
-            done += len(trials)
-            if done and failed / done > self.max_failure_rate:
-                raise RuntimeError(
-                    f"{failed} of {done} trials failed, more than hydra.sweeper.max_failure_rate="
-                    f"{self.max_failure_rate}; the study {study.study_name!r} stops here"
-                )
+        if self.slots and self.n_jobs > 1 and runs_jobs_elsewhere(self.launcher):
+            done, failed = self._in_slots(study, space, fixed, storage)
+        else:
+            done, failed = self._in_batches(study, space, fixed, storage)
         self._report(study, sweep_dir)
         if done and failed == done:
             raise RuntimeError(
@@ -324,6 +294,96 @@ class OptunaSweeperImpl(Sweeper):
                 f"the study {study.study_name!r} has no new result"
             )
         return study.best_trials
+
+    # -- asking, launching and telling ------------------------------------------------------
+    def _exhausted(self, study: optuna.Study, done: int) -> bool:
+        """Whether a grid study has no point left to ask (said once, in the log)."""
+        if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            log.info(f"The grid is exhausted after {done} new trials")
+            return True
+        return False
+
+    def _ask(self, study: optuna.Study, space, fixed: list[str], storage) -> tuple[optuna.Trial, list[str]]:
+        """A new trial and its job's overrides."""
+        trial = study.ask(space)
+        trial.set_user_attr(WORKER_ATTR, this_worker())
+        overrides = [
+            *fixed,
+            *(as_override(k, v) for k, v in trial.params.items()),
+            f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}",
+            f"++hydra.job.env_set.{TRIAL_ID_ENV}={trial._trial_id}",
+            *self._retried(storage, trial),
+        ]
+        return trial, overrides
+
+    def _told(self, study: optuna.Study, ended: list[tuple[optuna.Trial, Any]], done: int, failed: int) -> int:
+        """Tell the ``ended`` (trial, job) pairs, call the callbacks, and stop the study if too many trials
+        failed; the failures among them."""
+        failures = sum(not self._tell(study, trial, job) for trial, job in ended)
+        if self.callbacks:
+            told = {t.number: t for t in study.get_trials(deepcopy=False)}
+            for trial, _ in ended:
+                for callback in self.callbacks:
+                    callback(study, told[trial.number])
+        done, failed = done + len(ended), failed + failures
+        if done and failed / done > self.max_failure_rate:
+            raise RuntimeError(
+                f"{failed} of {done} trials failed, more than hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate}; the study {study.study_name!r} stops here"
+            )
+        return failures
+
+    def _in_batches(self, study: optuna.Study, space, fixed: list[str], storage) -> tuple[int, int]:
+        """Trials in batches of ``n_jobs``, each batch one launch: Hydra's basic launcher (which runs the jobs
+        one after another in this process), or ``slots=false``. Returns the trials done and failed."""
+        done = failed = 0
+        while done < self.n_trials and not self._exhausted(study, done):
+            optuna.storages.fail_stale_trials(study)  # heartbeats (if on): workers that died on any host
+            asked = [self._ask(study, space, fixed, storage) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            trials = [trial for trial, _ in asked]
+            try:
+                self.validate_batch_is_legal([overrides for _, overrides in asked])
+                with heartbeats(storage, trials):
+                    returns = self.launcher.launch(
+                        [overrides for _, overrides in asked], initial_job_idx=trials[0].number
+                    )
+            except BaseException:
+                for trial in trials:
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+            failed += self._told(study, list(zip(trials, returns, strict=True)), done, failed)
+            done += len(trials)
+        return done, failed
+
+    def _in_slots(self, study: optuna.Study, space, fixed: list[str], storage) -> tuple[int, int]:
+        """``n_jobs`` slots (``slots``): a slot asks for the next trial as soon as its own has ended. Returns the
+        trials done and failed."""
+        done = failed = asked = 0
+        running: dict[Future, optuna.Trial] = {}
+        beating: list[optuna.Trial] = []  # the running trials, as a list the heartbeat thread can copy
+        with Slots(self.launcher, self.n_jobs) as slots, heartbeats(storage, beating):
+            try:
+                while True:
+                    while len(beating) < self.n_jobs and asked < self.n_trials and not self._exhausted(study, done):
+                        optuna.storages.fail_stale_trials(study)  # heartbeats (if on): workers dead on any host
+                        trial, overrides = self._ask(study, space, fixed, storage)
+                        beating.append(trial)
+                        asked += 1
+                        self.validate_batch_is_legal([overrides])
+                        running[slots.launch(overrides, trial.number)] = trial
+                    if not running:
+                        return done, failed
+                    for future in sorted(slots.ended(running), key=lambda f: running[f].number):
+                        (job,) = future.result()
+                        trial = running.pop(future)
+                        beating.remove(trial)
+                        failed += self._told(study, [(trial, job)], done, failed)
+                        done += 1
+            except BaseException:
+                for trial in beating:
+                    study.tell(trial, state=TrialState.FAIL)
+                slots.stop()
+                raise
 
     @staticmethod
     def _retried(storage, trial: optuna.Trial) -> list[str]:

@@ -32,6 +32,10 @@ class TaylorpruneOptunaSweeperConf:
     load_if_exists: bool = True
     n_trials: int = 20
     n_jobs: int = 1
+    # With n_jobs > 1 and a launcher that runs jobs in other processes (joblib, submitit): each of the
+    # n_jobs slots takes the next trial as soon as its own ends. false: batches of n_jobs, each waiting
+    # for its slowest trial (what Hydra's own sweepers do; for a launcher that cannot launch from threads).
+    slots: bool = True
     max_failure_rate: float = 1.0
     constraints: Any = False  # true, or a non-empty mapping: jobs return Optuna constraints
     params: Optional[Dict[str, str]] = None
