@@ -14,8 +14,9 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
 - ``metric_names`` (one per objective) become the study's metric names, which
   optuna-dashboard and ``optuna.visualization`` show instead of "Objective 0";
 - ``storage`` + ``study_name`` + ``load_if_exists`` resume a study: each run adds ``n_trials``;
-- each job sees its trial number in the environment variable ``OPTUNA_TRIAL_NUMBER`` and the
-  study in ``hydra.sweeper`` (``HydraConfig``); a trial that runs a failed one again also sees that
+- each job sees its trial number in the environment variable ``OPTUNA_TRIAL_NUMBER``, its slot
+  in ``OPTUNA_SLOT`` (0 to ``n_jobs`` - 1, never shared by two trials of one sweeper that run at
+  once) and the study in ``hydra.sweeper`` (``HydraConfig``); a trial that runs a failed one again also sees that
   trial's number in ``OPTUNA_RETRIED_TRIAL_NUMBER``, so the job can go on from where it stopped;
 - many workers share a study: each trial records its worker (``workers``), a starting worker
   fails the trials of dead workers on its host, ``heartbeat_interval`` reaps those of other
@@ -42,12 +43,13 @@ from optuna_sweep.progress import check_reference_point, front_hypervolume
 from optuna_sweep.pruners import PRUNERS, job_trial, make_pruner
 from optuna_sweep.search_space import as_override, check_resumable, grid, search_space
 from optuna_sweep.storage import creation_lock, open_storage
-from optuna_sweep.sweeper import RETRIED_ENV, TRIAL_ENV, split_result
+from optuna_sweep.sweeper import RETRIED_ENV, SLOT_ENV, TRIAL_ENV, split_result
 from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 
 __all__ = [
     "PRUNERS",
     "RETRIED_ENV",
+    "SLOT_ENV",
     "TRIAL_ENV",
     "WORKER_ATTR",
     "as_override",

@@ -37,6 +37,7 @@ from optuna_sweep.workers import WORKER_ATTR, is_gone, this_worker
 log = logging.getLogger(__name__)
 TRIAL_ENV = "OPTUNA_TRIAL_NUMBER"
 RETRIED_ENV = "OPTUNA_RETRIED_TRIAL_NUMBER"  # set only for a trial that runs a failed one again
+SLOT_ENV = "OPTUNA_SLOT"  # 0 .. n_jobs - 1: no two trials of this sweeper that run at once share it
 
 
 def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
@@ -303,8 +304,8 @@ class OptunaSweeperImpl(Sweeper):
             return True
         return False
 
-    def _ask(self, study: optuna.Study, space, fixed: list[str], storage) -> tuple[optuna.Trial, list[str]]:
-        """A new trial and its job's overrides."""
+    def _ask(self, study: optuna.Study, space, fixed: list[str], storage, slot: int) -> tuple[optuna.Trial, list[str]]:
+        """A new trial and its job's overrides, to run in ``slot``."""
         trial = study.ask(space)
         trial.set_user_attr(WORKER_ATTR, this_worker())
         overrides = [
@@ -312,6 +313,7 @@ class OptunaSweeperImpl(Sweeper):
             *(as_override(k, v) for k, v in trial.params.items()),
             f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}",
             f"++hydra.job.env_set.{TRIAL_ID_ENV}={trial._trial_id}",
+            f"++hydra.job.env_set.{SLOT_ENV}={slot}",
             *self._retried(storage, trial),
         ]
         return trial, overrides
@@ -339,7 +341,9 @@ class OptunaSweeperImpl(Sweeper):
         done = failed = 0
         while done < self.n_trials and not self._exhausted(study, done):
             optuna.storages.fail_stale_trials(study)  # heartbeats (if on): workers that died on any host
-            asked = [self._ask(study, space, fixed, storage) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            asked = [
+                self._ask(study, space, fixed, storage, slot) for slot in range(min(self.n_jobs, self.n_trials - done))
+            ]
             trials = [trial for trial, _ in asked]
             try:
                 self.validate_batch_is_legal([overrides for _, overrides in asked])
@@ -359,24 +363,27 @@ class OptunaSweeperImpl(Sweeper):
         """``n_jobs`` slots (``slots``): a slot asks for the next trial as soon as its own has ended. Returns the
         trials done and failed."""
         done = failed = asked = 0
-        running: dict[Future, optuna.Trial] = {}
+        running: dict[Future, tuple[optuna.Trial, int]] = {}  # each launch's trial and slot
         beating: list[optuna.Trial] = []  # the running trials, as a list the heartbeat thread can copy
+        free = list(range(self.n_jobs))
         with Slots(self.launcher, self.n_jobs) as slots, heartbeats(storage, beating):
             try:
                 while True:
-                    while len(beating) < self.n_jobs and asked < self.n_trials and not self._exhausted(study, done):
+                    while free and asked < self.n_trials and not self._exhausted(study, done):
                         optuna.storages.fail_stale_trials(study)  # heartbeats (if on): workers dead on any host
-                        trial, overrides = self._ask(study, space, fixed, storage)
+                        slot = free.pop(0)
+                        trial, overrides = self._ask(study, space, fixed, storage, slot)
                         beating.append(trial)
                         asked += 1
                         self.validate_batch_is_legal([overrides])
-                        running[slots.launch(overrides, trial.number)] = trial
+                        running[slots.launch(overrides, trial.number)] = trial, slot
                     if not running:
                         return done, failed
-                    for future in sorted(slots.ended(running), key=lambda f: running[f].number):
+                    for future in sorted(slots.ended(running), key=lambda f: running[f][0].number):
                         (job,) = future.result()
-                        trial = running.pop(future)
+                        trial, slot = running.pop(future)
                         beating.remove(trial)
+                        free.append(slot)
                         failed += self._told(study, [(trial, job)], done, failed)
                         done += 1
             except BaseException:

@@ -1,9 +1,10 @@
 """Which device a job trains on: with several GPUs on one machine, concurrent trials each get their own.
 
 ``training.device=auto`` (and ``base.training.device``) becomes ``cuda:<k>`` with ``k`` the job's
-index modulo the number of visible GPUs (``CUDA_VISIBLE_DEVICES`` already limits what torch sees),
-so the ``n_jobs`` trials a launcher runs together land on different cards; with one GPU it is
-``cuda``, without one ``cpu``. Any other value is kept as given.
+index modulo the number of visible GPUs (``CUDA_VISIBLE_DEVICES`` already limits what torch sees):
+its sweeper slot (``OPTUNA_SLOT``), which no two trials of a sweeper that run at once share, so
+the ``n_jobs`` trials running together land on different cards; with one GPU it is ``cuda``,
+without one ``cpu``. Any other value is kept as given.
 
 >>> job_device("auto", job_index=5, cuda_count=4), job_device("auto", 5, 1), job_device("auto", 5, 0)
 ('cuda:1', 'cuda', 'cpu')
@@ -17,7 +18,7 @@ import os
 
 import torch
 
-from optuna_sweep.sweeper import TRIAL_ENV
+from optuna_sweep.sweeper import SLOT_ENV, TRIAL_ENV
 
 
 def job_device(device: str, job_index: int, cuda_count: int | None = None) -> str:
@@ -31,8 +32,11 @@ def job_device(device: str, job_index: int, cuda_count: int | None = None) -> st
 
 
 def job_index(default: int = 0) -> int:
-    """This job's index in a study: its Optuna trial number (unique across workers), else ``default``."""
-    try:
-        return int(os.environ[TRIAL_ENV])
-    except (KeyError, ValueError):
-        return default
+    """This job's index among the trials running with it: its sweeper slot, else its Optuna trial number, else
+    ``default``."""
+    for name in (SLOT_ENV, TRIAL_ENV):
+        try:
+            return int(os.environ[name])
+        except (KeyError, ValueError):
+            continue
+    return default

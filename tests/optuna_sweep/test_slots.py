@@ -14,7 +14,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from optuna_sweep.sweeper import OptunaSweeperImpl
+from optuna_sweep.sweeper import SLOT_ENV, OptunaSweeperImpl
 
 
 class GatedLauncher:
@@ -24,9 +24,12 @@ class GatedLauncher:
     def __init__(self, trials: int) -> None:
         self.started: queue.Queue[int] = queue.Queue()
         self.release = {number: threading.Event() for number in range(trials)}
+        self.slots: dict[int, str] = {}  # trial number -> its OPTUNA_SLOT override
 
     def launch(self, batch, initial_job_idx):
         assert len(batch) == 1, "one job per slot"
+        (slot,) = [o.rpartition("=")[2] for o in batch[0] if o.startswith(f"++hydra.job.env_set.{SLOT_ENV}=")]
+        self.slots[initial_job_idx] = slot
         self.started.put(initial_job_idx)
         self.release[initial_job_idx].wait()
         return [JobReturn(overrides=batch[0], status=JobStatus.COMPLETED, _return_value=float(initial_job_idx))]
@@ -68,6 +71,7 @@ def test_a_slot_takes_the_next_trial_as_soon_as_its_own_ends():
     loop.join()
     assert result == [(3, 0)]
     assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, float(n)) for n in range(3)]
+    assert launcher.slots[2] == launcher.slots[1] != launcher.slots[0], "trial 2 took the slot trial 1 freed"
 
 
 def test_an_interrupt_fails_the_running_trials_and_leaves_nothing_running():
