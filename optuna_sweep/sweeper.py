@@ -365,11 +365,14 @@ class OptunaSweeperImpl(Sweeper):
         done = failed = asked = 0
         running: dict[Future, tuple[optuna.Trial, int]] = {}  # each launch's trial and slot
         beating: list[optuna.Trial] = []  # the running trials, as a list the heartbeat thread can copy
-        free = list(range(self.n_jobs))
+        free, exhausted = list(range(self.n_jobs)), False
         with Slots(self.launcher, self.n_jobs) as slots, heartbeats(storage, beating):
             try:
                 while True:
-                    while free and asked < self.n_trials and not self._exhausted(study, done):
+                    while free and asked < self.n_trials and not exhausted:
+                        exhausted = self._exhausted(study, done)
+                        if exhausted:
+                            break
                         optuna.storages.fail_stale_trials(study)  # heartbeats (if on): workers dead on any host
                         slot = free.pop(0)
                         trial, overrides = self._ask(study, space, fixed, storage, slot)

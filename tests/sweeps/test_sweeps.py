@@ -287,19 +287,25 @@ def test_ctrl_c_stops_the_study_and_leaves_it_consistent(tmp_path, moment):
     assert statuses == {"trial": "KILLED", "study": "KILLED"}
 
 
-def test_parallel_trials_through_the_joblib_launcher(tmp_path):
+def test_parallel_trials_through_the_joblib_launcher_in_slots_that_never_wait(tmp_path):
+    """Three trials of clearly different lengths (1, 4 and 12 fine-tuning epochs), two at a time: the third
+    starts as soon as the shorter of the first two ends, while the longer still runs (a batch would wait)."""
     run_app(
         tmp_path,
         *FAST,
-        *FAST_SEARCH,
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.params=null",
+        "training.max_epochs=choice(1,4,12)",
         "hydra/launcher=joblib",
         "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_trials=3",
         multirun=True,
     )
-    assert [t.state for t in study(tmp_path).trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    first, second, third = sorted(study(tmp_path).trials, key=lambda t: t.datetime_start)
+    assert [t.state for t in (first, second, third)] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert third.datetime_start < max(first.datetime_complete, second.datetime_complete)
     trials = [r for r in runs(store(tmp_path)) if r.data.tags["taylorprune.role"] == "trial"]
-    assert sorted(r.data.tags["taylorprune.trial"] for r in trials) == ["0", "1"]
+    assert sorted(r.data.tags["taylorprune.trial"] for r in trials) == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize("form", ["safe", "state_dict"])
