@@ -1,15 +1,18 @@
 """The channel rules of multi-head attention, kept as one leaf whose heads are units.
 
-Two layouts are understood, each a leaf module:
+Three layouts are understood, each a leaf module:
 
 - a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention`` in ViT, DeiT, ... and Swin's
   ``WindowAttention``): ``fused_qkv_attention``;
+- separate ``query``, ``key`` and ``value`` linears whose heads' outputs, concatenated, are the
+  module's output, the output projection being the next layer (Hugging Face's self-attention in
+  BERT, RoBERTa, ViT, DeiT, ...): ``separate_qkv_attention``;
 - ``nn.MultiheadAttention`` (torchvision's ViT, ``nn.TransformerEncoderLayer`` and
   ``nn.TransformerDecoderLayer``): ``multihead_attention``. A pruned one becomes a
   ``PrunedMultiheadAttention`` (``attention``), which computes the same with its new sizes.
 
-Either way a head is a unit: its q, k and v rows of the input projection (laid out as ``(3,
-num_heads, head_dim)``) and their bias, and its ``head_dim`` input columns of the output
+Every way a head is a unit: its q, k and v rows of the input projection (laid out as ``(3,
+num_heads, head_dim)`` where fused) and their bias, and its ``head_dim`` input columns of the output
 projection. ``num_heads`` follows; ``head_dim`` and the attention's scale stay as they were, so a
 pruned attention computes what the original computes with those heads' outputs zeroed. One head is
 kept in every attention (every layer keeps a channel). The output projection's outputs are new
@@ -25,6 +28,8 @@ channels, as a linear layer's are.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import torch
@@ -108,3 +113,51 @@ def multihead_attention(prop: Propagation, call: OpCall):
     output, weights = result
     labels = shaped(out, output.ndim, output.ndim - 1)
     return labels, None if weights is None else prop.fresh(weights, f"the attention weights of `{fqn}`")
+
+
+# Arguments of a separate-q/k/v attention that leave its heads as they are when given (None or False otherwise).
+_HEADLESS_ARGUMENTS = {"hidden_states", "attention_mask", "output_attentions", "cache_position"}
+
+
+def separate_qkv_attention(prop: Propagation, call: OpCall):
+    """Self-attention with separate ``query``, ``key`` and ``value`` linears (Hugging Face's layout, whose own
+    ``prune_heads`` this follows): a head takes its ``attention_head_size`` rows of each and their bias, and is
+    the module's output channels of that head, which the next layer (the output projection) consumes, as its
+    input columns. ``num_attention_heads`` and ``all_head_size`` follow; ``attention_head_size`` and the scale
+    stay. Not understood (the operation is then unsupported and its channels kept): a head mask, a per-head
+    attention mask, cross-attention or a cache (other states or stored keys), relative position embeddings."""
+    n, args, kwargs, lab_args, lab_kwargs, result = call
+    m, fqn = prop.modules[n.target], n.target
+    heads, size = m.num_attention_heads, m.attention_head_size
+    layers = (m.query, m.key, m.value)
+    if m.all_head_size != heads * size or any(layer.out_features != heads * size for layer in layers):
+        return None
+    if getattr(m, "position_embedding_type", "absolute") != "absolute":
+        return None
+    try:
+        given = inspect.signature(m.forward).bind(*args, **kwargs).arguments
+    except TypeError:
+        return None
+    mask = given.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] != 1:  # a mask per head
+        return None
+    if any(value not in (None, False) for name, value in given.items() if name not in _HEADLESS_ARGUMENTS):
+        return None
+    x = given.get("hidden_states")
+    if not isinstance(x, torch.Tensor):
+        return None
+    vector = channel_vector(
+        prop, lab_args[0] if args else lab_kwargs.get("hidden_states"), x.ndim - 1, m.query.in_features, fqn
+    )
+    per_head = prop.producer(f"{fqn}.query", heads)
+    rows = np.repeat(per_head, size)
+    for name in ("query", "key", "value"):
+        prop.site(f"{fqn}.{name}.weight", 1, vector, "input")
+        prop.module_sites(f"{fqn}.{name}", ("weight", "bias"), rows, "filter")
+    prop.site(f"{fqn}.num_attention_heads", 0, per_head, "follower", kind="attribute")
+    prop.site(f"{fqn}.all_head_size", 0, rows, "follower", kind="attribute")
+    output = result[0] if isinstance(result, (tuple, list)) else result
+    labels = shaped(rows, output.ndim, output.ndim - 1)
+    if not isinstance(result, (tuple, list)):
+        return labels
+    return (labels, *(prop.fresh(r, f"the attention weights of `{fqn}`") for r in result[1:]))

@@ -9,9 +9,9 @@ and linear layers, whose MACs are the weight's size times the output positions, 
 pruning never changes), so a ``RemovalTally`` weighted by it counts the MACs a removal saves.
 An ``nn.MultiheadAttention``'s MACs (projections and attention products) are spread evenly over
 the entries of its ``in_proj_weight`` and ``out_proj.weight``, and a fused-qkv attention's
-attention products over its ``qkv.weight``: a head holds the same share of those weights as of
-those MACs, so this is exact for heads; for the embedding width it overcounts by the attention
-products' share.
+attention products over its ``qkv.weight`` (a separate-q/k/v one's over ``query.weight``): a head
+holds the same share of those weights as of those MACs, so this is exact for heads; for the
+embedding width it overcounts by the attention products' share.
 
 Both run the model read-only: eval mode, no gradients, every buffer and mode restored. The
 count runs under a pass-through ``TorchFunctionMode``: with one active, torch's fused inference
@@ -49,6 +49,10 @@ class _Unfused(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
+
+
+# attention leaves whose attention products go to one of their linears' rows: a head's rows there
+_PROJECTED_HEADS = {"fused_qkv_attention": "qkv", "separate_qkv_attention": "query"}
 
 
 def _counted(model: nn.Module, example) -> tuple[FlopCounterMode, int]:
@@ -94,8 +98,9 @@ def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
             entries = module.in_proj_weight.numel() + module.out_proj.weight.numel()
             for weight in ("in_proj_weight", "out_proj.weight"):
                 result[prefix + weight] = flops / 2 / batch / entries
-        elif module_kind(module) == "fused_qkv_attention":  # its attention products, beside qkv's and proj's
+        elif module_kind(module) in _PROJECTED_HEADS:  # its attention products, beside its layers'
             own = flops - sum(per_module.get(f"{root}.{prefix}{child}", 0) for child, _ in module.named_children())
-            qkv = f"{prefix}qkv.weight"
-            result[qkv] = result.get(qkv, 0.0) + own / 2 / batch / module.qkv.weight.numel()
+            heads = _PROJECTED_HEADS[module_kind(module)]  # type: ignore[index]
+            weight = f"{prefix}{heads}.weight"
+            result[weight] = result.get(weight, 0.0) + own / 2 / batch / module.get_submodule(heads).weight.numel()
     return result

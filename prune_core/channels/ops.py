@@ -143,7 +143,17 @@ def module_kind(module: nn.Module) -> str | Callable[..., Any] | None:
         if cls in _USER_RULES:
             return _USER_RULES[cls]
     kind = _KIND_BY_FORWARD.get(type(module).forward)
-    return kind or _KIND_BY_NAME.get(f"{type(module).__module__}.{type(module).__qualname__}")
+    kind = kind or _KIND_BY_NAME.get(f"{type(module).__module__}.{type(module).__qualname__}")
+    return kind or ("separate_qkv_attention" if _separate_qkv_attention(module) else None)
+
+
+def _separate_qkv_attention(module: nn.Module) -> bool:
+    """Hugging Face's self-attention layout (BERT, RoBERTa, ViT, DeiT, ...): ``query``, ``key`` and ``value``
+    linears, and the head counts that Hugging Face's own ``prune_heads`` updates."""
+    return all(isinstance(getattr(module, name, None), nn.Linear) for name in ("query", "key", "value")) and all(
+        isinstance(getattr(module, name, None), int)
+        for name in ("num_attention_heads", "attention_head_size", "all_head_size")
+    )
 
 
 ELEMENTWISE_FUNCTIONS = {
@@ -285,6 +295,7 @@ KINDS = (
     "group_norm_function",
     "layer_norm_function",
     "fused_qkv_attention",
+    "separate_qkv_attention",
     "multihead_attention",
     "embedding",
     "pad",

@@ -198,4 +198,7 @@ def _not_a_producer_reason(name: str, module: nn.Module, graph: ChannelGraph) ->
         return "grouped/depthwise convolution: follows the channels of the layer feeding it"
     if not any(key[0].startswith(name + ".") for key in graph.sites):
         return "not reached by the traced forward pass (or inside a module that was not traced)"
+    filters = graph.site_units.get((f"{name}.weight", 0))
+    if filters is not None and any(graph.units[u].removable for u in set(filters.tolist()) if u >= 0):
+        return "its filters go with another layer's units (an attention's heads: see its query or qkv layer)"
     return "its filters are not prunable here (grouped transposed convolution or unsupported use)"

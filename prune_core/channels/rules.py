@@ -31,7 +31,7 @@ import torch
 from torch import fx
 
 from prune_core.channels import ops
-from prune_core.channels.attention_rules import fused_qkv_attention, multihead_attention
+from prune_core.channels.attention_rules import fused_qkv_attention, multihead_attention, separate_qkv_attention
 from prune_core.channels.labels import along, shaped, squeeze_constant, squeeze_constant_from, varying_dims
 from prune_core.channels.rule_call import OpCall, Propagation, Rule, channel_vector
 from prune_core.channels.sites import ParamRef, owner
@@ -694,6 +694,7 @@ RULES: dict[str, Rule] = {
     "layer_norm_function": layer_norm_function,
     "fused_qkv_attention": fused_qkv_attention,
     "multihead_attention": multihead_attention,
+    "separate_qkv_attention": separate_qkv_attention,
     "embedding": embedding,
     "pad": pad,
     "roll": roll,

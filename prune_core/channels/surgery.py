@@ -53,6 +53,8 @@ _CHANNEL_ATTRIBUTES = (
     "kdim",
     "vdim",
     "embedding_dim",
+    "num_attention_heads",
+    "all_head_size",
 )
 
 

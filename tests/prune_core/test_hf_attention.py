@@ -1,0 +1,90 @@
+"""Hugging Face's self-attention (separate ``query``, ``key`` and ``value`` linears; BERT, ViT, ...): whole heads
+are units, removing them equals zeroing their outputs where the output projection reads them, the head counts
+follow, and a BERT classifier loses heads, width and feed-forward units under the built-in check and saves and
+loads. Random weights, built from configs: nothing is downloaded."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prune_core import ChannelGraph, analyze_compression, remove_units
+from prune_core.channels import load_pruned, save_pruned
+from tests.support.equivalence import outputs, random_units, removal_equals_zeroing
+
+transformers = pytest.importorskip("transformers")
+
+
+def small_bert(attention: str = "sdpa"):
+    """A two-layer BERT classifier of 4 heads of 16 (random weights)."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=3,
+        attn_implementation=attention,
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def tokens(batch: int = 3) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1, 100, (batch, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[:, -3:] = 0  # padding
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_every_head_is_a_unit_of_its_query_key_and_value_rows(attention):
+    graph = ChannelGraph.build(small_bert(attention), tokens())
+    layer = "bert.encoder.layer.1.attention"
+    heads = [u for u in graph.removable_units() if u.producers == (f"{layer}.self.query",)]
+    assert len(heads) == 4
+    assert {(f"{layer}.self.{name}.weight", 0) for name in ("query", "key", "value")} <= set(heads[2].counts)
+    assert heads[2].counts[(f"{layer}.self.value.weight", 0)] == 16
+    assert heads[2].counts[(f"{layer}.output.dense.weight", 1)] == 16
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_removing_heads_equals_zeroing_their_outputs(seed):
+    model, example = small_bert(), tokens()
+    graph = ChannelGraph.build(model, example)
+    heads = [u.id for u in graph.removable_units() if u.producers[0].endswith("self.query")]
+    pruned = removal_equals_zeroing(model, graph, [h for i, h in enumerate(heads) if (i + seed) % 3], example)
+    for layer in pruned.bert.encoder.layer:
+        attention = layer.attention.self
+        assert attention.all_head_size == attention.num_attention_heads * 16 == attention.query.out_features
+        assert layer.attention.output.dense.in_features == attention.all_head_size
+
+
+def test_a_bert_classifier_loses_heads_width_and_feed_forward_units_and_saves_and_loads(tmp_path):
+    model, example = small_bert(), tokens()
+    report = analyze_compression(model, example, verbose=False)
+    assert report.max_reduction > 0.95
+    graph = ChannelGraph.build(model, example)
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, random_units(graph, 0.5, 0))  # the built-in check, LayerNorms renormalised
+    assert pruned.bert.embeddings.word_embeddings.embedding_dim < 64
+    assert sum(layer.attention.self.num_attention_heads for layer in pruned.bert.encoder.layer) < 8
+    save_pruned(pruned, tmp_path / "bert.pt")
+    loaded = load_pruned(tmp_path / "bert.pt", small_bert)
+    (expected,), (got,) = outputs(pruned, example), outputs(loaded, example)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_vit_heads_of_hugging_face_are_units_too():
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
+    )
+    model, example = transformers.ViTForImageClassification(config).eval(), torch.randn(2, 3, 32, 32)
+    graph = ChannelGraph.build(model, example)
+    heads = [u.id for u in graph.removable_units() if u.producers[0].endswith("attention.query")]
+    assert len(heads) == 8
+    pruned = removal_equals_zeroing(model, graph, heads[1::2], example)
+    assert [layer.attention.attention.num_attention_heads for layer in pruned.vit.encoder.layer] == [2, 2]
