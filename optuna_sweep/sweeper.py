@@ -385,13 +385,16 @@ class OptunaSweeperImpl(Sweeper):
                     for future in sorted(slots.ended(running), key=lambda f: running[f][0].number):
                         (job,) = future.result()
                         trial, slot = running.pop(future)
+                        failed += self._told(study, [(trial, job)], done, failed)
                         beating.remove(trial)
                         free.append(slot)
-                        failed += self._told(study, [(trial, job)], done, failed)
                         done += 1
             except BaseException:
                 for trial in beating:
-                    study.tell(trial, state=TrialState.FAIL)
+                    try:
+                        study.tell(trial, state=TrialState.FAIL)
+                    except (ValueError, RuntimeError):  # told already, just before the interrupt
+                        pass
                 slots.stop()
                 raise
 
