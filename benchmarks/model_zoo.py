@@ -9,7 +9,9 @@ The models (random weights, nothing downloaded):
   ``keypointrcnn_resnet50_fpn``);
 - torchvision's ``raft_small`` (two images in, iterative refinement in a Python loop),
   ``vit_b_16``, ``swin_t`` and ``maxvit_t``;
-- timm's ``efficientformer_l1``, ``levit_128s``, ``coat_lite_tiny`` and ``nf_resnet26``.
+- timm's ``efficientformer_l1``, ``levit_128s``, ``coat_lite_tiny`` and ``nf_resnet26``;
+- Hugging Face's BERT-base (``BertForSequenceClassification``, 128 tokens) and ViT-base
+  (``ViTForImageClassification``), built from their default configs.
 
 The protocol is ``timm_zoo``'s (``timm_zoo.ours``): analyse (``ChannelGraph.build``, the state and
 modes checked unchanged), remove a random 20% of every channel group, check masked equivalence and
@@ -68,7 +70,8 @@ COMPARE_AT = {
 }
 TORCHVISION = {"raft_small": 128, "vit_b_16": 224, "swin_t": 64, "maxvit_t": 224}
 TIMM = {"efficientformer_l1": 224, "levit_128s": 224, "coat_lite_tiny": 224, "nf_resnet26": 64}
-MODELS = [*DETECTORS, *TORCHVISION, *TIMM]
+HUGGING_FACE = {"bert_base": 128, "hf_vit_base": 224}
+MODELS = [*DETECTORS, *TORCHVISION, *TIMM, *HUGGING_FACE]
 
 
 def build(name: str) -> tuple[nn.Module, tuple]:
@@ -89,6 +92,15 @@ def build(name: str) -> tuple[nn.Module, tuple]:
             model = torchvision.models.optical_flow.raft_small(weights=None)
             return model.eval(), (torch.rand(1, 3, size, size), torch.rand(1, 3, size, size))
         return getattr(torchvision.models, name)(weights=None, num_classes=10).eval(), (torch.rand(2, 3, size, size),)
+    if name in HUGGING_FACE:
+        import transformers
+
+        size = HUGGING_FACE[name]
+        if name == "bert_base":
+            model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=10))
+            return model.eval(), (torch.randint(0, model.config.vocab_size, (2, size)),)
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=10))
+        return model.eval(), (torch.rand(2, 3, size, size),)
     import timm
 
     size = TIMM[name]
