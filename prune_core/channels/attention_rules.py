@@ -119,6 +119,11 @@ def multihead_attention(prop: Propagation, call: OpCall):
 _HEADLESS_ARGUMENTS = {"hidden_states", "attention_mask", "output_attentions", "cache_position"}
 
 
+def _given(value: object) -> bool:
+    """Whether an argument was given: not None, False or an empty ``**kwargs``."""
+    return value is not None and value is not False and not (isinstance(value, dict) and not value)
+
+
 def separate_qkv_attention(prop: Propagation, call: OpCall):
     """Self-attention with separate ``query``, ``key`` and ``value`` linears (Hugging Face's layout, whose own
     ``prune_heads`` this follows): a head takes its ``attention_head_size`` rows of each and their bias, and is
@@ -141,7 +146,7 @@ def separate_qkv_attention(prop: Propagation, call: OpCall):
     mask = given.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] != 1:  # a mask per head
         return None
-    if any(value not in (None, False) for name, value in given.items() if name not in _HEADLESS_ARGUMENTS):
+    if any(_given(value) for name, value in given.items() if name not in _HEADLESS_ARGUMENTS):
         return None
     x = given.get("hidden_states")
     if not isinstance(x, torch.Tensor):

@@ -88,3 +88,10 @@ def test_vit_heads_of_hugging_face_are_units_too():
     assert len(heads) == 8
     pruned = removal_equals_zeroing(model, graph, heads[1::2], example)
     assert [layer.attention.attention.num_attention_heads for layer in pruned.vit.encoder.layer] == [2, 2]
+
+
+def test_heads_given_a_head_mask_are_kept():
+    model, example = small_bert(), tokens() | {"head_mask": torch.ones(2, 4)}
+    graph = ChannelGraph.build(model, example)
+    assert not [u for u in graph.removable_units() if u.producers[0].endswith("self.query")]
+    assert any(u.removable for u in graph.units), "the rest of the network is still pruned"
