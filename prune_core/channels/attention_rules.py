@@ -37,11 +37,7 @@ from torch import nn
 
 from prune_core.channels.attention import attends_alike
 from prune_core.channels.labels import shaped
-from prune_core.channels.rule_call import OpCall, Propagation, channel_vector
-
-
-def _arg(args, kwargs, index: int, name: str):
-    return args[index] if len(args) > index else kwargs.get(name)
+from prune_core.channels.rule_call import OpCall, Propagation, argument, channel_vector
 
 
 def fused_qkv_attention(prop: Propagation, call: OpCall):
@@ -92,7 +88,7 @@ def multihead_attention(prop: Propagation, call: OpCall):
         return None
     vector = None
     for index, name in enumerate(("query", "key", "value")):
-        x, lab = _arg(args, kwargs, index, name), _arg(lab_args, lab_kwargs, index, name)
+        x, lab = argument(args, kwargs, index, name), argument(lab_args, lab_kwargs, index, name)
         if not isinstance(x, torch.Tensor):
             return None
         channels = channel_vector(prop, lab, x.ndim - 1, width, fqn)
@@ -102,7 +98,7 @@ def multihead_attention(prop: Propagation, call: OpCall):
             prop.slots.unify_arrays(vector, channels)
     prop.site(f"{fqn}.in_proj_weight", 1, vector, "input")
     per_head = prop.producer(fqn, heads)
-    mask = _arg(args, kwargs, 5, "attn_mask")
+    mask = argument(args, kwargs, 5, "attn_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 3:
         prop.slots.block(per_head, f"`{fqn}` is given a per-head attention mask: its heads are kept")
     prop.module_sites(fqn, ("in_proj_weight", "in_proj_bias"), np.tile(np.repeat(per_head, head_dim), 3), "filter")

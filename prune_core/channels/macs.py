@@ -98,9 +98,8 @@ def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
             entries = module.in_proj_weight.numel() + module.out_proj.weight.numel()
             for weight in ("in_proj_weight", "out_proj.weight"):
                 result[prefix + weight] = flops / 2 / batch / entries
-        elif module_kind(module) in _PROJECTED_HEADS:  # its attention products, beside its layers'
+        elif (heads := _PROJECTED_HEADS.get(str(module_kind(module)))) is not None:  # its attention products
             own = flops - sum(per_module.get(f"{root}.{prefix}{child}", 0) for child, _ in module.named_children())
-            heads = _PROJECTED_HEADS[module_kind(module)]  # type: ignore[index]
             weight = f"{prefix}{heads}.weight"
             result[weight] = result.get(weight, 0.0) + own / 2 / batch / module.get_submodule(heads).weight.numel()
     return result

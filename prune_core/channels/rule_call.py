@@ -70,6 +70,11 @@ class Propagation(Protocol):
 Rule = Callable[[Propagation, OpCall], Any]
 
 
+def argument(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    """A call's argument ``name``, given at position ``index`` or by keyword (``default`` if neither)."""
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
 def channel_vector(prop: Propagation, lab: object, dim: int, size: int, fqn: str) -> np.ndarray:
     """The slots of the ``size`` channels along ``dim`` of an input to layer ``fqn`` with labels ``lab``: blocked
     ones (and ``lab`` blocked) where the labels vary along another dim too or are not an array."""

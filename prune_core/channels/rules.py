@@ -33,7 +33,7 @@ from torch import fx
 from prune_core.channels import ops
 from prune_core.channels.attention_rules import fused_qkv_attention, multihead_attention, separate_qkv_attention
 from prune_core.channels.labels import along, shaped, squeeze_constant, squeeze_constant_from, varying_dims
-from prune_core.channels.rule_call import OpCall, Propagation, Rule, channel_vector
+from prune_core.channels.rule_call import OpCall, Propagation, Rule, argument, channel_vector
 from prune_core.channels.sites import ParamRef, owner
 
 
@@ -47,12 +47,6 @@ def _tensor_pairs(values, labels):
     elif isinstance(values, dict) and isinstance(labels, dict):
         for key in values:
             yield from _tensor_pairs(values[key], labels.get(key))
-
-
-def _arg(args, kwargs, index: int, name: str, default=None):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
 
 
 def _dims(dims, ndim: int) -> list[int]:
@@ -253,13 +247,13 @@ def reduce(prop: Propagation, call: OpCall):
     """``mean``, ``sum``, ``amax``, ``amin``: fine over dims without channels, gives up over a channel dim."""
     args, kwargs, lab_args = call.args, call.kwargs, call.labels
     lab = lab_args[0]
-    dims = _arg(args, kwargs, 1, "dim")
+    dims = argument(args, kwargs, 1, "dim")
     if not isinstance(lab, np.ndarray) or isinstance(dims, torch.dtype):
         return None
     dims = list(range(lab.ndim)) if dims is None else _dims(dims, lab.ndim)
     if any(d in dims for d in varying_dims(lab)):
         return None
-    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+    keepdim = bool(argument(args, kwargs, 2, "keepdim", False))
     return lab[tuple(slice(0, 1) if d in dims else slice(None) for d in range(lab.ndim))].reshape(
         [1 if d in dims else s for d, s in enumerate(lab.shape) if keepdim or d not in dims]
     )
@@ -269,7 +263,7 @@ def softmax(prop: Propagation, call: OpCall):
     """Softmax over a dim without channels passes them through; over a channel dim it gives up."""
     n, args, kwargs, lab_args = call.node, call.args, call.kwargs, call.labels
     lab = lab_args[0]
-    dim = prop.modules[n.target].dim if n.op == "call_module" else _arg(args, kwargs, 1, "dim")
+    dim = prop.modules[n.target].dim if n.op == "call_module" else argument(args, kwargs, 1, "dim")
     if not isinstance(lab, np.ndarray) or dim is None or (dim % lab.ndim) in varying_dims(lab):
         return None
     return lab
@@ -283,7 +277,7 @@ def concat(prop: Propagation, call: OpCall):
     if not isinstance(labels, (tuple, list)) or not all(isinstance(lab, np.ndarray) for lab in labels):
         return None
     nd = result.ndim
-    dim = _arg(args, kwargs, 1, "dim", 0) % nd
+    dim = argument(args, kwargs, 1, "dim", 0) % nd
     other = {d for lab in labels for d in varying_dims(lab) if d != dim}
     if other:
         if any(dim in varying_dims(lab) for lab in labels):
@@ -307,7 +301,7 @@ def split(prop: Propagation, call: OpCall):
     x, lab = args[0], lab_args[0]
     if not isinstance(lab, np.ndarray) or not isinstance(result, (tuple, list)):
         return None
-    dim = _arg(args, kwargs, 2, "dim", 0) % x.ndim
+    dim = argument(args, kwargs, 2, "dim", 0) % x.ndim
     full = np.broadcast_to(lab, tuple(x.shape))
     pieces, start = [], 0
     for part in result:
@@ -345,11 +339,11 @@ def getitem(prop: Propagation, call: OpCall):
 def layer_norm_function(prop: Propagation, call: OpCall):
     """``F.layer_norm``: as the module, with the weight and bias read directly."""
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
-    weight = _arg(lab_args, lab_kwargs, 2, "weight")
-    bias = _arg(lab_args, lab_kwargs, 3, "bias")
+    weight = argument(lab_args, lab_kwargs, 2, "weight")
+    bias = argument(lab_args, lab_kwargs, 3, "bias")
     refs = [r.name for r in (weight, bias) if isinstance(r, ParamRef)]
     owner_name = owner(refs[0]) if refs else None
-    return _layer_norm(prop, args[0], lab_args[0], len(_arg(args, kwargs, 1, "normalized_shape")), refs, owner_name)
+    return _layer_norm(prop, args[0], lab_args[0], len(argument(args, kwargs, 1, "normalized_shape")), refs, owner_name)
 
 
 def _layer_norm(prop, x, lab, k: int, names: list[str], owner: str | None):
@@ -422,22 +416,21 @@ def linear(prop: Propagation, call: OpCall):
 
 def embedding(prop: Propagation, call: OpCall):
     """An embedding table (``nn.Embedding``): its embedding dims (dim 1 of the weight, the output's last dim)
-    are new channels, as a linear layer's outputs are; ``embedding_dim`` follows. A table that renormalises
-    its rows (``max_norm``) keeps them: a row's norm spans every dim."""
+    are new channels, as a linear layer's outputs are (the surgery sets ``embedding_dim`` from the weight). A
+    table that renormalises its rows (``max_norm``) keeps them: a row's norm spans every dim."""
     n, result = call.node, call.result
     m, fqn = prop.modules[n.target], n.target
     if m.max_norm is not None:
         return None
     out = prop.producer(fqn, m.embedding_dim)
     prop.site(f"{fqn}.weight", 1, out, "filter")
-    prop.site(f"{fqn}.embedding_dim", 0, out, "follower", kind="attribute")
     return shaped(out, result.ndim, result.ndim - 1)
 
 
 def pad(prop: Propagation, call: OpCall):
     """``F.pad``: fine where no channel dim is padded (Swin's windows pad the spatial dims); gives up otherwise."""
     args, kwargs, lab_args = call.args, call.kwargs, call.labels
-    lab, amounts = lab_args[0], _arg(args, kwargs, 1, "pad")
+    lab, amounts = lab_args[0], argument(args, kwargs, 1, "pad")
     if not isinstance(lab, np.ndarray) or not isinstance(amounts, (tuple, list)):
         return None
     padded = [lab.ndim - 1 - i for i in range(len(amounts) // 2) if amounts[2 * i] or amounts[2 * i + 1]]
@@ -455,7 +448,7 @@ def new_tensor(prop: Propagation, call: OpCall):
 def roll(prop: Propagation, call: OpCall):
     """``torch.roll``: fine along dims without channels (Swin's shifted windows roll the spatial dims)."""
     args, kwargs, lab_args = call.args, call.kwargs, call.labels
-    lab, dims = lab_args[0], _arg(args, kwargs, 2, "dims")
+    lab, dims = lab_args[0], argument(args, kwargs, 2, "dims")
     if not isinstance(lab, np.ndarray):
         return None
     rolled = list(range(lab.ndim)) if dims is None else _dims(dims, lab.ndim)
@@ -503,16 +496,16 @@ def channel_norm_function(prop: Propagation, call: OpCall):
     """``F.batch_norm`` / ``F.instance_norm``: per channel along dim 1, like the modules."""
     args, lab_args, lab_kwargs = call.args, call.labels, call.label_kwargs
     names = ("running_mean", "running_var", "weight", "bias")
-    tensors = [_arg(lab_args, lab_kwargs, i, name) for i, name in enumerate(names, start=1)]
+    tensors = [argument(lab_args, lab_kwargs, i, name) for i, name in enumerate(names, start=1)]
     return None if _functional_norm(prop, args[0], lab_args[0], tensors) is None else lab_args[0]
 
 
 def group_norm_function(prop: Propagation, call: OpCall):
     """``F.group_norm``: whole groups go, and the owning module's ``num_groups`` follows."""
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
-    tensors = [_arg(lab_args, lab_kwargs, 2, "weight"), _arg(lab_args, lab_kwargs, 3, "bias")]
+    tensors = [argument(lab_args, lab_kwargs, 2, "weight"), argument(lab_args, lab_kwargs, 3, "bias")]
     owners = _functional_norm(prop, args[0], lab_args[0], tensors)
-    num_groups = _arg(args, kwargs, 1, "num_groups")
+    num_groups = argument(args, kwargs, 1, "num_groups")
     modules = [prop.modules[name] for name in owners or ()]
     if not modules or not all(getattr(m, "num_groups", None) == num_groups for m in modules):
         return None  # the group count would not follow the pruning

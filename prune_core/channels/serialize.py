@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from prune_core.channels.atomic import atomic_path
-from prune_core.channels.attention import PrunedMultiheadAttention, to_pruned_form
+from prune_core.channels.attention import PrunedMultiheadAttention, attends_alike, to_pruned_form
 from prune_core.channels.sites import replace_tensor
 from prune_core.channels.surgery import channel_attributes
 
@@ -160,5 +160,5 @@ def shrink_to_spec(model: nn.Module, spec: dict, source: str = "spec") -> None:
     for name, layer in layers.items() if isinstance(layers, dict) else ():
         module = modules.get(name)  # an attention the surgery turned into its pruned form
         if isinstance(layer, dict) and layer.get("class") == PrunedMultiheadAttention.__qualname__:
-            if type(module) is nn.MultiheadAttention and module.in_proj_weight is not None:
+            if type(module) is nn.MultiheadAttention and attends_alike(module):
                 to_pruned_form(module)
