@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -115,9 +116,13 @@ def create_database(base: str, name: str) -> str:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2, port: int | None = None) -> Iterator[str]:
+def mlflow_server(
+    backend_uri: str, artifacts: Path, workers: int = 2, port: int | None = None, stop_signal: int = signal.SIGTERM
+) -> Iterator[str]:
     """``mlflow server`` with ``backend_uri`` as its store and proxied artifacts in ``artifacts``, on ``port``
-    (a free one when None: give the same one to start it again after a stop); yields its URL."""
+    (a free one when None: give the same one to start it again after a stop); yields its URL. It is stopped
+    with ``stop_signal``: SIGKILL takes it down at once, as a crash does (SIGTERM lets it go on serving the
+    connections it has open while it shuts down)."""
     port = free_port() if port is None else port
     command = [
         sys.executable,
@@ -156,7 +161,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2, port: int
             time.sleep(0.2)
         yield url
     finally:
-        os.killpg(process.pid, 15)
+        os.killpg(process.pid, stop_signal)
         process.wait(timeout=STARTUP_DEADLINE)
         log.close()
         os.unlink(log.name)

@@ -1,5 +1,7 @@
 """A small sweep logged to a real ``mlflow server`` on 127.0.0.1, checked over its REST API."""
 
+import signal
+
 import pytest
 import requests
 
@@ -44,7 +46,7 @@ def test_a_study_rides_out_its_tracking_server_going_down_and_coming_back(tmp_pa
     store, artifacts, port = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", free_port()
     work = tmp_path / "work"
     work.mkdir()
-    with mlflow_server(store, artifacts, port=port) as server:
+    with mlflow_server(store, artifacts, port=port, stop_signal=signal.SIGKILL) as server:  # down at once
         backoff = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # MLflow's retries, twice as close as by default
         process = start_app(
             work, *FAST, *FAST_SEARCH, "hydra.sweeper.n_trials=3", f"tracking.uri={server}", env=backoff
