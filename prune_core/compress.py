@@ -30,6 +30,14 @@ learns from the input network as the teacher (a frozen copy, in eval mode).
 With ``resume_from``, a checkpoint of an earlier run of the same call, the run goes on from the
 iteration after it, that run's history rows first (``prune_core.resume``).
 
+Called on every process of a ``torch.distributed`` group (``torchrun``, ``srun``), it runs
+data-parallel (``prune_core.finetune.ranks``): each rank scores and fine-tunes on its share of
+every mini-batch (``DistributedDataParallel``, wrapped again after every surgery); the scores,
+losses and metrics are summed across ranks, and the units removed and every stop are rank 0's,
+so every rank removes the same units and returns the same network and the same ``PruningInfo``
+(rank 0's). Only rank 0 prints, plots, checkpoints and calls ``iteration_fn``/``output_fn``.
+An error on one rank fails every rank with that error.
+
 The input model is not modified: it is copied first. See ``PruningInfo`` for what comes back.
 The options are a ``PruningOptions`` (``pruning=``), or its fields as keywords (``goal=0.5``),
 or both (the keywords win).
@@ -74,13 +82,16 @@ from prune_core.finetune import (
     DataSource,
     FineTuneOutcome,
     LossFn,
+    Ranks,
     TrainingLog,
     TrainingOptions,
     as_source,
+    check_ranks,
     evaluate,
     fine_tune,
     resolve_loss,
 )
+from prune_core.importance import CRITERIA
 from prune_core.prunable import TaylorPrunableNetwork
 from prune_core.pruning_info import PruningInfo, PruningRecord, checkpoint_name, learnables
 from prune_core.pruning_options import PruningKeywords, PruningOptions
@@ -134,15 +145,19 @@ def _check_call(settings: PruningOptions, options: TrainingOptions, iterations_p
 
 
 def _validate_start(
-    model: nn.Module, validation: DataSource | None, loss_fn: LossFn, options: TrainingOptions, log: TrainingLog
+    model: nn.Module,
+    validation: DataSource | None,
+    loss_fn: LossFn,
+    options: TrainingOptions,
+    log: TrainingLog,
+    ranks: Ranks,
 ) -> dict[str, Any] | None:
     """Validation of the input network (iteration 0), also logged in the validation history."""
     if validation is None:
         return None
     started = time.perf_counter()
-    values = evaluate(
-        model, validation, loss_fn, options.resolved_metrics, options.mini_batch_size, options.torch_device(), options
-    )
+    metrics, device = options.resolved_metrics, options.torch_device()
+    values = evaluate(model, validation, loss_fn, metrics, options.mini_batch_size, device, options, ranks)
     row = {"pruning_iteration": 0, "epoch": 0, "iteration": 0, **values, "time_s": log.elapsed()}
     log.validation.append(row)
     log.add_time("initial_validation", started)
@@ -225,17 +240,44 @@ def compress_network(
         if options.validation_data is None
         else as_source(options.validation_data, argument="options.validation_data")
     )
-    batches = source.num_batches(options.mini_batch_size)
+    ranks = Ranks.current()
+    check_ranks(ranks, options, source, validation)
+    CRITERIA.get(settings.criterion).check_ranks(ranks, settings.criterion)
+    batches = source.num_batches(options.mini_batch_size, ranks)
     _check_call(settings, options, options.max_epochs * batches)
+    if not ranks.main:  # rank 0 prints, plots, checkpoints and asks iteration_fn; the others compute
+        settings = dataclasses.replace(
+            settings, verbosity="off", plots_path=None, checkpoint_path=None, checkpoint_fn=None, iteration_fn=None
+        )
     generator = torch.Generator()
     if options.seed is not None:
         torch.manual_seed(options.seed)
         generator.manual_seed(options.seed)
+    with ranks.failing_together():
+        return _compress(model, _Call(source, validation, loss_fn, options, settings, generator, ranks))
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What one ``compress_network`` call works with, once its arguments are checked."""
+
+    source: DataSource
+    validation: DataSource | None
+    loss_fn: LossFn
+    options: TrainingOptions
+    settings: PruningOptions
+    generator: torch.Generator
+    ranks: Ranks
+
+
+def _compress(model: nn.Module, call: _Call) -> tuple[nn.Module, PruningInfo]:
+    """``compress_network`` once its arguments are checked (on each rank of a data-parallel run)."""
+    options, settings, ranks = call.options, call.settings, call.ranks
     device = options.torch_device()
     model = copy.deepcopy(model).to(device)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if options.distilling else None
     resumed = None if settings.resume_from is None else read_resume_point(settings.resume_from, model)
-    example = tuple(t.to(device) for t in source.first_inputs(2))
+    example = tuple(t.to(device) for t in call.source.first_inputs(2))
     prunable = TaylorPrunableNetwork(
         model if resumed is None else resumed.network,
         example,
@@ -256,9 +298,7 @@ def compress_network(
     loop: _Compression | None = None
     try:  # an error closes the progress bar too, instead of leaving it to be drawn at exit
         with CheckpointWriter(settings.checkpoint_fn) as writer:
-            loop = _Compression(
-                prunable, example, source, validation, loss_fn, options, settings, generator, writer, teacher
-            )
+            loop = _Compression(prunable, example, call, writer, teacher)
             loop.start(model, resumed)
             del model, resumed  # the original's counts are in the record: its copy need not stay in memory
             returned, returned_row, stop = loop.run()
@@ -266,14 +306,15 @@ def compress_network(
         final_iteration = None
         if settings.final_epochs and stop is not StopReason.INTERRUPTED:  # after every write: it may be `kept`
             returned, returned_row, stop, final_iteration = loop.final_fine_tune(returned, returned_row, stop)
-        return returned, loop.record.finish(
+        info = loop.record.finish(
             returned,
             stop,
             returned_row,
-            figure_metric=_figure_metric(settings, options),
+            figure_metric=_figure_metric(settings, options) if ranks.main else None,
             plots_path=settings.plots_path,
             final_iteration=final_iteration,
         )
+        return returned, ranks.from_main(info)
     finally:
         if loop is not None:
             loop.record.reporter.close()
@@ -300,25 +341,21 @@ class _Compression:
         self,
         prunable: TaylorPrunableNetwork,
         example: tuple[torch.Tensor, ...],
-        source: DataSource,
-        validation: DataSource | None,
-        loss_fn: LossFn,
-        options: TrainingOptions,
-        settings: PruningOptions,
-        generator: torch.Generator,
+        call: _Call,
         writer: CheckpointWriter,
         teacher: nn.Module | None,
     ) -> None:
-        self.prunable, self.example, self.source, self.validation = prunable, example, source, validation
-        self.loss_fn, self.options, self.settings, self.generator = loss_fn, options, settings, generator
-        self.writer, self.teacher = writer, teacher
+        self.prunable, self.example, self.source, self.validation = prunable, example, call.source, call.validation
+        self.loss_fn, self.options, self.settings = call.loss_fn, call.options, call.settings
+        self.generator, self.ranks, self.writer, self.teacher = call.generator, call.ranks, writer, teacher
+        options, settings, source, ranks = call.options, call.settings, call.source, call.ranks
         self.device = options.torch_device()
         self.by_macs = settings.budget == "macs"
         # the iteration under way: its number, timings and removed units, and whether its surgery is done
         self.iteration, self.pruned = 0, False
         self.timing: dict[str, float] = {}
         self.chosen: list[int] = []
-        self.score_iterations = settings.score_iterations(source.num_batches(options.mini_batch_size))
+        self.score_iterations = settings.score_iterations(source.num_batches(options.mini_batch_size, ranks))
 
     def start(self, original: nn.Module, resumed: ResumePoint | None) -> None:
         """Record the ``original`` network (the input's copy) as history row 0 and keep it, or, going on from
@@ -351,11 +388,11 @@ class _Compression:
         if resumed is None:
             self.floors = filter_floors(graph, settings.min_filter_fraction)
             self.kept_row = 0
-            self.asked = self.record.record(
+            self.asked = self._record(
                 model,
                 0,
                 {},
-                _validate_start(model, self.validation, self.loss_fn, options, self.record.log),
+                _validate_start(model, self.validation, self.loss_fn, options, self.record.log, self.ranks),
                 channels=_channels(self.prunable),
                 macs=macs,
             )
@@ -371,7 +408,7 @@ class _Compression:
     def run(self) -> tuple[nn.Module, int, StopReason]:
         """Iterate until a stop; returns the network to return, its history row and the stop reason."""
         try:
-            while (stop := self._iteration()) is None:
+            while (stop := self.ranks.from_main(self._iteration())) is None:  # every rank stops as rank 0 does
                 pass
         except KeyboardInterrupt:
             stop = self._interrupted()
@@ -400,14 +437,16 @@ class _Compression:
                 self.generator,
                 limit=self.score_iterations,
                 loader_options=options.loader_options,
+                ranks=self.ranks,
             )
-            finite = prunable.score_batches(scoring, self.loss_fn, self.device)
+            finite = prunable.score_batches(scoring, self.loss_fn, self.device, self.ranks)
             self.timing["scoring_s"] = time.perf_counter() - started
             if not finite:
                 return _Stop(StopReason.DIVERGED, current=False)
         started = time.perf_counter()
         target = min(self.iteration * self.step_amount, self.goal_amount)
-        self.chosen = prunable.choose(learnables=max(target - removed, 1), floors=self.floors)
+        # rank 0's choice: the scores are the same on every rank, and so, by this, are the units
+        self.chosen = self.ranks.from_main(prunable.choose(learnables=max(target - removed, 1), floors=self.floors))
         if not self.chosen:
             return _Stop(StopReason.MAXIMUM, current=True)
         prunable.remove(self.chosen)
@@ -440,10 +479,11 @@ class _Compression:
             generator=self.generator,
             progress=self.settings.verbosity == "training",
             teacher=self.teacher,
+            ranks=self.ranks,
         )
 
     def _record_row(self, validation: dict[str, Any] | None) -> None:
-        self.asked = self.record.record(
+        self.asked = self._record(
             self.model,
             self.iteration,
             self.timing,
@@ -452,6 +492,10 @@ class _Compression:
             channels=_channels(self.prunable),
             macs=count_macs(self.model, self.example),
         )
+
+    def _record(self, model: nn.Module, iteration: int, *args: Any, **keywords: Any) -> bool:
+        """``PruningRecord.record``: whether ``iteration_fn`` asked to stop, as rank 0 (which asks it) says."""
+        return self.ranks.from_main(self.record.record(model, iteration, *args, **keywords))
 
     def _checkpoint(self) -> None:
         """Hand the network just kept (a copy the loop never changes) to the background writer."""

@@ -76,6 +76,7 @@ import torch
 from torch import nn
 
 from prune_core.channels import ChannelGraph, out_proj_called, owner
+from prune_core.finetune import Ranks
 from prune_core.registry import Registry
 
 # What each normalisation divides a group's scores by (0: they stay as they are).
@@ -114,6 +115,21 @@ class Criterion:
 
     def scores(self, model: nn.Module) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement scores(model)")
+
+    def all_reduce(self, ranks: Ranks) -> None:
+        """In a data-parallel run, combine what each rank recorded from its share of the scoring batches, so
+        that ``scores`` is the same on every rank, and what one process scoring the whole batches gives.
+        A criterion that scores from the weights alone (the same on every rank) needs nothing; one that
+        ``needs_gradients`` overrides this (``check_ranks`` refuses it before the run otherwise)."""
+
+    @classmethod
+    def check_ranks(cls, ranks: Ranks, name: str) -> None:
+        """Refuse a criterion that records gradients but cannot combine them across ``ranks``."""
+        if ranks.distributed and cls.needs_gradients and cls.all_reduce is Criterion.all_reduce:
+            raise ValueError(
+                f"criterion {name!r} records gradients but does not say how to combine them across the "
+                f"{ranks.world} processes of this run: override Criterion.all_reduce, or run in one process"
+            )
 
     def graph_scores(self, model: nn.Module, per_filter: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
         """Sum ``per_filter(filters)`` (one value per filter; ``filters`` is the weight with the filters
@@ -229,6 +245,24 @@ class TaylorAccumulator:
                 handle.remove()
             live.clear()
 
+    def all_reduce(self, ranks: Ranks) -> None:
+        """The sums and example counts of every rank, added up (see ``Criterion.all_reduce``)."""
+        parts = [
+            torch.cat(
+                [
+                    self.sums.get(fqn, torch.zeros(len(local), dtype=torch.float64)).cpu(),
+                    torch.zeros(1, dtype=torch.float64),
+                ]
+            )
+            for fqn, (local, _, _) in self.consumers.items()
+        ]
+        for part, fqn in zip(parts, self.consumers, strict=True):
+            part[-1] = self.counts.get(fqn, 0)
+        totals = ranks.sum(torch.cat(parts)).split([len(part) for part in parts])
+        for fqn, total in zip(self.consumers, totals, strict=True):
+            if total[-1] > 0:
+                self.sums[fqn], self.counts[fqn] = total[:-1], int(total[-1])
+
     def unit_scores(self) -> np.ndarray:
         """Raw score of every unit: the mean over examples, summed over consuming layers (0 before any batch)."""
         out = np.zeros(len(self.graph.units))
@@ -272,6 +306,9 @@ class TaylorCriterion(Criterion):
     def scores(self, model: nn.Module) -> np.ndarray:
         return self.accumulator.unit_scores()
 
+    def all_reduce(self, ranks: Ranks) -> None:
+        self.accumulator.all_reduce(ranks)
+
 
 class SquaredTaylorCriterion(TaylorCriterion):
     """ "taylor-squared": the activation Taylor criterion with each example's contribution squared."""
@@ -289,7 +326,7 @@ class BatchNormTaylorCriterion(TaylorCriterion):
             for (name, dim), site in graph.sites.items()
             if dim == 0 and site.role == "follower" and name.endswith(".weight")
         }
-        self.sums, self.batches = np.zeros(len(graph.units)), 0
+        self.per_batch: list[np.ndarray] = []  # (γ·∂L/∂γ + β·∂L/∂β) per unit, one array per scored batch
         self.covered = np.zeros(len(graph.units), dtype=bool)
 
     @contextmanager
@@ -323,12 +360,24 @@ class BatchNormTaylorCriterion(TaylorCriterion):
                 keep = units >= 0
                 np.add.at(batch, units[keep], value.double().cpu().numpy()[keep])
                 self.covered[units[keep]] = True
-            self.sums += batch**2
-            self.batches += 1
+            self.per_batch.append(batch)
+
+    def all_reduce(self, ranks: Ranks) -> None:
+        """Every batch's BatchNorm terms summed across the ranks before they are squared: the terms of the
+        whole batch, as one process computes them."""
+        super().all_reduce(ranks)
+        count = int(ranks.sum(torch.tensor([len(self.per_batch)]))[0])
+        if count != ranks.world * len(self.per_batch):
+            raise RuntimeError(f"taylor-bn: the ranks scored different numbers of batches ({count} in all)")
+        if self.per_batch:
+            terms = ranks.sum(torch.from_numpy(np.stack(self.per_batch)))
+            self.per_batch = list(terms.numpy())
+        self.covered = ranks.sum(torch.from_numpy(self.covered.astype(np.float64))).numpy() > 0
 
     def scores(self, model: nn.Module) -> np.ndarray:
         taylor = self.accumulator.unit_scores()
-        return np.where(self.covered, self.sums / max(self.batches, 1), taylor)
+        squares = sum((batch**2 for batch in self.per_batch), np.zeros(len(self.graph.units)))
+        return np.where(self.covered, squares / max(len(self.per_batch), 1), taylor)
 
 
 class WeightTaylorCriterion(Criterion):
@@ -371,6 +420,11 @@ class WeightTaylorCriterion(Criterion):
     def examples(self) -> int:
         """Scored batches (each holds at least one example)."""
         return self.batches
+
+    def all_reduce(self, ranks: Ranks) -> None:
+        """The summed gradients of every rank added up: the gradients of the whole batches."""
+        for name in sorted(self.gradients):
+            self.gradients[name] = ranks.sum(self.gradients[name])
 
     def scores(self, model: nn.Module) -> np.ndarray:
         parameters = dict(model.named_parameters())

@@ -31,7 +31,7 @@ from torch import nn
 
 from prune_core.channels import NETWORK_OUTPUT, ChannelGraph, macs_per_weight, remove_units
 from prune_core.checks import check_number
-from prune_core.finetune import LossFn, forward_outputs, resolve_loss, to_device
+from prune_core.finetune import LossFn, Ranks, forward_outputs, resolve_loss, to_device
 from prune_core.importance import CRITERIA, NORMALIZATIONS, Criterion, normalize
 from prune_core.rounding import round_kept
 from prune_core.selection import ALLOCATIONS, choose_units
@@ -146,29 +146,43 @@ class TaylorPrunableNetwork:
         return self.score_batch(tuple(inputs), tuple(targets), resolve_loss(loss))
 
     def score_batch(
-        self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], loss_fn: LossFn
+        self, inputs: tuple[torch.Tensor, ...], targets: tuple[torch.Tensor, ...], loss_fn: LossFn, share: float = 1.0
     ) -> float:
-        """``update_score`` with a resolved loss function."""
+        """``update_score`` with a resolved loss function; the gradients are those of ``share`` x the loss (a
+        rank's share of a batch split among ranks)."""
         with self.scoring() as live:
             value = loss_fn(forward_outputs(self.model, inputs), targets)
             if live:
-                torch.autograd.grad(value, live, allow_unused=True)
+                torch.autograd.grad(value * share, live, allow_unused=True)
         return float(value.detach())
 
-    def score_batches(self, batches: Iterable[Any], loss_fn: LossFn, device: torch.device | None = None) -> bool:
+    def score_batches(
+        self, batches: Iterable[Any], loss_fn: LossFn, device: torch.device | None = None, ranks: Ranks | None = None
+    ) -> bool:
         """Scoring passes over ``batches`` (``(inputs, targets)`` tuples of tensors) in eval mode, the model's
-        mode restored after; False as soon as a loss is not finite (what ``compress_network`` runs)."""
+        mode restored after; False as soon as a loss is not finite (what ``compress_network`` runs).
+
+        With ``ranks`` of a data-parallel run, ``batches`` are this rank's shares of the scoring batches:
+        the criterion's records are then summed across the ranks (``Criterion.all_reduce``), so that every
+        rank holds the scores one process gets from the whole batches, and all return False if one saw a
+        loss that is not finite."""
+        ranks = Ranks() if ranks is None else ranks
         was_training = self.model.training
         self.model.eval()
+        finite = True
         try:
             for inputs, targets in batches:
                 if device is not None:
                     inputs, targets = to_device(inputs, device), to_device(targets, device)
-                if not math.isfinite(self.score_batch(inputs, targets, loss_fn)):
-                    return False
+                if not math.isfinite(self.score_batch(inputs, targets, loss_fn, 1 / ranks.world)):
+                    finite = False
+                    break
         finally:
             self.model.train(was_training)
-        return True
+        if ranks.distributed:
+            finite = not ranks.sum(torch.tensor([0.0 if finite else 1.0]))[0]
+            self.scorer.all_reduce(ranks)
+        return finite
 
     def scores(self) -> np.ndarray:
         """One score per unit of ``graph`` under the criterion (``inf`` where not removable)."""

@@ -4,7 +4,8 @@
 and ``resolve_metric`` turn names into functions (``losses``, ``metrics``); ``TrainingOptions``
 is MATLAB's ``trainingOptions`` (``options``), ``Distillation`` its teacher term
 (``distillation``); ``train_network`` trains once and ``fine_tune`` is the loop
-``compress_network`` runs after every pruning iteration (``training``).
+``compress_network`` runs after every pruning iteration (``training``); ``Ranks`` spreads both
+over the processes of a ``torch.distributed`` group (``ranks``).
 
 These names are the wing's public interface; its modules are private.
 
@@ -21,10 +22,12 @@ from prune_core.finetune.distillation import Distillation
 from prune_core.finetune.losses import NAMED_LOSSES, LossFn, resolve_loss
 from prune_core.finetune.metrics import Metric, resolve_metric
 from prune_core.finetune.options import TrainingOptions
+from prune_core.finetune.ranks import RankFailed, Ranks
 from prune_core.finetune.training import (
     FineTuneOutcome,
     TrainingInfo,
     TrainingLog,
+    check_ranks,
     evaluate,
     fine_tune,
     forward_outputs,
@@ -39,10 +42,13 @@ __all__ = [
     "FineTuneOutcome",
     "LossFn",
     "Metric",
+    "RankFailed",
+    "Ranks",
     "TrainingInfo",
     "TrainingLog",
     "TrainingOptions",
     "as_source",
+    "check_ranks",
     "evaluate",
     "fine_tune",
     "forward_outputs",

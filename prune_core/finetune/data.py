@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from prune_core.finetune.ranks import Ranks
 
 Batch = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
 SHUFFLE_CHOICES = ("once", "every-epoch", "never")
@@ -85,6 +87,7 @@ class DataSource:
     ) -> None:
         self.tensors, self.dataset, self.loader = tensors, dataset, loader
         self._once: torch.Tensor | None = None
+        self._passes = 0  # passes over a user's DataLoader in a data-parallel run (its sampler's epoch)
         self._loaders: dict[tuple[Any, ...], tuple[DataLoader[Any], _OrderSampler]] = {}
 
     def _dataset_loader(self, batch_size: int, loader_options: dict[str, Any]) -> tuple[DataLoader[Any], _OrderSampler]:
@@ -104,10 +107,13 @@ class DataSource:
         dataset = self.dataset if self.dataset is not None else self.loader.dataset  # type: ignore[union-attr]
         return len(dataset)  # type: ignore[arg-type]
 
-    def num_batches(self, batch_size: int) -> int:
+    def num_batches(self, batch_size: int, ranks: Ranks | None = None) -> int:
+        """Mini-batches in one pass (each rank's count where ``ranks`` is given: they all take as many)."""
         if self.loader is not None:
             return len(self.loader)
-        return math.ceil(len(self) / batch_size)
+        if ranks is None or not ranks.distributed:
+            return math.ceil(len(self) / batch_size)
+        return math.ceil(math.ceil(len(self) / ranks.world) / ranks.local_batch_size(batch_size))
 
     def _order(self, order: str, generator: torch.Generator | None) -> torch.Tensor:
         n = len(self)
@@ -126,25 +132,48 @@ class DataSource:
         generator: torch.Generator | None = None,
         limit: int | None = None,
         loader_options: dict[str, Any] | None = None,
+        ranks: Ranks | None = None,
+        padded: bool = True,
     ) -> Iterator[Batch]:
         """One pass: ``order`` is "never", "once" (the same shuffle every pass) or "every-epoch"; at most
-        ``limit`` batches. ``loader_options`` go to the DataLoader that reads a Dataset."""
+        ``limit`` batches. ``loader_options`` go to the DataLoader that reads a Dataset.
+
+        With ``ranks`` of a data-parallel run, this rank's share of every batch (``Ranks.shard``; ``padded``
+        so that every rank takes as many steps, or not, so that an evaluation counts each example once);
+        a DataLoader's ``DistributedSampler`` is moved to the next epoch instead."""
+        if ranks is not None and ranks.distributed:
+            batch_size = ranks.local_batch_size(batch_size)
         if self.loader is not None:
+            if ranks is not None and ranks.distributed:
+                self._passes += 1
+                self.loader.sampler.set_epoch(self._passes)  # type: ignore[attr-defined]  # checked by shardable
             source = (split_batch(b) for b in self.loader)
         elif self.tensors is not None:
             inputs, targets = self.tensors
             index = self._order(order, generator)
+            if ranks is not None:
+                index = ranks.shard(index, padded)
             source = (
                 (tuple(t[i] for t in inputs), tuple(t[i] for t in targets)) for i in torch.split(index, batch_size)
             )
         else:
             loader, sampler = self._dataset_loader(batch_size, loader_options or {})
-            sampler.order = self._order(order, generator).tolist()
+            index = self._order(order, generator)
+            sampler.order = (index if ranks is None else ranks.shard(index, padded)).tolist()
             source = (split_batch(b) for b in loader)
         for k, batch in enumerate(source):
             if limit is not None and k >= limit:
                 return
             yield batch
+
+    def check_shardable(self, ranks: Ranks, argument: str = "data") -> None:
+        """Refuse a DataLoader that a data-parallel run could not split among ``ranks``."""
+        if ranks.distributed and self.loader is not None and not isinstance(self.loader.sampler, DistributedSampler):
+            raise ValueError(
+                f"{argument}: a DataLoader read by {ranks.world} processes needs a "
+                f"torch.utils.data.DistributedSampler (got {type(self.loader.sampler).__name__}); "
+                "or pass its Dataset, which each process then reads its share of"
+            )
 
     def first_inputs(self, count: int = 2) -> tuple[torch.Tensor, ...]:
         """The first ``count`` examples' inputs, e.g. as the example input of a channel analysis."""

@@ -29,6 +29,7 @@ from prune_core.checks import check_number
 from prune_core.finetune.data import SHUFFLE_CHOICES
 from prune_core.finetune.distillation import Distillation
 from prune_core.finetune.metrics import Metric, resolve_metric
+from prune_core.finetune.ranks import Ranks
 
 SOLVERS = ("sgdm", "adam", "rmsprop", "lbfgs")
 DEFAULT_LEARN_RATES = {"sgdm": 0.01, "adam": 0.001, "rmsprop": 0.001, "lbfgs": 1.0}
@@ -153,7 +154,11 @@ class TrainingOptions:
         return any(m.maximize for m in self.resolved_metrics if m.name == self.objective_metric_name)
 
     def torch_device(self) -> torch.device:
-        """``device`` as a ``torch.device``; "auto" picks CUDA when present."""
+        """``device`` as a ``torch.device``; "auto" picks CUDA when present. In a data-parallel run, CUDA
+        without an index is each rank's own GPU (``Ranks.device``)."""
+        return Ranks.current().device(self._device())
+
+    def _device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:

@@ -51,6 +51,7 @@ from prune_core.finetune.distillation import Distillation
 from prune_core.finetune.losses import LossFn, resolve_loss
 from prune_core.finetune.metrics import Metric
 from prune_core.finetune.options import TrainingOptions
+from prune_core.finetune.ranks import Ranks
 
 _COUNTERS = ("pruning_iteration", "epoch", "iteration", "time_s")
 
@@ -108,9 +109,11 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     options: TrainingOptions | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
     """Mean loss (weighted by batch size) and each metric over all of ``source``, in eval mode, with the
-    precision and memory format of ``options`` (when given)."""
+    precision and memory format of ``options`` (when given). With ``ranks`` of a data-parallel run, each
+    rank evaluates its share of the examples and every rank returns the values over all of them."""
     was_training = model.training
     model.eval()
     loss_sum, count = 0.0, 0
@@ -119,7 +122,7 @@ def evaluate(
     channels_last = options is not None and options.channels_last
     try:
         loader_options = None if options is None else options.loader_options
-        for inputs, targets in source.batches(batch_size, loader_options=loader_options):
+        for inputs, targets in source.batches(batch_size, loader_options=loader_options, ranks=ranks, padded=False):
             inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device)
             with autocast:
                 outputs = tuple(o.float() for o in forward_outputs(model, inputs))
@@ -132,6 +135,10 @@ def evaluate(
                 sums[m.name] = (total + s, seen + c)
     finally:
         model.train(was_training)
+    if ranks is not None and ranks.distributed:
+        totals = ranks.sum(torch.tensor([loss_sum, count, *(v for pair in sums.values() for v in pair)]).double())
+        loss_sum, count = float(totals[0]), int(totals[1])
+        sums = {m.name: (float(totals[2 + 2 * i]), int(totals[3 + 2 * i])) for i, m in enumerate(metrics)}
     return {"loss": loss_sum / count, **{m.name: m.finish(*sums[m.name]) for m in metrics}}
 
 
@@ -175,11 +182,17 @@ def fine_tune(
     generator: torch.Generator | None = None,
     progress: bool = False,
     teacher: nn.Module | None = None,
+    ranks: Ranks | None = None,
 ) -> FineTuneOutcome:
     """Train ``model`` in place for ``options.max_epochs`` epochs; see the module docstring.
 
     ``teacher`` (in eval mode, on the device) is the network ``options.distillation`` learns from.
+    With ``ranks`` of a data-parallel run (``prune_core.finetune.ranks``), every rank trains on its share
+    of each batch in ``DistributedDataParallel``; the rows hold the values over all ranks, the same on
+    each; only rank 0 shows progress and calls ``output_fn``, whose answer every rank follows.
     """
+    ranks = Ranks() if ranks is None else ranks
+    progress = progress and ranks.main
     device = options.torch_device()
     objective = _Objective.of(loss_fn, options, teacher)
     metrics = options.resolved_metrics
@@ -189,7 +202,7 @@ def fine_tune(
     scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
     started = time.perf_counter()
     optimizer = options.build_optimizer(params)
-    batches_per_epoch = source.num_batches(options.mini_batch_size)
+    batches_per_epoch = source.num_batches(options.mini_batch_size, ranks)
     scheduler = options.build_scheduler(optimizer, batches_per_epoch)
     log.add_time("optimizer", started)
     patience = _Patience(options.validation_patience, options.objective_maximized)
@@ -206,7 +219,7 @@ def fine_tune(
     def validate(epoch: int) -> dict[str, Any]:
         assert validation is not None
         started = time.perf_counter()
-        values = evaluate(model, validation, loss_fn, metrics, options.mini_batch_size, device, options)
+        values = evaluate(model, validation, loss_fn, metrics, options.mini_batch_size, device, options, ranks)
         row = {
             "pruning_iteration": pruning_iteration,
             "epoch": epoch,
@@ -219,15 +232,20 @@ def fine_tune(
         return row
 
     model.train()
+    network = ranks.wrap(model)  # again in every call: a surgery in between changes the parameters' shapes
     try:
         steps = 0
         for epoch in range(options.max_epochs):
             for inputs, targets in source.batches(
-                options.mini_batch_size, options.shuffle, generator, loader_options=options.loader_options
+                options.mini_batch_size,
+                options.shuffle,
+                generator,
+                loader_options=options.loader_options,
+                ranks=ranks,
             ):
                 inputs, targets = to_device(inputs, device, options.channels_last), to_device(targets, device)
                 learn_rate = optimizer.param_groups[0]["lr"]
-                loss, outputs = _step(model, optimizer, params, objective, options, inputs, targets, scaler)
+                loss, outputs = _step(network, optimizer, params, objective, options, inputs, targets, scaler)
                 steps += 1
                 if scheduler is not None and steps < scheduled_steps:
                     scheduler.step()
@@ -236,11 +254,10 @@ def fine_tune(
                     "pruning_iteration": pruning_iteration,
                     "epoch": epoch + 1,
                     "iteration": log.iteration,
-                    "loss": float(loss),
+                    **_step_values(loss, outputs[0].detach().float(), targets[0], metrics, ranks),
+                    "learn_rate": learn_rate,
+                    "time_s": log.elapsed(),
                 }
-                for m in metrics:
-                    row[m.name] = m.finish(*m.batch(outputs[0].detach().float(), targets[0]))
-                row.update(learn_rate=learn_rate, time_s=log.elapsed())
                 log.training.append(row)
                 bar.update()
                 if not math.isfinite(row["loss"]):
@@ -254,13 +271,29 @@ def fine_tune(
                 if progress and log.iteration % options.verbose_frequency == 0:
                     values = ", ".join(f"{k} {v:.4g}" for k, v in state.items() if k not in _COUNTERS)
                     tqdm.write(f"  iteration {log.iteration} (epoch {epoch + 1}): {values}")
-                if options.output_fn is not None and options.output_fn(state):
-                    return FineTuneOutcome("stopped", last_validation)
+                if options.output_fn is not None:
+                    asked = ranks.main and bool(options.output_fn(state))
+                    if ranks.from_main(asked):
+                        return FineTuneOutcome("stopped", last_validation)
         if validation is not None and (last_validation is None or last_validation["iteration"] != log.iteration):
             last_validation = validate(options.max_epochs)
         return FineTuneOutcome("completed", last_validation)
     finally:
         bar.close()
+
+
+def _step_values(
+    loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor, metrics: tuple[Metric, ...], ranks: Ranks
+) -> dict[str, float]:
+    """A step's loss and metrics for its history row: over the whole batch, across every rank's share."""
+    parts = [m.batch(output, target) for m in metrics]
+    if not ranks.distributed:
+        return {"loss": float(loss), **{m.name: m.finish(*part) for m, part in zip(metrics, parts, strict=True)}}
+    totals = ranks.sum(torch.tensor([float(loss), *(v for part in parts for v in part)], dtype=torch.float64))
+    values = {"loss": float(totals[0]) / ranks.world}
+    for i, m in enumerate(metrics):
+        values[m.name] = m.finish(float(totals[1 + 2 * i]), int(totals[2 + 2 * i]))
+    return values
 
 
 @dataclass(frozen=True)
@@ -369,6 +402,9 @@ def train_network(
         teacher: the network ``options.distillation`` learns from; it is run in eval mode on
             ``options``' device, never trained, and its mode is restored afterwards.
         progress: show a progress bar and a line every ``options.verbose_frequency`` iterations.
+
+    In a process group of several processes, it trains data-parallel (``prune_core.finetune.ranks``):
+    call it on every rank; each returns the same trained network and rank 0's ``info``.
     """
     if not isinstance(options, TrainingOptions):
         raise TypeError(f"options must be a prune_core.TrainingOptions, got {type(options).__name__}")
@@ -379,6 +415,8 @@ def train_network(
         if options.validation_data is None
         else as_source(options.validation_data, argument="options.validation_data")
     )
+    ranks = Ranks.current()
+    check_ranks(ranks, options, source, validation)
     generator = None if options.seed is None else torch.Generator().manual_seed(options.seed)
     if teacher is not None and not options.distilling:
         raise ValueError(
@@ -387,7 +425,7 @@ def train_network(
     _Objective.of(loss_fn, options, teacher)  # a missing teacher fails before anything moves
     model.to(options.torch_device())
     log = TrainingLog()
-    with _as_teacher(teacher, options.torch_device()) as frozen:
+    with ranks.failing_together(), _as_teacher(teacher, options.torch_device()) as frozen:
         outcome = fine_tune(
             model,
             source,
@@ -398,8 +436,20 @@ def train_network(
             generator=generator,
             progress=progress,
             teacher=frozen,
+            ranks=ranks,
         )
-    return model, TrainingInfo(outcome.status, pd.DataFrame(log.training), pd.DataFrame(log.validation))
+        info = TrainingInfo(outcome.status, pd.DataFrame(log.training), pd.DataFrame(log.validation))
+        return model, ranks.from_main(info)  # the same tables on every rank, timed by rank 0
+
+
+def check_ranks(ranks: Ranks, options: TrainingOptions, source: DataSource, validation: DataSource | None) -> None:
+    """Refuse, before any work, what a data-parallel run over ``ranks`` cannot split among them."""
+    if not ranks.distributed:
+        return
+    ranks.local_batch_size(options.mini_batch_size)
+    source.check_shardable(ranks)
+    if validation is not None:
+        validation.check_shardable(ranks, "options.validation_data")
 
 
 @contextlib.contextmanager
