@@ -10,7 +10,8 @@ names, the tracking URI's resolution, and how a user's weights file is read:
 - tags: ``ROLE`` (``"study"``, ``"trial"`` or ``"single"``), ``STUDY``, ``TRIAL``, ``SAMPLER``,
   ``SWEEP_DIR``, ``STOP_REASON``, ``RETURNED_ITERATION`` (the iteration whose network a run
   returned), ``WORKER`` (the process that wrote the run, as JSON: what reaping reads) and
-  ``PRUNED`` (set when Optuna's pruner stopped the trial: where), ``ONNX`` ("exported" or
+  ``PRUNED`` (set when Optuna's pruner stopped the trial: where), ``PROCESSES`` (how many
+  processes ran the job data-parallel: 1 for one), ``ONNX`` ("exported" or
   "failed: <why>"), ``LATENCY_SOURCE`` ("onnxruntime", or "torch" when the export failed) and
   ``FRONT_FIGURE`` (on a study run: "failed: <why>" when its end-of-run figure was not drawn);
 - artifacts: ``CONFIG`` (the composed Hydra config), ``table(name)`` (the history tables),
@@ -39,6 +40,7 @@ SAMPLER, SWEEP_DIR = "taylorprune.sampler", "taylorprune.sweep_dir"
 STOP_REASON, RETURNED_ITERATION = "taylorprune.stop_reason", "taylorprune.returned_iteration"
 WORKER = "taylorprune.worker"
 PRUNED = "taylorprune.pruned"
+PROCESSES = "taylorprune.processes"
 RESUMED = "taylorprune.resumed"  # on a trial's run that a retried trial went on with: from where
 ONNX, LATENCY_SOURCE = "taylorprune.onnx", "taylorprune.latency_source"
 FRONT_FIGURE = "taylorprune.front_figure"

@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 
 from optuna_sweep import disk_full_line, job_trial
 from prune_core import PruningInfo, StopReason, compress_network
+from prune_core.finetune import Ranks
 from sweeps import layout
 from sweeps.base_network import base_network
 from sweeps.deployment.measure import measure_deployment
@@ -46,6 +47,7 @@ from sweeps.job.intermediate import IntermediateValues
 from sweeps.job.schemas import register_schemas
 from sweeps.process import interrupts
 from sweeps.process.devices import job_device, job_index
+from sweeps.process.distributed import job_ranks
 from sweeps.tracking.history import LiveLog, log_deployment, log_pruning
 from sweeps.tracking.job_run import job_run, study_name
 from sweeps.tracking.resumption import find_resumption
@@ -93,6 +95,22 @@ def run_job(cfg: DictConfig):
 
 def _run_job(cfg: DictConfig):
     check_job_config(cfg)
+    with job_ranks(cfg.training.distributed, cfg.training.device) as ranks, ranks.failing_together():
+        return _job(cfg, ranks) if ranks.main else _other_rank(cfg)
+
+
+def _other_rank(cfg: DictConfig) -> None:
+    """A rank but the first of a job on several processes: it computes its share of the pruning run, and
+    never asks the trial or the tracking store anything (``sweeps.process.distributed``)."""
+    data = load_data(cfg)
+    options = training_options(cfg, device=job_device(cfg.training.device, 0), validation_data=data.validation)
+    base, _ = base_network(cfg, data, lambda: instantiate(cfg.model))
+    checkpoints, resumed = Ranks.current().from_main(None)  # as rank 0 found them
+    settings = pruning_options(cfg, checkpoint_path=checkpoints, resume_from=resumed)
+    compress_network(base, data.train, cfg.loss, options, pruning=settings)
+
+
+def _job(cfg: DictConfig, ranks: Ranks):
     uri = layout.tracking_uri(cfg.tracking.uri)
     in_study = HydraConfig.get().mode == RunMode.MULTIRUN  # the study checked the server when it started
     open_store(uri, f"tracking.uri={uri!r}", wait=in_study)
@@ -108,6 +126,7 @@ def _run_job(cfg: DictConfig):
         checkpoints.mkdir(parents=True, exist_ok=True)
     resumed_from = output_dir / "resumed_from"
     resumption = find_resumption(MlflowClient(uri), cfg.tracking.experiment, study_name(), resumed_from, base)
+    ranks.from_main((checkpoints, None if resumption is None else resumption.checkpoint))  # for the other ranks
     with (
         job_run(uri, cfg, resumption) as run,
         LiveLog(MlflowClient(uri), run.info.run_id, checkpoints=checkpoints is not None) as live,

@@ -122,6 +122,13 @@ class Ranks:
         dist.broadcast_object_list(box, src=0, device=self.device(torch.device("cuda")) if nccl else None)
         return box[0]  # type: ignore[no-any-return]
 
+    def main_says(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (the others' are ignored): one small all-reduce, for a per-step
+        answer where ``from_main``'s pickling would cost more."""
+        if not self.distributed:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag and self.main)]))[0])
+
     def device(self, device: torch.device) -> torch.device:
         """``device`` as this rank's: CUDA without an index is the rank's local GPU (``LOCAL_RANK``)."""
         if not self.distributed or device.type != "cuda" or device.index is not None:
@@ -147,6 +154,8 @@ class Ranks:
         try:
             yield
         except BaseException as exc:
+            if isinstance(exc, RankFailed) or not dist.is_initialized():  # told already, or the group is gone
+                raise
             store = _store()
             reason = _failure(store)
             if reason is None:  # this rank failed first: tell the others, and let them go

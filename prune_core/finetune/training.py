@@ -231,6 +231,7 @@ def fine_tune(
         log.add_time("validation", started)
         return row
 
+    asks = ranks.main_says(options.output_fn is not None)  # rank 0's callback decides for every rank
     model.train()
     network = ranks.wrap(model)  # again in every call: a surgery in between changes the parameters' shapes
     try:
@@ -271,10 +272,8 @@ def fine_tune(
                 if progress and log.iteration % options.verbose_frequency == 0:
                     values = ", ".join(f"{k} {v:.4g}" for k, v in state.items() if k not in _COUNTERS)
                     tqdm.write(f"  iteration {log.iteration} (epoch {epoch + 1}): {values}")
-                if options.output_fn is not None:
-                    asked = ranks.main and bool(options.output_fn(state))
-                    if ranks.from_main(asked):
-                        return FineTuneOutcome("stopped", last_validation)
+                if asks and ranks.main_says(ranks.main and bool(options.output_fn and options.output_fn(state))):
+                    return FineTuneOutcome("stopped", last_validation)
         if validation is not None and (last_validation is None or last_validation["iteration"] != log.iteration):
             last_validation = validate(options.max_epochs)
         return FineTuneOutcome("completed", last_validation)

@@ -30,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from prune_core import PruningOptions, TrainingOptions
 from prune_core.finetune import resolve_loss
 from sweeps.deployment.measure import DeploymentOptions
+from sweeps.job.schemas import TRAINING_APP
+from sweeps.process.distributed import check_setting
 
 DEPLOYMENT_METRICS = ("latency_", "onnx_")  # what a job measures after pruning, not in the pruning history
 
@@ -49,8 +51,9 @@ def pruning_options(cfg: DictConfig, **runtime: Any) -> PruningOptions:
 
 def training_options(cfg: DictConfig, group: str = "training", **runtime: Any) -> TrainingOptions:
     """``TrainingOptions`` from config group ``group`` ("training" or "base.training"), seeded by ``cfg.seed``."""
+    values = {k: v for k, v in _group(cfg, group).items() if k not in TRAINING_APP}
     try:
-        return TrainingOptions(**(_group(cfg, group) | runtime), seed=cfg.seed)
+        return TrainingOptions(**(values | runtime), seed=cfg.seed)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{group}: {exc}") from exc
 
@@ -72,6 +75,7 @@ def check_job_config(cfg: DictConfig) -> None:
     pruning_options(cfg)
     for group in ("training", "base.training"):
         training_options(cfg, group)
+    check_setting(OmegaConf.select(cfg, "training.distributed", default="off"))
     measured = deployment_options(cfg).metrics()
     sweep = OmegaConf.select(cfg, "sweep") or {}
     for key in ("objectives", "constraints"):

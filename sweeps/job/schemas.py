@@ -12,6 +12,7 @@ it composes the config, before the app runs. Values of the right type that are n
 which ``sweeps.job.config`` builds first thing.
 
 Fields the app fills in itself are left out: the folders, callbacks, validation data and seed.
+The ``training`` group has a key of the app's too, ``distributed`` (``sweeps.process.distributed``).
 
 >>> from omegaconf import OmegaConf
 >>> schema = config_schema(PruningOptions, exclude=PRUNING_RUNTIME)
@@ -38,6 +39,7 @@ from prune_core import PruningOptions, TrainingOptions
 
 PRUNING_RUNTIME = ("checkpoint_path", "checkpoint_fn", "plots_path", "iteration_fn", "resume_from")
 TRAINING_RUNTIME = ("validation_data", "seed", "output_fn")
+TRAINING_APP = {"distributed": "auto"}  # the app's own keys of the training group (sweeps.process.distributed)
 _CHECKED = (int, float, bool, str)
 
 
@@ -62,14 +64,16 @@ def _default(field: dataclasses.Field) -> dataclasses.Field:
     return dataclasses.field(default=value)
 
 
-def config_schema(options: type, exclude: tuple[str, ...] = ()) -> type:
-    """A structured-config dataclass with the config-holdable fields of dataclass ``options``."""
+def config_schema(options: type, exclude: tuple[str, ...] = (), app: dict[str, Any] | None = None) -> type:
+    """A structured-config dataclass with the config-holdable fields of dataclass ``options``, and the
+    app's own keys of the group (``app``: name -> default)."""
     hints = typing.get_type_hints(options)
     fields = [
         (f.name, _config_type(hints[f.name]), _default(f))
         for f in dataclasses.fields(options)
         if f.init and f.name not in exclude
     ]
+    fields += [(name, type(value), dataclasses.field(default=value)) for name, value in (app or {}).items()]
     return dataclasses.make_dataclass(f"{options.__name__}Schema", fields)
 
 
@@ -77,4 +81,5 @@ def register_schemas() -> None:
     """Store the schemas of the ``pruning`` and ``training`` groups (see the module docstring)."""
     store = ConfigStore.instance()
     store.store(group="pruning", name="schema", node=config_schema(PruningOptions, PRUNING_RUNTIME))
-    store.store(group="training", name="schema", node=config_schema(TrainingOptions, TRAINING_RUNTIME))
+    training = config_schema(TrainingOptions, TRAINING_RUNTIME, TRAINING_APP)
+    store.store(group="training", name="schema", node=training)

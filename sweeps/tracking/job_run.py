@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from optuna_sweep.sweeper import TRIAL_ENV
 from optuna_sweep.workers import this_worker
+from prune_core.finetune import Ranks
 from sweeps import layout
 from sweeps.process import interrupts
 from sweeps.tracking.reaping import worker_tag
@@ -54,6 +55,7 @@ def job_run(uri: str, cfg: DictConfig, resumption: Resumption | None = None) -> 
     mlflow.set_experiment(experiment_id=experiment_id(MlflowClient(uri), cfg.tracking.experiment))
     tags, parent = _trial_tags(cfg)
     tags[layout.WORKER] = worker_tag(this_worker())
+    tags[layout.PROCESSES] = str(Ranks.current().world)
     if layout.TRIAL in tags:
         name = f"trial {tags[layout.TRIAL]}"
     else:  # a single run: what was pruned, on what, to which goal
