@@ -56,3 +56,4 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.sweep_overhead
 	$(PY) -m benchmarks.scale_out
 	$(PY) -m benchmarks.data_throughput
+	$(PY) -m benchmarks.distributed
