@@ -95,7 +95,8 @@ def run_job(cfg: DictConfig):
 
 def _run_job(cfg: DictConfig):
     check_job_config(cfg)
-    with job_ranks(cfg.training.distributed, cfg.training.device) as ranks, ranks.failing_together():
+    single_run = HydraConfig.get().mode == RunMode.RUN
+    with job_ranks(cfg.training.distributed, cfg.training.device, single_run) as ranks, ranks.failing_together():
         return _job(cfg, ranks) if ranks.main else _other_rank(cfg)
 
 

@@ -5,11 +5,14 @@ by ``torchrun --nproc-per-node N -m sweeps.run ...``, by SLURM (``hydra/launcher
 task per GPU, through submitit), or by submitit's local launcher with ``tasks_per_node`` > 1.
 ``job_ranks(setting)`` reads which process this is, from the first of
 
-- torchrun's (or one's own) ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
 - a submitit job's environment (``submitit.helpers.TorchDistributedEnvironment``: the rendezvous on
-  the job's first host, the port drawn from its job id), on SLURM or local;
+  the job's first host, the port drawn from its job id), on SLURM or local: a study's trial on
+  several processes;
+- torchrun's (or one's own) ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``,
+  for a single run (a study under torchrun would run a sweeper on every process: refused);
 - SLURM's ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` under a plain ``srun``, with
-  ``MASTER_ADDR`` and ``MASTER_PORT`` exported by the batch script;
+  ``MASTER_ADDR`` and ``MASTER_PORT`` exported by the batch script, for a single run (in a study,
+  the tasks of an ``srun`` are workers of their own, as before);
 
 and, with more than one process, initialises the process group (NCCL on GPUs, gloo on CPUs) for the
 job, destroys it at the end, and yields the job's ``Ranks``. ``compress_network`` then runs
@@ -50,17 +53,24 @@ def _from_slurm() -> None:
     )
 
 
-def launched_world() -> int:
+def launched_world(single_run: bool) -> int:
     """How many processes run this job (1 when it was not launched as several), with ``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK`` and the rendezvous exported for ``init_process_group``."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            from submitit.helpers import TorchDistributedEnvironment
+    ``LOCAL_RANK`` and the rendezvous exported for ``init_process_group``. In a study (``single_run`` False),
+    only a launcher's job counts: processes started by torchrun or srun would each run a sweeper of their own."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        from submitit.helpers import TorchDistributedEnvironment
 
-            if TorchDistributedEnvironment().world_size > 1:
-                TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-            _from_slurm()
+        if "WORLD_SIZE" not in os.environ and TorchDistributedEnvironment().world_size > 1:
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if not single_run and int(os.environ["WORLD_SIZE"]) > 1:
+            raise ValueError(
+                f"training.distributed=auto: this study runs in one of {os.environ['WORLD_SIZE']} processes "
+                "(torchrun?), each of which would run a sweeper of its own; launch a study's trials on "
+                "several processes with hydra/launcher=local_ddp or slurm_ddp, or set training.distributed=off"
+            )
+    elif single_run and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        _from_slurm()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -70,11 +80,11 @@ def check_setting(setting: str) -> None:
 
 
 @contextmanager
-def job_ranks(setting: str, device: str = "auto") -> Iterator[Ranks]:
+def job_ranks(setting: str, device: str = "auto", single_run: bool = True) -> Iterator[Ranks]:
     """The job's ranks, in a process group of its own while the block runs (see the module docstring);
-    ``device`` is ``training.device`` (gloo for "cpu")."""
+    ``device`` is ``training.device`` (gloo for "cpu"), ``single_run`` False for a study's trial."""
     check_setting(setting)
-    if setting == "off" or dist.is_initialized() or launched_world() == 1:
+    if setting == "off" or dist.is_initialized() or launched_world(single_run) == 1:
         yield Ranks.current()
         return
     cuda = torch.cuda.is_available() and device != "cpu"
