@@ -36,7 +36,8 @@ every mini-batch (``DistributedDataParallel``, wrapped again after every surgery
 losses and metrics are summed across ranks, and the units removed and every stop are rank 0's,
 so every rank removes the same units and returns the same network and the same ``PruningInfo``
 (rank 0's). Only rank 0 prints, plots, checkpoints and calls ``iteration_fn``/``output_fn``.
-An error on one rank fails every rank with that error.
+An error on one rank fails every rank with that error; so does Ctrl-C (``KeyboardInterrupt``
+on every rank, instead of the network so far: the ranks may have stopped at different points).
 
 The input model is not modified: it is copied first. See ``PruningInfo`` for what comes back.
 The options are a ``PruningOptions`` (``pruning=``), or its fields as keywords (``goal=0.5``),
@@ -411,6 +412,8 @@ class _Compression:
             while (stop := self.ranks.from_main(self._iteration())) is None:  # every rank stops as rank 0 does
                 pass
         except KeyboardInterrupt:
+            if self.ranks.distributed:  # the ranks stopped at different points: nothing they could agree to return
+                raise
             stop = self._interrupted()
         if stop.current:
             return self.model, len(self.record.rows) - 1, stop.reason
@@ -520,6 +523,8 @@ class _Compression:
             outcome = self._fine_tune(network, options)
             validation, status = outcome.validation, outcome.status
         except KeyboardInterrupt:
+            if self.ranks.distributed:
+                raise
             status = "interrupted"
         self.record.record(
             network,

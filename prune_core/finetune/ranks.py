@@ -164,7 +164,7 @@ class Ranks:
                         store.set(_FAILED_KEY, f"rank {self.rank} failed: {type(exc).__name__}: {exc}")
                 dist.destroy_process_group()
                 raise
-            if reason.startswith(f"rank {self.rank} "):
+            if reason.startswith(f"rank {self.rank} ") or isinstance(exc, KeyboardInterrupt):  # its own stop
                 raise
             raise RankFailed(reason) from exc
 

@@ -127,7 +127,8 @@ def test_train_network_on_two_ranks_trains_as_one_process(tmp_path: Path) -> Non
 
 
 def _fail_on_rank_one(rank: int, how: str) -> None:
-    """compress_network whose loss fails on rank 1 at its 8th call (mid fine-tune): raises, or the process dies."""
+    """compress_network whose loss fails on rank 1 at its 8th call (mid fine-tune): raises, is interrupted, or
+    the process dies."""
     x, y = _data()
     calls = 0
 
@@ -137,6 +138,8 @@ def _fail_on_rank_one(rank: int, how: str) -> None:
         if rank == 1 and calls == 8:
             if how == "killed":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if how == "interrupted":
+                raise KeyboardInterrupt
             raise RuntimeError("out of memory on this rank")
         return nn.functional.cross_entropy(outputs[0], targets[0])
 
@@ -147,6 +150,12 @@ def test_an_error_on_one_rank_fails_every_rank_with_it(tmp_path: Path) -> None:
     zero, one = run_ranks(_fail_on_rank_one, 2, tmp_path, "raised")
     assert one.error == "RuntimeError: out of memory on this rank"
     assert zero.error == "RankFailed: rank 1 failed: RuntimeError: out of memory on this rank"
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    zero, one = run_ranks(_fail_on_rank_one, 2, tmp_path, "interrupted")
+    assert one.error == "KeyboardInterrupt: "  # not the network so far: the ranks stopped at different points
+    assert zero.error == "RankFailed: rank 1 failed: KeyboardInterrupt: "
 
 
 def test_a_killed_rank_fails_the_others(tmp_path: Path) -> None:

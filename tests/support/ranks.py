@@ -48,7 +48,7 @@ def _rank_main(scenario: Callable[..., Any], rank: int, world: int, port: int, f
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(minutes=5))
     try:
         outcome = Outcome(value=scenario(rank, *args))
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C included: the outcome says so
         traceback.print_exc()
         outcome = Outcome(error=f"{type(exc).__name__}: {exc}")
     Path(folder, f"rank{rank}.pkl").write_bytes(pickle.dumps(outcome))
