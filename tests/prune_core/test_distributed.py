@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from prune_core import CRITERIA, Criterion, TaylorPrunableNetwork, TrainingOptions, compress_network
 from prune_core.finetune import Ranks, as_source, check_ranks, resolve_loss, train_network
@@ -115,6 +115,24 @@ def _train(rank: int | None) -> dict[str, torch.Tensor]:
     trained, info = train_network(_network(batch_norm=False), dataset, "crossentropy", _options(x, y))
     assert info.status == "completed" and len(info.training_history) == 12
     return trained.state_dict()
+
+
+def _train_from_loader(rank: int) -> dict[str, torch.Tensor]:
+    """A user's DataLoader with a DistributedSampler: its own shares, moved to a new epoch every pass."""
+    x, y = _data()
+    sampler = DistributedSampler(TensorDataset(x, y), shuffle=True, seed=0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, sampler=sampler)
+    options = TrainingOptions("sgdm", max_epochs=2, mini_batch_size=16, validation_data=(x, y))
+    trained, info = train_network(_network(batch_norm=False), loader, "crossentropy", options)
+    assert info.status == "completed" and len(info.training_history) == 12
+    assert sampler.epoch == 2  # set before each of the two passes
+    return trained.state_dict()
+
+
+def test_a_loader_with_a_distributed_sampler_trains_on_two_ranks(tmp_path: Path) -> None:
+    zero, one = run_ranks(_train_from_loader, 2, tmp_path)
+    assert [zero.error, one.error] == [None, None]
+    assert all(torch.equal(zero.value[name], one.value[name]) for name in zero.value)
 
 
 def test_train_network_on_two_ranks_trains_as_one_process(tmp_path: Path) -> None:
