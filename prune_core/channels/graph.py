@@ -129,13 +129,11 @@ class ChannelGraph:
     def _from_propagation(cls, model: nn.Module, prop: ChannelPropagation, names: list[str] | None) -> ChannelGraph:
         slots = prop.slots
         root_of = slots.all_roots()
-        producer_pairs = [(int(r), fqn) for fqn, ids in prop.producer_slots.items() for r in np.unique(root_of[ids])]
-        order = sorted({r for r, _ in producer_pairs})
+        produced = {fqn: np.unique(root_of[ids]) for fqn, ids in prop.producer_slots.items()}
+        order = np.unique(np.concatenate([np.zeros(0, np.int64), *produced.values()]))
         unit_of_root = np.full(len(slots), -1, dtype=np.int64)
         unit_of_root[order] = np.arange(len(order))
-        producers: list[set[str]] = [set() for _ in order]
-        for root, fqn in producer_pairs:
-            producers[unit_of_root[root]].add(fqn)
+        producers = _producers(len(order), {fqn: unit_of_root[roots] for fqn, roots in produced.items()})
         # (unit, site, count) for every site a unit touches; units touching the same sites alike (the
         # filters of one layer, say) share one counts dict and members tuple.
         keys, site_units, pairs = list(prop.sites), {}, []
@@ -150,21 +148,25 @@ class ChannelGraph:
         by_unit = np.lexsort((site_ids, unit_ids))
         unit_ids, site_ids, site_counts = unit_ids[by_unit], site_ids[by_unit], site_counts[by_unit]
         bounds = np.searchsorted(unit_ids, np.arange(len(order) + 1))
+        alike, first = _alike(unit_ids, site_ids, site_counts, bounds)
         site_owner = [owner(key[0]) for key in keys]
-        shared: dict[tuple[bytes, bytes], tuple[dict, tuple[str, ...], bool]] = {}
-        units = []
-        for k, root in enumerate(order):
-            sites_k, counts_k = site_ids[bounds[k] : bounds[k + 1]], site_counts[bounds[k] : bounds[k + 1]]
-            signature = (sites_k.tobytes(), counts_k.tobytes())
-            if signature not in shared:
-                counts = {keys[i]: c for i, c in zip(sites_k.tolist(), counts_k.tolist())}
-                selected = names is None or _selected(counts, prop.sites, names)
-                shared[signature] = (counts, tuple(sorted({site_owner[i] for i in sites_k.tolist()})), selected)
-            counts, members, selected = shared[signature]
-            reasons = slots.reasons(root)
-            if not selected:
-                reasons = reasons | {"not affected by the requested layer_names"}
-            units.append(Unit(k, counts, tuple(sorted(producers[k])), members, tuple(sorted(reasons))))
+        counts_of, members_of, unselected = [], [], []  # per kind of unit
+        for kind, k in enumerate(first.tolist()):
+            sites_k, counts_k = site_ids[bounds[k] : bounds[k + 1]].tolist(), site_counts[bounds[k] : bounds[k + 1]]
+            counts_of.append({keys[i]: c for i, c in zip(sites_k, counts_k.tolist())})
+            members_of.append(tuple(sorted({site_owner[i] for i in sites_k})))
+            if names is not None and not _selected(counts_of[-1], prop.sites, names):
+                unselected.append(kind)
+        reasons: list[tuple[str, ...]] = [()] * len(order)
+        for root, found in slots.root_reasons().items():
+            if unit_of_root[root] >= 0:
+                reasons[unit_of_root[root]] = tuple(sorted(found))
+        for k in np.flatnonzero(np.isin(alike, unselected)).tolist():
+            reasons[k] = tuple(sorted({*reasons[k], "not affected by the requested layer_names"}))
+        units = [
+            Unit(k, counts_of[kind], producers[k], members_of[kind], reasons[k])
+            for k, kind in enumerate(alike.tolist())
+        ]
         return cls(
             units=units,
             sites=prop.sites,
@@ -314,6 +316,56 @@ class RemovalTally:
             weight = 1 if self.weights is None else self.weights.get(name, 0.0)
             self.total += (removed - self.per_param.get(name, 0)) * weight
             self.per_param[name] = removed
+
+
+def _producers(count: int, units_of: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
+    """The producer layers of each of ``count`` units, sorted, from the units each layer produces (most units
+    have one producer; a residual stream's have several)."""
+    found = np.empty(count, dtype=object)
+    shared = np.bincount(np.concatenate([np.zeros(0, np.int64), *units_of.values()]), minlength=count) > 1
+    several: dict[int, list[str]] = {}
+    for fqn in sorted(units_of):
+        units = units_of[fqn]
+        alone = units[~shared[units]]
+        one = np.empty(alone.size, dtype=object)
+        one.fill((fqn,))
+        found[alone] = one
+        for k in units[shared[units]].tolist():
+            several.setdefault(k, []).append(fqn)
+    for k, fqns in several.items():
+        found[k] = tuple(fqns)
+    return found.tolist()  # type: ignore[no-any-return]
+
+
+def _alike(
+    unit_ids: np.ndarray, site_ids: np.ndarray, site_counts: np.ndarray, bounds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A kind per unit, the same for units that touch the same sites with as many entries each (the filters of
+    one layer, say), and the first unit of each kind. Each unit's (site, count) pairs, sorted by site, are
+    hashed together; every unit is then compared, pair by pair, with the first of its kind, and a hash that
+    joined different units (never seen) falls back to comparing the padded rows whole."""
+    lengths = np.diff(bounds)
+    position = np.arange(len(unit_ids)) - np.repeat(bounds[:-1], lengths)
+    with np.errstate(over="ignore"):
+        mixed = (site_ids.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        mixed ^= (site_counts.astype(np.uint64) + np.uint64(1)) * np.uint64(0xC2B2AE3D27D4EB4F)
+        mixed ^= (position.astype(np.uint64) + np.uint64(1)) * np.uint64(0x165667B19E3779F9)
+        mixed ^= mixed >> np.uint64(29)
+        mixed *= np.uint64(0xBF58476D1CE4E5B9)
+        hashed = np.zeros(len(lengths), dtype=np.uint64)
+        np.add.at(hashed, unit_ids, mixed)
+    _, first, kind = np.unique(hashed, return_index=True, return_inverse=True)
+    twin = first[kind]  # the first unit of each unit's kind
+    same = np.array_equal(lengths, lengths[twin])
+    if same:
+        mate = bounds[twin[unit_ids]] + position
+        same = np.array_equal(site_ids, site_ids[mate]) and np.array_equal(site_counts, site_counts[mate])
+    if same:
+        return kind.reshape(-1), first
+    rows = np.full((len(lengths), 2 * int(lengths.max(initial=0))), -1, dtype=np.int64)
+    rows[unit_ids, 2 * position], rows[unit_ids, 2 * position + 1] = site_ids, site_counts
+    _, first, kind = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    return kind.reshape(-1), first
 
 
 def _selected(counts: dict[tuple[str, int], int], sites: dict[tuple[str, int], Site], names: list[str]) -> bool:

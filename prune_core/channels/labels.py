@@ -95,6 +95,13 @@ class SlotTable:
     def reasons(self, slot: int) -> set[str]:
         return self._reasons.get(self.find(slot), set())
 
+    def root_reasons(self) -> dict[int, set[str]]:
+        """The reasons recorded so far, by the root of the slots they hold for."""
+        found: dict[int, set[str]] = {}
+        for slot, reasons in self._reasons.items():
+            found.setdefault(self.find(slot), set()).update(reasons)
+        return found
+
     def all_roots(self) -> np.ndarray:
         """The root of every slot, by pointer jumping over the whole parent array."""
         parent = np.asarray(self._parent, dtype=np.int64)
