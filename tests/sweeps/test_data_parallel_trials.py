@@ -76,11 +76,15 @@ def test_a_killed_rank_fails_its_trial_and_leaves_nothing_running(tmp_path: Path
     assert {r.info.status for r in all_runs(tmp_path)} <= {"FINISHED", "FAILED"}, "nothing left RUNNING"
 
 
-def test_the_slurm_data_parallel_launcher_example_composes() -> None:
+def test_the_data_parallel_launchers_compose() -> None:
     register_schemas()
     with initialize_config_dir(config_dir=str(Path(__file__).parents[2] / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm_ddp"], return_hydra_config=True)
-    launcher = cfg.hydra.launcher
+        slurm = compose("config", overrides=["hydra/launcher=slurm_ddp"], return_hydra_config=True)
+        local = compose(
+            "config", overrides=[*TWO_RANKS[:1], "hydra.launcher.tasks_per_node=4"], return_hydra_config=True
+        )
+    launcher = slurm.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.tasks_per_node == launcher.gpus_per_node == 8 and launcher.nodes == 1
-    assert cfg.training.distributed == "auto"
+    assert slurm.training.distributed == "auto"
+    assert local.hydra.launcher.gpus_per_node == 4, "one GPU per task"
