@@ -34,25 +34,31 @@ def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 1, 8, generator=generator), torch.randint(0, 3, (n,), generator=generator)
 
 
-def _scores(rank: int | None, criterion: str) -> tuple[list[float], list[int]]:
-    """Raw scores over 4 scoring batches of 16 (this rank's halves of them), and the 6 units chosen."""
+CRITERIA_WITH_GRADIENTS = ("taylor", "taylor-bn", "taylor-weight")
+
+
+def _scores(rank: int | None) -> dict[str, tuple[list[float], list[int]]]:
+    """Per criterion: raw scores over 4 scoring batches of 16 (this rank's halves of them), and the 6 units
+    chosen."""
     x, y = _data()
-    prunable = TaylorPrunableNetwork(_network(batch_norm=True), x[:2], criterion=criterion)
-    ranks = Ranks.current()
-    batches = as_source(x, y).batches(16, "every-epoch", torch.Generator().manual_seed(3), limit=4, ranks=ranks)
-    assert prunable.score_batches(batches, resolve_loss("crossentropy"), ranks=ranks)
-    return prunable.scorer.scores(prunable.model).tolist(), prunable.choose(max_units=6)
+    ranks, found = Ranks.current(), {}
+    for criterion in CRITERIA_WITH_GRADIENTS:
+        prunable = TaylorPrunableNetwork(_network(batch_norm=True), x[:2], criterion=criterion)
+        batches = as_source(x, y).batches(16, "every-epoch", torch.Generator().manual_seed(3), limit=4, ranks=ranks)
+        assert prunable.score_batches(batches, resolve_loss("crossentropy"), ranks=ranks)
+        found[criterion] = prunable.scorer.scores(prunable.model).tolist(), prunable.choose(max_units=6)
+    return found
 
 
-@pytest.mark.parametrize("criterion", ["taylor", "taylor-bn", "taylor-weight"])
-def test_scores_summed_across_ranks_are_one_process_scores(tmp_path: Path, criterion: str) -> None:
-    alone, chosen_alone = _scores(None, criterion)
-    outcomes = run_ranks(_scores, 2, tmp_path, criterion)
+def test_scores_summed_across_ranks_are_one_process_scores(tmp_path: Path) -> None:
+    alone = _scores(None)
+    outcomes = run_ranks(_scores, 2, tmp_path)
     assert [o.error for o in outcomes] == [None, None]
-    for outcome in outcomes:
-        scores, chosen = outcome.value
-        np.testing.assert_allclose(scores, alone, rtol=1e-5, atol=1e-12)
-        assert chosen == chosen_alone
+    for criterion in CRITERIA_WITH_GRADIENTS:
+        for outcome in outcomes:
+            scores, chosen = outcome.value[criterion]
+            np.testing.assert_allclose(scores, alone[criterion][0], rtol=1e-5, atol=1e-12, err_msg=criterion)
+            assert chosen == alone[criterion][1], criterion
     assert outcomes[0].value == outcomes[1].value  # bit for bit the same on both ranks
 
 
