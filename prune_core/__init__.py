@@ -2,7 +2,8 @@
 
 Two wings under one roof. ``prune_core.channels`` knows which channels of a network can go
 and removes them (``ChannelGraph``, ``remove_units``, ``analyze_compression``, ``save_pruned``);
-``prune_core.finetune`` trains (``TrainingOptions``, ``train_network``, data, losses, metrics).
+``prune_core.finetune`` trains (``TrainingOptions``, ``train_network``, data, losses, metrics, and
+``Ranks``: data-parallel runs under ``torch.distributed``).
 The top joins them: ``compress_network`` (with ``PruningOptions``), ``TaylorPrunableNetwork``,
 the criteria and allocations. Three extension points take code of one's own without editing
 the package: ``register_criterion``, ``register_allocation`` and ``register_module_rule``.
