@@ -4,7 +4,7 @@ MLP-only pruning and Torch-Pruning's ViT pruner, at 50% and 75% fewer MACs.
 Setup (the same for every method): scikit-learn's handwritten digits (1797 real images, shipped with the
 package) upscaled to 28x28, 75% train / 25% test (``criteria_2d.digits_28``). The network is timm's
 ``VisionTransformer`` on 28x28 single-channel images: patches of 7x7 (16 tokens and a class token),
-width 96, 4 blocks of 6 heads (head dim 16) and MLPs of 384 hidden units; 455 k parameters, 7.6 M MACs
+width 96, 4 blocks of 6 heads (head dim 16) and MLPs of 384 hidden units; 455 k parameters, 7.8 M MACs
 per image (the attention products included: ``count_macs`` counts every operation). It is trained once
 per seed (Adam 1e-3 with a cosine schedule, 40 epochs) and shared by all methods. Pruning removes 12.5%
 of the original MACs per step up to 75%; after every step the network is fine-tuned for 2 epochs
