@@ -445,6 +445,11 @@ def check_ranks(ranks: Ranks, options: TrainingOptions, source: DataSource, vali
     """Refuse, before any work, what a data-parallel run over ``ranks`` cannot split among them."""
     if not ranks.distributed:
         return
+    if options.solver == "lbfgs":  # its line search reads each rank's own loss: the ranks would step apart
+        raise ValueError(
+            f"options.solver='lbfgs' cannot run on the {ranks.world} processes of this run; use 'sgdm', "
+            "'adam' or 'rmsprop', or run in one process"
+        )
     ranks.local_batch_size(options.mini_batch_size)
     source.check_shardable(ranks)
     if validation is not None:

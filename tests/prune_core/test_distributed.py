@@ -195,6 +195,8 @@ def test_what_cannot_be_split_among_ranks_is_refused_first() -> None:
     two = Ranks(rank=0, world=2)
     with pytest.raises(ValueError, match=r"options.mini_batch_size=15 does not divide among the 2 processes"):
         check_ranks(two, TrainingOptions(mini_batch_size=15), as_source(x, y), None)
+    with pytest.raises(ValueError, match=r"options.solver='lbfgs' cannot run on the 2 processes of this run"):
+        check_ranks(two, TrainingOptions("lbfgs", mini_batch_size=16), as_source(x, y), None)
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
     with pytest.raises(ValueError, match=r"data: a DataLoader read by 2 processes needs a .*DistributedSampler"):
         check_ranks(two, TrainingOptions(mini_batch_size=16), as_source(loader), None)
