@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prune_core import load_pruned, save_pruned, train_network
+from prune_core.finetune import Ranks
 from sweeps.builders.datasets import folder_identity
 from sweeps.job.config import training_options
 from sweeps.job.data import JobData
@@ -62,7 +63,7 @@ def base_network(cfg: DictConfig, data: JobData, build: Callable[[], nn.Module])
     folder = Path(cfg.base.cache_dir)
     key = cache_key(cfg)  # once: for data on disk it walks the folder
     path = folder / f"base_{key}.pt"
-    if path.is_file():
+    if Ranks.current().from_main(path.is_file()):  # rank 0's answer: every rank of a job trains, or none
         try:
             return load_pruned(path, build), f"cache {path}"
         except Exception as exc:  # a corrupt or foreign file: never fail every trial on it
