@@ -247,17 +247,10 @@ class TaylorAccumulator:
 
     def all_reduce(self, ranks: Ranks) -> None:
         """The sums and example counts of every rank, added up (see ``Criterion.all_reduce``)."""
-        parts = [
-            torch.cat(
-                [
-                    self.sums.get(fqn, torch.zeros(len(local), dtype=torch.float64)).cpu(),
-                    torch.zeros(1, dtype=torch.float64),
-                ]
-            )
-            for fqn, (local, _, _) in self.consumers.items()
-        ]
-        for part, fqn in zip(parts, self.consumers, strict=True):
-            part[-1] = self.counts.get(fqn, 0)
+        parts = []  # per consuming layer: its sums, then its example count
+        for fqn, (local, _, _) in self.consumers.items():
+            total = self.sums.get(fqn, torch.zeros(len(local), dtype=torch.float64)).cpu()
+            parts.append(torch.cat([total, torch.tensor([self.counts.get(fqn, 0)], dtype=torch.float64)]))
         totals = ranks.sum(torch.cat(parts)).split([len(part) for part in parts])
         for fqn, total in zip(self.consumers, totals, strict=True):
             if total[-1] > 0:

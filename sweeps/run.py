@@ -34,15 +34,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+from torch import nn
 
 from optuna_sweep import disk_full_line, job_trial
 from prune_core import PruningInfo, StopReason, compress_network
-from prune_core.finetune import Ranks
+from prune_core.finetune import Ranks, TrainingOptions
 from sweeps import layout
 from sweeps.base_network import base_network
 from sweeps.deployment.measure import measure_deployment
 from sweeps.job.config import check_job_config, deployment_options, pruning_options, training_options
-from sweeps.job.data import load_data
+from sweeps.job.data import JobData, load_data
 from sweeps.job.intermediate import IntermediateValues
 from sweeps.job.schemas import register_schemas
 from sweeps.process import interrupts
@@ -100,12 +101,19 @@ def _run_job(cfg: DictConfig):
         return _job(cfg, ranks) if ranks.main else _other_rank(cfg)
 
 
+def _data_and_base(cfg: DictConfig) -> tuple[JobData, TrainingOptions, nn.Module, str]:
+    """The job's data, fine-tuning options and trained base network (and where it came from), on every rank."""
+    data = load_data(cfg)
+    device = job_device(cfg.training.device, job_index(HydraConfig.get().job.get("num") or 0))
+    options = training_options(cfg, device=device, validation_data=data.validation)
+    base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
+    return data, options, base, origin
+
+
 def _other_rank(cfg: DictConfig) -> None:
     """A rank but the first of a job on several processes: it computes its share of the pruning run, and
     never asks the trial or the tracking store anything (``sweeps.process.distributed``)."""
-    data = load_data(cfg)
-    options = training_options(cfg, device=job_device(cfg.training.device, 0), validation_data=data.validation)
-    base, _ = base_network(cfg, data, lambda: instantiate(cfg.model))
+    data, options, base, _ = _data_and_base(cfg)
     checkpoints, resumed = Ranks.current().from_main(None)  # as rank 0 found them
     settings = pruning_options(cfg, checkpoint_path=checkpoints, resume_from=resumed)
     compress_network(base, data.train, cfg.loss, options, pruning=settings)
@@ -116,10 +124,7 @@ def _job(cfg: DictConfig, ranks: Ranks):
     in_study = HydraConfig.get().mode == RunMode.MULTIRUN  # the study checked the server when it started
     open_store(uri, f"tracking.uri={uri!r}", wait=in_study)
     trial = job_trial()  # a sweep with a pruner: report intermediate values to this trial
-    data = load_data(cfg)
-    device = job_device(cfg.training.device, job_index(HydraConfig.get().job.get("num") or 0))
-    options = training_options(cfg, device=device, validation_data=data.validation)
-    base, origin = base_network(cfg, data, lambda: instantiate(cfg.model))
+    data, options, base, origin = _data_and_base(cfg)
     log.info(f"Base network: {origin}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     checkpoints = output_dir / "checkpoints" if cfg.tracking.log_checkpoints else None

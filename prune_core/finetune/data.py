@@ -141,10 +141,11 @@ class DataSource:
         With ``ranks`` of a data-parallel run, this rank's share of every batch (``Ranks.shard``; ``padded``
         so that every rank takes as many steps, or not, so that an evaluation counts each example once);
         a DataLoader's ``DistributedSampler`` is moved to the next epoch instead."""
-        if ranks is not None and ranks.distributed:
+        ranks = ranks if ranks is not None and ranks.distributed else None  # None: the whole of every batch
+        if ranks is not None:
             batch_size = ranks.local_batch_size(batch_size)
         if self.loader is not None:
-            if ranks is not None and ranks.distributed:
+            if ranks is not None:
                 self._passes += 1
                 self.loader.sampler.set_epoch(self._passes)  # type: ignore[attr-defined]  # checked by shardable
             source = (split_batch(b) for b in self.loader)
