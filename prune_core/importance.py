@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.channels import ChannelGraph, out_proj_called, owner
+from prune_core.channels import ChannelGraph, layer_family, out_proj_called, owner
 from prune_core.finetune import Ranks
 from prune_core.registry import Registry
 
@@ -166,21 +166,18 @@ def _removable(graph: ChannelGraph) -> np.ndarray:
 
 
 def _filters(producer: nn.Module) -> tuple[str, int]:
-    """The name of the weight holding a producer layer's filters, and the dim they lie along."""
-    if isinstance(producer, nn.MultiheadAttention):
-        return "in_proj_weight", 0
-    if isinstance(producer, (nn.modules.conv._ConvTransposeNd, nn.Embedding)):
-        return "weight", 1
-    return "weight", 0
+    """The name of the weight holding a producer layer's filters, and the dim they lie along (its family's)."""
+    family = layer_family(producer)
+    return family.filters if family is not None else ("weight", 0)
 
 
 def input_channel_dim(module: nn.Module, ndim: int) -> int:
-    """The channel dim of the input of a conv / conv-transpose (before the spatial dims), or of a linear or
-    multi-head attention (last)."""
-    if isinstance(module, (nn.Linear, nn.MultiheadAttention)):
-        return ndim - 1
-    kernel_size: tuple[int, ...] = module.kernel_size  # type: ignore[assignment]  # a conv's
-    return ndim - len(kernel_size) - 1
+    """The channel dim of a consuming layer's input of ``ndim`` dims (its family's ``input_dim``): before the
+    spatial dims for a convolution, the last for a linear layer or a multi-head attention."""
+    family = layer_family(module)
+    if family is None:
+        raise ValueError(f"{type(module).__name__} has no family: its input channels cannot be scored")
+    return family.channel_dim_of_input(module, ndim)
 
 
 class TaylorAccumulator:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prune_core.channels.example import ExampleInput
-from prune_core.channels.ops import module_kind
+from prune_core.channels.ops import module_family
 from prune_core.channels.preserve import preserved
 
 if TYPE_CHECKING:
@@ -49,10 +49,6 @@ class _Unfused(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
-
-
-# attention leaves whose attention products go to one of their linears' rows: a head's rows there
-_PROJECTED_HEADS = {"fused_qkv_attention": "qkv", "separate_qkv_attention": "query"}
 
 
 def _counted(model: nn.Module, example) -> tuple[FlopCounterMode, int]:
@@ -98,7 +94,7 @@ def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
             entries = module.in_proj_weight.numel() + module.out_proj.weight.numel()
             for weight in ("in_proj_weight", "out_proj.weight"):
                 result[prefix + weight] = flops / 2 / batch / entries
-        elif (heads := _PROJECTED_HEADS.get(str(module_kind(module)))) is not None:  # its attention products
+        elif (heads := getattr(module_family(module), "attention_products", None)) is not None:
             own = flops - sum(per_module.get(f"{root}.{prefix}{child}", 0) for child, _ in module.named_children())
             weight = f"{prefix}{heads}.weight"
             result[weight] = result.get(weight, 0.0) + own / 2 / batch / module.get_submodule(heads).weight.numel()

@@ -1,22 +1,23 @@
-"""What the channel analysis knows about each operation, by kind.
+"""Which family (``family.Family``) each operation of a traced network belongs to.
 
-Every node of a traced network falls into one of the ``KINDS`` below, and ``rules.RULES``
-holds what each kind does to channel labels. Anything not listed is *unsupported*: channels
-that reach it are never pruned, and the analysis report names the operation.
+Every node of a traced network is a module call, a function call or a Tensor method call;
+``module_family``, ``function_family`` and ``method_family`` give its family (the built-in ones are
+in ``families``), or None. A node without a family is *unsupported*: channels that reach it are
+never pruned, and the analysis report names the operation.
 
 ``register_module_rule(module_type, rule)`` teaches the analysis a module of one's own, like
-Torch-Pruning's customized pruners: ``rule`` is a kind name (the module behaves like that kind)
-or a rule function (``rules.channelwise(...)`` builds the usual one). Such modules are kept as
-leaves: the tracer does not look inside them.
+Torch-Pruning's customized pruners: ``rule`` is a built-in family's name (the module behaves like
+that family), a ``Family`` of one's own (``rules_layers.channelwise`` builds the usual one), or a
+bare rule function. Such modules are kept as leaves: the tracer does not look inside them.
 
 >>> import torch.nn as nn
->>> module_kind(nn.Conv2d(3, 8, 3)), module_kind(nn.ReLU()), module_kind(nn.LSTM(4, 4))
-('conv', 'elementwise', None)
+>>> [getattr(module_family(m), "name", None) for m in (nn.Conv2d(3, 8, 3), nn.ReLU(), nn.LSTM(4, 4))]
+['conv', 'elementwise', None]
 >>> class Swish(nn.Module):
 ...     def forward(self, x):
 ...         return x * x.sigmoid()
 >>> register_module_rule(Swish, "elementwise")
->>> module_kind(Swish())
+>>> module_family(Swish()).name
 'elementwise'
 """
 
@@ -30,48 +31,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune_core.channels import families
 from prune_core.channels.attention import PrunedMultiheadAttention
+from prune_core.channels.family import Family
 
-_MODULE_KINDS: dict[type[nn.Module], str] = {
-    nn.Conv1d: "conv",
-    nn.Conv2d: "conv",
-    nn.Conv3d: "conv",
-    nn.ConvTranspose1d: "conv_transpose",
-    nn.ConvTranspose2d: "conv_transpose",
-    nn.ConvTranspose3d: "conv_transpose",
-    nn.Linear: "linear",
-    nn.Embedding: "embedding",
-    nn.MultiheadAttention: "multihead_attention",
-    PrunedMultiheadAttention: "multihead_attention",
-    nn.BatchNorm1d: "batchnorm",
-    nn.BatchNorm2d: "batchnorm",
-    nn.BatchNorm3d: "batchnorm",
-    nn.InstanceNorm1d: "batchnorm",
-    nn.InstanceNorm2d: "batchnorm",
-    nn.InstanceNorm3d: "batchnorm",
-    nn.GroupNorm: "groupnorm",
-    nn.LayerNorm: "layernorm",
-    nn.PReLU: "prelu",
-    nn.Flatten: "reshape",
-    nn.Unflatten: "reshape",
-    nn.Softmax: "softmax",
-    nn.LogSoftmax: "softmax",
-    nn.ChannelShuffle: "channel_shuffle",
-    nn.MaxPool1d: "pool",
-    nn.MaxPool2d: "pool",
-    nn.MaxPool3d: "pool",
-    nn.AvgPool1d: "pool",
-    nn.AvgPool2d: "pool",
-    nn.AvgPool3d: "pool",
-    nn.AdaptiveAvgPool1d: "pool",
-    nn.AdaptiveAvgPool2d: "pool",
-    nn.AdaptiveAvgPool3d: "pool",
-    nn.AdaptiveMaxPool1d: "pool",
-    nn.AdaptiveMaxPool2d: "pool",
-    nn.AdaptiveMaxPool3d: "pool",
-    nn.LPPool1d: "pool",
-    nn.LPPool2d: "pool",
-    nn.Upsample: "pool",
+_MODULE_FAMILIES: dict[type[nn.Module], Family] = {
+    nn.Conv1d: families.CONV,
+    nn.Conv2d: families.CONV,
+    nn.Conv3d: families.CONV,
+    nn.ConvTranspose1d: families.CONV_TRANSPOSE,
+    nn.ConvTranspose2d: families.CONV_TRANSPOSE,
+    nn.ConvTranspose3d: families.CONV_TRANSPOSE,
+    nn.Linear: families.LINEAR,
+    nn.Embedding: families.EMBEDDING,
+    nn.MultiheadAttention: families.MULTIHEAD_ATTENTION,
+    PrunedMultiheadAttention: families.MULTIHEAD_ATTENTION,
+    nn.BatchNorm1d: families.BATCHNORM,
+    nn.BatchNorm2d: families.BATCHNORM,
+    nn.BatchNorm3d: families.BATCHNORM,
+    nn.InstanceNorm1d: families.BATCHNORM,
+    nn.InstanceNorm2d: families.BATCHNORM,
+    nn.InstanceNorm3d: families.BATCHNORM,
+    nn.GroupNorm: families.GROUPNORM,
+    nn.LayerNorm: families.LAYERNORM,
+    nn.PReLU: families.PRELU,
+    nn.Flatten: families.RESHAPE,
+    nn.Unflatten: families.RESHAPE,
+    nn.Softmax: families.SOFTMAX,
+    nn.LogSoftmax: families.SOFTMAX,
+    nn.ChannelShuffle: families.CHANNEL_SHUFFLE,
+    nn.MaxPool1d: families.POOL,
+    nn.MaxPool2d: families.POOL,
+    nn.MaxPool3d: families.POOL,
+    nn.AvgPool1d: families.POOL,
+    nn.AvgPool2d: families.POOL,
+    nn.AvgPool3d: families.POOL,
+    nn.AdaptiveAvgPool1d: families.POOL,
+    nn.AdaptiveAvgPool2d: families.POOL,
+    nn.AdaptiveAvgPool3d: families.POOL,
+    nn.AdaptiveMaxPool1d: families.POOL,
+    nn.AdaptiveMaxPool2d: families.POOL,
+    nn.AdaptiveMaxPool3d: families.POOL,
+    nn.LPPool1d: families.POOL,
+    nn.LPPool2d: families.POOL,
+    nn.Upsample: families.POOL,
 }
 _ELEMENTWISE_MODULES = (
     nn.ReLU,
@@ -96,55 +99,81 @@ _ELEMENTWISE_MODULES = (
     nn.Dropout3d,
     nn.AlphaDropout,
 )
-_MODULE_KINDS.update({cls: "elementwise" for cls in _ELEMENTWISE_MODULES})
+_MODULE_FAMILIES.update({cls: families.ELEMENTWISE for cls in _ELEMENTWISE_MODULES})
 # Keyed by the forward function, so subclasses that keep the base forward are recognised and
 # subclasses that override it (torchvision's LayerNorm2d, say) are traced through instead.
-_KIND_BY_FORWARD = {cls.forward: kind for cls, kind in _MODULE_KINDS.items()}
+_FAMILY_BY_FORWARD = {cls.forward: family for cls, family in _MODULE_FAMILIES.items()}
 
 # Modules of other libraries, matched by qualified name so the library is not a dependency: channel-wise
 # by construction, or multi-head self-attention with one fused ``qkv`` linear and an output ``proj``
 # (timm's, in its ViT, DeiT, ... families, and Swin's window attention), kept as a leaf whose heads are units.
-_KIND_BY_NAME = {
-    "torchvision.ops.stochastic_depth.StochasticDepth": "elementwise",
-    "timm.layers.attention.Attention": "fused_qkv_attention",
-    "timm.models.swin_transformer.WindowAttention": "fused_qkv_attention",
+_FAMILY_BY_NAME = {
+    "torchvision.ops.stochastic_depth.StochasticDepth": families.ELEMENTWISE,
+    "timm.layers.attention.Attention": families.FUSED_QKV_ATTENTION,
+    "timm.models.swin_transformer.WindowAttention": families.FUSED_QKV_ATTENTION,
 }
 
 
-# Modules taught by users: the class (subclasses included) -> a kind name or a rule function.
-_USER_RULES: dict[type[nn.Module], str | Callable[..., Any]] = {}
+# Modules taught by users: the class (subclasses included) -> its family.
+_USER_FAMILIES: dict[type[nn.Module], Family] = {}
 
 
 def register_module_rule(
-    module_type: type[nn.Module], rule: str | Callable[..., Any], *, replace: bool = False
+    module_type: type[nn.Module], rule: str | Family | Callable[..., Any], *, replace: bool = False
 ) -> None:
-    """Analyse ``module_type`` (and its subclasses) as a leaf with ``rule``: a name from ``KINDS`` or a rule
-    function ``rule(prop, call)`` (see ``rules``). A type registered already needs ``replace=True``."""
+    """Analyse ``module_type`` (and its subclasses) as a leaf of family ``rule``: a built-in family's name
+    (``families.BUILT_IN``), a ``Family``, or a rule function ``rule(prop, call)`` (a family with only that
+    rule). A type registered already needs ``replace=True``."""
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"module_type must be a subclass of torch.nn.Module, got {module_type!r}")
-    if isinstance(rule, str) and rule not in KINDS:
-        raise ValueError(f"rule {rule!r} is not a kind; use one of {KINDS} or a rule function")
-    if not isinstance(rule, str) and not callable(rule):
-        raise TypeError(f"rule must be a kind name or a function rule(prop, call), got {rule!r}")
-    if module_type in _USER_RULES and not replace:
+    if isinstance(rule, str):
+        if rule not in families.BUILT_IN:
+            raise ValueError(
+                f"rule {rule!r} is not a family; use one of {sorted(families.BUILT_IN)}, a Family or a rule function"
+            )
+        family = families.BUILT_IN[rule]
+    elif isinstance(rule, Family):
+        family = rule
+    elif callable(rule):
+        family = Family(getattr(rule, "__qualname__", repr(rule)), rule)
+    else:
+        raise TypeError(f"rule must be a family name, a Family or a function rule(prop, call), got {rule!r}")
+    if module_type in _USER_FAMILIES and not replace:
         raise ValueError(f"{module_type.__qualname__} has a rule already; pass replace=True to replace it")
-    _USER_RULES[module_type] = rule
+    _USER_FAMILIES[module_type] = family
 
 
 def unregister_module_rule(module_type: type[nn.Module]) -> None:
     """Forget the rule registered for ``module_type`` (its forward is traced through again)."""
-    _USER_RULES.pop(module_type, None)
+    _USER_FAMILIES.pop(module_type, None)
 
 
-def module_kind(module: nn.Module) -> str | Callable[..., Any] | None:
-    """The kind of a leaf module (a user's rule function for a type registered with one), or None when
-    the analysis does not understand it."""
+def module_family(module: nn.Module) -> Family | None:
+    """The family of a leaf module (a user's for a type registered with one), or None when the analysis does
+    not understand it."""
     for cls in type(module).__mro__:
-        if cls in _USER_RULES:
-            return _USER_RULES[cls]
-    kind = _KIND_BY_FORWARD.get(type(module).forward)
-    kind = kind or _KIND_BY_NAME.get(f"{type(module).__module__}.{type(module).__qualname__}")
-    return kind or ("separate_qkv_attention" if _separate_qkv_attention(module) else None)
+        if cls in _USER_FAMILIES:
+            return _USER_FAMILIES[cls]
+    family = _FAMILY_BY_FORWARD.get(type(module).forward)
+    family = family or _FAMILY_BY_NAME.get(f"{type(module).__module__}.{type(module).__qualname__}")
+    return family or (families.SEPARATE_QKV_ATTENTION if _separate_qkv_attention(module) else None)
+
+
+def layer_family(module: nn.Module) -> Family | None:
+    """The family of a layer by its class alone (a ``Conv2d`` subclass with a forward of its own included), for
+    what its weights hold: its filters, its inputs, its channel counts after a surgery. ``module_family`` says
+    whether its forward is understood."""
+    for cls in type(module).__mro__:
+        family = _USER_FAMILIES.get(cls) or _MODULE_FAMILIES.get(cls)
+        if family is not None:
+            return family
+    return module_family(module)
+
+
+def channel_attribute_names() -> tuple[str, ...]:
+    """Every family's channel-count attributes, built-in and registered, once each (what checkpoints record)."""
+    names = [a for family in (*families.BUILT_IN.values(), *_USER_FAMILIES.values()) for a in family.attributes]
+    return tuple(dict.fromkeys(names))
 
 
 def _separate_qkv_attention(module: nn.Module) -> bool:
@@ -265,98 +294,61 @@ SPLIT_FUNCTIONS = {torch.chunk, torch.split}
 SPLIT_METHODS = {"chunk", "split"}
 SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 SOFTMAX_METHODS = {"softmax", "log_softmax"}
-NORM_FUNCTIONS = {
-    F.batch_norm: "channel_norm_function",
-    F.instance_norm: "channel_norm_function",
-    F.group_norm: "group_norm_function",
-    F.layer_norm: "layer_norm_function",
-}
 
 
-KINDS = (
-    "elementwise",
-    "reshape",
-    "permute",
-    "pool",
-    "reduce",
-    "softmax",
-    "concat",
-    "split",
-    "getitem",
-    "conv",
-    "conv_transpose",
-    "linear",
-    "batchnorm",
-    "groupnorm",
-    "layernorm",
-    "prelu",
-    "channel_shuffle",
-    "channel_norm_function",
-    "group_norm_function",
-    "layer_norm_function",
-    "fused_qkv_attention",
-    "separate_qkv_attention",
-    "multihead_attention",
-    "embedding",
-    "pad",
-    "roll",
-    "new_tensor",
-)
+def _by_family(tables: dict[Family, set]) -> dict:
+    return {member: family for family, members in tables.items() for member in members}
 
 
-def _by_kind(tables: dict[str, set]) -> dict:
-    return {member: kind for kind, members in tables.items() for member in members}
-
-
-_FUNCTION_KINDS = (
-    _by_kind(
-        {
-            "elementwise": ELEMENTWISE_FUNCTIONS,
-            "reshape": RESHAPE_FUNCTIONS,
-            "permute": PERMUTE_FUNCTIONS,
-            "pool": POOL_FUNCTIONS,
-            "reduce": REDUCE_FUNCTIONS,
-            "concat": CONCAT_FUNCTIONS,
-            "split": SPLIT_FUNCTIONS,
-            "softmax": SOFTMAX_FUNCTIONS,
-            "getitem": {operator.getitem},
-            "pad": {F.pad},
-            "roll": {torch.roll},
-        }
-    )
-    | NORM_FUNCTIONS
-)
-_METHOD_KINDS = _by_kind(
+_FUNCTION_FAMILIES = _by_family(
     {
-        "elementwise": ELEMENTWISE_METHODS,
-        "reshape": RESHAPE_METHODS,
-        "permute": PERMUTE_METHODS,
-        "reduce": REDUCE_METHODS,
-        "split": SPLIT_METHODS,
-        "softmax": SOFTMAX_METHODS,
-        "roll": {"roll"},
-        "new_tensor": {"new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"},
+        families.ELEMENTWISE: ELEMENTWISE_FUNCTIONS,
+        families.RESHAPE: RESHAPE_FUNCTIONS,
+        families.PERMUTE: PERMUTE_FUNCTIONS,
+        families.POOL: POOL_FUNCTIONS,
+        families.REDUCE: REDUCE_FUNCTIONS,
+        families.CONCAT: CONCAT_FUNCTIONS,
+        families.SPLIT: SPLIT_FUNCTIONS,
+        families.SOFTMAX: SOFTMAX_FUNCTIONS,
+        families.GETITEM: {operator.getitem},
+        families.PAD: {F.pad},
+        families.ROLL: {torch.roll},
+        families.CHANNEL_NORM_FUNCTION: {F.batch_norm, F.instance_norm},
+        families.GROUP_NORM_FUNCTION: {F.group_norm},
+        families.LAYER_NORM_FUNCTION: {F.layer_norm},
+    }
+)
+_METHOD_FAMILIES = _by_family(
+    {
+        families.ELEMENTWISE: ELEMENTWISE_METHODS,
+        families.RESHAPE: RESHAPE_METHODS,
+        families.PERMUTE: PERMUTE_METHODS,
+        families.REDUCE: REDUCE_METHODS,
+        families.SPLIT: SPLIT_METHODS,
+        families.SOFTMAX: SOFTMAX_METHODS,
+        families.ROLL: {"roll"},
+        families.NEW_TENSOR: {"new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"},
     }
 )
 
 
-def function_kind(target) -> str | None:
-    """The kind of a ``call_function`` target, or None when unsupported."""
+def function_family(target) -> Family | None:
+    """The family of a ``call_function`` target, or None when unsupported."""
     try:
-        kind = _FUNCTION_KINDS.get(target)
+        family = _FUNCTION_FAMILIES.get(target)
     except TypeError:  # an unhashable target
-        kind = None
+        family = None
     if (
-        kind is None
+        family is None
         and f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in ELEMENTWISE_FUNCTION_NAMES
     ):
-        kind = "elementwise"
-    return kind
+        family = families.ELEMENTWISE
+    return family
 
 
-def method_kind(name: str) -> str | None:
-    """The kind of a ``call_method`` target (a Tensor method name), or None when unsupported."""
-    return _METHOD_KINDS.get(name)
+def method_family(name: str) -> Family | None:
+    """The family of a ``call_method`` target (a Tensor method name), or None when unsupported."""
+    return _METHOD_FAMILIES.get(name)
 
 
 def describe_target(target) -> str:

@@ -6,7 +6,7 @@ every shape is known exactly) and, beside the value, computes the node's channel
 pairs whose entries belong to channel slots -- a conv's filters (dim 0 of its weight), the
 matching input channels of the layers that consume them (dim 1), norm parameters and
 running statistics, ``num_features`` and the like. What each operation does to the labels
-is its rule (``rules``), looked up by the operation's kind (``ops``). ``graph`` turns the
+is its family's rule (``family``), looked up by ``ops``. ``graph`` turns the
 result into removal units. Values are freed after their last use (fx's garbage collection), labels are small
 integer arrays.
 
@@ -30,7 +30,6 @@ from prune_core.channels import ops
 from prune_core.channels.labels import SlotTable, label_arrays
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.rule_call import OpCall
-from prune_core.channels.rules import RULES
 from prune_core.channels.sites import ParamRef, Site
 
 # Functions that take a layer's weight as their second argument.
@@ -153,14 +152,14 @@ class ChannelPropagation(fx.Interpreter):
             return None
         if n.op == "call_module":
             module = self.modules[n.target]
-            kind = ops.module_kind(module)
-            what = f"{n.target} ({type(module).__name__})"  # its kind: a name, or a user's rule
+            family = ops.module_family(module)
+            what = f"{n.target} ({type(module).__name__})"
         elif n.op == "call_function":
-            kind, what = ops.function_kind(n.target), ops.describe_target(n.target)
+            family, what = ops.function_family(n.target), ops.describe_target(n.target)
         else:
-            kind, what = ops.method_kind(n.target), f"Tensor.{n.target}"
-        rule = kind if callable(kind) else RULES[kind] if kind is not None else None
-        labels = rule(self, OpCall(n, args, kwargs, lab_args, lab_kwargs, result)) if rule is not None else None
+            family, what = ops.method_family(n.target), f"Tensor.{n.target}"
+        call = OpCall(n, args, kwargs, lab_args, lab_kwargs, result)
+        labels = family.rule(self, call) if family is not None else None
         if labels is None:
             if n.op == "call_function" and n.target in _WEIGHTED:
                 weight = lab_args[1] if len(lab_args) > 1 else lab_kwargs.get("weight")

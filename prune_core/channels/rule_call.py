@@ -75,6 +75,16 @@ def argument(args: tuple, kwargs: dict, index: int, name: str, default: Any = No
     return args[index] if len(args) > index else kwargs.get(name, default)
 
 
+def dims_of(dims: int | list[int] | tuple[int, ...], ndim: int) -> list[int]:
+    """A dim or dims of an ``ndim``-dimensional tensor, non-negative and sorted.
+
+    >>> dims_of(-1, 3), dims_of((2, 0), 3)
+    ([2], [0, 2])
+    """
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return sorted(d % ndim for d in dims)
+
+
 def channel_vector(prop: Propagation, lab: object, dim: int, size: int, fqn: str) -> np.ndarray:
     """The slots of the ``size`` channels along ``dim`` of an input to layer ``fqn`` with labels ``lab``: blocked
     ones (and ``lab`` blocked) where the labels vary along another dim too or are not an array."""

@@ -3,7 +3,8 @@
 ``remove_units(model, graph, unit_ids)`` replaces every parameter and buffer touched by the
 units with a smaller copy (``index_select`` of the kept entries along each pruned dim) and
 updates the layers' channel attributes (``in_channels``, ``out_channels``, ``groups``,
-``num_features``, ``in_features``, ``embed_dim``, ...). The model keeps its classes and stays
+``num_features``, ``in_features``, ``embed_dim``, ...: each family's ``attributes``, and what its
+``after_surgery`` derives). The model keeps its classes and stays
 trainable and scriptable, except that a pruned ``nn.MultiheadAttention`` becomes a
 ``PrunedMultiheadAttention`` (a subclass whose forward allows its new sizes: ``attention``); any
 optimizer holding the old parameters must be rebuilt.
@@ -30,32 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune_core.channels.attention import to_pruned_form
 from prune_core.channels.graph import ChannelGraph
+from prune_core.channels.ops import channel_attribute_names, layer_family
 from prune_core.channels.sites import owner, replace_tensor
 from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
-
-# Channel-count attributes that follow the parameter shapes, per layer family.
-_CHANNEL_ATTRIBUTES = (
-    "in_channels",
-    "out_channels",
-    "groups",
-    "in_features",
-    "out_features",
-    "num_features",
-    "num_channels",
-    "num_groups",
-    "normalized_shape",
-    "num_parameters",
-    "num_heads",
-    "attn_dim",
-    "embed_dim",
-    "kdim",
-    "vdim",
-    "embedding_dim",
-    "num_attention_heads",
-    "all_head_size",
-)
 
 
 def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int], verify: bool = True) -> None:
@@ -119,29 +98,20 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
 
 
 def _sync_attributes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
-    """Derive channel counts of convs, linears, embeddings and attentions from their (new) weight shapes."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        weight = module.weight
-        if name in graph.grouped_convs:
-            module.groups = weight.shape[0 if not module.transposed else 1] // graph.grouped_convs[name]
-        if module.transposed:
-            module.in_channels, module.out_channels = weight.shape[0], weight.shape[1] * module.groups
-        else:
-            module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
-    elif isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.Embedding):
-        module.embedding_dim = module.weight.shape[1]
-    elif isinstance(module, nn.MultiheadAttention):
-        to_pruned_form(module)
-    elif name in graph.norm_groups:  # a GroupNorm, or a module calling F.group_norm with its own tensors
+    """What the module's family derives from its new weight shapes (``Family.after_surgery``), and the group
+    count of a module whose norm groups were pruned (a GroupNorm, or a module calling ``F.group_norm`` with
+    its own tensors)."""
+    family = layer_family(module)
+    if family is not None and family.after_surgery is not None:
+        family.after_surgery(name, module, graph)
+    if name in graph.norm_groups:
         module.num_groups = module.num_channels // graph.norm_groups[name]
 
 
 def channel_attributes(module: nn.Module) -> dict[str, object]:
-    """The channel-count attributes a module has (used by ``serialize``)."""
+    """The channel-count attributes a module has, of every family (used by ``serialize``)."""
     found = {}
-    for attr in _CHANNEL_ATTRIBUTES:
+    for attr in channel_attribute_names():
         value = getattr(module, attr, None)
         if isinstance(value, int) and not isinstance(value, bool):
             found[attr] = value

@@ -48,7 +48,7 @@ import torch
 from torch import fx, nn
 
 from prune_core.channels.example import ExampleInput
-from prune_core.channels.ops import module_kind
+from prune_core.channels.ops import module_family
 from prune_core.channels.preserve import preserved
 from prune_core.channels.recorder import record_forward
 
@@ -67,7 +67,7 @@ class _ChannelTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
             return True
-        if module_kind(m) is not None:
+        if module_family(m) is not None:
             return True
         if next(m.children(), None) is not None:  # torch.nn's compositions too (nn.TransformerEncoderLayer)
             return False

@@ -18,7 +18,7 @@ from prune_core import (
     register_criterion,
     register_module_rule,
 )
-from prune_core.channels import unregister_module_rule
+from prune_core.channels import ChannelGraph, Family, load_pruned, remove_units, save_pruned, unregister_module_rule
 from tests.support.architectures import wave_cnn, wave_task
 
 
@@ -155,7 +155,64 @@ def test_a_module_that_blocks_today_prunes_with_a_user_rule(scale_rule):
     assert pruned[0].out_channels < 8
     assert pruned[1].scale.shape == (pruned[0].out_channels,) and pruned[1].channels == pruned[0].out_channels
     assert net[1].scale.shape == (8,), "the caller's model is left as it was"
-    with pytest.raises(ValueError, match="rule 'elementwize' is not a kind; use one of"):
+    with pytest.raises(ValueError, match="rule .elementwize. is not a family; use one of"):
         register_module_rule(ChannelScale, "elementwize", replace=True)
     with pytest.raises(ValueError, match="ChannelScale has a rule already"):
         register_module_rule(ChannelScale, "elementwise")
+
+
+def test_a_checkpoint_records_the_channel_count_a_registered_family_names(scale_rule, tmp_path):
+    x = wave_task()[0][:4]
+    net = scaled_net().eval()
+    graph = ChannelGraph.build(net, x)
+    remove_units(net, graph, [u.id for u in graph.units if u.producers == ("0",)][:3])
+    assert net[1].channels == 5
+    save_pruned(net, tmp_path / "pruned.pt")
+    loaded = load_pruned(tmp_path / "pruned.pt", scaled_net).eval()
+    assert loaded[1].channels == 5, "the family's attribute came back from the checkpoint"
+    torch.testing.assert_close(loaded(x), net(x))
+
+
+class GroupedScale(nn.Module):
+    """A scale per channel that views its input as (batch, width, -1) with a width it holds: after a surgery
+    ``width`` must follow, which no label rule can see (it is no size of a tensor)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.width = channels
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x):
+        return torch.einsum("nct,c->nct", x.reshape(x.shape[0], self.width, -1), self.scale)
+
+
+def _width_from_scale(name: str, module: nn.Module, graph) -> None:
+    module.width = module.scale.shape[0]
+
+
+def test_a_registered_family_teaches_the_surgery_what_follows_a_removal(tmp_path):
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv1d(1, 6, 3, padding=1), GroupedScale(6), nn.ReLU(), nn.Conv1d(6, 2, 3))
+
+    x = wave_task()[0][:4]
+    scale_only = channelwise("scale").rule
+    register_module_rule(GroupedScale, scale_only)
+    try:
+        blind = net()
+        graph = ChannelGraph.build(blind, x)
+        with pytest.raises(pc.SurgeryMismatch):  # the view still asks for 6 channels: the check catches it
+            remove_units(blind, graph, [0, 1])
+        assert blind[1].width == 6 and blind[1].scale.shape == (6,), "put back as it was"
+        register_module_rule(
+            GroupedScale, Family("grouped-scale", scale_only, ("width",), after_surgery=_width_from_scale), replace=True
+        )
+        taught = net().eval()
+        expected = taught(x)
+        remove_units(taught, ChannelGraph.build(taught, x), [0, 1])
+        assert taught[1].width == 4 and taught[0].out_channels == 4
+        save_pruned(taught, tmp_path / "pruned.pt")
+        assert load_pruned(tmp_path / "pruned.pt", net)[1].width == 4
+        assert taught(x).shape == expected.shape
+    finally:
+        unregister_module_rule(GroupedScale)

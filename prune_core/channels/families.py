@@ -1,0 +1,149 @@
+"""The built-in families (``family.Family``): one object per family of operations, each with its rule
+(``rules_elementwise``, ``rules_shape``, ``rules_layers``, ``rules_attention``), its channel-count attributes,
+what the surgery derives after it, and its filter and input dims. ``ops`` says which modules, functions and
+methods belong to each; ``BUILT_IN`` names them, as ``register_module_rule`` accepts them.
+
+>>> CONV.attributes, CONV_TRANSPOSE.filters, LINEAR.channel_dim_of_input(None, 3)
+(('in_channels', 'out_channels', 'groups'), ('weight', 1), 2)
+>>> sorted(BUILT_IN)[:4]
+['batchnorm', 'channel_norm_function', 'channel_shuffle', 'concat']
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from prune_core.channels import rules_attention, rules_elementwise, rules_layers, rules_shape
+from prune_core.channels.attention import to_pruned_form
+from prune_core.channels.family import Family
+
+if TYPE_CHECKING:
+    from prune_core.channels.graph import ChannelGraph
+
+
+def _last_dim(module: nn.Module, ndim: int) -> int:
+    return ndim - 1
+
+
+def _before_spatial_dims(module: nn.Module, ndim: int) -> int:
+    kernel_size: tuple[int, ...] = module.kernel_size  # type: ignore[assignment]  # a convolution's
+    return ndim - len(kernel_size) - 1
+
+
+def _conv_sizes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+    """A convolution's channel counts and groups, from its new weight (filters per group stay)."""
+    weight, transposed = module.weight, module.transposed
+    if name in graph.grouped_convs:
+        module.groups = weight.shape[1 if transposed else 0] // graph.grouped_convs[name]
+    if transposed:
+        module.in_channels, module.out_channels = weight.shape[0], weight.shape[1] * module.groups
+    else:
+        module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
+
+
+def _linear_sizes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+    module.out_features, module.in_features = module.weight.shape
+
+
+def _embedding_sizes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+    module.embedding_dim = module.weight.shape[1]
+
+
+def _pruned_attention(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+    to_pruned_form(module)  # type: ignore[arg-type]  # the multihead_attention family's modules
+
+
+ELEMENTWISE = Family("elementwise", rules_elementwise.elementwise)
+POOL = Family("pool", rules_elementwise.pool)
+REDUCE = Family("reduce", rules_elementwise.reduce)
+SOFTMAX = Family("softmax", rules_elementwise.softmax)
+NEW_TENSOR = Family("new_tensor", rules_elementwise.new_tensor)
+RESHAPE = Family("reshape", rules_shape.reshape)
+PERMUTE = Family("permute", rules_shape.permute)
+CONCAT = Family("concat", rules_shape.concat)
+SPLIT = Family("split", rules_shape.split)
+GETITEM = Family("getitem", rules_shape.getitem)
+PAD = Family("pad", rules_shape.pad)
+ROLL = Family("roll", rules_shape.roll)
+CHANNEL_SHUFFLE = Family("channel_shuffle", rules_shape.channel_shuffle)
+CONV = Family(
+    "conv",
+    rules_layers.conv,
+    ("in_channels", "out_channels", "groups"),
+    after_surgery=_conv_sizes,
+    input_dim=_before_spatial_dims,
+)
+CONV_TRANSPOSE = Family(
+    "conv_transpose",
+    rules_layers.conv_transpose,
+    ("in_channels", "out_channels", "groups"),
+    after_surgery=_conv_sizes,
+    filters=("weight", 1),
+    input_dim=_before_spatial_dims,
+)
+LINEAR = Family(
+    "linear", rules_layers.linear, ("in_features", "out_features"), after_surgery=_linear_sizes, input_dim=_last_dim
+)
+EMBEDDING = Family(
+    "embedding", rules_layers.embedding, ("embedding_dim",), after_surgery=_embedding_sizes, filters=("weight", 1)
+)
+BATCHNORM = Family("batchnorm", rules_layers.batchnorm, ("num_features",))
+GROUPNORM = Family("groupnorm", rules_layers.groupnorm, ("num_channels", "num_groups"))
+LAYERNORM = Family("layernorm", rules_layers.layernorm, ("normalized_shape",))
+PRELU = Family("prelu", rules_layers.prelu, ("num_parameters",))
+# functional norms: the attributes are those of the module whose parameters they read
+CHANNEL_NORM_FUNCTION = Family("channel_norm_function", rules_layers.channel_norm_function, ("num_features",))
+GROUP_NORM_FUNCTION = Family("group_norm_function", rules_layers.group_norm_function, ("num_channels", "num_groups"))
+LAYER_NORM_FUNCTION = Family("layer_norm_function", rules_layers.layer_norm_function, ("normalized_shape",))
+FUSED_QKV_ATTENTION = Family(
+    "fused_qkv_attention", rules_attention.fused_qkv_attention, ("num_heads", "attn_dim"), attention_products="qkv"
+)
+SEPARATE_QKV_ATTENTION = Family(
+    "separate_qkv_attention",
+    rules_attention.separate_qkv_attention,
+    ("num_attention_heads", "all_head_size"),
+    attention_products="query",
+)
+MULTIHEAD_ATTENTION = Family(
+    "multihead_attention",
+    rules_attention.multihead_attention,
+    ("embed_dim", "kdim", "vdim", "num_heads"),
+    after_surgery=_pruned_attention,
+    filters=("in_proj_weight", 0),
+    input_dim=_last_dim,
+)
+
+BUILT_IN: dict[str, Family] = {
+    family.name: family
+    for family in (
+        ELEMENTWISE,
+        POOL,
+        REDUCE,
+        SOFTMAX,
+        NEW_TENSOR,
+        RESHAPE,
+        PERMUTE,
+        CONCAT,
+        SPLIT,
+        GETITEM,
+        PAD,
+        ROLL,
+        CHANNEL_SHUFFLE,
+        CONV,
+        CONV_TRANSPOSE,
+        LINEAR,
+        EMBEDDING,
+        BATCHNORM,
+        GROUPNORM,
+        LAYERNORM,
+        PRELU,
+        CHANNEL_NORM_FUNCTION,
+        GROUP_NORM_FUNCTION,
+        LAYER_NORM_FUNCTION,
+        FUSED_QKV_ATTENTION,
+        SEPARATE_QKV_ATTENTION,
+        MULTIHEAD_ATTENTION,
+    )
+}
