@@ -11,16 +11,13 @@ methods belong to each; ``BUILT_IN`` names them, as ``register_module_rule`` acc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import nn
 
 from prune_core.channels import rules_attention, rules_elementwise, rules_layers, rules_shape
 from prune_core.channels.attention import to_pruned_form
 from prune_core.channels.family import Family
-
-if TYPE_CHECKING:
-    from prune_core.channels.graph import ChannelGraph
 
 
 def _last_dim(module: nn.Module, ndim: int) -> int:
@@ -32,7 +29,7 @@ def _before_spatial_dims(module: nn.Module, ndim: int) -> int:
     return ndim - len(kernel_size) - 1
 
 
-def _conv_sizes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+def _conv_sizes(name: str, module: nn.Module, graph: Any) -> None:
     """A convolution's channel counts and groups, from its new weight (filters per group stay)."""
     weight, transposed = module.weight, module.transposed
     if name in graph.grouped_convs:
@@ -43,15 +40,15 @@ def _conv_sizes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
         module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
 
 
-def _linear_sizes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+def _linear_sizes(name: str, module: nn.Module, graph: Any) -> None:
     module.out_features, module.in_features = module.weight.shape
 
 
-def _embedding_sizes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+def _embedding_sizes(name: str, module: nn.Module, graph: Any) -> None:
     module.embedding_dim = module.weight.shape[1]
 
 
-def _pruned_attention(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+def _pruned_attention(name: str, module: nn.Module, graph: Any) -> None:
     to_pruned_form(module)  # type: ignore[arg-type]  # the multihead_attention family's modules
 
 

@@ -32,12 +32,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
-
-if TYPE_CHECKING:
-    from prune_core.channels.graph import ChannelGraph
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class Family:
     name: str
     rule: Callable[..., Any]
     attributes: tuple[str, ...] = ()
-    after_surgery: Callable[[str, nn.Module, ChannelGraph], None] | None = None
+    after_surgery: Callable[[str, nn.Module, Any], None] | None = None
     filters: tuple[str, int] = ("weight", 0)
     input_dim: Callable[[nn.Module, int], int] | None = None
     attention_products: str | None = None
