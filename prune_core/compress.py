@@ -284,6 +284,7 @@ def _compress(model: nn.Module, call: _Call) -> tuple[nn.Module, PruningInfo]:
         example,
         layer_names=settings.layer_names,
         leaf_modules=settings.leaf_modules,
+        attention_units=settings.attention_units,
         compare_at=settings.compare_at,
         criterion=settings.criterion,
         normalization=settings.normalization,

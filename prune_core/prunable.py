@@ -54,7 +54,7 @@ class TaylorPrunableNetwork:
     Args:
         model: the network; wrapping analyses it and leaves it as it is, ``prune`` shrinks it.
         example_input: a tensor or tuple of tensors the model runs on (for the channel analysis).
-        layer_names, leaf_modules, compare_at: as in ``ChannelGraph.build`` (``compare_at``: the
+        layer_names, leaf_modules, attention_units, compare_at: as in ``ChannelGraph.build`` (``compare_at``: the
             modules whose outputs the surgery check compares, for outputs that are post-processed).
         criterion: a registered criterion name: "taylor" (default), "l1", "random" or one's own
             (``prune_core.register_criterion``).
@@ -81,6 +81,7 @@ class TaylorPrunableNetwork:
         *,
         layer_names: Iterable[str] | None = None,
         leaf_modules: Iterable[str | type] = (),
+        attention_units: str = "heads",
         compare_at: Iterable[str] = (),
         criterion: str = "taylor",
         normalization: str = "mean",
@@ -100,7 +101,7 @@ class TaylorPrunableNetwork:
         self.example_input = example_input
         self.layer_names = [layer_names] if isinstance(layer_names, str) else layer_names
         self.layer_names = None if self.layer_names is None else list(self.layer_names)
-        self.leaf_modules = tuple(leaf_modules)
+        self.leaf_modules, self.attention_units = tuple(leaf_modules), attention_units
         self.compare_at = (compare_at,) if isinstance(compare_at, str) else tuple(compare_at)
         self.criterion, self.normalization, self.per_learnable = criterion, normalization, per_learnable
         self.allocation, self.verify = allocation, verify
@@ -113,7 +114,12 @@ class TaylorPrunableNetwork:
 
     def _build(self) -> ChannelGraph:
         return ChannelGraph.build(
-            self.model, self.example_input, self.layer_names, self.leaf_modules, compare_at=self.compare_at
+            self.model,
+            self.example_input,
+            self.layer_names,
+            self.leaf_modules,
+            compare_at=self.compare_at,
+            attention_units=self.attention_units,
         )
 
     @property

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
+from prune_core.channels import ATTENTION_UNITS
 from prune_core.checks import check_number, is_number
 from prune_core.importance import CRITERIA
 from prune_core.prunable import check_scoring
@@ -62,6 +63,8 @@ class PruningOptions:
         round_to: every pruned layer keeps a multiple of this many channels (8 to 32 suit GPU
             kernels and tensor cores), >= 1; 1 keeps what the allocation chose.
         leaf_modules: module names or types the analysis does not trace into.
+        attention_units: what a fused-qkv attention (timm's ViT family, Swin) loses: "heads" (whole heads,
+            the default) or "head_dims" (the same dims of every head's query, key and value; the heads stay).
         compare_at: module names whose outputs the surgery check compares instead of the network's
             (outputs that are post-processed: a detector's backbone and heads); () compares the outputs.
         verify: check every surgery against the zeroed original.
@@ -100,6 +103,7 @@ class PruningOptions:
     min_filter_fraction: float = 0.0
     round_to: int = 1
     leaf_modules: Sequence[str | type] = ()
+    attention_units: str = "heads"
     compare_at: Sequence[str] = ()
     verify: bool = True
     final_epochs: int = 0
@@ -123,7 +127,7 @@ class PruningOptions:
             raise ValueError(f"num_importance_score_iterations must be 'auto' or a positive integer, got {n!r}")
         check_number("checkpoint_frequency", self.checkpoint_frequency, "[1, inf)", integer=True)
         check_number("final_epochs", self.final_epochs, "[0, inf)", integer=True)
-        for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS)):
+        for name, allowed in (("verbosity", VERBOSITY), ("plots", PLOTS), ("attention_units", ATTENTION_UNITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not supported; use one of {allowed}")
         check_scoring(budget=self.budget, normalization=self.normalization, flops_weight=self.flops_weight)
@@ -178,6 +182,7 @@ class PruningKeywords(TypedDict, total=False):
     min_filter_fraction: float
     round_to: int
     leaf_modules: Sequence[str | type]
+    attention_units: str
     compare_at: Sequence[str]
     verify: bool
     final_epochs: int

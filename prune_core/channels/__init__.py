@@ -29,7 +29,7 @@ from prune_core.channels.attention import PrunedMultiheadAttention, out_proj_cal
 from prune_core.channels.example import ExampleInput
 from prune_core.channels.families import BUILT_IN as FAMILIES
 from prune_core.channels.family import Family
-from prune_core.channels.graph import ChannelGraph, RemovalTally, Unit
+from prune_core.channels.graph import ATTENTION_UNITS, ChannelGraph, RemovalTally, Unit
 from prune_core.channels.macs import count_macs, macs_per_weight
 from prune_core.channels.ops import layer_family, module_family, register_module_rule, unregister_module_rule
 from prune_core.channels.preserve import preserved
@@ -45,6 +45,7 @@ from prune_core.channels.tracing import TraceFailure, trace_model
 from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
 
 __all__ = [
+    "ATTENTION_UNITS",
     "FAMILIES",
     "NETWORK_OUTPUT",
     "ChannelGraph",

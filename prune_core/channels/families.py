@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from prune_core.channels import rules_attention, rules_elementwise, rules_layers, rules_shape
@@ -46,6 +47,22 @@ def _linear_sizes(name: str, module: nn.Module, graph: Any) -> None:
 
 def _embedding_sizes(name: str, module: nn.Module, graph: Any) -> None:
     module.embedding_dim = module.weight.shape[1]
+
+
+def _keep_attention_scale(name: str, module: nn.Module, graph: Any) -> None:
+    """A fused-qkv attention whose head dims went: the fused kernel's scale is ``head_dim ** -0.5`` of the new
+    head dim, and the module's own ``scale`` that of the original. Folding their ratio into the query rows
+    and setting ``scale`` to the new one makes both paths compute the original network's scores."""
+    qkv, scale = module.qkv, getattr(module, "scale", None)
+    width = module.num_heads * (qkv.weight.shape[0] // (3 * module.num_heads))  # the query rows
+    wanted = (width // module.num_heads) ** -0.5
+    if not isinstance(scale, float) or scale == wanted:
+        return
+    with torch.no_grad():
+        qkv.weight[:width] *= scale / wanted
+        if qkv.bias is not None:
+            qkv.bias[:width] *= scale / wanted
+    module.scale = wanted
 
 
 def _pruned_attention(name: str, module: nn.Module, graph: Any) -> None:
@@ -95,7 +112,11 @@ CHANNEL_NORM_FUNCTION = Family("channel_norm_function", rules_layers.channel_nor
 GROUP_NORM_FUNCTION = Family("group_norm_function", rules_layers.group_norm_function, ("num_channels", "num_groups"))
 LAYER_NORM_FUNCTION = Family("layer_norm_function", rules_layers.layer_norm_function, ("normalized_shape",))
 FUSED_QKV_ATTENTION = Family(
-    "fused_qkv_attention", rules_attention.fused_qkv_attention, ("num_heads", "attn_dim"), attention_products="qkv"
+    "fused_qkv_attention",
+    rules_attention.fused_qkv_attention,
+    ("num_heads", "attn_dim", "head_dim", "scale"),
+    after_surgery=_keep_attention_scale,
+    attention_products="qkv",
 )
 SEPARATE_QKV_ATTENTION = Family(
     "separate_qkv_attention",

@@ -38,6 +38,8 @@ from prune_core.channels.propagate import ChannelPropagation
 from prune_core.channels.sites import Site, owner
 from prune_core.channels.tracing import example_inputs, trace_model
 
+ATTENTION_UNITS = ("heads", "head_dims")
+
 
 @dataclass
 class Unit:
@@ -82,6 +84,7 @@ class ChannelGraph:
     grouped_convs: dict[str, int] = field(default_factory=dict)
     norm_groups: dict[str, int] = field(default_factory=dict)
     renormalizing: set[str] = field(default_factory=set)
+    products: set[str] = field(default_factory=set)  # producers whose filters enter a product (q·k)
     example_input: ExampleInput | None = None  # what the analysis ran on; the surgery check reuses it
     compare_at: tuple[str, ...] = ()  # modules whose outputs the surgery check compares (none: the network's)
     unsupported: tuple[str, ...] = ()  # operations the analysis did not understand
@@ -94,6 +97,7 @@ class ChannelGraph:
         layer_names: Iterable[str] | None = None,
         leaf_modules: Iterable[str | type] = (),
         compare_at: Iterable[str] = (),
+        attention_units: str = "heads",
     ) -> ChannelGraph:
         """Analyse ``model`` on ``example_input`` (a tensor, a tuple of positional arguments or a dict of
         keyword arguments: ``ExampleInput``).
@@ -104,8 +108,12 @@ class ChannelGraph:
         layers that consume them; ``leaf_modules`` are not traced into and their channels are
         left alone. ``compare_at`` names the modules whose outputs the surgery check compares instead
         of the network's outputs (``prune_core.channels.verify``): for a detector, the heads whose
-        raw predictions come before post-processing.
+        raw predictions come before post-processing. ``attention_units``: what a fused-qkv attention's
+        removal units are (timm's ViT family and Swin): "heads" (whole heads) or "head_dims" (dim j of every
+        head's query, key and value; see ``rules_attention``).
         """
+        if attention_units not in ATTENTION_UNITS:
+            raise ValueError(f"attention_units {attention_units!r} is not supported; use one of {ATTENTION_UNITS}")
         inputs = example_inputs(model, example_input)
         compared = check_compare_at(model, compare_at)
         names = resolve_layer_names(model, layer_names)
@@ -114,7 +122,7 @@ class ChannelGraph:
         try:
             with preserved(model):  # traced-through modules may update buffers as they run
                 gm = trace_model(model, leaf_modules, inputs)
-                prop = ChannelPropagation(gm, model)
+                prop = ChannelPropagation(gm, model, attention_units)
                 model.eval()
                 with torch.no_grad():
                     prop.run(*inputs.values)
@@ -176,6 +184,7 @@ class ChannelGraph:
             grouped_convs=dict(prop.grouped_convs),
             norm_groups=dict(prop.norm_groups),
             renormalizing=set(prop.renormalizing),
+            products=set(prop.products),
             unsupported=tuple(prop.unsupported),
         )
 
@@ -216,6 +225,7 @@ class ChannelGraph:
             grouped_convs=self.grouped_convs,
             norm_groups=self.norm_groups,
             renormalizing=self.renormalizing,
+            products=self.products,
             example_input=self.example_input,
             compare_at=self.compare_at,
             unsupported=self.unsupported,

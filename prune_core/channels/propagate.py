@@ -54,8 +54,9 @@ class ExampleInputMismatch(ValueError):
 class ChannelPropagation(fx.Interpreter):
     """Executes ``gm`` and records channel labels, slots and sites (see module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module | None = None) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module | None = None, attention_units: str = "heads") -> None:
         super().__init__(gm, garbage_collect_values=True)
+        self.attention_units = attention_units  # what a fused-qkv attention's units are: "heads" or "head_dims"
         model = gm if model is None else model  # the GraphModule holds only the leaves it calls
         self.slots = SlotTable()
         self.labels: dict[fx.Node, object] = {}
@@ -64,6 +65,7 @@ class ChannelPropagation(fx.Interpreter):
         self.grouped_convs: dict[str, int] = {}
         self.norm_groups: dict[str, int] = {}
         self.renormalizing: set[str] = set()
+        self.products: set[str] = set()  # producers whose removed filters the surgery check zeroes too
         self.unsupported: dict[str, None] = {}  # operations not understood, in the order met
         self.modules = dict(model.named_modules())
         self._parameters = {name for name, _ in model.named_parameters()}

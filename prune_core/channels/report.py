@@ -96,12 +96,16 @@ def analyze_compression(
     layer_names: Iterable[str] | str | None = None,
     leaf_modules: Iterable[str | type] = (),
     verbose: bool = True,
+    attention_units: str = "heads",
 ) -> CompressionReport:
     """Analyse ``model`` for filter pruning; print the report unless ``verbose=False``.
 
-    ``layer_names`` restricts pruning to the named layers and whatever they affect.
+    ``layer_names`` restricts pruning to the named layers and whatever they affect; ``attention_units``: as in
+    ``ChannelGraph.build`` ("heads" or "head_dims").
     """
-    graph = ChannelGraph.build(model, example_input, layer_names=layer_names, leaf_modules=leaf_modules)
+    graph = ChannelGraph.build(
+        model, example_input, layer_names=layer_names, leaf_modules=leaf_modules, attention_units=attention_units
+    )
     per_weight = macs_per_weight(model, example_input)
     most = graph.max_removal()
     report = CompressionReport(

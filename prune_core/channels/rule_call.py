@@ -47,6 +47,8 @@ class Propagation(Protocol):
     grouped_convs: dict[str, int]
     norm_groups: dict[str, int]
     renormalizing: set[str]
+    products: set[str]
+    attention_units: str
 
     def run(self, *args: Any) -> Any:
         """Execute the traced graph on ``args``, recording labels."""

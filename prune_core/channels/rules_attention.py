@@ -18,6 +18,10 @@ pruned attention computes what the original computes with those heads' outputs z
 kept in every attention (every layer keeps a channel). The output projection's outputs are new
 channels, as a linear layer's are.
 
+A fused-qkv attention can give its head dims as units instead (``ChannelGraph.build(...,
+attention_units="head_dims")``): dim ``j`` of every head's q, k and v goes, so the heads stay and
+shrink alike; ``nn.MultiheadAttention`` and the separate layout keep pruning whole heads.
+
 >>> import torch, torch.nn as nn
 >>> from prune_core.channels.graph import ChannelGraph
 >>> layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
@@ -44,7 +48,8 @@ def fused_qkv_attention(prop: Propagation, call: OpCall):
     """Multi-head self-attention with a fused ``qkv`` linear and an output ``proj`` (timm's ``Attention``, and
     Swin's ``WindowAttention`` with its per-head relative position bias table, whose head's column goes with
     the head). ``attn_dim`` follows where the module has it. The heads are kept (with the reason) where the
-    module gates or normalises the heads' outputs together."""
+    module gates or normalises the heads' outputs together. With ``attention_units="head_dims"`` the units
+    are head dims instead (``_head_dims``)."""
     n, args, lab_args, result = call.node, call.args, call.labels, call.result
     m, fqn, x = prop.modules[n.target], n.target, args[0]
     qkv, proj, heads = m.qkv, m.proj, m.num_heads
@@ -56,21 +61,52 @@ def fused_qkv_attention(prop: Propagation, call: OpCall):
     prop.site(f"{fqn}.qkv.weight", 1, vector, "input")
     if gated:  # the gate reads the input too
         prop.site(f"{fqn}.gate.weight", 1, vector, "input")
-    per_head = prop.producer(f"{fqn}.qkv", heads)
-    if gated or not isinstance(getattr(m, "norm", None), (type(None), nn.Identity)):
-        prop.slots.block(per_head, f"`{fqn}` gates or normalises its heads' outputs together: its heads are kept")
-    rows = np.tile(np.repeat(per_head, head_dim), 3)
-    prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), rows, "filter")
-    prop.site(f"{fqn}.proj.weight", 1, np.repeat(per_head, head_dim), "input")
-    prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
-    if hasattr(m, "attn_dim"):
-        prop.site(f"{fqn}.attn_dim", 0, np.repeat(per_head, head_dim), "follower", kind="attribute")
-    table = getattr(m, "relative_position_bias_table", None)
-    if isinstance(table, nn.Parameter) and table.ndim == 2 and table.shape[1] == heads:
-        prop.site(f"{fqn}.relative_position_bias_table", 1, per_head, "follower")
+    together = gated or not isinstance(getattr(m, "norm", None), (type(None), nn.Identity))
+    if prop.attention_units == "head_dims":
+        _head_dims(prop, fqn, m, heads, head_dim, together)
+    else:
+        per_head = prop.producer(f"{fqn}.qkv", heads)
+        if together:
+            prop.slots.block(per_head, f"`{fqn}` gates or normalises its heads' outputs together: its heads are kept")
+        rows = np.tile(np.repeat(per_head, head_dim), 3)
+        prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), rows, "filter")
+        prop.site(f"{fqn}.proj.weight", 1, np.repeat(per_head, head_dim), "input")
+        prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
+        if hasattr(m, "attn_dim"):
+            prop.site(f"{fqn}.attn_dim", 0, np.repeat(per_head, head_dim), "follower", kind="attribute")
+        table = getattr(m, "relative_position_bias_table", None)
+        if isinstance(table, nn.Parameter) and table.ndim == 2 and table.shape[1] == heads:
+            prop.site(f"{fqn}.relative_position_bias_table", 1, per_head, "follower")
     out = prop.producer(f"{fqn}.proj", proj.out_features)
     prop.module_sites(f"{fqn}.proj", ("weight", "bias"), out, "filter")
     return shaped(out, result.ndim, result.ndim - 1)
+
+
+def _head_dims(prop: Propagation, fqn: str, m: nn.Module, heads: int, head_dim: int, together: bool) -> None:
+    """A fused-qkv attention's head dims as units: dim ``j`` of every head's query, key and value (their
+    ``qkv`` rows and bias) and the matching input column of ``proj`` in every head, so every head keeps the
+    same ``head_dim`` and ``num_heads`` stays. Dropping a query and key dim changes the products, not a
+    layer's input: the surgery check zeroes those rows too (``prop.products``). The scale (``scale``) is the
+    original network's and is kept (``families``: the surgery folds it into the query rows). Kept, with the
+    reason, where the module normalises queries and keys over the head dims (``q_norm``/``k_norm``), gates or
+    normalises the heads' outputs together, or has no ``scale`` to keep."""
+    per_dim = prop.producer(f"{fqn}.qkv", head_dim)
+    normalised = [
+        name for name in ("q_norm", "k_norm") if not isinstance(getattr(m, name, None), (type(None), nn.Identity))
+    ]
+    if normalised:
+        prop.slots.block(per_dim, f"`{fqn}` normalises its queries and keys over the head dims: its head dims are kept")
+    if together:
+        prop.slots.block(per_dim, f"`{fqn}` gates or normalises its heads' outputs together: its head dims are kept")
+    if not isinstance(getattr(m, "scale", None), float):
+        prop.slots.block(per_dim, f"`{fqn}` has no float `scale` to keep: its head dims are kept")
+    prop.module_sites(f"{fqn}.qkv", ("weight", "bias"), np.tile(per_dim, 3 * heads), "filter")
+    prop.site(f"{fqn}.proj.weight", 1, np.tile(per_dim, heads), "input")
+    if isinstance(getattr(m, "head_dim", None), int):
+        prop.site(f"{fqn}.head_dim", 0, per_dim, "follower", kind="attribute")
+    if hasattr(m, "attn_dim"):
+        prop.site(f"{fqn}.attn_dim", 0, np.tile(per_dim, heads), "follower", kind="attribute")
+    prop.products.add(f"{fqn}.qkv")
 
 
 def multihead_attention(prop: Propagation, call: OpCall):

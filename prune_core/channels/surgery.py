@@ -50,7 +50,7 @@ def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int],
         _shrink(modules, graph, plan)
         return
     reference = reference_outputs(model, graph, unit_ids)
-    saved = {name: _state(modules[name]) for name in {owner(key[0]) for key in plan}}
+    saved = {name: _state(modules[name]) for name in _affected(modules, {owner(key[0]) for key in plan})}
     try:
         _shrink(modules, graph, plan)
         check_equivalent(model, graph, unit_ids, reference)
@@ -93,8 +93,16 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
     for name, count in attributes.items():
         module_name, _, attr = name.rpartition(".")
         setattr(modules[module_name], attr, (count,) if attr == "normalized_shape" else count)
-    for module_name in touched:
+    for module_name in _affected(modules, touched):
         _sync_attributes(module_name, modules[module_name], graph)
+
+
+def _affected(modules: dict[str, nn.Module], touched: set[str]) -> list[str]:
+    """The modules a surgery changes: those whose tensors or attributes it replaced, then every module above
+    them whose family derives something after a surgery (an attention whose ``qkv`` rows went)."""
+    above = {name.rsplit(".", i)[0] for name in touched for i in range(1, name.count(".") + 1)} - touched
+    deriving = [name for name in sorted(above) if getattr(layer_family(modules[name]), "after_surgery", None)]
+    return sorted(touched) + deriving
 
 
 def _sync_attributes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
@@ -109,11 +117,12 @@ def _sync_attributes(name: str, module: nn.Module, graph: ChannelGraph) -> None:
 
 
 def channel_attributes(module: nn.Module) -> dict[str, object]:
-    """The channel-count attributes a module has, of every family (used by ``serialize``)."""
-    found = {}
+    """The channel-count attributes a module has, of every family, and the float ones a surgery may set (an
+    attention's ``scale``): what ``serialize`` records."""
+    found: dict[str, object] = {}
     for attr in channel_attribute_names():
         value = getattr(module, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             found[attr] = value
         elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
             found[attr] = list(value)

@@ -1,11 +1,13 @@
 """The surgery check: a pruned network must equal the original with the removed channels zeroed.
 
 Removing a unit is exactly zeroing its channels where they enter the layers that consume them
-(the input weights of the consuming convs and linears). ``reference_outputs`` runs the model
-*before* the surgery with those input weights zeroed (``torch.func.functional_call`` with
-zeroed copies: the model itself is not touched), and ``check_equivalent`` compares the pruned
-model's outputs with it on the graph's example input, in eval mode. ``remove_units`` runs both
-around every surgery and puts the model back as it was when they differ.
+(the input weights of the consuming convs and linears; where channels enter a product of two
+activations instead, an attention's query and key dims, the filters that make them:
+``graph.products``). ``reference_outputs`` runs the model *before* the surgery with those
+weights zeroed (``torch.func.functional_call`` with zeroed copies: the model itself is not
+touched), and ``check_equivalent`` compares the pruned model's outputs with it on the graph's
+example input, in eval mode. ``remove_units`` runs both around every surgery and puts the model
+back as it was when they differ.
 
 A layer norm over channels renormalises over the channels that remain, so there pruning is not
 zeroing: in the reference run, such a norm (``F.layer_norm`` called inside a module that
@@ -162,7 +164,8 @@ def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[
     plan = graph.removal_plan(unit_ids)
     zeroed: dict[str, torch.Tensor] = {}
     for (name, dim), idx in plan.items():
-        if graph.sites[(name, dim)].role == "input" and name in params:
+        role = graph.sites[(name, dim)].role
+        if (role == "input" or (role == "filter" and owner(name) in graph.products)) and name in params:
             base = zeroed.get(name, params[name].detach())
             zeroed[name] = base.index_fill(dim, torch.as_tensor(idx, device=base.device), 0.0)
     return _run(model, graph, zeroed, _kept_norm_channels(graph, plan))
