@@ -153,17 +153,20 @@ def run_ours(
     return out
 
 
-def tp_attention_settings(model: nn.Module, ratio: float) -> tuple[dict, Callable[[Any], None]]:
+def tp_attention_settings(
+    model: nn.Module, ratio: float, attention_units: str = "heads"
+) -> tuple[dict, Callable[[Any], None]]:
     """Torch-Pruning's settings for vision transformers: every fused-qkv attention's ``num_heads``, whole heads
-    pruned at ``ratio`` (at most all but one head of the attention with fewest); and what puts the heads'
-    counts back into the modules after ``pruner.step()``."""
+    pruned at ``ratio`` (at most all but one head of the attention with fewest), or with
+    ``attention_units="head_dims"`` its head dims instead; and what puts the heads' counts and dims back into
+    the modules after ``pruner.step()``."""
     attentions = [
         m for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")
     ]
     settings = {
         "num_heads": {m.qkv: m.num_heads for m in attentions},
-        "prune_num_heads": bool(attentions),
-        "prune_head_dims": False,
+        "prune_num_heads": bool(attentions) and attention_units == "heads",
+        "prune_head_dims": bool(attentions) and attention_units == "head_dims",
         # it removes ceil(ratio x heads): just under (heads - 1) / heads leaves one head
         "head_pruning_ratio": max(0.0, min([ratio, *((m.num_heads - 1) / m.num_heads - 1e-6 for m in attentions)])),
     }
@@ -171,15 +174,17 @@ def tp_attention_settings(model: nn.Module, ratio: float) -> tuple[dict, Callabl
     def put_back(pruner) -> None:
         for m in attentions:
             m.num_heads = pruner.num_heads[m.qkv]
+            if hasattr(m, "head_dim"):
+                m.head_dim = m.qkv.out_features // (3 * m.num_heads)
             if hasattr(m, "attn_dim"):
-                m.attn_dim = m.num_heads * m.head_dim
+                m.attn_dim = m.qkv.out_features // 3
 
     return settings, put_back
 
 
-def tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) -> None:
+def tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float, attention_units: str = "heads") -> None:
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else model[-1]
-    settings, put_back = tp_attention_settings(model, ratio)
+    settings, put_back = tp_attention_settings(model, ratio, attention_units)
     pruner = tp.pruner.MetaPruner(
         model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[classifier], **settings
     )
@@ -187,24 +192,35 @@ def tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float) 
     put_back(pruner)
 
 
-def tp_step(model: nn.Module, example: torch.Tensor, importance, ratio: float, source, generator, device: str) -> None:
+def tp_step(
+    model: nn.Module,
+    example: torch.Tensor,
+    importance,
+    ratio: float,
+    source,
+    generator,
+    device: str,
+    attention_units: str = "heads",
+) -> None:
     """One Torch-Pruning step at ``ratio``; ``TaylorImportance`` gets the gradients of up to 100 batches first."""
     if isinstance(importance, tp.importance.TaylorImportance):
         model.eval()
         model.zero_grad()
         for (x,), (y,) in source.batches(64, "every-epoch", generator, limit=100):
             LOSS((model(x.to(device)),), (y.to(device),)).backward()
-    tp_prune(model, example, importance, ratio)
+    tp_prune(model, example, importance, ratio, attention_units)
     model.zero_grad(set_to_none=True)
 
 
-def _ratio_for(model: nn.Module, example: torch.Tensor, target: float, size, rounds: int) -> float:
+def _ratio_for(
+    model: nn.Module, example: torch.Tensor, target: float, size, rounds: int, attention_units: str = "heads"
+) -> float:
     """Smallest uniform ratio (``rounds`` of bisection) after which ``size(model)`` is at most ``target``."""
     low, high = 0.0, 0.999
     for _ in range(rounds):
         mid = (low + high) / 2
         trial = copy.deepcopy(model)
-        tp_prune(trial, example, tp.importance.RandomImportance(), mid)
+        tp_prune(trial, example, tp.importance.RandomImportance(), mid, attention_units)
         low, high = (low, mid) if size(trial) <= target else (mid, high)
     return high
 
@@ -225,10 +241,11 @@ def run_tp(
     epochs: int = 2,
     stop_at: float | None = None,
     finished: Callable[[nn.Module], None] | None = None,
+    attention_units: str = "heads",
 ) -> list[tuple[float, float]]:
     """Torch-Pruning in steps: each prunes to ``fractions[k]`` of the original ``size`` (learnables, or any
     measure of a model), then fine-tunes; (reduction, test accuracy) per step, stopping once ``stop_at``.
-    ``finished`` is called with the last network."""
+    ``finished`` is called with the last network; ``attention_units``: whole heads or head dims."""
     torch.manual_seed(seed)
     model, options = copy.deepcopy(base).to(device), fine_tuning(data, seed, device, epochs)
     source, generator = as_source(data["x_train"], data["y_train"]), torch.Generator().manual_seed(seed)
@@ -242,10 +259,11 @@ def run_tp(
                 model,
                 example,
                 importance_factory(),
-                _ratio_for(model, example, target, size, rounds),
+                _ratio_for(model, example, target, size, rounds, attention_units),
                 source,
                 generator,
                 device,
+                attention_units,
             )
         fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
         rows.append((1 - size(model) / original, accuracy_on_test(model, data, device)))

@@ -16,7 +16,8 @@ Methods:
   width shared by the residual stream, MLP hidden units): ``taylor`` (the default), ``taylor+uniform``
   (every group loses the same share), ``l1``, ``random``; and ``taylor mlp-only`` (``layer_names`` the
   MLPs' ``fc1``: the hidden units alone, what the engine pruned before heads and width were units; it
-  cannot reach 75%, and its table says how far it got);
+  cannot reach 75%, and its table says how far it got); ``taylor head-dims`` (``attention_units="head_dims"``:
+  the same dims of every head's q, k and v instead of whole heads, every head kept);
 - Torch-Pruning (``MetaPruner`` with its ViT settings, ``criteria.tp_attention_settings``: whole heads at
   the pruning ratio, the embedding width and the MLPs at the same ratio, the classifier ignored; each
   step the ratio that reaches the same MACs, found by bisection): ``tp-taylor`` (``TaylorImportance``,
@@ -24,7 +25,8 @@ Methods:
   ceil(ratio x heads) heads of every attention per step, at least one, so in these steps it is down to one
   head per block early; ``tp-taylor one-shot`` runs it as its ViT example does instead: the unpruned
   network pruned once to each level, then fine-tuned for as many epochs as the stepwise runs have had by
-  then (8 at 50%, 12 at 75%).
+  then (8 at 50%, 12 at 75%); ``tp-taylor head-dims`` prunes head dims instead of heads
+  (``prune_head_dims=True``), stepwise as ``tp-taylor``.
 
 Run: ``python -m benchmarks.criteria_vit [--seeds 0 1 2] [--methods ...] [--workers 1] [--device cpu]
 [--name criteria_vit]``. Writes ``benchmarks/results/<name>.md`` (mean ± sd per level, the deepest
@@ -68,6 +70,7 @@ OURS: dict[str, dict[str, Any]] = {
     "l1": {"criterion": "l1"},
     "random": {"criterion": "random"},
     MLP_ONLY: {"layer_names": [f"blocks.{i}.mlp.fc1" for i in range(DEPTH)]},
+    "taylor head-dims": {"attention_units": "head_dims"},
 }
 THEIRS = {
     "tp-taylor": tp.importance.TaylorImportance,
@@ -77,6 +80,7 @@ THEIRS = {
 # Torch-Pruning removes ceil(ratio x heads) heads of every attention per step, at least one, so in small
 # steps it is down to one head per block early; its ViT example prunes once, then fine-tunes.
 ONE_SHOT = {"tp-taylor one-shot": tp.importance.TaylorImportance}
+HEAD_DIMS = {"tp-taylor head-dims": tp.importance.TaylorImportance}
 DEFAULT = "taylor"
 
 
@@ -92,9 +96,9 @@ def train_base(data: dict, seed: int, device: str) -> nn.Module:
 
 
 def kept(model: nn.Module) -> str:
-    """What a pruned ViT kept: heads and MLP hidden units per block, and the embedding width."""
+    """What a pruned ViT kept: heads (and their dim) and MLP hidden units per block, and the embedding width."""
     blocks = list(model.blocks)
-    heads = "/".join(str(b.attn.num_heads) for b in blocks)
+    heads = "/".join(f"{b.attn.num_heads}x{b.attn.qkv.out_features // (3 * b.attn.num_heads)}" for b in blocks)
     hidden = "/".join(str(b.mlp.fc1.out_features) for b in blocks)
     return f"heads {heads}, width {model.cls_token.shape[-1]}, MLP {hidden}"
 
@@ -116,8 +120,10 @@ def run_ours(base: nn.Module, data: dict, seed: int, levers: dict, device: str) 
     return list(zip(rows["macs_reduction"], rows["validation_accuracy"], strict=True)), kept(pruned)
 
 
-def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: str) -> tuple[list, str]:
-    """Torch-Pruning in exact 12.5% steps of the original MACs, to 75%."""
+def run_tp(
+    base: nn.Module, data: dict, seed: int, importance_factory, device: str, attention_units: str = "heads"
+) -> tuple[list, str]:
+    """Torch-Pruning in exact 12.5% steps of the original MACs, to 75% (whole heads, or head dims)."""
     fractions = [1 - INCREMENT * step for step in range(1, round(GOAL / INCREMENT) + 1)]
     last: list[str] = []
     rows = run_tp_macs(
@@ -130,6 +136,7 @@ def run_tp(base: nn.Module, data: dict, seed: int, importance_factory, device: s
         epochs=FINE_TUNE_EPOCHS,
         stop_at=GOAL - 1e-3,
         finished=lambda model: last.append(kept(model)),
+        attention_units=attention_units,
     )
     return rows, last[0]
 
@@ -155,6 +162,8 @@ def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[l
             rows, structure = run_ours(base, data, seed, OURS[method], device)
         elif method in ONE_SHOT:
             rows, structure = run_tp_one_shot(base, data, seed, ONE_SHOT[method], device)
+        elif method in HEAD_DIMS:
+            rows, structure = run_tp(base, data, seed, HEAD_DIMS[method], device, "head_dims")
         else:
             rows, structure = run_tp(base, data, seed, THEIRS[method], device)
         return rows, {"deepest": max(reduction for reduction, _ in rows), "kept": structure}
@@ -163,12 +172,13 @@ def run_job(seed: int, methods: list[str], device: str, threads: int) -> tuple[l
 
 
 def target_check(records: pd.DataFrame) -> list[str]:
-    """The default against the best Torch-Pruning importance and against MLP-only pruning, per level."""
+    """The default against the best Torch-Pruning importance and against MLP-only pruning, and head-dim pruning
+    against Torch-Pruning's, per level."""
     levels = [f"{round(100 * level)}%" for level in LEVELS]
     means = records.groupby("method")[levels].mean()
     if DEFAULT not in means.index:
         return []
-    theirs = [m for m in [*THEIRS, *ONE_SHOT] if m in means.index]
+    theirs = [m for m in [*THEIRS, *ONE_SHOT, *HEAD_DIMS] if m in means.index]
     lines = []
     for level in levels:
         ours = means.loc[DEFAULT, level]
@@ -184,6 +194,12 @@ def target_check(records: pd.DataFrame) -> list[str]:
             lines.append(
                 f"- {level}: {DEFAULT} {ours:.1f} against {MLP_ONLY} "
                 + ("(cannot reach this level)" if pd.isna(mlp) else f"{mlp:.1f}")
+            )
+        if {"taylor head-dims", *HEAD_DIMS} <= set(means.index):
+            mine, peer = means.loc["taylor head-dims", level], means.loc["tp-taylor head-dims", level]
+            lines.append(
+                f"- {level}: taylor head-dims {mine:.1f} against tp-taylor head-dims {peer:.1f} -> "
+                + ("met" if mine >= peer else "missed")
             )
     return lines
 
@@ -234,7 +250,7 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
 
 
 def main() -> None:
-    run_seeds(__doc__, [*OURS, *THEIRS, *ONE_SHOT], [0, 1, 2], "criteria_vit", run_job, write_results)
+    run_seeds(__doc__, [*OURS, *THEIRS, *ONE_SHOT, *HEAD_DIMS], [0, 1, 2], "criteria_vit", run_job, write_results)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@
   few complete trials, say) is skipped with a warning, never failing the study. The front over
   every pruning iteration (``pareto_front.png``) is the analysis' callback
   (``analysis.study_figure``);
-- ``runs_page(uri, experiment_id)``: the MLflow UI page of the experiment's runs.
+- ``runs_page(uri, experiment_id)``: the MLflow UI page of the experiment's runs, on the UI's "Model
+  training" side (``?workflowType=machine_learning``: MLflow 3.17's UI opens every experiment on its "GenAI"
+  side otherwise, whatever the experiment's ``mlflow.experimentKind`` tag says; seen in a headless browser).
 
 >>> runs_page("http://127.0.0.1:5000", "3")
-'http://127.0.0.1:5000/#/experiments/3/runs'
+'http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning'
 >>> runs_page("sqlite:////work/mlflow.db", "3")
-'http://127.0.0.1:5000/#/experiments/3/runs (after mlflow ui --backend-store-uri sqlite:////work/mlflow.db)'
+'http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning (after mlflow ui --backend-store-uri sqlite:////work/mlflow.db)'
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+_RUNS = "runs?workflowType=machine_learning"  # the runs table, on the UI's "Model training" side
 
 
 def study_params(config: DictConfig) -> dict[str, str]:
@@ -49,8 +52,8 @@ def study_params(config: DictConfig) -> dict[str, str]:
 def runs_page(uri: str, experiment_id: str) -> str:
     """The MLflow UI page listing the experiment's runs (a local store needs ``mlflow ui`` running)."""
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs (after mlflow ui --backend-store-uri {uri})"
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/{_RUNS}"
+    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/{_RUNS} (after mlflow ui --backend-store-uri {uri})"
 
 
 def _optuna_plots(study: optuna.Study) -> dict[str, object]:
