@@ -66,7 +66,18 @@ def _keep_attention_scale(name: str, module: nn.Module, graph: Any) -> None:
 
 
 def _pruned_attention(name: str, module: nn.Module, graph: Any) -> None:
+    """A pruned ``nn.MultiheadAttention`` takes its pruned form, whose scale is ``head_dim ** -0.5`` of its
+    ``head_dim``; where the head dims went, the ratio of the old scale to the new is folded into the query
+    rows, so it computes the original network's scores."""
     to_pruned_form(module)  # type: ignore[arg-type]  # the multihead_attention family's modules
+    before = graph.sites.get((f"{name}.head_dim", 0))
+    old, new = (before.vector.size if before is not None else module.head_dim), module.head_dim
+    if old != new:
+        rows = module.num_heads * new
+        with torch.no_grad():
+            module.in_proj_weight[:rows] *= (new / old) ** 0.5
+            if module.in_proj_bias is not None:
+                module.in_proj_bias[:rows] *= (new / old) ** 0.5
 
 
 ELEMENTWISE = Family("elementwise", rules_elementwise.elementwise)
@@ -127,7 +138,7 @@ SEPARATE_QKV_ATTENTION = Family(
 MULTIHEAD_ATTENTION = Family(
     "multihead_attention",
     rules_attention.multihead_attention,
-    ("embed_dim", "kdim", "vdim", "num_heads"),
+    ("embed_dim", "kdim", "vdim", "num_heads", "head_dim"),
     after_surgery=_pruned_attention,
     filters=("in_proj_weight", 0),
     input_dim=_last_dim,

@@ -20,7 +20,7 @@ channels, as a linear layer's are.
 
 A fused-qkv attention can give its head dims as units instead (``ChannelGraph.build(...,
 attention_units="head_dims")``): dim ``j`` of every head's q, k and v goes, so the heads stay and
-shrink alike; ``nn.MultiheadAttention`` and the separate layout keep pruning whole heads.
+shrink alike; so can ``nn.MultiheadAttention``. The separate layout keeps pruning whole heads.
 
 >>> import torch, torch.nn as nn
 >>> from prune_core.channels.graph import ChannelGraph
@@ -112,9 +112,10 @@ def _head_dims(prop: Propagation, fqn: str, m: nn.Module, heads: int, head_dim: 
 def multihead_attention(prop: Propagation, call: OpCall):
     """``nn.MultiheadAttention`` and its pruned form. The query, key and value share ``in_proj_weight``'s input
     columns, so their channels are one (the width of a cross-attention's memory is tied to the query's). Heads
-    given a per-head (3-D) ``attn_mask`` are kept. Not understood (the operation is then unsupported and every
-    channel reaching it kept): separate key and value widths (``kdim``/``vdim``), ``add_bias_kv``,
-    ``add_zero_attn`` and subclasses."""
+    given a per-head (3-D) ``attn_mask`` are kept. With ``attention_units="head_dims"`` a unit is dim j of every
+    head's q, k and v and ``head_dim`` follows (``families`` keeps the scale). Not understood (the operation is
+    then unsupported and every channel reaching it kept): separate key and value widths (``kdim``/``vdim``),
+    ``add_bias_kv``, ``add_zero_attn`` and subclasses."""
     n, args, kwargs, lab_args, lab_kwargs, result = call
     m, fqn = prop.modules[n.target], n.target
     if not attends_alike(m):
@@ -133,13 +134,21 @@ def multihead_attention(prop: Propagation, call: OpCall):
         else:
             prop.slots.unify_arrays(vector, channels)
     prop.site(f"{fqn}.in_proj_weight", 1, vector, "input")
-    per_head = prop.producer(fqn, heads)
-    mask = argument(args, kwargs, 5, "attn_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 3:
-        prop.slots.block(per_head, f"`{fqn}` is given a per-head attention mask: its heads are kept")
-    prop.module_sites(fqn, ("in_proj_weight", "in_proj_bias"), np.tile(np.repeat(per_head, head_dim), 3), "filter")
-    prop.site(f"{fqn}.out_proj.weight", 1, np.repeat(per_head, head_dim), "input")
-    prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
+    if prop.attention_units == "head_dims":  # dim j of every head: the heads stay
+        per_dim = prop.producer(fqn, head_dim)
+        prop.module_sites(fqn, ("in_proj_weight", "in_proj_bias"), np.tile(per_dim, 3 * heads), "filter")
+        prop.site(f"{fqn}.out_proj.weight", 1, np.tile(per_dim, heads), "input")
+        prop.site(f"{fqn}.head_dim", 0, per_dim, "follower", kind="attribute")
+        prop.products.add(fqn)
+    else:
+        per_head = prop.producer(fqn, heads)
+        mask = argument(args, kwargs, 5, "attn_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+            prop.slots.block(per_head, f"`{fqn}` is given a per-head attention mask: its heads are kept")
+        rows = np.tile(np.repeat(per_head, head_dim), 3)
+        prop.module_sites(fqn, ("in_proj_weight", "in_proj_bias"), rows, "filter")
+        prop.site(f"{fqn}.out_proj.weight", 1, np.repeat(per_head, head_dim), "input")
+        prop.site(f"{fqn}.num_heads", 0, per_head, "follower", kind="attribute")
     out = prop.producer(f"{fqn}.out_proj", m.out_proj.out_features)
     prop.module_sites(f"{fqn}.out_proj", ("weight", "bias"), out, "filter")
     output, weights = result

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torchvision
 from timm.models.swin_transformer import SwinTransformer
 
 from prune_core import PruningOptions, TrainingOptions, analyze_compression, compress_network
-from prune_core.channels import ChannelGraph, load_pruned, remove_units, save_pruned
+from prune_core.channels import ChannelGraph, PrunedMultiheadAttention, load_pruned, remove_units, save_pruned
 
 
 def small_vit(**kw) -> torch.nn.Module:
@@ -106,3 +107,30 @@ def test_compress_network_prunes_head_dims_when_asked():
     assert info.pruning_history["reduction"].iloc[-1] >= 0.3
     with pytest.raises(ValueError, match="attention_units 'dim' is not supported"):
         PruningOptions(attention_units="dim")
+
+
+def small_torchvision_vit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5
+    ).eval()
+
+
+def test_multihead_attention_loses_head_dims_and_keeps_its_scale(tmp_path):
+    model, x = small_torchvision_vit(), torch.randn(2, 3, 32, 32)
+    graph = ChannelGraph.build(model, x, attention_units="head_dims")
+    name = "encoder.layers.encoder_layer_0.self_attention"
+    units = [u for u in graph.units if u.producers == (name,)]
+    assert len(units) == 8 and units[0].counts[(f"{name}.in_proj_weight", 0)] == 3 * 4
+    remove_units(model, graph, [u.id for u in units[:3]])  # checked against the zeroed original
+    attention = model.get_submodule(name)
+    assert isinstance(attention, PrunedMultiheadAttention) and (attention.num_heads, attention.head_dim) == (4, 5)
+    tokens = torch.randn(2, 5, 32)
+    with torch.no_grad():  # the fused kernel and the path that returns the weights agree
+        fused, _ = attention(tokens, tokens, tokens, need_weights=False)
+        plain, _ = attention(tokens, tokens, tokens, need_weights=True)
+        expected = model(x)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-4)
+    save_pruned(model, tmp_path / "pruned.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned(tmp_path / "pruned.pt", small_torchvision_vit).eval()(x), expected)
