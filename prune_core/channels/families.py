@@ -99,6 +99,7 @@ CONV = Family(
     ("in_channels", "out_channels", "groups"),
     after_surgery=_conv_sizes,
     input_dim=_before_spatial_dims,
+    filter_count="out_channels",
 )
 CONV_TRANSPOSE = Family(
     "conv_transpose",
@@ -107,12 +108,23 @@ CONV_TRANSPOSE = Family(
     after_surgery=_conv_sizes,
     filters=("weight", 1),
     input_dim=_before_spatial_dims,
+    filter_count="out_channels",
 )
 LINEAR = Family(
-    "linear", rules_layers.linear, ("in_features", "out_features"), after_surgery=_linear_sizes, input_dim=_last_dim
+    "linear",
+    rules_layers.linear,
+    ("in_features", "out_features"),
+    after_surgery=_linear_sizes,
+    input_dim=_last_dim,
+    filter_count="out_features",
 )
 EMBEDDING = Family(
-    "embedding", rules_layers.embedding, ("embedding_dim",), after_surgery=_embedding_sizes, filters=("weight", 1)
+    "embedding",
+    rules_layers.embedding,
+    ("embedding_dim",),
+    after_surgery=_embedding_sizes,
+    filters=("weight", 1),
+    filter_count="embedding_dim",
 )
 BATCHNORM = Family("batchnorm", rules_layers.batchnorm, ("num_features",))
 GROUPNORM = Family("groupnorm", rules_layers.groupnorm, ("num_channels", "num_groups"))
@@ -142,6 +154,7 @@ MULTIHEAD_ATTENTION = Family(
     after_surgery=_pruned_attention,
     filters=("in_proj_weight", 0),
     input_dim=_last_dim,
+    filter_count="num_heads",
 )
 
 BUILT_IN: dict[str, Family] = {

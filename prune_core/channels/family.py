@@ -14,7 +14,9 @@ operations something; a family answers all of it:
   for the weight-based criteria;
 - ``input_dim(module, ndim)``: the channel dim of the module's input (of ``ndim`` dims), for the Taylor
   criterion's per-input scores;
-- ``attention_products``: the child linear whose rows carry the module's attention products' MACs.
+- ``attention_products``: the child linear whose rows carry the module's attention products' MACs;
+- ``filter_count``: the attribute that counts a layer's output channels (``out_channels``), which the
+  analysis report shows for a layer that is not a producer of units.
 
 ``ops`` says which modules, functions and methods belong to which family; ``register_module_rule``
 adds a module of one's own with its family (or a bare rule, which is a family with only a rule).
@@ -48,6 +50,7 @@ class Family:
     filters: tuple[str, int] = ("weight", 0)
     input_dim: Callable[[nn.Module, int], int] | None = None
     attention_products: str | None = None
+    filter_count: str | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.rule):

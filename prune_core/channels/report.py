@@ -24,6 +24,7 @@ from torch import nn
 
 from prune_core.channels.graph import ChannelGraph
 from prune_core.channels.macs import count_macs, macs_per_weight
+from prune_core.channels.ops import layer_family
 
 
 @dataclass
@@ -171,17 +172,12 @@ def _layer_table(model: nn.Module, graph: ChannelGraph) -> pd.DataFrame:
             else:
                 reasons.setdefault(layer, set()).update(unit.reasons)
     rows = []
-    filters_of = {
-        nn.Linear: "out_features",
-        nn.modules.conv._ConvNd: "out_channels",
-        nn.Embedding: "embedding_dim",
-        nn.MultiheadAttention: "num_heads",
-    }
     for name, module in model.named_modules():
-        counted = [attr for cls, attr in filters_of.items() if isinstance(module, cls)]
-        if not counted:
+        family = layer_family(module)
+        if family is None or family.filter_count is None:
             continue
-        filters = getattr(module, counted[0])
+        produced = graph.producer_units.get(name)  # its units' channels: a head or a head dim of an attention
+        filters = produced.size if produced is not None else getattr(module, family.filter_count)
         why = set(reasons.get(name, set()))
         if name not in prunable and name not in reasons:
             why.add(_not_a_producer_reason(name, module, graph))
