@@ -63,7 +63,7 @@ class PruningOptions:
         round_to: every pruned layer keeps a multiple of this many channels (8 to 32 suit GPU
             kernels and tensor cores), >= 1; 1 keeps what the allocation chose.
         leaf_modules: module names or types the analysis does not trace into.
-        attention_units: what an attention (timm's ViT family and Swin, nn.MultiheadAttention) loses:
+        attention_units: what an attention (timm's ViT family and Swin, nn.MultiheadAttention, Hugging Face's) loses:
             "heads" (whole heads, the default) or "head_dims" (the same dims of every head's query, key and
             value; the heads stay).
         compare_at: module names whose outputs the surgery check compares instead of the network's

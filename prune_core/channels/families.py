@@ -65,19 +65,39 @@ def _keep_attention_scale(name: str, module: nn.Module, graph: Any) -> None:
     module.scale = wanted
 
 
+def _fold_scale(weight: torch.Tensor, bias: torch.Tensor | None, rows: int, old: int, new: int) -> None:
+    """Multiply the first ``rows`` query rows by the ratio of the ``old`` head dim's scale to the ``new`` one's:
+    where a forward takes ``head_dim ** -0.5`` of the head dim it has, it then computes the original scores."""
+    with torch.no_grad():
+        weight[:rows] *= (new / old) ** 0.5
+        if bias is not None:
+            bias[:rows] *= (new / old) ** 0.5
+
+
+def _old_head_dim(graph: Any, name: str, current: int) -> int:
+    """A head dim before this surgery: its attribute site's size in the graph, where head dims are units."""
+    site = graph.sites.get((name, 0))
+    return site.vector.size if site is not None else current
+
+
+def _separate_attention_scale(name: str, module: nn.Module, graph: Any) -> None:
+    """Hugging Face's separate q/k/v attention whose head dims went: a module that holds its ``scaling`` keeps
+    it (ViT); one that takes ``attention_head_size`` of its new size (BERT) gets the ratio folded into ``query``."""
+    new = module.attention_head_size
+    old = _old_head_dim(graph, f"{name}.attention_head_size", new)
+    if old != new and not isinstance(getattr(module, "scaling", None), float):
+        _fold_scale(module.query.weight, module.query.bias, module.query.weight.shape[0], old, new)
+
+
 def _pruned_attention(name: str, module: nn.Module, graph: Any) -> None:
     """A pruned ``nn.MultiheadAttention`` takes its pruned form, whose scale is ``head_dim ** -0.5`` of its
     ``head_dim``; where the head dims went, the ratio of the old scale to the new is folded into the query
     rows, so it computes the original network's scores."""
     to_pruned_form(module)  # type: ignore[arg-type]  # the multihead_attention family's modules
-    before = graph.sites.get((f"{name}.head_dim", 0))
-    old, new = (before.vector.size if before is not None else module.head_dim), module.head_dim
+    new = module.head_dim
+    old = _old_head_dim(graph, f"{name}.head_dim", new)
     if old != new:
-        rows = module.num_heads * new
-        with torch.no_grad():
-            module.in_proj_weight[:rows] *= (new / old) ** 0.5
-            if module.in_proj_bias is not None:
-                module.in_proj_bias[:rows] *= (new / old) ** 0.5
+        _fold_scale(module.in_proj_weight, module.in_proj_bias, module.num_heads * new, old, new)
 
 
 ELEMENTWISE = Family("elementwise", rules_elementwise.elementwise)
@@ -144,7 +164,8 @@ FUSED_QKV_ATTENTION = Family(
 SEPARATE_QKV_ATTENTION = Family(
     "separate_qkv_attention",
     rules_attention.separate_qkv_attention,
-    ("num_attention_heads", "all_head_size"),
+    ("num_attention_heads", "all_head_size", "attention_head_size"),
+    after_surgery=_separate_attention_scale,
     attention_products="query",
 )
 MULTIHEAD_ATTENTION = Family(

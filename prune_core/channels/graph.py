@@ -108,8 +108,8 @@ class ChannelGraph:
         layers that consume them; ``leaf_modules`` are not traced into and their channels are
         left alone. ``compare_at`` names the modules whose outputs the surgery check compares instead
         of the network's outputs (``prune_core.channels.verify``): for a detector, the heads whose
-        raw predictions come before post-processing. ``attention_units``: what a fused-qkv attention's
-        removal units are (timm's ViT family and Swin, and ``nn.MultiheadAttention``): "heads" (whole heads) or
+        raw predictions come before post-processing. ``attention_units``: what an attention's removal units
+        are (timm's ViT family and Swin, ``nn.MultiheadAttention``, Hugging Face's): "heads" (whole heads) or
         "head_dims" (dim j of every head's query, key and value; see ``rules_attention``).
         """
         if attention_units not in ATTENTION_UNITS:

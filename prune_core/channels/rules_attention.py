@@ -20,7 +20,7 @@ channels, as a linear layer's are.
 
 A fused-qkv attention can give its head dims as units instead (``ChannelGraph.build(...,
 attention_units="head_dims")``): dim ``j`` of every head's q, k and v goes, so the heads stay and
-shrink alike; so can ``nn.MultiheadAttention``. The separate layout keeps pruning whole heads.
+shrink alike; so can ``nn.MultiheadAttention`` and the separate layout.
 
 >>> import torch, torch.nn as nn
 >>> from prune_core.channels.graph import ChannelGraph
@@ -170,8 +170,10 @@ def separate_qkv_attention(prop: Propagation, call: OpCall):
     ``prune_heads`` this follows): a head takes its ``attention_head_size`` rows of each and their bias, and is
     the module's output channels of that head, which the next layer (the output projection) consumes, as its
     input columns. ``num_attention_heads`` and ``all_head_size`` follow; ``attention_head_size`` and the scale
-    stay. Not understood (the operation is then unsupported and its channels kept): a head mask, a per-head
-    attention mask, cross-attention or a cache (other states or stored keys), relative position embeddings."""
+    stay. With ``attention_units="head_dims"`` a unit is dim j of every head instead, and
+    ``attention_head_size`` follows (``families`` keeps the scale). Not understood (the operation is then
+    unsupported and its channels kept): a head mask, a per-head attention mask, cross-attention or a cache (other
+    states or stored keys), relative position embeddings."""
     n, args, kwargs, lab_args, lab_kwargs, result = call
     m, fqn = prop.modules[n.target], n.target
     heads, size = m.num_attention_heads, m.attention_head_size
@@ -195,12 +197,18 @@ def separate_qkv_attention(prop: Propagation, call: OpCall):
     vector = channel_vector(
         prop, lab_args[0] if args else lab_kwargs.get("hidden_states"), x.ndim - 1, m.query.in_features, fqn
     )
-    per_head = prop.producer(f"{fqn}.query", heads)
-    rows = np.repeat(per_head, size)
+    if prop.attention_units == "head_dims":  # dim j of every head: the heads stay
+        per_dim = prop.producer(f"{fqn}.query", size)
+        rows = np.tile(per_dim, heads)
+        prop.site(f"{fqn}.attention_head_size", 0, per_dim, "follower", kind="attribute")
+        prop.products.update({f"{fqn}.query", f"{fqn}.key"})
+    else:
+        per_head = prop.producer(f"{fqn}.query", heads)
+        rows = np.repeat(per_head, size)
+        prop.site(f"{fqn}.num_attention_heads", 0, per_head, "follower", kind="attribute")
     for name in ("query", "key", "value"):
         prop.site(f"{fqn}.{name}.weight", 1, vector, "input")
         prop.module_sites(f"{fqn}.{name}", ("weight", "bias"), rows, "filter")
-    prop.site(f"{fqn}.num_attention_heads", 0, per_head, "follower", kind="attribute")
     prop.site(f"{fqn}.all_head_size", 0, rows, "follower", kind="attribute")
     output = result[0] if isinstance(result, (tuple, list)) else result
     labels = shaped(rows, output.ndim, output.ndim - 1)

@@ -95,3 +95,39 @@ def test_heads_given_a_head_mask_are_kept():
     graph = ChannelGraph.build(model, example)
     assert not [u for u in graph.removable_units() if u.producers[0].endswith("self.query")]
     assert any(u.removable for u in graph.units), "the rest of the network is still pruned"
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_head_dims_of_bert_go_with_its_scale_kept(attention, tmp_path):
+    model, example = small_bert(attention), tokens()
+    with torch.no_grad():
+        before = model(**example).logits
+    graph = ChannelGraph.build(model, example, attention_units="head_dims")
+    name = "bert.encoder.layer.0.attention.self"
+    dims = [u for u in graph.units if u.producers == (f"{name}.query",)]
+    assert len(dims) == 16 and all(u.removable for u in dims) and dims[0].counts[(f"{name}.key.weight", 0)] == 4
+    remove_units(model, graph, [u.id for u in dims[:6]])  # checked against the zeroed original
+    attention_module = model.get_submodule(name)
+    assert (attention_module.num_attention_heads, attention_module.attention_head_size) == (4, 10)
+    assert attention_module.all_head_size == 40
+    save_pruned(model, tmp_path / "pruned.pt")
+    loaded = load_pruned(tmp_path / "pruned.pt", lambda: small_bert(attention))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**example).logits, model(**example).logits)
+        assert model(**example).logits.shape == before.shape
+
+
+def test_head_dims_of_hugging_face_vit_keep_the_scaling_it_holds():
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96
+    )
+    model, example = transformers.ViTForImageClassification(config).eval(), torch.randn(2, 3, 32, 32)
+    attention = model.vit.encoder.layer[0].attention.attention
+    scaling, query = attention.scaling, attention.query.weight.detach().clone()
+    graph = ChannelGraph.build(model, example, attention_units="head_dims")
+    dims = [u.id for u in graph.units if u.producers[0].endswith("attention.query")]
+    remove_units(model, graph, dims[:4])  # checked against the zeroed original
+    assert attention.attention_head_size == 8 and attention.scaling == scaling
+    kept = [k for k in range(48) if k % 12 >= 4]  # dims 4..11 of each head of 12
+    torch.testing.assert_close(attention.query.weight, query[kept])  # nothing folded: it holds its scaling
