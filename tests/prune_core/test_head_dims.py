@@ -4,12 +4,15 @@ zeroed, through timm's fused kernel and its plain path alike."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
 import torchvision
 from timm.models.swin_transformer import SwinTransformer
 
+from benchmarks.timm_zoo import random_share
 from prune_core import PruningOptions, TrainingOptions, analyze_compression, compress_network
 from prune_core.channels import ChannelGraph, PrunedMultiheadAttention, load_pruned, remove_units, save_pruned
 
@@ -134,3 +137,20 @@ def test_multihead_attention_loses_head_dims_and_keeps_its_scale(tmp_path):
     save_pruned(model, tmp_path / "pruned.pt")
     with torch.no_grad():
         torch.testing.assert_close(load_pruned(tmp_path / "pruned.pt", small_torchvision_vit).eval()(x), expected)
+
+
+@pytest.mark.parametrize("name", ["pit_ti_224", "mobilevit_xxs"])
+def test_head_dims_prune_exactly_in_other_timm_families(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    size = model.pretrained_cfg["input_size"][-1]
+    example = torch.randn(2, 3, size, size)
+    graph = ChannelGraph.build(model, example, attention_units="head_dims")
+    dims = [
+        u for u in graph.removable_units() if any(("head_dim", 0) == (k[0].rpartition(".")[2], k[1]) for k in u.counts)
+    ]
+    assert dims, "head dims are units"
+    chosen = random_share(graph, 0.2)
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, chosen)  # the surgery check raises on any difference
+    assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)
