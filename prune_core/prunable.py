@@ -246,7 +246,8 @@ class TaylorPrunableNetwork:
 
     def require_prunable(self) -> None:
         """Raise ValueError, with the analysis' reasons, when no filter can be pruned."""
-        if self.num_prunables > 0:
+        blocked = np.array([0.0 if u.removable else np.inf for u in self.graph.units])
+        if choose_units(self.graph, blocked, max_units=1):  # one is enough: no need to count them all
             return
         inner = [u for u in self.graph.units if u.reasons != (NETWORK_OUTPUT,)]  # not just the network's outputs
         reasons = sorted({r for u in inner for r in u.reasons})
