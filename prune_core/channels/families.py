@@ -176,6 +176,7 @@ MULTIHEAD_ATTENTION = Family(
     filters=("in_proj_weight", 0),
     input_dim=_last_dim,
     filter_count="num_heads",
+    macs_over=("in_proj_weight", "out_proj.weight"),
 )
 
 BUILT_IN: dict[str, Family] = {

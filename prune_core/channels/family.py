@@ -15,6 +15,8 @@ operations something; a family answers all of it:
 - ``input_dim(module, ndim)``: the channel dim of the module's input (of ``ndim`` dims), for the Taylor
   criterion's per-input scores;
 - ``attention_products``: the child linear whose rows carry the module's attention products' MACs;
+- ``macs_over``: the weights over whose entries an opaque module's own MACs are spread
+  (``nn.MultiheadAttention``: its input and output projections);
 - ``filter_count``: the attribute that counts a layer's output channels (``out_channels``), which the
   analysis report shows for a layer that is not a producer of units.
 
@@ -51,6 +53,7 @@ class Family:
     input_dim: Callable[[nn.Module, int], int] | None = None
     attention_products: str | None = None
     filter_count: str | None = None
+    macs_over: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not callable(self.rule):

@@ -37,7 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prune_core.channels.example import ExampleInput
-from prune_core.channels.ops import module_family
+from prune_core.channels.ops import layer_family
 from prune_core.channels.preserve import preserved
 
 if TYPE_CHECKING:
@@ -90,11 +90,14 @@ def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
             result[f"{name}.weight"] = flops / 2 / batch / weight.numel()
     for name, module in model.named_modules():
         prefix, flops = f"{name}." if name else "", per_module.get(f"{root}.{name}" if name else root, 0)
-        if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
-            entries = module.in_proj_weight.numel() + module.out_proj.weight.numel()
-            for weight in ("in_proj_weight", "out_proj.weight"):
+        family = layer_family(module)
+        own = dict(module.named_parameters())
+        spread = [own.get(weight) for weight in getattr(family, "macs_over", ())]
+        if spread and all(weight is not None for weight in spread):  # its MACs, over these weights' entries
+            entries = sum(weight.numel() for weight in spread)
+            for weight in family.macs_over:  # type: ignore[union-attr]  # spread is empty without a family
                 result[prefix + weight] = flops / 2 / batch / entries
-        elif (heads := getattr(module_family(module), "attention_products", None)) is not None:
+        elif (heads := getattr(family, "attention_products", None)) is not None:
             own = flops - sum(per_module.get(f"{root}.{prefix}{child}", 0) for child, _ in module.named_children())
             weight = f"{prefix}{heads}.weight"
             result[weight] = result.get(weight, 0.0) + own / 2 / batch / module.get_submodule(heads).weight.numel()
