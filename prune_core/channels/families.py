@@ -53,11 +53,14 @@ def _keep_attention_scale(name: str, module: nn.Module, graph: Any) -> None:
     """A fused-qkv attention whose head dims went: the fused kernel's scale is ``head_dim ** -0.5`` of the new
     head dim, and the module's own ``scale`` that of the original. Folding their ratio into the query rows
     and setting ``scale`` to the new one makes both paths compute the original network's scores."""
-    qkv, scale = module.qkv, getattr(module, "scale", None)
-    width = module.num_heads * (qkv.weight.shape[0] // (3 * module.num_heads))  # the query rows
-    wanted = (width // module.num_heads) ** -0.5
-    if not isinstance(scale, float) or scale == wanted:
-        return
+    qkv, scale, heads = module.qkv, getattr(module, "scale", None), module.num_heads
+    rows = (f"{name}.qkv.weight", 0)
+    if f"{name}.qkv" not in graph.products or rows not in graph.site_units or not isinstance(scale, float):
+        return  # its heads are the units (or it was left whole): the head dim stays
+    width = qkv.weight.shape[0] // 3  # the query rows
+    if graph.size(rows) == 3 * width:
+        return  # this surgery took none of its head dims
+    wanted = (width // heads) ** -0.5
     with torch.no_grad():
         qkv.weight[:width] *= scale / wanted
         if qkv.bias is not None:

@@ -154,3 +154,16 @@ def test_head_dims_prune_exactly_in_other_timm_families(name):
     pruned = copy.deepcopy(model)
     remove_units(pruned, graph, chosen)  # the surgery check raises on any difference
     assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)
+
+
+def test_removing_whole_heads_leaves_a_custom_scale_and_the_queries_alone():
+    model, x = small_vit(), torch.randn(2, 3, 32, 32)
+    attention = model.blocks[0].attn
+    attention.scale = 0.3  # not head_dim ** -0.5: only whole heads go, so nothing may be folded
+    dim = attention.head_dim
+    queries_of_heads_1_2 = attention.qkv.weight.detach()[dim : 3 * dim].clone()
+    graph = ChannelGraph.build(model, x)
+    heads = [u for u in graph.units if u.producers == ("blocks.0.attn.qkv",)]
+    remove_units(model, graph, [heads[0].id])
+    assert attention.scale == 0.3 and (attention.num_heads, attention.head_dim) == (2, dim)
+    torch.testing.assert_close(attention.qkv.weight[: 2 * dim], queries_of_heads_1_2, rtol=0, atol=0)
