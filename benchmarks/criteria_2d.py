@@ -14,7 +14,8 @@ Methods:
   each group's scores over their mean: the default), ``taylor+l2`` (over their L2 norm, Molchanov
   et al. 2017, the default until this benchmark), ``taylor-bn`` (Taylor-FO-BN),
   ``taylor+uniform`` (every group loses the same share), ``taylor-weight`` and
-  ``taylor-weight+uniform`` (the Taylor criterion on the weights, Torch-Pruning's), ``l1`` and ``random``; and with the
+  ``taylor-weight+uniform`` (the Taylor criterion on the weights, Torch-Pruning's), ``bn-scale`` and
+  ``bn-scale+uniform`` (the BatchNorm scales, network slimming's), ``l1`` and ``random``; and with the
   fine-tuning levers: ``taylor+kd`` and ``taylor+uniform+kd`` (distillation from the unpruned
   network, alpha 0.5, T 4), ``taylor+cosine`` (a cosine learn rate over each fine-tuning);
 - Torch-Pruning (``MetaPruner``, each step the per-layer ratio that reaches the same MACs,
@@ -73,6 +74,8 @@ OURS: dict[str, dict[str, Any]] = {
     "taylor+cosine": {"training": {"learn_rate_schedule": "cosine"}},
     "taylor-weight": {"criterion": "taylor-weight"},
     "taylor-weight+uniform": {"criterion": "taylor-weight", "allocation": "uniform"},
+    "bn-scale": {"criterion": "bn-scale"},
+    "bn-scale+uniform": {"criterion": "bn-scale", "allocation": "uniform"},
 }
 THEIRS = {
     "tp-l1": lambda: tp.importance.MagnitudeImportance(p=1),

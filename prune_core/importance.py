@@ -30,6 +30,9 @@ averaged over batches; units with no BatchNorm keep the activation Taylor score.
 norm parameters), the gradient summed over the scored batches (Torch-Pruning's
 ``TaylorImportance``).
 
+"bn-scale" is network slimming's criterion (Liu et al. 2017, Torch-Pruning's ``BNScaleImportance``): the
+summed ``|γ|`` of the BatchNorm channels that go with the unit; units with no BatchNorm score as "l1".
+
 Baselines: "l1" (sum of absolute filter weights of the unit's producers, Li et al. 2017) and
 "random".
 
@@ -436,6 +439,28 @@ class L1Criterion(Criterion):
         return self.graph_scores(model, lambda filters: filters.abs().flatten(1).sum(1))
 
 
+class BatchNormScaleCriterion(Criterion):
+    """ "bn-scale": the summed ``|γ|`` of the BatchNorm channels that go with a unit (Liu et al. 2017, network
+    slimming; Torch-Pruning's ``BNScaleImportance``); a unit with no affine BatchNorm scores its filters' L1."""
+
+    def scores(self, model: nn.Module) -> np.ndarray:
+        modules = dict(model.named_modules())
+        out = self.graph_scores(model, lambda filters: filters.abs().flatten(1).sum(1))
+        scales = np.zeros(len(self.graph.units))
+        covered = np.zeros(len(self.graph.units), dtype=bool)
+        for (name, dim), site in self.graph.sites.items():
+            norm = modules.get(owner(name))
+            if dim or site.role != "follower" or not name.endswith(".weight"):
+                continue
+            if not isinstance(norm, nn.modules.batchnorm._NormBase) or not norm.affine:
+                continue
+            units = self.graph.site_units[(name, 0)]
+            keep = units >= 0
+            np.add.at(scales, units[keep], norm.weight.detach().abs().double().cpu().numpy()[keep])
+            covered[units[keep]] = True
+        return np.where(covered, scales, out)
+
+
 class RandomCriterion(Criterion):
     """ "random": uniform random scores, the baseline every criterion must beat."""
 
@@ -450,4 +475,5 @@ register_criterion("taylor-squared", SquaredTaylorCriterion)
 register_criterion("taylor-bn", BatchNormTaylorCriterion)
 register_criterion("taylor-weight", WeightTaylorCriterion)
 register_criterion("l1", L1Criterion)
+register_criterion("bn-scale", BatchNormScaleCriterion)
 register_criterion("random", RandomCriterion)

@@ -236,3 +236,18 @@ def test_weight_taylor_scores_match_a_direct_computation_over_every_coupled_para
         ids = [u.id for u in prunable.graph.units if u.producers == (layer,)]
         np.testing.assert_allclose(scores[ids], expected.double().numpy(), rtol=1e-5)
     assert all(p.grad is None for p in net.parameters()), "the weights' gradients are left alone"
+
+
+def test_bn_scale_sums_the_batchnorm_scales_of_a_unit_and_falls_back_to_l1_without_one():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)
+    )
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([0.5, -2.0, 1.0, -0.25]))
+    graph = ChannelGraph.build(net, torch.randn(2, 1, 8))
+    scores = CRITERIA.get("bn-scale")(graph, np.random.default_rng(0)).scores(net)
+    first = [u.id for u in graph.units if u.producers == ("0",)]
+    second = [u.id for u in graph.units if u.producers == ("3",)]
+    np.testing.assert_allclose(scores[first], [0.5, 2.0, 1.0, 0.25])  # |γ| of each filter's BatchNorm channel
+    np.testing.assert_allclose(scores[second], net[3].weight.detach().abs().flatten(1).sum(1).double().numpy())
