@@ -52,7 +52,8 @@ class PruningOptions:
         num_importance_score_iterations: mini-batches scored before each removal; "auto" scores
             every mini-batch, at most ``AUTO_SCORE_ITERATIONS``.
         layer_names: prune only filters that shrink these layers (dotted paths or "a/b"); None: all.
-        criterion: a registered criterion: "taylor", "l1", "random" or one's own.
+        criterion: a registered criterion: "taylor", "taylor-squared", "taylor-bn", "taylor-weight", "bn-scale",
+            "l1", "random" or one's own.
         allocation: a registered allocation: "global", "uniform" or one's own.
         normalization: how scores are made comparable across layers: "mean" (each group's scores over
             their mean), "l2" (over their L2 norm) or "none".
