@@ -48,7 +48,7 @@ def test_a_wrong_type_or_unknown_key_fails_at_composition(bad, message):
         (
             "pruning.criterion=taylr",
             "pruning: criterion 'taylr' is not supported; use one of ('taylor', "
-            "'taylor-squared', 'taylor-bn', 'taylor-weight', 'l1', 'random')",
+            "'taylor-squared', 'taylor-bn', 'taylor-weight', 'l1', 'bn-scale', 'random')",
         ),
         ("training.solver=sgd", "training: solver 'sgd' is not supported"),
         ("training.distillation.alpha=2", "training: distillation.alpha must be a number in [0, 1], got 2.0"),
