@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from prune_core.channels.graph import ChannelGraph
-from prune_core.channels.ops import channel_attribute_names, layer_family
+from prune_core.channels.ops import channel_attribute_names, layer_family, module_family
 from prune_core.channels.sites import owner, replace_tensor
 from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
 
@@ -99,9 +99,10 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
 
 def _affected(modules: dict[str, nn.Module], touched: set[str]) -> list[str]:
     """The modules a surgery changes: those whose tensors or attributes it replaced, then every module above
-    them whose family derives something after a surgery (an attention whose ``qkv`` rows went)."""
+    them that the analysis took whole and whose family derives something after a surgery (an attention whose
+    ``qkv`` rows went); a module it traced through is left to what changed inside it."""
     above = {name.rsplit(".", i)[0] for name in touched for i in range(1, name.count(".") + 1)} - touched
-    deriving = [name for name in sorted(above) if getattr(layer_family(modules[name]), "after_surgery", None)]
+    deriving = [name for name in sorted(above) if getattr(module_family(modules[name]), "after_surgery", None)]
     return sorted(touched) + deriving
 
 
