@@ -70,7 +70,7 @@ A criterion of one's own (here: the filters' largest absolute weight):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
@@ -309,27 +309,43 @@ class SquaredTaylorCriterion(TaylorCriterion):
     squared = True
 
 
+def _channel_weights(graph: ChannelGraph) -> dict[str, np.ndarray]:
+    """The unit of each entry of every per-channel ``weight`` that follows the channels (a norm's ``γ``), by
+    owning module."""
+    return {
+        owner(name): graph.site_units[(name, 0)]
+        for (name, dim), site in graph.sites.items()
+        if dim == 0 and site.role == "follower" and name.endswith(".weight")
+    }
+
+
+def _affine_batchnorms(model: nn.Module, names: Iterable[str]) -> dict[str, nn.modules.batchnorm._NormBase]:
+    """Those of the modules ``names`` that are BatchNorms (or InstanceNorms) with a ``γ`` and ``β``."""
+    modules = dict(model.named_modules())
+    return {
+        fqn: modules[fqn]
+        for fqn in names
+        if isinstance(modules.get(fqn), nn.modules.batchnorm._NormBase) and modules[fqn].affine
+    }
+
+
+def _filter_l1(filters: torch.Tensor) -> torch.Tensor:
+    """Each filter's summed absolute weights (filters along dim 0)."""
+    return filters.abs().flatten(1).sum(1)
+
+
 class BatchNormTaylorCriterion(TaylorCriterion):
     """ "taylor-bn": Taylor-FO-BN on the BatchNorm after each filter (see the module docstring)."""
 
     def __init__(self, graph: ChannelGraph, rng: np.random.Generator) -> None:
         super().__init__(graph, rng)
-        self.affine = {
-            owner(name): graph.site_units[(name, 0)]
-            for (name, dim), site in graph.sites.items()
-            if dim == 0 and site.role == "follower" and name.endswith(".weight")
-        }
+        self.affine = _channel_weights(graph)
         self.per_batch: list[np.ndarray] = []  # (γ·∂L/∂γ + β·∂L/∂β) per unit, one array per scored batch
         self.covered = np.zeros(len(graph.units), dtype=bool)
 
     @contextmanager
     def recording(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
-        modules = dict(model.named_modules())
-        norms = {
-            fqn: modules[fqn]
-            for fqn in self.affine
-            if isinstance(modules.get(fqn), nn.modules.batchnorm._NormBase) and modules[fqn].affine
-        }
+        norms = _affine_batchnorms(model, self.affine)
         grads: dict[tuple[str, str], torch.Tensor] = {}
         handles = [
             getattr(bn, part).register_hook(lambda g, key=(fqn, part): grads.__setitem__(key, g.detach()))
@@ -436,7 +452,7 @@ class L1Criterion(Criterion):
     """ "l1": the summed absolute weights of a unit's filters (Li et al. 2017)."""
 
     def scores(self, model: nn.Module) -> np.ndarray:
-        return self.graph_scores(model, lambda filters: filters.abs().flatten(1).sum(1))
+        return self.graph_scores(model, _filter_l1)
 
 
 class BatchNormScaleCriterion(Criterion):
@@ -444,21 +460,15 @@ class BatchNormScaleCriterion(Criterion):
     slimming; Torch-Pruning's ``BNScaleImportance``); a unit with no affine BatchNorm scores its filters' L1."""
 
     def scores(self, model: nn.Module) -> np.ndarray:
-        modules = dict(model.named_modules())
-        out = self.graph_scores(model, lambda filters: filters.abs().flatten(1).sum(1))
+        channels = _channel_weights(self.graph)
         scales = np.zeros(len(self.graph.units))
         covered = np.zeros(len(self.graph.units), dtype=bool)
-        for (name, dim), site in self.graph.sites.items():
-            norm = modules.get(owner(name))
-            if dim or site.role != "follower" or not name.endswith(".weight"):
-                continue
-            if not isinstance(norm, nn.modules.batchnorm._NormBase) or not norm.affine:
-                continue
-            units = self.graph.site_units[(name, 0)]
+        for fqn, norm in _affine_batchnorms(model, channels).items():
+            units = channels[fqn]
             keep = units >= 0
             np.add.at(scales, units[keep], norm.weight.detach().abs().double().cpu().numpy()[keep])
             covered[units[keep]] = True
-        return np.where(covered, scales, out)
+        return np.where(covered, scales, self.graph_scores(model, _filter_l1))
 
 
 class RandomCriterion(Criterion):

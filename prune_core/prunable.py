@@ -130,8 +130,11 @@ class TaylorPrunableNetwork:
     @property
     def num_prunables(self) -> int:
         """Number of filters (removal units) that can still be pruned, every layer keeping one."""
-        blocked = np.array([0.0 if u.removable else np.inf for u in self.graph.units])
-        return len(choose_units(self.graph, blocked))
+        return len(choose_units(self.graph, self._removable_first()))
+
+    def _removable_first(self) -> np.ndarray:
+        """Scores that let an allocation take any removable unit and never another."""
+        return np.array([0.0 if u.removable else np.inf for u in self.graph.units])
 
     @contextmanager
     def scoring(self) -> Iterator[list[torch.Tensor]]:
@@ -246,8 +249,7 @@ class TaylorPrunableNetwork:
 
     def require_prunable(self) -> None:
         """Raise ValueError, with the analysis' reasons, when no filter can be pruned."""
-        blocked = np.array([0.0 if u.removable else np.inf for u in self.graph.units])
-        if choose_units(self.graph, blocked, max_units=1):  # one is enough: no need to count them all
+        if choose_units(self.graph, self._removable_first(), max_units=1):  # one is enough: no need to count all
             return
         inner = [u for u in self.graph.units if u.reasons != (NETWORK_OUTPUT,)]  # not just the network's outputs
         reasons = sorted({r for u in inner for r in u.reasons})

@@ -61,20 +61,22 @@ def _keep_attention_scale(name: str, module: nn.Module, graph: Any) -> None:
     if graph.size(rows) == 3 * width:
         return  # this surgery took none of its head dims
     wanted = (width // heads) ** -0.5
-    with torch.no_grad():
-        qkv.weight[:width] *= scale / wanted
-        if qkv.bias is not None:
-            qkv.bias[:width] *= scale / wanted
+    _scale_rows(qkv.weight, qkv.bias, width, scale / wanted)
     module.scale = wanted
+
+
+def _scale_rows(weight: torch.Tensor, bias: torch.Tensor | None, rows: int, factor: float) -> None:
+    """Multiply the first ``rows`` rows (the query rows) of a projection and its bias by ``factor``."""
+    with torch.no_grad():
+        weight[:rows] *= factor
+        if bias is not None:
+            bias[:rows] *= factor
 
 
 def _fold_scale(weight: torch.Tensor, bias: torch.Tensor | None, rows: int, old: int, new: int) -> None:
     """Multiply the first ``rows`` query rows by the ratio of the ``old`` head dim's scale to the ``new`` one's:
     where a forward takes ``head_dim ** -0.5`` of the head dim it has, it then computes the original scores."""
-    with torch.no_grad():
-        weight[:rows] *= (new / old) ** 0.5
-        if bias is not None:
-            bias[:rows] *= (new / old) ** 0.5
+    _scale_rows(weight, bias, rows, (new / old) ** 0.5)
 
 
 def _old_head_dim(graph: Any, name: str, current: int) -> int:
