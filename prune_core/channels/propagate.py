@@ -1,7 +1,8 @@
 """Run a traced network once on an example input and propagate channel labels through it.
 
-``ChannelPropagation`` is a torch.fx ``Interpreter``: it executes every node for real (so
-every shape is known exactly) and, beside the value, computes the node's channel labels
+``ChannelPropagation`` is a torch.fx ``Interpreter``: it executes every node (so every shape
+is known exactly; a costly convolution or linear layer only as far as its output's shape,
+``meta``) and, beside the value, computes the node's channel labels
 (see ``labels``). Along the way it records *sites*: the (parameter or attribute, dimension)
 pairs whose entries belong to channel slots -- a conv's filters (dim 0 of its weight), the
 matching input channels of the layers that consume them (dim 1), norm parameters and
@@ -28,6 +29,7 @@ from torch.fx.node import map_arg
 
 from prune_core.channels import ops
 from prune_core.channels.labels import SlotTable, label_arrays
+from prune_core.channels.meta import shape_only_output
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.rule_call import OpCall
 from prune_core.channels.sites import ParamRef, Site
@@ -89,6 +91,10 @@ class ChannelPropagation(fx.Interpreter):
         lab_kwargs = map_arg(n.kwargs, lambda a: self.labels.get(a))
         self.labels[n] = self._propagate(n, args, kwargs, lab_args, lab_kwargs, result)
         return result
+
+    def call_module(self, target, args, kwargs):
+        shaped_only = shape_only_output(self.fetch_attr(target), args, kwargs)  # a costly layer's arithmetic skipped
+        return shaped_only if shaped_only is not None else super().call_module(target, args, kwargs)
 
     # -- bookkeeping -------------------------------------------------------------------
     def fresh(self, value, reason: str):

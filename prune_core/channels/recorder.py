@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import torch
 from torch import fx, nn
+from torch.fx._lazy_graph_module import _LazyGraphModule  # compiles its Python code on first call only
 from torch.overrides import TorchFunctionMode
 
 from prune_core.channels.example import ExampleInput
@@ -212,4 +213,4 @@ def record_forward(
             handle.remove()
     recorder.graph.output(tuple(recorder.node_of(t) for t in tensors_in(output)))
     _drop_unused(recorder.graph)
-    return fx.GraphModule(recorder.root, recorder.graph)
+    return _LazyGraphModule(recorder.root, recorder.graph)

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
+from torch.fx._lazy_graph_module import _LazyGraphModule  # compiles its Python code on first call only
 
 from prune_core.channels.example import ExampleInput
 from prune_core.channels.ops import module_family
@@ -111,7 +112,7 @@ def trace_model(
             model.train()
             if plain:
                 try:
-                    return fx.GraphModule(model, tracer.trace(model))  # copies the tensor constants fx stored...
+                    return _LazyGraphModule(model, tracer.trace(model))  # copies the tensor constants fx stored...
                 except Exception as exc:
                     if example_input is None:
                         raise _trace_failure(tracer, known, exc) from exc
