@@ -12,20 +12,24 @@ Contenders:
   taylor, global, mean normalisation, score iterations "auto") in 7.5% MACs steps;
 - ``study-<sampler>``: an Optuna study of ``--trials`` trials (ask/tell, sampler seeded by the
   seed) over the increment (0.05-0.2), score iterations (5-60), criterion (taylor,
-  taylor-weight, taylor-bn, l1), allocation (global, uniform), distillation alpha (0-0.9) and
+  taylor-weight, taylor-bn, bn-scale, l1), allocation (global, uniform), distillation alpha (0-0.9) and
   learn-rate schedule (none, cosine, onecycle). Epochs per step stay at 1 and no validation
   threshold is set, so every trial has the same fine-tuning per step and reaches 92%. A trial's
   value is its mean validation accuracy at 50/75/90% fewer MACs. At each level the study ships
   the trial whose validation accuracy there is best; its test accuracy is reported;
-- ``tp-taylor``: Torch-Pruning's ``TaylorImportance`` (the best importance in ``criteria_2d``),
-  in the same 7.5% steps.
+- ``--peers``: Torch-Pruning's best importances on this task (``criteria_2d``'s 5 seeds:
+  ``BNScaleImportance`` at 90% fewer MACs, ``FPGMImportance`` at 50% and 75%), each in the same
+  7.5% steps.
+
+Targets (the issue's): at 75% and 90% fewer MACs, each study's shipped network at least 1 point
+above the best peer and above the default run, in the mean over seeds.
 
 Also reported: the hypervolume of each study's front of (validation accuracy %, fewer MACs
 fraction) over every step of its trials, above (0, 0), after 10, 20 and 30 trials
 (``optuna_sweep.front_hypervolume``), and each contender's wall time.
 
 Run: ``python -m benchmarks.study_value [--seeds 0 1 2] [--trials 30] [--samplers tpe nsgaii random]
-[--workers 1]``. Writes ``benchmarks/results/study_value.md`` and ``study_value_trials.csv``.
+[--peers tp-bn tp-fpgm] [--workers 1]``. Writes ``benchmarks/results/study_value.md`` and ``study_value_trials.csv``.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def study_trial(trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
     keywords = {
         "increment": trial.suggest_float("increment", 0.05, 0.2),
         "num_importance_score_iterations": trial.suggest_int("num_importance_score_iterations", 5, 60),
-        "criterion": trial.suggest_categorical("criterion", ["taylor", "taylor-weight", "taylor-bn", "l1"]),
+        "criterion": trial.suggest_categorical("criterion", ["taylor", "taylor-weight", "taylor-bn", "bn-scale", "l1"]),
         "allocation": trial.suggest_categorical("allocation", ["global", "uniform"]),
     }
     alpha = trial.suggest_float("distillation_alpha", 0.0, 0.9)
@@ -137,8 +141,8 @@ def run_contender(seed: int, contender: str, trials: int) -> list[dict]:
         settings = PruningOptions()
         keywords = {"increment": criteria_2d.INCREMENT, "criterion": settings.criterion}
         out.append({"trial": 0, "params": keywords, "steps": prune(base, data, seed, keywords, {})})
-    elif contender == "tp-taylor":
-        rows = criteria_2d.run_tp(base, data, seed, criteria_2d.THEIRS["tp-taylor"], "cpu")
+    elif contender in criteria_2d.THEIRS:
+        rows = criteria_2d.run_tp(base, data, seed, criteria_2d.THEIRS[contender], "cpu")
         steps = pd.DataFrame(rows, columns=["macs_reduction", "test_accuracy"]).assign(validation_accuracy=np.nan)
         out.append({"trial": 0, "params": {}, "steps": steps})
     else:
@@ -179,18 +183,36 @@ def hypervolume(rows: list[dict], trials: int) -> float:
     return front_hypervolume(points, [0.0, 0.0])
 
 
+def targets(table: pd.DataFrame, studies: list[str], peers: list[str], levels: list[str]) -> list[str]:
+    """One line per study and level (75% and 90%): its mean against the best peer's + 1 and the default's."""
+    means = table.groupby("contender")[levels].mean()
+    lines = ["Targets: the study at least 1 point above the best peer and above the default run, mean over seeds.", ""]
+    for study in studies:
+        for level in ("75%", "90%"):
+            peer = means.loc[peers, level].idxmax()
+            ours, best, default = means.loc[study, level], means.loc[peer, level], means.loc["default", level]
+            met = "met" if ours >= best + 1 and ours > default else "missed"
+            lines.append(f"- {level}: {study} {ours:.1f}, best peer {peer} {best:.1f}, default {default:.1f} -> {met}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--peers", nargs="+", default=["tp-bn", "tp-fpgm"], choices=list(criteria_2d.THEIRS))
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     if args.trials < 1:
         parser.error(f"--trials must be at least 1, got {args.trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    contenders = ["default", "tp-taylor", *(f"study-{s}" for s in args.samplers)]
-    jobs = [(seed, c) for seed in args.seeds for c in contenders]
+    studies = [f"study-{s}" for s in args.samplers]
+    contenders = ["default", *args.peers, *studies]
+    # the long studies first, so that the single runs fill the workers' ends
+    jobs = [(seed, c) for seed in args.seeds for c in studies] + [
+        (seed, c) for seed in args.seeds for c in ["default", *args.peers]
+    ]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(run_contender, *zip(*jobs), [args.trials] * len(jobs)))
     records, trials = [], []
@@ -204,6 +226,7 @@ def main() -> None:
         ]
     table = pd.DataFrame(records)
     levels = [f"{round(100 * level)}%" for level in LEVELS]
+    table = table.set_index("contender").loc[contenders].reset_index()
     summary = table.groupby("contender", sort=False)[levels + ["seconds"]].agg(["mean", "std"])
     lines = [
         "# What a study finds: test accuracy (%) of the shipped network at each MACs reduction",
@@ -212,7 +235,9 @@ def main() -> None:
         f"torch {torch.__version__}, optuna {optuna.__version__}, {platform.machine()}, CPU, "
         f"{args.workers} parallel jobs. Produced by `python -m benchmarks.study_value --seeds "
         f"{' '.join(map(str, args.seeds))} --trials {args.trials} --samplers {' '.join(args.samplers)} "
-        f"--workers {args.workers}`.",
+        f"--peers {' '.join(args.peers)} --workers {args.workers}`.",
+        "",
+        *targets(table, studies, args.peers, levels),
         "",
         "| contender | " + " | ".join(levels) + " | wall time (s) |",
         "|---|" + "---:|" * (len(levels) + 1),

@@ -7,9 +7,10 @@ that cost more than ``COSTLY_MACS`` multiply-accumulates: it runs the layer on t
 (a shallow copy whose parameters are meta tensors, so the caller's layer is untouched) and
 returns zeros of the output's shape, dtype and device. Only plain ``nn.Conv1d/2d/3d`` and
 ``nn.Linear`` qualify (no subclass, parametrisation or hook that could read values), on one
-tensor whose device and dtype match the weight's, so a mismatch still fails as the real layer
-would. Later operations run for real on those zeros: their outputs' shapes are exact, and
-a symbolically traced or recorded graph has no branch that could read their values.
+tensor whose device and dtype match the weight's, outside autocast; a shape the meta device
+refuses runs the real layer, so that its own error is the one raised. Later operations run for
+real on those zeros: their outputs' shapes are exact, and a symbolically traced or recorded
+graph has no branch that could read their values.
 
 Why not the whole forward on the meta device: PyTorch's meta kernels for elementwise
 operations and norms are Python reference code, slower than the arithmetic they skip on small
@@ -44,10 +45,15 @@ def shape_only_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Ten
     x, weight = args[0], module._parameters.get("weight")
     if weight is None or x.ndim < 2 or x.device != weight.device or x.dtype != weight.dtype:
         return None
+    if torch.is_autocast_enabled(x.device.type):  # the real layer's output dtype is autocast's
+        return None
     inputs = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
     if inputs == 0 or x.numel() // inputs * weight.numel() <= COSTLY_MACS:
         return None
     shadow = copy.copy(module)
     shadow._parameters = {name: None if p is None else p.detach().to("meta") for name, p in module._parameters.items()}
-    shape = shadow(x.detach().to("meta")).shape
+    try:
+        shape = shadow(x.detach().to("meta")).shape
+    except Exception:  # the real layer raises it again, with its own clearer message
+        return None
     return torch.zeros(shape, dtype=x.dtype, device=x.device)

@@ -21,6 +21,17 @@ def test_example_input_of_the_wrong_shape_names_the_layer():
         ChannelGraph.build(ReferenceCNN1d(), torch.zeros(4, 3, 40))
 
 
+def test_example_input_of_the_wrong_shape_for_a_costly_layer_names_it_too():
+    # a layer this large runs on the meta device during the analysis: its shape errors are the real layer's
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 8, 3))
+    expected = (
+        r"module `0` \(Conv2d\) failed on inputs of shape \[\(1, 4, 224, 224\)\]: "
+        r"RuntimeError: .*to have 3 channels, but got 4"
+    )
+    with pytest.raises(ExampleInputMismatch, match=expected):
+        ChannelGraph.build(model, torch.zeros(1, 4, 224, 224))
+
+
 def test_example_input_that_is_not_a_tensor():
     with pytest.raises(
         TypeError,
