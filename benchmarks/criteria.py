@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -182,11 +183,35 @@ def tp_attention_settings(
     return settings, put_back
 
 
-def tp_prune(model: nn.Module, example: torch.Tensor, importance, ratio: float, attention_units: str = "heads") -> None:
+@dataclasses.dataclass(frozen=True)
+class GlobalPruning:
+    """A Torch-Pruning importance ranked over the whole network (``MetaPruner(global_pruning=True)``) rather than
+    layer by layer; ``GlobalPruning(tp.importance.BNScaleImportance)()`` makes the importance."""
+
+    importance: Callable[[], Any]
+
+    def __call__(self) -> Any:
+        return self.importance()
+
+
+def tp_prune(
+    model: nn.Module,
+    example: torch.Tensor,
+    importance,
+    ratio: float,
+    attention_units: str = "heads",
+    global_pruning: bool = False,
+) -> None:
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else model[-1]
     settings, put_back = tp_attention_settings(model, ratio, attention_units)
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[classifier], **settings
+        model,
+        example,
+        importance=importance,
+        pruning_ratio=ratio,
+        ignored_layers=[classifier],
+        global_pruning=global_pruning,
+        **settings,
     )
     pruner.step()
     put_back(pruner)
@@ -201,6 +226,7 @@ def tp_step(
     generator,
     device: str,
     attention_units: str = "heads",
+    global_pruning: bool = False,
 ) -> None:
     """One Torch-Pruning step at ``ratio``; ``TaylorImportance`` gets the gradients of up to 100 batches first."""
     if isinstance(importance, tp.importance.TaylorImportance):
@@ -208,19 +234,29 @@ def tp_step(
         model.zero_grad()
         for (x,), (y,) in source.batches(64, "every-epoch", generator, limit=100):
             LOSS((model(x.to(device)),), (y.to(device),)).backward()
-    tp_prune(model, example, importance, ratio, attention_units)
+    tp_prune(model, example, importance, ratio, attention_units, global_pruning)
     model.zero_grad(set_to_none=True)
 
 
 def _ratio_for(
-    model: nn.Module, example: torch.Tensor, target: float, size, rounds: int, attention_units: str = "heads"
+    model: nn.Module,
+    example: torch.Tensor,
+    target: float,
+    size,
+    rounds: int,
+    attention_units: str = "heads",
+    global_importance: GlobalPruning | None = None,
 ) -> float:
-    """Smallest uniform ratio (``rounds`` of bisection) after which ``size(model)`` is at most ``target``."""
+    """Smallest ratio (``rounds`` of bisection) after which ``size(model)`` is at most ``target``: per layer, or,
+    with ``global_importance`` (one that reads the weights only), over the network by that importance."""
     low, high = 0.0, 0.999
     for _ in range(rounds):
         mid = (low + high) / 2
         trial = copy.deepcopy(model)
-        tp_prune(trial, example, tp.importance.RandomImportance(), mid, attention_units)
+        if global_importance is None:
+            tp_prune(trial, example, tp.importance.RandomImportance(), mid, attention_units)
+        else:
+            tp_prune(trial, example, global_importance(), mid, attention_units, global_pruning=True)
         low, high = (low, mid) if size(trial) <= target else (mid, high)
     return high
 
@@ -252,6 +288,7 @@ def run_tp(
     example = data["x_train"][:2].to(device)
     original = size(model)
     rows = [(0.0, accuracy_on_test(model, data, device))]
+    scope = importance_factory if isinstance(importance_factory, GlobalPruning) else None
     for fraction in fractions:
         target = original * fraction
         if size(model) > target:
@@ -259,11 +296,12 @@ def run_tp(
                 model,
                 example,
                 importance_factory(),
-                _ratio_for(model, example, target, size, rounds, attention_units),
+                _ratio_for(model, example, target, size, rounds, attention_units, scope),
                 source,
                 generator,
                 device,
                 attention_units,
+                global_pruning=scope is not None,
             )
         fine_tune(model, source, LOSS, options, TrainingLog(), generator=generator)
         rows.append((1 - size(model) / original, accuracy_on_test(model, data, device)))

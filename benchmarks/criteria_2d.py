@@ -21,7 +21,9 @@ Methods:
 - Torch-Pruning (``MetaPruner``, each step the per-layer ratio that reaches the same MACs,
   found by bisection, the classifier ignored): ``tp-l1``, ``tp-l2`` (``MagnitudeImportance``),
   ``tp-taylor`` (``TaylorImportance``, gradients of the same scoring batches), ``tp-group``
-  (``GroupMagnitudeImportance``), ``tp-bn`` (``BNScaleImportance``), ``tp-lamp`` and ``tp-fpgm``.
+  (``GroupMagnitudeImportance``), ``tp-bn`` (``BNScaleImportance``), ``tp-lamp`` and ``tp-fpgm``;
+  and ranked over the whole network instead (``global_pruning=True``, the ratio found with the same
+  importance): ``tp-l1+global``, ``tp-bn+global`` and ``tp-fpgm+global``.
 
 Run: ``python -m benchmarks.criteria_2d [--seeds 0 1 2 3 4] [--methods ...] [--workers 1]
 [--device cpu] [--name criteria_2d]``. Writes ``benchmarks/results/<name>.md`` (mean ± sd per
@@ -85,6 +87,10 @@ THEIRS = {
     "tp-bn": tp.importance.BNScaleImportance,
     "tp-lamp": tp.importance.LAMPImportance,
     "tp-fpgm": tp.importance.FPGMImportance,
+    # ranked over the whole network, as this project's default allocation is
+    "tp-l1+global": criteria.GlobalPruning(lambda: tp.importance.MagnitudeImportance(p=1)),
+    "tp-bn+global": criteria.GlobalPruning(tp.importance.BNScaleImportance),
+    "tp-fpgm+global": criteria.GlobalPruning(tp.importance.FPGMImportance),
 }
 DEFAULT = "taylor"
 FIGURES = Path(__file__).parent.parent / "docs" / "figures"
