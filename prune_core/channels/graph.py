@@ -122,10 +122,9 @@ class ChannelGraph:
         try:
             with preserved(model):  # traced-through modules may update buffers as they run
                 gm = trace_model(model, leaf_modules, inputs)
-                prop = ChannelPropagation(gm, model, attention_units)
                 model.eval()
                 with torch.no_grad():
-                    prop.run(*inputs.values)
+                    prop = ChannelPropagation.over(gm, model, inputs.values, attention_units)
             graph = cls._from_propagation(model, prop, names)
         finally:
             if collecting:

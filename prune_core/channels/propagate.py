@@ -1,8 +1,8 @@
 """Run a traced network once on an example input and propagate channel labels through it.
 
 ``ChannelPropagation`` is a torch.fx ``Interpreter``: it executes every node (so every shape
-is known exactly; a costly convolution or linear layer only as far as its output's shape,
-``meta``) and, beside the value, computes the node's channel labels
+is known exactly; a convolution or linear layer only as far as its output's shape,
+``shape_only``) and, beside the value, computes the node's channel labels
 (see ``labels``). Along the way it records *sites*: the (parameter or attribute, dimension)
 pairs whose entries belong to channel slots -- a conv's filters (dim 0 of its weight), the
 matching input channels of the layers that consume them (dim 1), norm parameters and
@@ -29,9 +29,9 @@ from torch.fx.node import map_arg
 
 from prune_core.channels import ops
 from prune_core.channels.labels import SlotTable, label_arrays
-from prune_core.channels.meta import shape_only_output
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.rule_call import OpCall
+from prune_core.channels.shape_only import shape_only_output
 from prune_core.channels.sites import ParamRef, Site
 
 # Functions that take a layer's weight as their second argument.
@@ -56,8 +56,15 @@ class ExampleInputMismatch(ValueError):
 class ChannelPropagation(fx.Interpreter):
     """Executes ``gm`` and records channel labels, slots and sites (see module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module | None = None, attention_units: str = "heads") -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        model: nn.Module | None = None,
+        attention_units: str = "heads",
+        shape_only: bool = True,
+    ) -> None:
         super().__init__(gm, garbage_collect_values=True)
+        self.shape_only = shape_only  # convolutions and linear layers give zeros of their output's shape
         self.attention_units = attention_units  # what a fused-qkv attention's units are: "heads" or "head_dims"
         model = gm if model is None else model  # the GraphModule holds only the leaves it calls
         self.slots = SlotTable()
@@ -71,6 +78,18 @@ class ChannelPropagation(fx.Interpreter):
         self.unsupported: dict[str, None] = {}  # operations not understood, in the order met
         self.modules = dict(model.named_modules())
         self._parameters = {name for name, _ in model.named_parameters()}
+
+    @classmethod
+    def over(cls, gm: fx.GraphModule, model: nn.Module, values: tuple, attention_units: str) -> ChannelPropagation:
+        """The propagation of the example's positional arguments ``values`` through ``gm``, with convolutions and
+        linear layers shape-only, or, if that fails (a shape that depends on their values), all for real."""
+        try:
+            prop = cls(gm, model, attention_units)
+            prop.run(*values)
+        except Exception:  # the real pass raises the example's own error, if there is one
+            prop = cls(gm, model, attention_units, shape_only=False)
+            prop.run(*values)
+        return prop
 
     # -- fx.Interpreter ----------------------------------------------------------------
     def run_node(self, n: fx.Node):
@@ -93,8 +112,8 @@ class ChannelPropagation(fx.Interpreter):
         return result
 
     def call_module(self, target, args, kwargs):
-        shaped_only = shape_only_output(self.fetch_attr(target), args, kwargs)  # a costly layer's arithmetic skipped
-        return shaped_only if shaped_only is not None else super().call_module(target, args, kwargs)
+        shaped = shape_only_output(self.fetch_attr(target), args, kwargs) if self.shape_only else None
+        return shaped if shaped is not None else super().call_module(target, args, kwargs)
 
     # -- bookkeeping -------------------------------------------------------------------
     def fresh(self, value, reason: str):
