@@ -1,15 +1,16 @@
-"""Skip the arithmetic of the analysis' convolutions and linear layers: zeros of their output's shape.
+"""Skip the arithmetic of the analysis' convolutions, linear layers and BatchNorms: zeros of their output's shape.
 
 Label propagation needs the shape, dtype and structure of each value, never its numbers. The
 convolutions and linear layers of a 224x224 forward are most of a CPU analysis' time (half of
 a ResNet-50's, nine tenths of a VGG-16's, most of a MobileNet's depthwise ones), so
 ``shape_only_output`` stands in for them: it works out the output's shape from the layer's
-hyperparameters and returns zeros of that shape, dtype and device. Only plain
-``nn.Conv1d/2d/3d`` (zero padding) and ``nn.Linear`` qualify (no subclass, parametrisation or
-hook that could read or change values), on one tensor whose device and dtype match the weight's,
-outside autocast, and with as many channels or features as the layer takes: an input the layer
-would refuse runs the real layer, so that its own error is the one raised. Later operations run
-for real on those zeros; their shapes are the real ones wherever a shape does not depend on
+hyperparameters and returns zeros of that shape, dtype and device (a BatchNorm in eval mode,
+three times the cost of zeros, gives zeros shaped like its input too). Only plain
+``nn.Conv1d/2d/3d`` (zero padding), ``nn.Linear`` and ``nn.BatchNorm1d/2d/3d`` qualify (no
+subclass, parametrisation or hook that could read or change values), on one tensor whose device
+and dtype match the layer's, outside autocast, and with as many channels or features as the layer
+takes: an input the layer would refuse runs the real layer, so that its own error is the one
+raised. Later operations run for real on those zeros; their shapes are the real ones wherever a shape does not depend on
 values (a symbolically traced graph of a classifier), and ``propagate`` runs the pass again for
 real if one does and something fails (a detector's recorded post-processing).
 
@@ -26,10 +27,13 @@ meta against 26 ms for real).
 True
 >>> layers = [nn.Conv2d(3, 6, 3, padding="same", dilation=2), nn.Conv2d(3, 6, (3, 5), stride=(2, 3), padding=(1, 2)),
 ...           nn.Conv2d(3, 6, 3, padding="valid", groups=3), nn.Conv1d(3, 6, 4, stride=3), nn.Conv3d(3, 6, 2),
-...           nn.Linear(17, 5)]
+...           nn.Linear(17, 5), nn.BatchNorm1d(4).eval()]
 >>> inputs = [torch.ones(2, 3, 17, 17)] * 3 + [torch.ones(3, 17), torch.ones(1, 3, 5, 6, 7), torch.ones(2, 4, 17)]
+>>> inputs.append(torch.ones(2, 4, 17))
 >>> [tuple(shape_only_output(m, (x,), {}).shape) == tuple(m(x).shape) for m, x in zip(layers, inputs)]
-[True, True, True, True, True, True]
+[True, True, True, True, True, True, True]
+>>> shape_only_output(nn.BatchNorm1d(4), (torch.ones(2, 4),), {}) is None   # training: its statistics move
+True
 """
 
 from __future__ import annotations
@@ -38,20 +42,37 @@ import torch
 from torch import nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORM_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
 
 def shape_only_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """Zeros shaped like ``module(*args, **kwargs)``'s output where that can be told without running it, else None."""
     kind = type(module)
-    if (kind not in _CONVS and kind is not nn.Linear) or kwargs or len(args) != 1:
+    if (kind not in _CONVS and kind is not nn.Linear and kind not in _BATCH_NORM_DIMS) or kwargs or len(args) != 1:
         return None
-    x, weight = args[0], module._parameters.get("weight")
-    if not isinstance(x, torch.Tensor) or weight is None or x.device != weight.device or x.dtype != weight.dtype:
+    x, tensors = args[0], [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+    if not isinstance(x, torch.Tensor) or any(t.device != x.device for t in tensors):
         return None
     if module._forward_hooks or module._forward_pre_hooks or torch.is_autocast_enabled(x.device.type):
         return None
+    if kind in _BATCH_NORM_DIMS:
+        return _batch_norm_output(module, x)
+    if module._parameters.get("weight") is None or any(t.dtype != x.dtype for t in tensors):
+        return None
     shape = _linear_shape(module, x) if kind is nn.Linear else _conv_shape(module, x)  # type: ignore[arg-type]
     return None if shape is None else torch.zeros(shape, dtype=x.dtype, device=x.device)
+
+
+def _batch_norm_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """An evaluating BatchNorm's output: the input's shape (one in training, or without running statistics,
+    normalises by the batch's: run it)."""
+    if module.training or module._buffers.get("running_mean") is None:
+        return None
+    if x.ndim not in _BATCH_NORM_DIMS[type(module)] or x.shape[1] != module.num_features:
+        return None
+    if not x.is_floating_point() or any(t.is_floating_point() and t.dtype != x.dtype for t in module.parameters()):
+        return None
+    return torch.zeros_like(x)
 
 
 def _linear_shape(module: nn.Linear, x: torch.Tensor) -> tuple[int, ...] | None:
