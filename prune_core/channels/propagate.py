@@ -1,7 +1,7 @@
 """Run a traced network once on an example input and propagate channel labels through it.
 
 ``ChannelPropagation`` is a torch.fx ``Interpreter``: it executes every node (so every shape
-is known exactly; a convolution or linear layer only as far as its output's shape,
+is known exactly; a convolution, linear layer or BatchNorm only as far as its output's shape,
 ``shape_only``) and, beside the value, computes the node's channel labels
 (see ``labels``). Along the way it records *sites*: the (parameter or attribute, dimension)
 pairs whose entries belong to channel slots -- a conv's filters (dim 0 of its weight), the
@@ -64,7 +64,7 @@ class ChannelPropagation(fx.Interpreter):
         shape_only: bool = True,
     ) -> None:
         super().__init__(gm, garbage_collect_values=True)
-        self.shape_only = shape_only  # convolutions and linear layers give zeros of their output's shape
+        self.shape_only = shape_only  # convolutions, linear layers, BatchNorms: zeros of their output's shape
         self.attention_units = attention_units  # what a fused-qkv attention's units are: "heads" or "head_dims"
         model = gm if model is None else model  # the GraphModule holds only the leaves it calls
         self.slots = SlotTable()
@@ -81,8 +81,8 @@ class ChannelPropagation(fx.Interpreter):
 
     @classmethod
     def over(cls, gm: fx.GraphModule, model: nn.Module, values: tuple, attention_units: str) -> ChannelPropagation:
-        """The propagation of the example's positional arguments ``values`` through ``gm``, with convolutions and
-        linear layers shape-only, or, if that fails (a shape that depends on their values), all for real."""
+        """The propagation of the example's positional arguments ``values`` through ``gm``, with convolutions,
+        linear layers and BatchNorms shape-only, or, if that fails (a shape that depends on their values), all for real."""
         try:
             prop = cls(gm, model, attention_units)
             prop.run(*values)

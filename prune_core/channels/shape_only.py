@@ -10,9 +10,10 @@ three times the cost of zeros, gives zeros shaped like its input too). Only plai
 subclass, parametrisation or hook that could read or change values), on one tensor whose device
 and dtype match the layer's, outside autocast, and with as many channels or features as the layer
 takes: an input the layer would refuse runs the real layer, so that its own error is the one
-raised. Later operations run for real on those zeros; their shapes are the real ones wherever a shape does not depend on
-values (a symbolically traced graph of a classifier), and ``propagate`` runs the pass again for
-real if one does and something fails (a detector's recorded post-processing).
+raised. Later operations run for real on those zeros; their shapes are the real ones wherever
+a shape does not depend on values (a symbolically traced graph of a classifier), and
+``propagate`` runs the pass again for real if one does and something fails (a detector's
+recorded post-processing).
 
 Why not the meta device: PyTorch's meta kernels are Python reference code, slower than the
 arithmetic they skip on small tensors (a MobileNetV2 analysis took 88 ms with every operation on
