@@ -82,7 +82,8 @@ class ChannelPropagation(fx.Interpreter):
     @classmethod
     def over(cls, gm: fx.GraphModule, model: nn.Module, values: tuple, attention_units: str) -> ChannelPropagation:
         """The propagation of the example's positional arguments ``values`` through ``gm``, with convolutions,
-        linear layers and BatchNorms shape-only, or, if that fails (a shape that depends on their values), all for real."""
+        linear layers and BatchNorms shape-only, or, if that fails (a shape that depends on their values), all
+        for real."""
         try:
             prop = cls(gm, model, attention_units)
             prop.run(*values)
