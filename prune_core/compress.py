@@ -77,7 +77,7 @@ from typing import Any, Unpack, overload
 import torch
 from torch import nn
 
-from prune_core.channels import count_macs
+from prune_core.channels import PrunedMacs
 from prune_core.checkpoint_writer import CheckpointWriter
 from prune_core.finetune import (
     DataSource,
@@ -271,11 +271,11 @@ class _Call:
     ranks: Ranks
 
 
-def _compress(model: nn.Module, call: _Call) -> tuple[nn.Module, PruningInfo]:
+def _compress(given: nn.Module, call: _Call) -> tuple[nn.Module, PruningInfo]:
     """``compress_network`` once its arguments are checked (on each rank of a data-parallel run)."""
     options, settings, ranks = call.options, call.settings, call.ranks
     device = options.torch_device()
-    model = copy.deepcopy(model).to(device)
+    model = copy.deepcopy(given).to(device)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if options.distilling else None
     resumed = None if settings.resume_from is None else read_resume_point(settings.resume_from, model)
     example = tuple(t.to(device) for t in call.source.first_inputs(2))
@@ -301,7 +301,7 @@ def _compress(model: nn.Module, call: _Call) -> tuple[nn.Module, PruningInfo]:
     try:  # an error closes the progress bar too, instead of leaving it to be drawn at exit
         with CheckpointWriter(settings.checkpoint_fn) as writer:
             loop = _Compression(prunable, example, call, writer, teacher)
-            loop.start(model, resumed)
+            loop.start(model, resumed, given)
             del model, resumed  # the original's counts are in the record: its copy need not stay in memory
             returned, returned_row, stop = loop.run()
         loop.record.checkpointed(writer.written, writer.waited)
@@ -359,11 +359,12 @@ class _Compression:
         self.chosen: list[int] = []
         self.score_iterations = settings.score_iterations(source.num_batches(options.mini_batch_size, ranks))
 
-    def start(self, original: nn.Module, resumed: ResumePoint | None) -> None:
-        """Record the ``original`` network (the input's copy) as history row 0 and keep it, or, going on from
-        ``resumed`` (whose network ``prunable`` holds), take that run's rows, counts and floors."""
+    def start(self, original: nn.Module, resumed: ResumePoint | None, given: nn.Module) -> None:
+        """Record the ``original`` network (the copy of ``given``, the caller's) as history row 0 and keep it,
+        or, going on from ``resumed`` (whose network ``prunable`` holds), take that run's rows, counts and floors."""
         settings, options, graph, model = self.settings, self.options, self.prunable.graph, self.model
-        macs = count_macs(original, self.example)
+        self.macs = PrunedMacs(original, self.example)  # MACs of its pruned versions, mostly without a pass
+        macs = self.macs.original
         reachable = settings.goal
         if settings.verbosity == "summary":  # the bar's end: the goal, or the most that can go
             weights = self.prunable.macs_per_weight if self.by_macs else None
@@ -386,7 +387,8 @@ class _Compression:
             math.ceil(fraction * self.original - 1e-9) for fraction in (settings.goal, settings.increment)
         )
         # the last network kept (that did not cross the threshold or diverge) and its row
-        self.kept = copy.deepcopy(model)
+        # at the start, the caller's network, which nothing changes: copied only if it is returned
+        self.given, self.kept = given, None if resumed is None else copy.deepcopy(model)
         if resumed is None:
             self.floors = filter_floors(graph, settings.min_filter_fraction)
             self.kept_row = 0
@@ -418,18 +420,16 @@ class _Compression:
             stop = self._interrupted()
         if stop.current:
             return self.model, len(self.record.rows) - 1, stop.reason
-        return self.kept, self.kept_row, stop.reason
+        return self._kept(), self.kept_row, stop.reason
 
     def _removed(self) -> int:
         return self.original - self.record.rows[-1]["macs"] if self.by_macs else self.record.removed(self.model)
 
     def _iteration(self) -> _Stop | None:
         """One pruning iteration: score, remove, fine-tune, validate, checkpoint. Its stop, or None."""
+        if (stop := self._stop_before()) is not None:
+            return stop
         removed = self._removed()
-        if removed >= self.goal_amount:
-            return _Stop(StopReason.MACS_GOAL if self.by_macs else StopReason.GOAL, current=True)
-        if self.asked:  # iteration_fn asked to stop after the last iteration, which was kept
-            return _Stop(StopReason.OUTPUT_FN, current=True)
         options, prunable = self.options, self.prunable
         self.iteration += 1
         self.timing, self.chosen, self.pruned = {}, [], False
@@ -466,8 +466,23 @@ class _Compression:
         threshold = self.settings.validation_threshold
         if threshold is not None and _crossed(outcome.validation, threshold, options):
             return _Stop(StopReason.THRESHOLD, current=False)
-        self.kept, self.kept_row = copy.deepcopy(self.model), len(self.record.rows) - 1
+        # the network the next iteration stops with, unchanged, needs no copy (the checkpoint's snapshot too)
+        self.kept = self.model if self._stop_before() is not None else copy.deepcopy(self.model)
+        self.kept_row = len(self.record.rows) - 1
         self._checkpoint()
+        return None
+
+    def _kept(self) -> nn.Module:
+        """The last network kept: the caller's network, copied to the device, until an iteration is kept."""
+        return copy.deepcopy(self.given).to(self.device) if self.kept is None else self.kept
+
+    def _stop_before(self) -> _Stop | None:
+        """The stop before an iteration changes the network: the goal is reached, or ``iteration_fn`` asked
+        to stop after the last iteration (which was kept)."""
+        if self._removed() >= self.goal_amount:
+            return _Stop(StopReason.MACS_GOAL if self.by_macs else StopReason.GOAL, current=True)
+        if self.asked:
+            return _Stop(StopReason.OUTPUT_FN, current=True)
         return None
 
     def _fine_tune(self, network: nn.Module, options: TrainingOptions) -> FineTuneOutcome:
@@ -494,7 +509,7 @@ class _Compression:
             validation,
             filters_removed=len(self.chosen),
             channels=_channels(self.prunable),
-            macs=count_macs(self.model, self.example),
+            macs=self.macs(self.model),
         )
 
     def _record(self, model: nn.Module, iteration: int, *args: Any, **keywords: Any) -> bool:
@@ -509,7 +524,7 @@ class _Compression:
         path = Path(settings.checkpoint_path) / checkpoint_name(self.iteration)
         row = {k: v for k, v in self.record.rows[-1].items() if not k.startswith("channels[")}
         resume = resume_extra(self.record.rows, self.record.log.iteration, self.floors)
-        self.writer.write(self.kept, path, extra=row | resume)
+        self.writer.write(self._kept(), path, extra=row | resume)
 
     def final_fine_tune(self, network: nn.Module, row: int, stop: StopReason) -> tuple[nn.Module, int, StopReason, int]:
         """Fine-tune ``network`` (history row ``row``) for ``final_epochs`` more epochs, recorded as a

@@ -30,7 +30,7 @@ from prune_core.channels.example import ExampleInput
 from prune_core.channels.families import BUILT_IN as FAMILIES
 from prune_core.channels.family import Family
 from prune_core.channels.graph import ATTENTION_UNITS, ChannelGraph, RemovalTally, Unit
-from prune_core.channels.macs import count_macs, macs_per_weight
+from prune_core.channels.macs import PrunedMacs, count_macs, macs_per_weight
 from prune_core.channels.ops import layer_family, module_family, register_module_rule, unregister_module_rule
 from prune_core.channels.preserve import preserved
 from prune_core.channels.propagate import NETWORK_OUTPUT, ExampleInputMismatch
@@ -54,6 +54,7 @@ __all__ = [
     "ExampleInputMismatch",
     "Family",
     "OpCall",
+    "PrunedMacs",
     "PrunedMultiheadAttention",
     "RemovalTally",
     "SurgeryMismatch",

@@ -211,7 +211,8 @@ class ChannelGraph:
         for key, ids in self.site_units.items():
             gone = removed[ids]
             remaining[key] = renumber[ids[~gone]]
-            if gone.any() and np.unique(remaining[key][remaining[key] >= 0]).size == 1:
+            left = remaining[key][remaining[key] >= 0]
+            if gone.any() and left.size and (left == left[0]).all():
                 return None  # this removal left the site with its last unit
             site = self.sites[key]
             sites[key] = Site(site.vector[~gone], site.kind, site.role)
@@ -244,9 +245,11 @@ class ChannelGraph:
 
     def removal_plan(self, unit_ids: Iterable[int]) -> dict[tuple[str, int], np.ndarray]:
         """Sorted indices to remove for every site touched by the given units."""
-        chosen = np.fromiter(unit_ids, np.int64)
-        keys = {key for uid in chosen.tolist() for key in self.units[uid].counts}
-        return {key: np.flatnonzero(np.isin(self.site_units[key], chosen)) for key in keys}
+        chosen = np.zeros(len(self.units) + 1, dtype=bool)  # the extra entry stands for -1 (no unit)
+        ids = list(unit_ids)
+        chosen[ids] = True
+        keys = {key for uid in ids for key in self.units[uid].counts}
+        return {key: np.flatnonzero(chosen[self.site_units[key]]) for key in keys}
 
     def learnables_removed(self, unit_ids: Iterable[int], weights: dict[str, float] | None = None) -> float:
         """Exact number of parameters that removing these units deletes (entries belong to one unit each);

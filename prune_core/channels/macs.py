@@ -26,6 +26,19 @@ is counted as the other attention kernels are.
 1200.0
 >>> macs_per_weight(net, torch.zeros(4, 1, 32))
 {'0.weight': 30.0, '3.weight': 1.0}
+
+``PrunedMacs(model, example)`` is ``count_macs`` for the filter-pruned versions of ``model``, from
+one counted pass of it. Where every MAC of ``model`` is in the products of its convolutions and
+linear layers with their own weights (plain CNNs and MLPs), a pruned version's MACs are worked
+out from its weights' sizes, without running it: the same number ``count_macs`` gives. Otherwise
+(attention products, a functional convolution, a parametrised weight) each call counts again.
+
+>>> macs = PrunedMacs(net, torch.zeros(4, 1, 32))
+>>> macs.original, macs.per_weight, macs.worked_out
+(1200.0, {'0.weight': 30.0, '3.weight': 1.0}, True)
+>>> net[0], net[3] = nn.Conv1d(1, 5, 3), nn.Linear(5 * 30, 2)      # as a surgery leaves it
+>>> macs(net), count_macs(net, torch.zeros(4, 1, 32))
+(750.0, 750.0)
 """
 
 from __future__ import annotations
@@ -77,7 +90,65 @@ def count_macs(model: nn.Module, example) -> float:
 
 def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
     """MACs per entry of every leaf module's ``weight`` (by parameter name), per example; see the module docstring."""
-    counter, batch = _counted(model, example)
+    return _per_weight(model, *_counted(model, example))
+
+
+class PrunedMacs:
+    """``count_macs`` of ``model`` and of its filter-pruned versions (see the module docstring).
+
+    ``original`` is ``model``'s MACs, ``per_weight`` its ``macs_per_weight``, ``worked_out`` whether
+    calls work the count out from the weights' sizes (True) or count again (False).
+    """
+
+    def __init__(self, model: nn.Module, example) -> None:
+        self.example = example
+        counter, self._batch = _counted(model, example)
+        self.original = counter.get_total_flops() / 2 / self._batch
+        self.per_weight = _per_weight(model, counter, self._batch)
+        self._flops_per_entry = _weight_products(model, counter)
+
+    @property
+    def worked_out(self) -> bool:
+        return self._flops_per_entry is not None
+
+    def __call__(self, pruned: nn.Module) -> float:
+        """MACs per example of ``pruned``, ``model`` after filter pruning (or ``model`` itself)."""
+        weights = dict(pruned.named_parameters())
+        if self._flops_per_entry is None or not self._flops_per_entry.keys() <= weights.keys():
+            return count_macs(pruned, self.example)
+        flops = sum(per_entry * weights[name].numel() for name, per_entry in self._flops_per_entry.items())
+        return flops / 2 / self._batch
+
+
+# The products a convolution or linear layer computes with its own weight: FLOPs = weight entries x a
+# constant (2 x the output positions of the batch), which filter pruning never changes.
+_WEIGHT_PRODUCTS = {"aten::convolution", "aten::_convolution", "aten::mm", "aten::addmm"}
+_WEIGHTED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _weight_products(model: nn.Module, counter: FlopCounterMode) -> dict[str, int] | None:
+    """FLOPs per entry of each convolution's and linear layer's weight (by parameter name), where
+    those layers' products with their weights are all the FLOPs counted; otherwise None."""
+    root, counts = type(model).__name__, counter.get_flop_counts()
+    per_entry, covered = {}, 0
+    for name, module in model.named_modules():
+        ops = counts.get(f"{root}.{name}" if name else root, {})
+        if not ops or next(module.children(), None) is not None:
+            continue
+        weight, flops = module._parameters.get("weight"), sum(ops.values())
+        if (
+            not isinstance(module, _WEIGHTED_LAYERS)
+            or weight is None
+            or any(op._qualified_op_name not in _WEIGHT_PRODUCTS for op in ops)
+            or flops % weight.numel()
+        ):
+            return None
+        per_entry[f"{name}.weight" if name else "weight"] = flops // weight.numel()
+        covered += flops
+    return per_entry if covered == counter.get_total_flops() else None
+
+
+def _per_weight(model: nn.Module, counter: FlopCounterMode, batch: int) -> dict[str, float]:
     root = type(model).__name__
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     result = {}

@@ -87,9 +87,10 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
     for name, dims in by_tensor.items():
         new = getattr(modules[owner(name)], name.rpartition(".")[2]).detach()
         for dim, idx in dims.items():
-            keep = np.setdiff1d(np.arange(new.shape[dim]), idx)
-            new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
-        replace_tensor(modules, name, new.clone())
+            keep = np.ones(new.shape[dim], dtype=bool)
+            keep[idx] = False
+            new = new.index_select(dim, torch.as_tensor(np.flatnonzero(keep), device=new.device))
+        replace_tensor(modules, name, new)  # index_select copies: the new tensor shares nothing with the old
     for name, count in attributes.items():
         module_name, _, attr = name.rpartition(".")
         setattr(modules[module_name], attr, (count,) if attr == "normalized_shape" else count)

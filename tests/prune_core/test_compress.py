@@ -354,3 +354,17 @@ def test_iteration_k_removes_k_increments_in_all_so_overshoots_do_not_add_up(bud
     for k, reduction in enumerate(reductions[:-1], start=1):
         assert k * 0.075 - 1e-9 <= reduction < (k + 0.5) * 0.075, (k, reductions)
     assert reductions[-1] >= 0.6
+
+
+def test_a_threshold_crossed_by_the_first_iteration_returns_the_input_network_as_a_copy(trained):
+    net, x, y = trained
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    opts = options(validation_data=wave_task(128, seed=1), objective_metric_name="accuracy", validation_frequency=4)
+    returned, info = compress_network(
+        net, x, y, "crossentropy", opts, increment=0.9, validation_threshold=80.0, verbosity="off"
+    )
+    assert info.stop_reason == "Validation threshold crossed." and info.returned_iteration == 0
+    assert returned is not net and returned.training == net.training
+    assert returned.state_dict().keys() == before.keys()
+    assert all(torch.equal(returned.state_dict()[name], value) for name, value in before.items())
+    assert all(torch.equal(net.state_dict()[name], value) for name, value in before.items()), "the input is unchanged"

@@ -6,12 +6,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import torchvision
 from mlflow.tracking import MlflowClient
 from torch import nn
 
 import prune_core as pc
 from prune_core import TaylorPrunableNetwork, TrainingOptions, analyze_compression, compress_network
-from prune_core.channels import count_macs, macs_per_weight
+from prune_core.channels import ChannelGraph, PrunedMacs, count_macs, macs_per_weight, remove_units
 from tests.support.app import FAST, FAST_SEARCH, run_app
 
 
@@ -66,6 +67,34 @@ def test_counts_match_the_layer_arithmetic_and_leave_the_model_as_it_was():
     assert count_macs(net, torch.randn(3, 4, 40)) == by_hand(8, 8)
     assert macs_per_weight(net, torch.randn(3, 4, 40)) == {"0.weight": 40.0, "4.weight": 10.0, "9.weight": 1.0}
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def encoder() -> nn.Module:
+    """Attention products are MACs no weight holds: pruned versions are counted again."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+    layers = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    return nn.Sequential(nn.Linear(6, 16), layers, nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize(
+    "build, example, worked_out",
+    [
+        (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), torch.randn(2, 3, 64, 64), True),
+        (lambda: torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32), True),
+        (encoder, torch.randn(2, 5, 6), False),
+    ],
+    ids=["mobilenet_v3_small", "resnet18", "transformer_encoder"],
+)
+def test_pruned_macs_are_what_a_count_of_the_pruned_network_gives(build, example, worked_out):
+    model = build().eval()
+    macs = PrunedMacs(model, example)
+    assert (macs.original, macs.per_weight) == (count_macs(model, example), macs_per_weight(model, example))
+    assert macs.worked_out is worked_out
+    for _ in range(2):  # two surgeries, the second on an already pruned network
+        graph = ChannelGraph.build(model, example)
+        remove_units(model, graph, graph.max_removal()[::7])
+        assert macs(model) == count_macs(model, example) < macs.original
 
 
 def test_analyze_compression_reports_macs():
