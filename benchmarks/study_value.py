@@ -10,8 +10,8 @@ MACs (``budget="macs"``) and fine-tunes one epoch after every step (Adam 5e-4, b
 Contenders:
 - ``default``: one ``compress_network`` run with the app's pruning settings (``conf/pruning``:
   taylor, global, mean normalisation, score iterations "auto") in 7.5% MACs steps;
-- ``study-<sampler>``: an Optuna study of ``--trials`` trials (ask/tell, sampler seeded by the
-  seed) over the increment (0.05-0.2), score iterations (5-60), criterion (taylor,
+- ``study-<sampler>``: an Optuna study of ``--trials`` trials (ask/tell; TPE, NSGA-II in generations
+  of 10 or random, seeded by the seed) over the increment (0.05-0.2), score iterations (5-60), criterion (taylor,
   taylor-weight, taylor-bn, bn-scale, l1), allocation (global, uniform), distillation alpha (0-0.9) and
   learn-rate schedule (none, cosine, onecycle). Epochs per step stay at 1 and no validation
   threshold is set, so every trial has the same fine-tuning per step and reaches 92%. A trial's
@@ -29,13 +29,15 @@ fraction) over every step of its trials, above (0, 0), after 10, 20 and 30 trial
 (``optuna_sweep.front_hypervolume``), and each contender's wall time.
 
 Run: ``python -m benchmarks.study_value [--seeds 0 1 2] [--trials 30] [--samplers tpe nsgaii random]
-[--peers tp-bn tp-fpgm] [--workers 1]``. Writes ``benchmarks/results/study_value.md`` and ``study_value_trials.csv``.
+[--peers tp-bn tp-fpgm] [--workers 1] [--name study_value]``. Writes ``benchmarks/results/<name>.md`` and
+``<name>_trials.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import multiprocessing
 import platform
 import tempfile
@@ -59,7 +61,8 @@ from sweeps.builders.models import small_resnet
 LEVELS = criteria_2d.LEVELS
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
-    "nsgaii": optuna.samplers.NSGAIISampler,
+    # generations of 10: with Optuna's default of 50, a 30-trial study would be all first (random) generation
+    "nsgaii": functools.partial(optuna.samplers.NSGAIISampler, population_size=10),
     "random": optuna.samplers.RandomSampler,
 }
 CHECKPOINTS = (10, 20, 30)
@@ -203,6 +206,7 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     parser.add_argument("--peers", nargs="+", default=["tp-bn", "tp-fpgm"], choices=list(criteria_2d.THEIRS))
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--name", default="study_value", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     if args.trials < 1:
         parser.error(f"--trials must be at least 1, got {args.trials}")
@@ -235,7 +239,7 @@ def main() -> None:
         f"torch {torch.__version__}, optuna {optuna.__version__}, {platform.machine()}, CPU, "
         f"{args.workers} parallel jobs. Produced by `python -m benchmarks.study_value --seeds "
         f"{' '.join(map(str, args.seeds))} --trials {args.trials} --samplers {' '.join(args.samplers)} "
-        f"--peers {' '.join(args.peers)} --workers {args.workers}`.",
+        f"--peers {' '.join(args.peers)} --workers {args.workers} --name {args.name}`.",
         "",
         *targets(table, studies, args.peers, levels),
         "",
@@ -261,8 +265,8 @@ def main() -> None:
             .to_markdown()
         )
     lines += ["", "Per seed:", "", table.round(1).to_markdown(index=False)]
-    publish("study_value", lines)
-    pd.DataFrame(trials).to_csv(RESULTS / "study_value_trials.csv", index=False)
+    publish(args.name, lines)
+    pd.DataFrame(trials).to_csv(RESULTS / f"{args.name}_trials.csv", index=False)
 
 
 if __name__ == "__main__":
