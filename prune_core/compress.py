@@ -427,9 +427,9 @@ class _Compression:
 
     def _iteration(self) -> _Stop | None:
         """One pruning iteration: score, remove, fine-tune, validate, checkpoint. Its stop, or None."""
-        if (stop := self._stop_before()) is not None:
-            return stop
         removed = self._removed()
+        if (stop := self._stop_before(removed)) is not None:
+            return stop
         options, prunable = self.options, self.prunable
         self.iteration += 1
         self.timing, self.chosen, self.pruned = {}, [], False
@@ -467,7 +467,7 @@ class _Compression:
         if threshold is not None and _crossed(outcome.validation, threshold, options):
             return _Stop(StopReason.THRESHOLD, current=False)
         # the network the next iteration stops with, unchanged, needs no copy (the checkpoint's snapshot too)
-        self.kept = self.model if self._stop_before() is not None else copy.deepcopy(self.model)
+        self.kept = self.model if self._stop_before(self._removed()) is not None else copy.deepcopy(self.model)
         self.kept_row = len(self.record.rows) - 1
         self._checkpoint()
         return None
@@ -476,10 +476,10 @@ class _Compression:
         """The last network kept: the caller's network, copied to the device, until an iteration is kept."""
         return copy.deepcopy(self.given).to(self.device) if self.kept is None else self.kept
 
-    def _stop_before(self) -> _Stop | None:
-        """The stop before an iteration changes the network: the goal is reached, or ``iteration_fn`` asked
-        to stop after the last iteration (which was kept)."""
-        if self._removed() >= self.goal_amount:
+    def _stop_before(self, removed: int) -> _Stop | None:
+        """The stop before an iteration changes the network: the goal is reached (``removed``: the amount
+        removed so far), or ``iteration_fn`` asked to stop after the last iteration (which was kept)."""
+        if removed >= self.goal_amount:
             return _Stop(StopReason.MACS_GOAL if self.by_macs else StopReason.GOAL, current=True)
         if self.asked:
             return _Stop(StopReason.OUTPUT_FN, current=True)

@@ -34,8 +34,8 @@ out from its weights' sizes, without running it: the same number ``count_macs`` 
 (attention products, a functional convolution, a parametrised weight) each call counts again.
 
 >>> macs = PrunedMacs(net, torch.zeros(4, 1, 32))
->>> macs.original, macs.per_weight, macs.worked_out
-(1200.0, {'0.weight': 30.0, '3.weight': 1.0}, True)
+>>> macs.original, macs.worked_out
+(1200.0, True)
 >>> net[0], net[3] = nn.Conv1d(1, 5, 3), nn.Linear(5 * 30, 2)      # as a surgery leaves it
 >>> macs(net), count_macs(net, torch.zeros(4, 1, 32))
 (750.0, 750.0)
@@ -96,15 +96,14 @@ def macs_per_weight(model: nn.Module, example) -> dict[str, float]:
 class PrunedMacs:
     """``count_macs`` of ``model`` and of its filter-pruned versions (see the module docstring).
 
-    ``original`` is ``model``'s MACs, ``per_weight`` its ``macs_per_weight``, ``worked_out`` whether
-    calls work the count out from the weights' sizes (True) or count again (False).
+    ``original`` is ``model``'s MACs, ``worked_out`` whether calls work the count out from the weights'
+    sizes (True) or count again (False).
     """
 
     def __init__(self, model: nn.Module, example) -> None:
         self.example = example
         counter, self._batch = _counted(model, example)
         self.original = counter.get_total_flops() / 2 / self._batch
-        self.per_weight = _per_weight(model, counter, self._batch)
         self._flops_per_entry = _weight_products(model, counter)
 
     @property
