@@ -36,12 +36,12 @@ from prune_core.channels.example import ExampleInput
 from prune_core.channels.preserve import preserved
 from prune_core.channels.propagate import ChannelPropagation
 from prune_core.channels.sites import Site, owner
-from prune_core.channels.tracing import example_inputs, trace_model
+from prune_core.channels.tracing import example_inputs, traced_forward
 
 ATTENTION_UNITS = ("heads", "head_dims")
 
 
-@dataclass
+@dataclass(slots=True)
 class Unit:
     """One removable channel (with everything coupled to it).
 
@@ -121,10 +121,10 @@ class ChannelGraph:
         gc.disable()  # the analysis allocates many small objects and frees none of them
         try:
             with preserved(model):  # traced-through modules may update buffers as they run
-                gm = trace_model(model, leaf_modules, inputs)
+                root, forward = traced_forward(model, leaf_modules, inputs)
                 model.eval()
                 with torch.no_grad():
-                    prop = ChannelPropagation.over(gm, model, inputs.values, attention_units)
+                    prop = ChannelPropagation.over(root, forward, model, inputs.values, attention_units)
             graph = cls._from_propagation(model, prop, names)
         finally:
             if collecting:
@@ -137,23 +137,29 @@ class ChannelGraph:
         slots = prop.slots
         root_of = slots.all_roots()
         produced = {fqn: np.unique(root_of[ids]) for fqn, ids in prop.producer_slots.items()}
-        order = np.unique(np.concatenate([np.zeros(0, np.int64), *produced.values()]))
+        is_produced = np.zeros(len(slots), dtype=bool)
+        is_produced[np.concatenate([np.zeros(0, np.int64), *produced.values()])] = True
+        order = np.flatnonzero(is_produced)  # every produced root, ascending
         unit_of_root = np.full(len(slots), -1, dtype=np.int64)
         unit_of_root[order] = np.arange(len(order))
         producers = _producers(len(order), {fqn: unit_of_root[roots] for fqn, roots in produced.items()})
         # (unit, site, count) for every site a unit touches; units touching the same sites alike (the
         # filters of one layer, say) share one counts dict and members tuple.
-        keys, site_units, pairs = list(prop.sites), {}, []
-        for i, key in enumerate(keys):
-            units_here = site_units[key] = unit_of_root[root_of[prop.sites[key].vector]]
-            present, how_many = np.unique(units_here[units_here >= 0], return_counts=True)
-            pairs.append((present, np.full(present.size, i), how_many))
-        if pairs:
-            unit_ids, site_ids, site_counts = (np.concatenate(column) for column in zip(*pairs))
-        else:
-            unit_ids = site_ids = site_counts = np.zeros(0, np.int64)
-        by_unit = np.lexsort((site_ids, unit_ids))
-        unit_ids, site_ids, site_counts = unit_ids[by_unit], site_ids[by_unit], site_counts[by_unit]
+        keys = list(prop.sites)
+        vectors = [prop.sites[key].vector for key in keys]
+        every = unit_of_root[root_of[np.concatenate([np.zeros(0, np.int64), *vectors])]]  # all sites' entries
+        ends = np.cumsum([vector.size for vector in vectors], dtype=np.int64)
+        site_units = dict(zip(keys, np.split(every, ends[:-1]) if keys else []))
+        owned = every >= 0
+        site_of = np.repeat(np.arange(len(keys), dtype=np.int64), np.diff(ends, prepend=0))
+        # entries by unit, each unit's sites in order (a stable sort of site-ordered entries, whose units mostly
+        # run in order within a site); runs of one (unit, site) pair give its entry count
+        unit_ids, site_ids = every[owned], site_of[owned]
+        by_unit = np.argsort(unit_ids, kind="stable")
+        unit_ids, site_ids = unit_ids[by_unit], site_ids[by_unit]
+        starts = np.flatnonzero(np.diff(unit_ids, prepend=-1) | np.diff(site_ids, prepend=-1))
+        site_counts = np.diff(starts, append=unit_ids.size)
+        unit_ids, site_ids = unit_ids[starts], site_ids[starts]
         bounds = np.searchsorted(unit_ids, np.arange(len(order) + 1))
         alike, first = _alike(unit_ids, site_ids, site_counts, bounds)
         site_owner = [owner(key[0]) for key in keys]
@@ -170,10 +176,9 @@ class ChannelGraph:
                 reasons[unit_of_root[root]] = tuple(sorted(found))
         for k in np.flatnonzero(np.isin(alike, unselected)).tolist():
             reasons[k] = tuple(sorted({*reasons[k], "not affected by the requested layer_names"}))
-        units = [
-            Unit(k, counts_of[kind], producers[k], members_of[kind], reasons[k])
-            for k, kind in enumerate(alike.tolist())
-        ]
+        kinds = alike.tolist()
+        counts, members = [counts_of[i] for i in kinds], [members_of[i] for i in kinds]
+        units = list(map(Unit, range(len(kinds)), counts, producers, members, reasons))
         return cls(
             units=units,
             sites=prop.sites,

@@ -25,6 +25,8 @@ True
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 
@@ -72,12 +74,44 @@ class SlotTable:
         return ra
 
     def unify_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Unify ``a`` and ``b`` position by position (they must broadcast together)."""
+        """Unify ``a`` and ``b`` position by position (they must broadcast together).
+
+        Where every greater root of a pair is in that pair alone, the pairs are linked at once; the classes,
+        their roots (each class's least slot) and reasons are those of one ``union`` per position:
+
+        >>> def same_as_union_by_union(seed: int) -> bool:
+        ...     fast, slow, rng = SlotTable(), SlotTable(), np.random.default_rng(seed)
+        ...     for table in (fast, slow):
+        ...         _ = table.new_slots(60)
+        ...         table.block(np.array([5, 33, 41, 50, 57, 59]), "reaches the network output")
+        ...     for size in [6, 4, 8, 3, 5, 6]:
+        ...         a, b = rng.integers(0, 60, size), rng.integers(0, 60, size)
+        ...         fast.unify_arrays(a, b)
+        ...         for x, y in zip(a.tolist(), b.tolist()):
+        ...             _ = slow.union(x, y)
+        ...     return np.array_equal(fast.all_roots(), slow.all_roots()) and all(
+        ...         fast.reasons(i) == slow.reasons(i) for i in range(60)
+        ...     )
+        >>> all(same_as_union_by_union(seed) for seed in range(5))
+        True
+        """
         a, b = np.broadcast_arrays(a, b)
         size = len(self._parent)
         keys = np.unique(a.ravel() * size + b.ravel())  # one sort of int64 keys, not a 2-D unique
-        for x, y in zip((keys // size).tolist(), (keys % size).tolist()):
-            if x != y:
+        parent, find = self._parent, self.find
+        roots_a = [x if parent[x] == x else find(x) for x in (keys // size).tolist()]
+        roots_b = [y if parent[y] == y else find(y) for y in (keys % size).tolist()]
+        pairs = {(x, y) if x < y else (y, x) for x, y in zip(roots_a, roots_b) if x != y}
+        low, high = [x for x, _ in pairs], [y for _, y in pairs]
+        distinct_high = set(high)
+        if len(distinct_high) == len(high) and distinct_high.isdisjoint(low):
+            # each greater root in one pair and never a lesser one (a product's two factors, a grouped layer's
+            # groups times the channels of each): every greater root joins its lesser one at once
+            deque(map(parent.__setitem__, high, low), 0)
+            for moved in self._reasons.keys() & distinct_high:
+                self._reasons.setdefault(low[high.index(moved)], set()).update(self._reasons.pop(moved))
+        else:
+            for x, y in pairs:
                 self.union(x, y)
 
     def unify_all(self, slots: np.ndarray) -> int:
@@ -87,6 +121,20 @@ class SlotTable:
         for other in flat[1:]:
             self.union(first, int(other))
         return self.find(first)
+
+    def unify_rows(self, rows: np.ndarray) -> np.ndarray:
+        """``unify_all`` on each row of a 2-D array (a grouped convolution's groups): the root of each row.
+
+        >>> slots = SlotTable()
+        >>> slots.unify_rows(slots.new_slots(6).reshape(3, 2)).tolist(), slots.find(5)
+        ([0, 2, 4], 4)
+        """
+        flat, parent = rows.ravel().tolist(), self._parent
+        if len(set(flat)) == len(flat) and [parent[s] for s in flat] == flat and self._reasons.keys().isdisjoint(flat):
+            low = rows.min(axis=1)  # distinct roots without reasons: each row's least one becomes its root
+            deque(map(parent.__setitem__, flat, np.repeat(low, rows.shape[1]).tolist()), 0)
+            return low
+        return np.asarray([self.unify_all(row) for row in rows], dtype=np.int64)
 
     def block(self, slots: np.ndarray, reason: str) -> None:
         for slot in np.unique(slots):

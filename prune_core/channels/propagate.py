@@ -58,15 +58,18 @@ class ChannelPropagation(fx.Interpreter):
 
     def __init__(
         self,
-        gm: fx.GraphModule,
+        root: nn.Module,
+        graph: fx.Graph | None = None,
         model: nn.Module | None = None,
         attention_units: str = "heads",
         shape_only: bool = True,
     ) -> None:
-        super().__init__(gm, garbage_collect_values=True)
+        """Run ``graph`` (by default ``root``'s own, a GraphModule's) with ``root`` holding what its nodes name;
+        ``model`` is the analysed network, whose parameters and modules the sites name (by default ``root``)."""
+        super().__init__(root, garbage_collect_values=True, graph=graph)
         self.shape_only = shape_only  # convolutions, linear layers, BatchNorms: zeros of their output's shape
         self.attention_units = attention_units  # what a fused-qkv attention's units are: "heads" or "head_dims"
-        model = gm if model is None else model  # the GraphModule holds only the leaves it calls
+        model = root if model is None else model  # a GraphModule holds only the leaves it calls
         self.slots = SlotTable()
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple[str, int], Site] = {}
@@ -76,24 +79,29 @@ class ChannelPropagation(fx.Interpreter):
         self.renormalizing: set[str] = set()
         self.products: set[str] = set()  # producers whose removed filters the surgery check zeroes too
         self.unsupported: dict[str, None] = {}  # operations not understood, in the order met
-        self.modules = dict(model.named_modules())
+        self._node: fx.Node | None = None  # the node being run
+        self._zeros: set[fx.Node] = set()  # nodes whose value is shape-only zeros (``shape_only``)
+        self.modules = self.submodules if model is root else dict(model.named_modules())
         self._parameters = {name for name, _ in model.named_parameters()}
 
     @classmethod
-    def over(cls, gm: fx.GraphModule, model: nn.Module, values: tuple, attention_units: str) -> ChannelPropagation:
-        """The propagation of the example's positional arguments ``values`` through ``gm``, with convolutions,
-        linear layers and BatchNorms shape-only, or, if that fails (a shape that depends on their values), all
-        for real."""
+    def over(
+        cls, root: nn.Module, graph: fx.Graph, model: nn.Module, values: tuple, attention_units: str
+    ) -> ChannelPropagation:
+        """The propagation of the example's positional arguments ``values`` through ``graph`` (``traced_forward``'s
+        ``root`` and graph), with convolutions, linear layers and BatchNorms shape-only, or, if that fails (a shape
+        that depends on their values), all for real."""
         try:
-            prop = cls(gm, model, attention_units)
+            prop = cls(root, graph, model, attention_units)
             prop.run(*values)
         except Exception:  # the real pass raises the example's own error, if there is one
-            prop = cls(gm, model, attention_units, shape_only=False)
+            prop = cls(root, graph, model, attention_units, shape_only=False)
             prop.run(*values)
         return prop
 
     # -- fx.Interpreter ----------------------------------------------------------------
     def run_node(self, n: fx.Node):
+        self._node = n
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             try:
@@ -113,8 +121,18 @@ class ChannelPropagation(fx.Interpreter):
         return result
 
     def call_module(self, target, args, kwargs):
-        shaped = shape_only_output(self.fetch_attr(target), args, kwargs) if self.shape_only else None
-        return shaped if shaped is not None else super().call_module(target, args, kwargs)
+        module = self.submodules.get(target)
+        if module is None:  # a path the module listing gives under another name (a shared module)
+            module = self.fetch_attr(target)
+        if not self.shape_only:
+            return module(*args, **kwargs)
+        source = self._node.args[0] if len(self._node.args) == 1 else None
+        own_input = source in self._zeros and len(source.users) == 1  # type: ignore[union-attr]
+        shaped = shape_only_output(module, args, kwargs, own_input)
+        if shaped is None:
+            return module(*args, **kwargs)
+        self._zeros.add(self._node)
+        return shaped
 
     # -- bookkeeping -------------------------------------------------------------------
     def fresh(self, value, reason: str):

@@ -38,9 +38,7 @@ def conv(prop: Propagation, call: OpCall):
         if in_per == 1:  # depthwise: each group is one input channel already
             reps = vector
         else:
-            reps = np.asarray(
-                [prop.slots.unify_all(vector[k * in_per : (k + 1) * in_per]) for k in range(m.groups)], dtype=np.int64
-            )
+            reps = prop.slots.unify_rows(vector.reshape(m.groups, in_per))
         out = np.repeat(reps, out_per)
         prop.module_sites(fqn, ("weight", "bias"), out)
         prop.grouped_convs[fqn] = out_per
@@ -117,8 +115,7 @@ def groupnorm(prop: Propagation, call: OpCall):
 def _tie_norm_groups(prop, fqn: str, vector: np.ndarray, num_groups: int) -> None:
     """Channels normalised together go together: whole norm groups are removed."""
     per = vector.size // num_groups
-    for k in range(num_groups):
-        prop.slots.unify_all(vector[k * per : (k + 1) * per])
+    prop.slots.unify_rows(vector.reshape(num_groups, per))
     prop.norm_groups[fqn] = per
 
 

@@ -35,6 +35,19 @@ True
 [True, True, True, True, True, True, True]
 >>> shape_only_output(nn.BatchNorm1d(4), (torch.ones(2, 4),), {}) is None   # training: its statistics move
 True
+
+Where the input is itself such zeros and nothing else reads it (``own_input``), a BatchNorm, an
+activation that maps zero to zero (ReLU, ReLU6, SiLU, GELU, Hardswish, ...), an ``Identity`` or a
+``Dropout`` returns that input as its output: a conv-norm-activation block then costs one tensor of
+zeros, not three.
+
+>>> zeros = torch.zeros(2, 4, 8)
+>>> shape_only_output(nn.BatchNorm1d(4).eval(), (zeros,), {}, own_input=True) is zeros
+True
+>>> shape_only_output(nn.ReLU6(), (zeros,), {}, own_input=True) is zeros, shape_only_output(nn.ReLU6(), (zeros,), {})
+(True, None)
+>>> shape_only_output(nn.Sigmoid(), (zeros,), {}, own_input=True) is None   # 0.5, not zero: runs for real
+True
 """
 
 from __future__ import annotations
@@ -44,36 +57,58 @@ from torch import nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORM_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
+# modules that keep their input's shape and dtype and map zeros to zeros
+_ZERO_KEEPING = {
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.ELU,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+}
 
 
-def shape_only_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Zeros shaped like ``module(*args, **kwargs)``'s output where that can be told without running it, else None."""
+def shape_only_output(module: nn.Module, args: tuple, kwargs: dict, own_input: bool = False) -> torch.Tensor | None:
+    """Zeros shaped like ``module(*args, **kwargs)``'s output where that can be told without running it, else None.
+    ``own_input``: the one argument is such zeros, read by nothing else (see the module docstring)."""
     kind = type(module)
-    if (kind not in _CONVS and kind is not nn.Linear and kind not in _BATCH_NORM_DIMS) or kwargs or len(args) != 1:
+    keeps_zeros = own_input and kind in _ZERO_KEEPING
+    if kwargs or len(args) != 1:
+        return None
+    if not keeps_zeros and kind not in _CONVS and kind is not nn.Linear and kind not in _BATCH_NORM_DIMS:
         return None
     x, tensors = args[0], [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
     if not isinstance(x, torch.Tensor) or any(t.device != x.device for t in tensors):
         return None
     if module._forward_hooks or module._forward_pre_hooks or torch.is_autocast_enabled(x.device.type):
         return None
+    if keeps_zeros:
+        return x
     if kind in _BATCH_NORM_DIMS:
-        return _batch_norm_output(module, x)
+        if not _batch_norm_keeps_shape(module, x):
+            return None
+        return x if own_input else torch.zeros_like(x)
     if module._parameters.get("weight") is None or any(t.dtype != x.dtype for t in tensors):
         return None
     shape = _linear_shape(module, x) if kind is nn.Linear else _conv_shape(module, x)  # type: ignore[arg-type]
     return None if shape is None else torch.zeros(shape, dtype=x.dtype, device=x.device)
 
 
-def _batch_norm_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """An evaluating BatchNorm's output: the input's shape (one in training, or without running statistics,
-    normalises by the batch's: run it)."""
+def _batch_norm_keeps_shape(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether an evaluating BatchNorm's output is shaped like ``x`` without running it (one in training, or
+    without running statistics, normalises by the batch's: run it)."""
     if module.training or module._buffers.get("running_mean") is None:
-        return None
+        return False
     if x.ndim not in _BATCH_NORM_DIMS[type(module)] or x.shape[1] != module.num_features:
-        return None
-    if not x.is_floating_point() or any(t.is_floating_point() and t.dtype != x.dtype for t in module.parameters()):
-        return None
-    return torch.zeros_like(x)
+        return False
+    return x.is_floating_point() and all(
+        t is None or not t.is_floating_point() or t.dtype == x.dtype for t in module._parameters.values()
+    )
 
 
 def _linear_shape(module: nn.Linear, x: torch.Tensor) -> tuple[int, ...] | None:

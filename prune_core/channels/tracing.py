@@ -95,6 +95,25 @@ def trace_model(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    with preserved(model):
+        root, graph = traced_forward(model, leaf_modules, example_input)
+    return root if isinstance(root, fx.GraphModule) else _LazyGraphModule(root, graph)
+
+
+def traced_forward(
+    model: nn.Module, leaf_modules: Iterable[str | type] = (), example_input: ExampleInput | None = None
+) -> tuple[nn.Module, fx.Graph]:
+    """``trace_model``'s graph with the module its nodes' targets are paths into: the model itself where
+    symbolic tracing works and stored no tensor constant (no GraphModule is built), else a GraphModule.
+
+    The caller restores the model's modes and buffers (``preserved``): this leaves it in training mode,
+    or in eval mode where a forward recorded in training mode raised.
+
+    >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU())
+    >>> root, graph = traced_forward(net)
+    >>> root is net, [n.op for n in graph.nodes]
+    (True, ['placeholder', 'call_module', 'call_module', 'output'])
+    """
     names = {m for m in leaf_modules if isinstance(m, str)}
     types = tuple(m for m in leaf_modules if isinstance(m, type))
     known = dict(model.named_modules())
@@ -106,17 +125,22 @@ def trace_model(
         not example_input.kwargs and all(isinstance(x, torch.Tensor) for x in example_input.args)
     )
     attributes = set(vars(model))
+    caller_mode = model.training
+    model.train()
     try:
-        with preserved(model):
-            caller_mode = model.training
-            model.train()
-            if plain:
-                try:
-                    return _LazyGraphModule(model, tracer.trace(model))  # copies the tensor constants fx stored...
-                except Exception as exc:
-                    if example_input is None:
-                        raise _trace_failure(tracer, known, exc) from exc
-            return _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
+        if plain:
+            try:
+                graph = tracer.trace(model)
+            except Exception as exc:
+                if example_input is None:
+                    raise _trace_failure(tracer, known, exc) from exc
+            else:
+                if set(vars(model)) == attributes:
+                    return model, graph
+                gm = _LazyGraphModule(model, graph)  # copies the tensor constants fx stored...
+                return gm, gm.graph
+        gm = _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
+        return gm, gm.graph
     finally:
         for name in set(vars(model)) - attributes:  # ...on the model, which are taken off it again
             delattr(model, name)
