@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from prune_core.channels.example import ExampleInput
+from prune_core.channels.labels import distinct
 from prune_core.channels.preserve import preserved
 from prune_core.channels.propagate import ChannelPropagation
 from prune_core.channels.sites import Site, owner
@@ -136,38 +137,46 @@ class ChannelGraph:
     def _from_propagation(cls, model: nn.Module, prop: ChannelPropagation, names: list[str] | None) -> ChannelGraph:
         slots = prop.slots
         root_of = slots.all_roots()
-        produced = {fqn: np.unique(root_of[ids]) for fqn, ids in prop.producer_slots.items()}
         is_produced = np.zeros(len(slots), dtype=bool)
-        is_produced[np.concatenate([np.zeros(0, np.int64), *produced.values()])] = True
+        is_produced[root_of[np.concatenate([np.zeros(0, np.int64), *prop.producer_slots.values()])]] = True
         order = np.flatnonzero(is_produced)  # every produced root, ascending
         unit_of_root = np.full(len(slots), -1, dtype=np.int64)
         unit_of_root[order] = np.arange(len(order))
-        producers = _producers(len(order), {fqn: unit_of_root[roots] for fqn, roots in produced.items()})
-        # (unit, site, count) for every site a unit touches; units touching the same sites alike (the
-        # filters of one layer, say) share one counts dict and members tuple.
+        producer_units = {fqn: unit_of_root[root_of[ids]] for fqn, ids in prop.producer_slots.items()}
+        producers = _producers(len(order), producer_units)
+        # Sites with the same slots (a layer's filters, its bias, its norm's parameters and statistics) form one
+        # group, whose entries are worked on once. (unit, group, count) for every group a unit touches; units
+        # touching the same groups alike (the filters of one layer, say) share one counts dict and members tuple.
         keys = list(prop.sites)
-        vectors = [prop.sites[key].vector for key in keys]
-        every = unit_of_root[root_of[np.concatenate([np.zeros(0, np.int64), *vectors])]]  # all sites' entries
+        group_of: dict[bytes, int] = {}
+        site_group = [group_of.setdefault(prop.sites[key].vector.tobytes(), len(group_of)) for key in keys]
+        vectors = [np.frombuffer(content, dtype=np.int64) for content in group_of]
+        every = unit_of_root[root_of[np.concatenate([np.zeros(0, np.int64), *vectors])]]  # all groups' entries
         ends = np.cumsum([vector.size for vector in vectors], dtype=np.int64)
-        site_units = dict(zip(keys, np.split(every, ends[:-1]) if keys else []))
+        starts_of = (ends - [vector.size for vector in vectors]).tolist()
+        site_units = {key: every[starts_of[g] : ends[g]] for key, g in zip(keys, site_group)}
+        sites_in: list[list[int]] = [[] for _ in vectors]
+        for i, g in enumerate(site_group):
+            sites_in[g].append(i)
         owned = every >= 0
-        site_of = np.repeat(np.arange(len(keys), dtype=np.int64), np.diff(ends, prepend=0))
-        # entries by unit, each unit's sites in order (a stable sort of site-ordered entries, whose units mostly
-        # run in order within a site); runs of one (unit, site) pair give its entry count
-        unit_ids, site_ids = every[owned], site_of[owned]
+        group_at = np.repeat(np.arange(len(vectors), dtype=np.int64), np.diff(ends, prepend=0))
+        # entries by unit, each unit's groups in order (a stable sort of group-ordered entries, whose units mostly
+        # run in order within a group); runs of one (unit, group) pair give its entry count
+        unit_ids, group_ids = every[owned], group_at[owned]
         by_unit = np.argsort(unit_ids, kind="stable")
-        unit_ids, site_ids = unit_ids[by_unit], site_ids[by_unit]
-        starts = np.flatnonzero(np.diff(unit_ids, prepend=-1) | np.diff(site_ids, prepend=-1))
-        site_counts = np.diff(starts, append=unit_ids.size)
-        unit_ids, site_ids = unit_ids[starts], site_ids[starts]
+        unit_ids, group_ids = unit_ids[by_unit], group_ids[by_unit]
+        runs = np.flatnonzero(np.diff(unit_ids, prepend=-1) | np.diff(group_ids, prepend=-1))
+        group_counts = np.diff(runs, append=unit_ids.size)
+        unit_ids, group_ids = unit_ids[runs], group_ids[runs]
         bounds = np.searchsorted(unit_ids, np.arange(len(order) + 1))
-        alike, first = _alike(unit_ids, site_ids, site_counts, bounds)
+        alike, first = _alike(unit_ids, group_ids, group_counts, bounds)
         site_owner = [owner(key[0]) for key in keys]
         counts_of, members_of, unselected = [], [], []  # per kind of unit
         for kind, k in enumerate(first.tolist()):
-            sites_k, counts_k = site_ids[bounds[k] : bounds[k + 1]].tolist(), site_counts[bounds[k] : bounds[k + 1]]
-            counts_of.append({keys[i]: c for i, c in zip(sites_k, counts_k.tolist())})
-            members_of.append(tuple(sorted({site_owner[i] for i in sites_k})))
+            groups_k, counts_k = group_ids[bounds[k] : bounds[k + 1]].tolist(), group_counts[bounds[k] : bounds[k + 1]]
+            sites_k = sorted((i, c) for g, c in zip(groups_k, counts_k.tolist()) for i in sites_in[g])
+            counts_of.append({keys[i]: c for i, c in sites_k})
+            members_of.append(tuple(sorted({site_owner[i] for i, _ in sites_k})))
             if names is not None and not _selected(counts_of[-1], prop.sites, names):
                 unselected.append(kind)
         reasons: list[tuple[str, ...]] = [()] * len(order)
@@ -184,7 +193,7 @@ class ChannelGraph:
             sites=prop.sites,
             site_units=site_units,
             param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
-            producer_units={fqn: unit_of_root[root_of[ids]] for fqn, ids in prop.producer_slots.items()},
+            producer_units=producer_units,
             grouped_convs=dict(prop.grouped_convs),
             norm_groups=dict(prop.norm_groups),
             renormalizing=set(prop.renormalizing),
@@ -336,21 +345,40 @@ class RemovalTally:
 
 
 def _producers(count: int, units_of: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
-    """The producer layers of each of ``count`` units, sorted, from the units each layer produces (most units
-    have one producer; a residual stream's have several)."""
+    """The producer layers of each of ``count`` units, sorted, from the unit of each channel each layer produces
+    (most units have one producer; a residual stream's have several). Units with the same producers share one
+    tuple: each unit's producers are read as the digits of one integer, and alike integers are named once.
+
+    >>> _producers(3, {"b": np.array([0, 1]), "a": np.array([1, 2, 2])})
+    [('b',), ('a', 'b'), ('a',)]
+    """
+    fqns = sorted(units_of)
+    base = max(len(fqns), 1)
+    units = np.concatenate([np.zeros(0, np.int64), *(units_of[fqn] for fqn in fqns)])
+    which = np.repeat(np.arange(len(fqns), dtype=np.int64), [units_of[fqn].size for fqn in fqns])
+    keys = distinct(units * base + which)  # each (unit, producer) once, by unit, then by name
+    units, which = keys // base, keys % base
+    starts = np.flatnonzero(np.diff(units, prepend=-1))
+    lengths = np.diff(starts, append=units.size)
     found = np.empty(count, dtype=object)
-    shared = np.bincount(np.concatenate([np.zeros(0, np.int64), *units_of.values()]), minlength=count) > 1
-    several: dict[int, list[str]] = {}
-    for fqn in sorted(units_of):
-        units = units_of[fqn]
-        alone = units[~shared[units]]
-        one = np.empty(alone.size, dtype=object)
-        one.fill((fqn,))
-        found[alone] = one
-        for k in units[shared[units]].tolist():
-            several.setdefault(k, []).append(fqn)
-    for k, fqns in several.items():
-        found[k] = tuple(fqns)
+    for length in np.flatnonzero(np.bincount(lengths)).tolist():
+        rows = starts[lengths == length]
+        if base**length >= 2**62:  # too many producers for one integer: name each unit's on its own
+            for row in rows.tolist():
+                found[units[row]] = tuple(fqns[j] for j in which[row : row + length].tolist())
+            continue
+        code = np.zeros(rows.size, dtype=np.int64)
+        for j in range(length):
+            code = code * base + which[rows + j]
+        codes, alike = np.unique(code, return_inverse=True)
+        names = np.empty(codes.size, dtype=object)
+        for i, number in enumerate(codes.tolist()):
+            digits = []
+            for _ in range(length):
+                number, digit = divmod(number, base)
+                digits.append(fqns[digit])
+            names[i] = tuple(reversed(digits))
+        found[units[rows]] = names[alike.reshape(-1)]
     return found.tolist()  # type: ignore[no-any-return]
 
 

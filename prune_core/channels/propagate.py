@@ -101,20 +101,21 @@ class ChannelPropagation(fx.Interpreter):
 
     # -- fx.Interpreter ----------------------------------------------------------------
     def run_node(self, n: fx.Node):
+        # fx's own run_node also records the node as the current one for tracebacks of code that traces or
+        # exports while it runs; nothing here does, and that context costs as much as a small rule
         self._node = n
-        with self._set_current_node(n):
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            try:
-                result = getattr(self, n.op)(n.target, args, kwargs)
-            except Exception as exc:
-                what = ops.describe_target(n.target)
-                if n.op == "call_module":
-                    what = f"module `{n.target}` ({type(self.modules[n.target]).__name__})"
-                shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-                raise ExampleInputMismatch(
-                    f"the example input does not fit the model: {what} failed on inputs of shape {shapes}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        try:
+            result = getattr(self, n.op)(n.target, args, kwargs)
+        except Exception as exc:
+            what = ops.describe_target(n.target)
+            if n.op == "call_module":
+                what = f"module `{n.target}` ({type(self.modules[n.target]).__name__})"
+            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            raise ExampleInputMismatch(
+                f"the example input does not fit the model: {what} failed on inputs of shape {shapes}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         lab_args = map_arg(n.args, lambda a: self.labels.get(a))
         lab_kwargs = map_arg(n.kwargs, lambda a: self.labels.get(a))
         self.labels[n] = self._propagate(n, args, kwargs, lab_args, lab_kwargs, result)
