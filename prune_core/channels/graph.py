@@ -25,7 +25,8 @@ from __future__ import annotations
 import difflib
 import gc
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,18 @@ class Unit:
     @property
     def removable(self) -> bool:
         return not self.reasons
+
+
+@contextmanager
+def _without_gc() -> Iterator[None]:
+    """The garbage collector paused: the analysis allocates many small objects and frees none of them."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def check_compare_at(model: nn.Module, compare_at: Iterable[str]) -> tuple[str, ...]:
@@ -118,18 +131,13 @@ class ChannelGraph:
         inputs = example_inputs(model, example_input)
         compared = check_compare_at(model, compare_at)
         names = resolve_layer_names(model, layer_names)
-        collecting = gc.isenabled()
-        gc.disable()  # the analysis allocates many small objects and frees none of them
-        try:
+        with _without_gc():
             with preserved(model):  # traced-through modules may update buffers as they run
                 root, forward = traced_forward(model, leaf_modules, inputs)
                 model.eval()
                 with torch.no_grad():
                     prop = ChannelPropagation.over(root, forward, model, inputs.values, attention_units)
             graph = cls._from_propagation(model, prop, names)
-        finally:
-            if collecting:
-                gc.enable()
         graph.example_input, graph.compare_at = inputs, compared
         return graph
 
@@ -154,7 +162,8 @@ class ChannelGraph:
         every = unit_of_root[root_of[np.concatenate([np.zeros(0, np.int64), *vectors])]]  # all groups' entries
         ends = np.cumsum([vector.size for vector in vectors], dtype=np.int64)
         starts_of = (ends - [vector.size for vector in vectors]).tolist()
-        site_units = {key: every[starts_of[g] : ends[g]] for key, g in zip(keys, site_group)}
+        group_units = [every[start:end] for start, end in zip(starts_of, ends.tolist())]
+        site_units = {key: group_units[g] for key, g in zip(keys, site_group)}  # one array per group
         sites_in: list[list[int]] = [[] for _ in vectors]
         for i, g in enumerate(site_group):
             sites_in[g].append(i)
@@ -216,22 +225,31 @@ class ChannelGraph:
         removed = np.zeros(len(self.units) + 1, dtype=bool)  # the extra entry stands for -1 (no unit)
         removed[np.fromiter(unit_ids, np.int64)] = True
         renumber = np.append(np.cumsum(~removed[:-1]) - 1, -1)
-        kept = [u for u in self.units if not removed[u.id]]
+        is_removed = removed.tolist()
+        kept = [u for u in self.units if not is_removed[u.id]]
 
         def shrink(ids: np.ndarray) -> np.ndarray:
             return renumber[ids[~removed[ids]]]
 
-        remaining, sites = {}, {}
+        remaining, sites, updated = {}, {}, {}  # updated: by the id of a units array sites share (a site group)
         for key, ids in self.site_units.items():
-            gone = removed[ids]
-            remaining[key] = renumber[ids[~gone]]
-            left = remaining[key][remaining[key] >= 0]
-            if gone.any() and left.size and (left == left[0]).all():
-                return None  # this removal left the site with its last unit
+            done = updated.get(id(ids))
+            if done is None:
+                gone = removed[ids]
+                left = renumber[ids[~gone]]
+                owned = left[left >= 0]
+                if gone.any() and owned.size and (owned == owned[0]).all():
+                    return None  # this removal left the site with its last unit
+                done = updated[id(ids)] = (gone, left)
+            gone, remaining[key] = done
             site = self.sites[key]
             sites[key] = Site(site.vector[~gone], site.kind, site.role)
+        with _without_gc():
+            counts, producers = [u.counts for u in kept], [u.producers for u in kept]
+            members, reasons = [u.members for u in kept], [u.reasons for u in kept]
+            units = list(map(Unit, range(len(kept)), counts, producers, members, reasons))
         return ChannelGraph(
-            units=[Unit(k, u.counts, u.producers, u.members, u.reasons) for k, u in enumerate(kept)],
+            units=units,
             sites=sites,
             site_units=remaining,
             param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
