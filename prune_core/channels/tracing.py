@@ -75,8 +75,13 @@ class _ChannelTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
+        # fx's own call_module also keeps a module stack for each node's ``nn_module_stack``, a dict copied onto
+        # every node (a fifth of a trace); nothing here reads it, so a module call is only a leaf node or its forward
         try:
-            return super().call_module(m, forward, args, kwargs)
+            name = self.path_of_module(m)
+            if self.is_leaf_module(m, name):
+                return self.create_proxy("call_module", name, args, kwargs)
+            return forward(*args, **kwargs)
         except Exception:
             if self.failed_at is None:
                 self.failed_at = self.path_of_module(m)
