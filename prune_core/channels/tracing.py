@@ -111,8 +111,8 @@ def traced_forward(
     """``trace_model``'s graph with the module its nodes' targets are paths into: the model itself where
     symbolic tracing works and stored no tensor constant (no GraphModule is built), else a GraphModule.
 
-    The caller restores the model's modes and buffers (``preserved``): this leaves it in training mode,
-    or in eval mode where a forward recorded in training mode raised.
+    The caller restores the model's modes and buffers (``preserved``): this leaves it in training mode (a
+    recorded forward's buffer updates already undone).
 
     >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU())
     >>> root, graph = traced_forward(net)
@@ -144,7 +144,8 @@ def traced_forward(
                     return model, graph
                 gm = _LazyGraphModule(model, graph)  # copies the tensor constants fx stored...
                 return gm, gm.graph
-        gm = _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
+        with preserved(model):  # a forward recorded in training mode updates running statistics: not for the analysis
+            gm = _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
         return gm, gm.graph
     finally:
         for name in set(vars(model)) - attributes:  # ...on the model, which are taken off it again
