@@ -369,6 +369,9 @@ def _producers(count: int, units_of: dict[str, np.ndarray]) -> list[tuple[str, .
 
     >>> _producers(3, {"b": np.array([0, 1]), "a": np.array([1, 2, 2])})
     [('b',), ('a', 'b'), ('a',)]
+    >>> stream = _producers(2, {f"block{i:02d}": np.array([0, 1]) for i in range(70)})   # 70 digits: past int64
+    >>> stream[0] is stream[1], len(stream[0]), stream[0][:2]
+    (False, 70, ('block00', 'block01'))
     """
     fqns = sorted(units_of)
     base = max(len(fqns), 1)

@@ -18,6 +18,24 @@ integer arrays.
 >>> _ = prop.run(torch.zeros(1, 1, 16))
 >>> sorted(key for key in prop.sites if key[0].startswith("0."))
 [('0.bias', 0), ('0.weight', 0), ('0.weight', 1)]
+
+A leaf module that takes one list of tensors (a detector's concatenation) runs for real, and the rest of
+the pass stays shape-only:
+
+>>> from prune_core.channels.tracing import traced_forward
+>>> class Concat(nn.Module):
+...     def forward(self, parts):
+...         return torch.cat(parts, 1)
+>>> class TwoBranches(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.a, self.b, self.cat = nn.Conv1d(1, 2, 3), nn.Conv1d(1, 2, 3), Concat()
+...     def forward(self, x):
+...         return self.cat([self.a(x), self.b(x)])
+>>> net = TwoBranches()
+>>> root, graph = traced_forward(net, [Concat])
+>>> ChannelPropagation.over(root, graph, net, (torch.zeros(1, 1, 16),), "heads").shape_only
+True
 """
 
 from __future__ import annotations
@@ -127,8 +145,8 @@ class ChannelPropagation(fx.Interpreter):
             module = self.fetch_attr(target)
         if not self.shape_only:
             return module(*args, **kwargs)
-        source = self._node.args[0] if len(self._node.args) == 1 else None
-        own_input = source in self._zeros and len(source.users) == 1  # type: ignore[union-attr]
+        source = self._node.args[0] if self._node is not None and len(self._node.args) == 1 else None
+        own_input = isinstance(source, fx.Node) and source in self._zeros and len(source.users) == 1
         shaped = shape_only_output(module, args, kwargs, own_input)
         if shaped is None:
             return module(*args, **kwargs)
