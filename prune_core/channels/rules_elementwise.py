@@ -75,6 +75,8 @@ def elementwise(prop: Propagation, call: OpCall):
         tensors.append((shape, lab.reshape((1,) * (nd - lab.ndim) + lab.shape)))
     if not tensors:
         return _parameter_alone(prop, params, out_shape)
+    if len(tensors) == 1 and not params and tensors[0][0] == out_shape:  # an activation: its operand's labels
+        return squeeze_constant(tensors[0][1])
     labeled = {d for _, lab in tensors for d in varying_dims(lab)}
     part = [lab for shape, lab in tensors if all(shape[d] == out_shape[d] for d in labeled)]
     rest = [lab for shape, lab in tensors if not all(shape[d] == out_shape[d] for d in labeled)]
