@@ -160,15 +160,15 @@ class ChannelGraph:
         site_group = [group_of.setdefault(prop.sites[key].vector.tobytes(), len(group_of)) for key in keys]
         vectors = [np.frombuffer(content, dtype=np.int64) for content in group_of]
         every = unit_of_root[root_of[np.concatenate([np.zeros(0, np.int64), *vectors])]]  # all groups' entries
-        ends = np.cumsum([vector.size for vector in vectors], dtype=np.int64)
-        starts_of = (ends - [vector.size for vector in vectors]).tolist()
-        group_units = [every[start:end] for start, end in zip(starts_of, ends.tolist())]
+        sizes = [vector.size for vector in vectors]
+        ends = np.cumsum(sizes, dtype=np.int64).tolist()
+        group_units = [every[end - size : end] for size, end in zip(sizes, ends)]
         site_units = {key: group_units[g] for key, g in zip(keys, site_group)}  # one array per group
         sites_in: list[list[int]] = [[] for _ in vectors]
         for i, g in enumerate(site_group):
             sites_in[g].append(i)
         owned = every >= 0
-        group_at = np.repeat(np.arange(len(vectors), dtype=np.int64), np.diff(ends, prepend=0))
+        group_at = np.repeat(np.arange(len(vectors), dtype=np.int64), sizes)
         # entries by unit, each unit's groups in order (a stable sort of group-ordered entries, whose units mostly
         # run in order within a group); runs of one (unit, group) pair give its entry count
         unit_ids, group_ids = every[owned], group_at[owned]
