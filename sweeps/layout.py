@@ -49,7 +49,7 @@ JOB_ROLES = ("trial", "single")
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 HYDRA_DIR, CONFIG = "hydra", "hydra/config.yaml"
-TABLES = ("pruning_history", "training_history", "validation_history")
+TABLES_DIR, TABLES = "tables", ("pruning_history", "training_history", "validation_history")
 CHECKPOINTS = "checkpoints"
 ONNX_FILE = "model.onnx"
 # The model config keys that name a trained weights file: such a model is the base network as it is.
@@ -58,7 +58,7 @@ WEIGHT_FILE_KEYS = ("checkpoint", "weights_path")
 
 def table(name: str) -> str:
     """The artifact path of a history table (``mlflow.load_table``-able JSON)."""
-    return f"tables/{name}.json"
+    return f"{TABLES_DIR}/{name}.json"
 
 
 def checkpoint(iteration: int) -> str:

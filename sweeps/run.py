@@ -42,6 +42,7 @@ from prune_core.finetune import Ranks, TrainingOptions
 from sweeps import layout
 from sweeps.base_network import base_network
 from sweeps.deployment.measure import measure_deployment
+from sweeps.deployment.program import export_program
 from sweeps.job.config import check_job_config, deployment_options, pruning_options, training_options
 from sweeps.job.data import JobData, load_data
 from sweeps.job.intermediate import IntermediateValues
@@ -152,6 +153,9 @@ def _job(cfg: DictConfig, ranks: Ranks):
         )
         pruned, info = compress_network(base, data.train, cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED
+        log_model, deploy = cfg.tracking.log_model and not interrupted, deployment_options(cfg)
+        # one torch.export of the returned network, for both the logged model and model.onnx
+        program = export_program(pruned, data.example()) if not interrupted and (log_model or deploy.onnx) else None
         log_pruning(
             run,
             cfg,
@@ -160,11 +164,12 @@ def _job(cfg: DictConfig, ranks: Ranks):
             output_dir,
             data.example(),
             live,
-            log_model=cfg.tracking.log_model and not interrupted,
+            log_model=log_model,
+            program=program,
         )
         if interrupted:  # logged as far as it went (no model export: stop quickly); the run is KILLED
             raise KeyboardInterrupt
-        deployment = measure_deployment(pruned, data.example(), output_dir, deployment_options(cfg))
+        deployment = measure_deployment(pruned, data.example(), output_dir, deploy, program)
         log_deployment(run, deployment)
         pruned_at = None if reported is None or info.stop_reason != StopReason.OUTPUT_FN else reported.pruned_at
         if pruned_at is not None:

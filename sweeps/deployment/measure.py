@@ -1,7 +1,8 @@
 """What a job measures of the network it returns: its ONNX export and its CPU latency.
 
 The ``export`` config group (``conf/export/onnx.yaml``) says what to do; ``DeploymentOptions``
-checks it before any work. ``measure_deployment(model, example, folder, options)``:
+checks it before any work. ``measure_deployment(model, example, folder, options, program)``
+(``program``: the job's one ``torch.export`` of the model, ``sweeps.deployment.program``, or None):
 
 - with ``onnx``: exports the network (``sweeps.deployment.onnx_export``), checks onnxruntime against
   PyTorch within ``tolerance`` and keeps ``model.onnx`` in ``folder``; metric
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
+from torch.export import ExportedProgram
 
 from prune_core import check_number, is_number
 from sweeps.deployment.latency import MAX_SPREAD, Latency, onnx_latency, torch_latency
@@ -80,12 +82,14 @@ class Deployment:
     onnx_path: Path | None = None
 
 
-def measure_deployment(model: nn.Module, example, folder: Path, options: DeploymentOptions) -> Deployment:
+def measure_deployment(
+    model: nn.Module, example, folder: Path, options: DeploymentOptions, program: ExportedProgram | None = None
+) -> Deployment:
     """Export and time ``model`` on inputs shaped like ``example`` (see the module docstring)."""
     result, runner = Deployment(), None
     if options.onnx:
         try:
-            exported = export_onnx(model, example, Path(folder) / ONNX_FILE, options.tolerance)
+            exported = export_onnx(model, example, Path(folder) / ONNX_FILE, options.tolerance, program)
         except ExportFailed as exc:
             log.warning(f"ONNX export failed, the trial goes on without it: {exc}")
             result.tags[ONNX] = f"failed: {exc}"[:5000]

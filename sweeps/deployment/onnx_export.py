@@ -1,7 +1,8 @@
 """ONNX export of a network, checked against PyTorch with onnxruntime.
 
 ``export_onnx(model, example, path)`` exports a copy of ``model`` in eval mode with
-``torch.onnx.export(..., dynamo=True)`` (the batch dimension dynamic), writes it to ``path``
+``torch.onnx.export(..., dynamo=True)`` (the batch dimension dynamic), from ``program`` when given
+(``sweeps.deployment.program``: the job's one ``torch.export`` of it), writes it to ``path``
 through a temporary name, runs it with onnxruntime on ``example`` and compares the outputs with
 PyTorch's. It raises ``ExportFailed`` (with the reason) when the exporter fails or the outputs
 differ by more than ``tolerance``; nothing is left at ``path`` then. The caller's model is
@@ -29,8 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.export import ExportedProgram
 
 from prune_core.channels import atomic_path
+from sweeps.deployment.program import batch_dynamic, example_inputs
 
 TOLERANCE = 1e-4
 
@@ -45,10 +48,6 @@ class OnnxExport:
 
     path: Path
     max_abs_diff: float
-
-
-def _inputs(example) -> tuple[torch.Tensor, ...]:
-    return tuple(t.detach().cpu() for t in (example if isinstance(example, (tuple, list)) else (example,)))
 
 
 def _outputs(value) -> list[np.ndarray]:
@@ -84,22 +83,28 @@ def _quiet():
             logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, example, path: Path, tolerance: float = TOLERANCE) -> OnnxExport:
-    """Export ``model`` to ``path`` and check it on ``example`` (see the module docstring)."""
-    inputs = _inputs(example)
+def export_onnx(
+    model: nn.Module, example, path: Path, tolerance: float = TOLERANCE, program: ExportedProgram | None = None
+) -> OnnxExport:
+    """Export ``model`` (from ``program`` when given) to ``path`` and check it on ``example`` (see the module
+    docstring)."""
+    inputs = example_inputs(example)
     network = copy.deepcopy(model).cpu().eval()
-    batch = torch.export.Dim("batch")
     try:
         with _quiet():
-            program = torch.onnx.export(
-                network, inputs, dynamo=True, verbose=False, dynamic_shapes=tuple({0: batch} for _ in inputs)
+            onnx_program = torch.onnx.export(
+                network if program is None else program,
+                inputs,
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes=batch_dynamic(inputs),
             )
     except Exception as exc:
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0][:300]
         raise ExportFailed(f"torch.onnx.export failed: {type(exc).__name__}: {first}") from exc
     with atomic_path(path) as tmp:
         with _quiet():
-            program.save(str(tmp))
+            onnx_program.save(str(tmp))
         try:
             runner = session(tmp)
             names = [i.name for i in runner.get_inputs()]

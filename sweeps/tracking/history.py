@@ -8,9 +8,10 @@
 - ``log_pruning``: the flattened config as params; the run's *result*, the returned network's
   values, as single-value metrics named after the study's objectives (``validation_accuracy``,
   ``reduction``, ...: what the MLflow UI's run table shows) and the tag
-  ``taylorprune.returned_iteration``; the three history tables (``mlflow.load_table``-able JSON), the Hydra config, the
-  progress plot and the final model (``mlflow.pytorch`` flavour, named
-  ``trial-<N>`` in a study and linked to the returned iteration's step; and the safe format);
+  ``taylorprune.returned_iteration``; the three history tables (``mlflow.load_table``-able JSON), the
+  Hydra config, the progress plot and the final model (``mlflow.pytorch`` flavour, named
+  ``trial-<N>`` in a study, the run's output at the returned iteration's step, with the result
+  metrics as its own: ``sweeps.tracking.logged_model``; and the safe format);
 - ``log_deployment``: the returned network's export and latency.
 
 Every tag and artifact name comes from ``sweeps.layout``, which ``analysis`` reads with.
@@ -21,6 +22,7 @@ Every tag and artifact name comes from ``sweeps.layout``, which ``analysis`` rea
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -30,16 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 import torch
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.export import ExportedProgram
 
 from prune_core import PruningInfo, checkpoint_iteration, save_pruned
+from prune_core.channels import atomic_path
 from sweeps import layout
 from sweeps.deployment.measure import Deployment
+from sweeps.tracking.logged_model import new_logged_model, save_logged_model
 from sweeps.tracking.store import as_params
 
 log = logging.getLogger(__name__)
@@ -219,11 +224,39 @@ def history_metrics(info: PruningInfo) -> list[Metric]:
     return metrics
 
 
-def result_metrics(info: PruningInfo, names: list[str]) -> list[Metric]:
-    """The returned network's values (its row of the pruning history) under the given names."""
+def result_metrics(info: PruningInfo, names: list[str], model_id: str | None = None) -> list[Metric]:
+    """The returned network's values (its row of the pruning history) under the given names (those of the
+    logged model ``model_id`` as well, when given)."""
     row = info.returned_row
     now = int(time.time() * 1000)
-    return [Metric(name, float(row[name]), now, 0) for name in dict.fromkeys(names) if name in row]
+    return [Metric(name, float(row[name]), now, 0, model_id=model_id) for name in dict.fromkeys(names) if name in row]
+
+
+def write_tables(info: PruningInfo, folder: Path) -> Path:
+    """The three history tables written as MLflow tables (JSON that ``mlflow.load_table`` reads) into
+    ``folder/tables``, each through a temporary name; returns that folder.
+
+    Written here and logged in one call, rather than by ``mlflow.log_table``: that makes three store
+    round trips per table, and appends to a table the run already has (a resumed run's), where this
+    history is the whole run's."""
+    for name in layout.TABLES:
+        path = folder / layout.table(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as written:
+            getattr(info, name).to_json(written, orient="split", index=False, date_format="iso")
+    return folder / layout.TABLES_DIR
+
+
+def tables_tag(existing: str | None) -> RunTag:
+    """MLflow's ``mlflow.loggedArtifacts`` run tag (the tables the UI lists), ``existing`` with the three
+    history tables added.
+
+    >>> tables_tag('[{"path": "tables/pruning_history.json", "type": "table"}]').value.count("pruning_history")
+    1
+    """
+    entries = json.loads(existing or "[]")
+    entries += [e for e in ({"path": layout.table(n), "type": "table"} for n in layout.TABLES) if e not in entries]
+    return RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(entries))
 
 
 def log_pruning(
@@ -235,19 +268,26 @@ def log_pruning(
     example: torch.Tensor,
     live: LiveLog,
     log_model: bool = True,
+    program: ExportedProgram | None = None,
 ) -> None:
     """Everything of a finished pruning run (see the module docstring); ``live``: the pruning metrics
     and checkpoints already logged as they happened (waited for here); ``log_model``: also the
-    ``mlflow.pytorch`` model."""
+    ``mlflow.pytorch`` model, from ``program`` when given (``sweeps.deployment.program``)."""
     client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
     live.flush()
     params = as_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     tags = [
         RunTag(layout.STOP_REASON, info.stop_reason),
         RunTag(layout.RETURNED_ITERATION, str(info.returned_iteration)),
+        tables_tag(run.data.tags.get(MLFLOW_LOGGED_ARTIFACTS)),
     ]
     for start in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[start : start + PARAM_BATCH], tags=tags if start == 0 else [])
+    model_id = None
+    if log_model:
+        trial = run.data.tags.get(layout.TRIAL)
+        name = f"trial-{trial}" if trial is not None else "model"
+        model_id = new_logged_model(run, {p.key: p.value for p in params}, name)
     names = [
         *cfg.sweep.objectives,
         *cfg.sweep.constraints,
@@ -257,14 +297,10 @@ def log_pruning(
         "macs",
         *(c for c in info.pruning_history.columns if c.startswith("validation_")),
     ]
-    _metric_batches(client, run_id, result_metrics(info, names))
-    if log_model:  # before the fine-tuning history: linked to its pruning iteration's metrics, not to
-        # the fine-tuning step that happens to share the number, and MLflow reads back only those
-        trial = run.data.tags.get(layout.TRIAL)
-        log_torch_model(pruned, example, f"trial-{trial}" if trial is not None else "model", info.returned_iteration)
-    for name in layout.TABLES:
-        table: pd.DataFrame = getattr(info, name)
-        mlflow.log_table(table, artifact_file=layout.table(name), run_id=run_id)
+    _metric_batches(client, run_id, result_metrics(info, names, model_id))  # the model's own metrics, too
+    if model_id is not None:
+        save_logged_model(client, run_id, model_id, pruned, example, info.returned_iteration, program)
+    client.log_artifacts(run_id, str(write_tables(info, output_dir)), layout.TABLES_DIR)
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
         client.log_artifacts(run_id, str(hydra_dir), layout.HYDRA_DIR)
@@ -284,29 +320,3 @@ def log_deployment(run: mlflow.ActiveRun, deployment: Deployment) -> None:
     client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
     if deployment.onnx_path is not None:
         client.log_artifact(run_id, str(deployment.onnx_path))
-
-
-def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model", step: int = 0) -> None:
-    """``mlflow.pytorch.log_model`` as an exported program (pt2, no pickle), or pickled if export fails.
-
-    ``step`` links the logged model to that step's metrics: the returned network's pruning iteration.
-    MLflow's own check (load the model back and serve the input example) is left out: a quarter of the
-    call's time on every trial; the app's tests load and serve a logged model instead.
-    """
-    model = model.cpu().eval()
-    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-    try:
-        mlflow.pytorch.log_model(
-            model,
-            name=name,
-            input_example=example.cpu().numpy(),
-            step=step,
-            serialization_format="pt2",
-            pip_requirements=requirements,
-            validate_serving_input=False,
-        )
-    except Exception as exc:
-        log.warning(f"torch.export could not export the model ({type(exc).__name__}); logging it pickled instead")
-        mlflow.pytorch.log_model(
-            model, name=name, serialization_format="pickle", step=step, pip_requirements=requirements
-        )

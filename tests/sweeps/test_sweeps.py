@@ -1,5 +1,6 @@
 """``python -m sweeps.run`` and ``-m``: single runs, studies, resuming, failures, samplers, MLflow contents."""
 
+import json
 import signal
 from pathlib import Path
 
@@ -69,7 +70,19 @@ def test_single_run_logs_everything_and_caches_the_base(tmp_path):
     checkpoints = client.list_artifacts(run_id, "checkpoints")
     assert len(checkpoints) == len(table) - 1
     (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    assert model.source_run_id == run_id
+    assert model.source_run_id == run_id and model.params == params
+    returned = int(run.data.tags["taylorprune.returned_iteration"])
+    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, returned)]
+    own = {(m.key, m.step): m.value for m in model.metrics}  # the returned network's values, nothing else
+    assert own[("reduction", 0)] == run.data.metrics["reduction"] == pytest.approx(table["reduction"].iloc[returned])
+    assert {key for key, _ in own} == {"validation_accuracy", "reduction", "learnables", "macs", "macs_reduction"} | {
+        c for c in table.columns if c.startswith("validation_")
+    }
+    assert mlflow.models.get_model_info(model.model_uri).run_id == run_id  # in its MLmodel file, too
+    logged_tables = json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    assert sorted(t["path"] for t in logged_tables) == [
+        f"tables/{n}_history.json" for n in ("pruning", "training", "validation")
+    ]
     loaded = mlflow.pytorch.load_model(model.model_uri)
     assert loaded(torch.zeros(2, 1, 40)).shape == (2, 10)
     # what MLflow's serving would do with the logged input example (log_model no longer checks it per trial)
