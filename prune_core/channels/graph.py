@@ -76,6 +76,8 @@ def _without_gc() -> Iterator[None]:
 def check_compare_at(model: nn.Module, compare_at: Iterable[str]) -> tuple[str, ...]:
     """``compare_at`` as a tuple of module names of ``model``; a ValueError names any that is not one."""
     names = (compare_at,) if isinstance(compare_at, str) else tuple(compare_at)
+    if not names:
+        return names
     modules = dict(model.named_modules())
     unknown = [name for name in names if not isinstance(name, str) or not name or name not in modules]
     if unknown:
@@ -201,7 +203,7 @@ class ChannelGraph:
             units=units,
             sites=prop.sites,
             site_units=site_units,
-            param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
+            param_shapes=dict(prop.parameter_shapes),
             producer_units=producer_units,
             grouped_convs=dict(prop.grouped_convs),
             norm_groups=dict(prop.norm_groups),

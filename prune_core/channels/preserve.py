@@ -41,4 +41,5 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
         for p, flag in flags:
             p.requires_grad_(flag)
         for module, mode in zip(modules, modes):
-            module.training = mode
+            if module.training != mode:  # nn.Module's own __setattr__ is slow: set only what changed
+                module.training = mode

@@ -100,7 +100,7 @@ class ChannelPropagation(fx.Interpreter):
         self._node: fx.Node | None = None  # the node being run
         self._zeros: set[fx.Node] = set()  # nodes whose value is shape-only zeros (``shape_only``)
         self.modules = self.submodules if model is root else dict(model.named_modules())
-        self._parameters = {name for name, _ in model.named_parameters()}
+        self.parameter_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
 
     @classmethod
     def over(
@@ -171,7 +171,7 @@ class ChannelPropagation(fx.Interpreter):
         """Entries of ``name`` (a parameter, buffer or, with ``kind="attribute"``, an integer attribute) along
         ``dim`` follow the slots in ``vector``; a second use unifies them (see ``sites.Site`` for ``role``)."""
         if kind is None:
-            kind = "parameter" if name in self._parameters else "buffer"
+            kind = "parameter" if name in self.parameter_shapes else "buffer"
         key = (name, dim)
         existing = self.sites.get(key)
         if existing is None:

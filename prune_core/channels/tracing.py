@@ -121,8 +121,7 @@ def traced_forward(
     """
     names = {m for m in leaf_modules if isinstance(m, str)}
     types = tuple(m for m in leaf_modules if isinstance(m, type))
-    known = dict(model.named_modules())
-    unknown = sorted(names - known.keys())
+    unknown = sorted(names - dict(model.named_modules()).keys()) if names else []
     if unknown:
         raise ValueError(f"leaf_modules names {unknown} that are not modules of the model")
     tracer = _ChannelTracer(names, types)
@@ -138,7 +137,7 @@ def traced_forward(
                 graph = tracer.trace(model)
             except Exception as exc:
                 if example_input is None:
-                    raise _trace_failure(tracer, known, exc) from exc
+                    raise _trace_failure(tracer, dict(model.named_modules()), exc) from exc
             else:
                 if set(vars(model)) == attributes:
                     return model, graph

@@ -40,6 +40,7 @@ def test_a_logged_model_is_the_shared_program_exported_once_and_linked_to_its_ru
     assert exports == [], "MLflow saved the shared program instead of exporting the network again"
     assert torch.export.export is spy, "put back after logging"
     model = client.get_logged_model(model_id)
+    assert [r.info.run_id for r in client.search_runs([run.info.experiment_id])] == [run_id], "no run of its own"
     assert (model.name, model.source_run_id, model.params) == ("trial-0", run_id, {"pruning.goal": "0.5"})
     assert [(m.key, m.value) for m in model.metrics] == [("reduction", 0.5)]
     assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [(model_id, 3)]
