@@ -236,9 +236,8 @@ def write_tables(info: PruningInfo, folder: Path) -> Path:
     """The three history tables written as MLflow tables (JSON that ``mlflow.load_table`` reads) into
     ``folder/tables``, each through a temporary name; returns that folder.
 
-    Written here and logged in one call, rather than by ``mlflow.log_table``: that makes three store
-    round trips per table, and appends to a table the run already has (a resumed run's), where this
-    history is the whole run's."""
+    Written here and logged in one call, rather than by ``mlflow.log_table``, which makes three store
+    round trips per table (and ``tables_tag`` goes with the params' batch)."""
     for name in layout.TABLES:
         path = folder / layout.table(name)
         path.parent.mkdir(parents=True, exist_ok=True)
