@@ -154,22 +154,23 @@ def _job(cfg: DictConfig, ranks: Ranks):
         pruned, info = compress_network(base, data.train, cfg.loss, options, pruning=settings)
         interrupted = info.stop_reason == StopReason.INTERRUPTED
         log_model, deploy = cfg.tracking.log_model and not interrupted, deployment_options(cfg)
+        example = data.example()  # read from the data once: a loader's first batch costs a load
         # one torch.export of the returned network, for both the logged model and model.onnx
-        program = export_program(pruned, data.example()) if not interrupted and (log_model or deploy.onnx) else None
+        program = export_program(pruned, example) if not interrupted and (log_model or deploy.onnx) else None
         log_pruning(
             run,
             cfg,
             info,
             pruned,
             output_dir,
-            data.example(),
+            example,
             live,
             log_model=log_model,
             program=program,
         )
         if interrupted:  # logged as far as it went (no model export: stop quickly); the run is KILLED
             raise KeyboardInterrupt
-        deployment = measure_deployment(pruned, data.example(), output_dir, deploy, program)
+        deployment = measure_deployment(pruned, example, output_dir, deploy, program)
         log_deployment(run, deployment)
         pruned_at = None if reported is None or info.stop_reason != StopReason.OUTPUT_FN else reported.pruned_at
         if pruned_at is not None:
