@@ -52,6 +52,7 @@ from sweeps.process.devices import job_device, job_index
 from sweeps.process.distributed import job_ranks
 from sweeps.tracking.history import LiveLog, log_deployment, log_pruning
 from sweeps.tracking.job_run import job_run, study_name
+from sweeps.tracking.logged_model import prepare_model_logging
 from sweeps.tracking.resumption import find_resumption
 from sweeps.tracking.store import open_store
 from sweeps.tracking.study_run import closing_studies
@@ -124,6 +125,8 @@ def _job(cfg: DictConfig, ranks: Ranks):
     uri = layout.tracking_uri(cfg.tracking.uri)
     in_study = HydraConfig.get().mode == RunMode.MULTIRUN  # the study checked the server when it started
     open_store(uri, f"tracking.uri={uri!r}", wait=in_study)
+    if cfg.tracking.log_model:
+        prepare_model_logging()  # MLflow's once-per-process package listing, while the job loads and prunes
     trial = job_trial()  # a sweep with a pruner: report intermediate values to this trial
     data, options, base, origin = _data_and_base(cfg)
     log.info(f"Base network: {origin}")

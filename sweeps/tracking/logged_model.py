@@ -21,6 +21,12 @@ id into the ``MLmodel`` file as a model logged in the run has it.
 MLflow's own check (load the model back and serve the input example) is left out: a quarter of
 the call's time on every trial; the app's tests load and serve a logged model instead.
 
+MLflow checks a model's requirements against the installed packages by reading the file list of
+every one of them, once per process: half a second of the first trial's logging. The job calls
+``prepare_model_logging()`` before it prunes, which runs that check on a thread of its own while the
+network is pruned; the save waits for it (at once, unless the job took less than that).
+
+    prepare_model_logging()                      # before pruning
     model_id = new_logged_model(run, params, "trial-3")
     client.log_batch(run.info.run_id, metrics=[Metric("reduction", 0.7, now, 0, model_id=model_id)])
     save_logged_model(client, run.info.run_id, model_id, pruned, example, 4, program)
@@ -28,20 +34,38 @@ the call's time on every trial; the app's tests load and serve a logged model in
 
 from __future__ import annotations
 
+import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import mlflow
 import torch
 from mlflow.entities import LoggedModelOutput, Run
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
+from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 from torch import nn
 from torch.export import ExportedProgram
 
 from sweeps.deployment.program import exports_as
 
 log = logging.getLogger(__name__)
+
+REQUIREMENTS = (f"torch=={torch.__version__.split('+')[0]}",)  # the logged model's pip requirements
+
+
+@functools.cache
+def _requirements_checked() -> Future:
+    """MLflow's check of ``REQUIREMENTS`` against the installed packages, started once per process on a thread."""
+    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taylorprune-requirements")
+    checked = checker.submit(warn_dependency_requirement_mismatches, list(REQUIREMENTS))
+    checker.shutdown(wait=False)  # the thread ends with the check
+    return checked
+
+
+def prepare_model_logging() -> None:
+    """Start MLflow's once-per-process requirements check in the background (see the module docstring)."""
+    _requirements_checked()
 
 
 class _FlavourOfRun:
@@ -64,7 +88,7 @@ def _save(model_id: str, run_id: str, model: nn.Module, example: torch.Tensor, p
         "artifact_path": None,
         "model_id": model_id,
         "pytorch_model": model,
-        "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"],
+        "pip_requirements": list(REQUIREMENTS),
     }
     try:
         with exports_as(model, program):
@@ -97,6 +121,7 @@ def save_logged_model(
 ) -> None:
     """Save ``model`` into the logged model ``model_id``, the run's output at ``step`` (see the module docstring)."""
     model = model.cpu().eval()
+    _requirements_checked().result()  # MLflow's per-process package listing, ready: the save's check reuses it
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taylorprune-model") as outside_the_run:
         outside_the_run.submit(_save, model_id, run_id, model, example, program).result()
     client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
