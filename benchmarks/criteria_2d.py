@@ -17,7 +17,10 @@ Methods:
   ``taylor-weight+uniform`` (the Taylor criterion on the weights, Torch-Pruning's), ``bn-scale`` and
   ``bn-scale+uniform`` (the BatchNorm scales, network slimming's), ``l1`` and ``random``; and with the
   fine-tuning levers: ``taylor+kd`` and ``taylor+uniform+kd`` (distillation from the unpruned
-  network, alpha 0.5, T 4), ``taylor+cosine`` (a cosine learn rate over each fine-tuning);
+  network, alpha 0.5, T 4), ``taylor+cosine`` (a cosine learn rate over each fine-tuning); with a
+  floor under the global ranking: ``taylor+floor15`` and ``taylor+floor30`` (every layer keeps at least
+  15% or 30% of its filters, ``min_filter_fraction``); and the other Taylor criteria with uniform
+  allocation: ``taylor-bn+uniform`` and ``taylor-squared+uniform``;
 - Torch-Pruning (``MetaPruner``, each step the per-layer ratio that reaches the same MACs,
   found by bisection, the classifier ignored): ``tp-l1``, ``tp-l2`` (``MagnitudeImportance``),
   ``tp-taylor`` (``TaylorImportance``, gradients of the same scoring batches), ``tp-group``
@@ -27,14 +30,18 @@ Methods:
 
 Run: ``python -m benchmarks.criteria_2d [--seeds 0 1 2 3 4] [--methods ...] [--workers 1]
 [--device cpu] [--name criteria_2d]``. Writes ``benchmarks/results/<name>.md`` (mean ± sd per
-level, the accuracy at 90% per seed, the target check), ``<name>_runs.csv`` (every step) and the
-figure ``docs/figures/<name>.png`` (accuracy against MACs reduction, per method).
+level, each method minus the default on the same seeds with its 95% interval, the accuracy at 90%
+per seed, the target check), ``<name>_runs.csv`` (every step) and the figure
+``docs/figures/<name>.png`` (accuracy against MACs reduction, per method). The bases are the same
+for a seed in every run, so ``--combine NAME ... --name NEW`` reports earlier runs' ``<NAME>_runs.csv``
+together, as one run of them all would (without their run times).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import multiprocessing
 import os
 import platform
@@ -50,6 +57,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
+from scipy import stats
 from torch import nn
 
 from benchmarks import criteria
@@ -78,6 +86,10 @@ OURS: dict[str, dict[str, Any]] = {
     "taylor-weight+uniform": {"criterion": "taylor-weight", "allocation": "uniform"},
     "bn-scale": {"criterion": "bn-scale"},
     "bn-scale+uniform": {"criterion": "bn-scale", "allocation": "uniform"},
+    "taylor+floor15": {"min_filter_fraction": 0.15},
+    "taylor+floor30": {"min_filter_fraction": 0.3},
+    "taylor-bn+uniform": {"criterion": "taylor-bn", "allocation": "uniform"},
+    "taylor-squared+uniform": {"criterion": "taylor-squared", "allocation": "uniform"},
 }
 THEIRS = {
     "tp-l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -231,6 +243,23 @@ def target_check(records: pd.DataFrame) -> list[str]:
     return lines
 
 
+def paired_differences(records: pd.DataFrame, levels: list[str], default: str = DEFAULT) -> pd.DataFrame:
+    """Each method's accuracy minus the default's on the same seeds (the same base network), at each level:
+    "mean [95% t-interval]", starred where the interval excludes 0 (a difference the seeds can tell apart)."""
+    cells: dict[str, dict[str, str]] = {}
+    for level in levels:
+        by_seed = records.pivot(index="seed", columns="method", values=level)
+        for method in by_seed.columns.drop(default):
+            diff = (by_seed[method] - by_seed[default]).dropna()
+            if len(diff) < 2:
+                continue
+            half = stats.t.ppf(0.975, len(diff) - 1) * diff.std() / math.sqrt(len(diff))
+            low, high = diff.mean() - half, diff.mean() + half
+            star = " *" if low > 0 or high < 0 else ""
+            cells.setdefault(method, {})[level] = f"{diff.mean():+.1f} [{low:+.1f}, {high:+.1f}]{star}"
+    return pd.DataFrame.from_dict(cells, orient="index").reindex(columns=levels).fillna("-")
+
+
 def write_figure(
     steps: pd.DataFrame,
     figure: Path,
@@ -293,8 +322,12 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
         "",
         f"Digits upscaled to 28x28, `small_resnet(width=32)` (308 k parameters); seeds {sorted(set(records.seed))}; "
         f"torch {torch.__version__}, torch-pruning {tp.__version__}, {platform.processor() or platform.machine()}, "
-        f"device {args.device}, {args.workers} parallel jobs of {threads} threads. Produced by "
-        f"`python -m benchmarks.criteria_2d {' '.join(sys.argv[1:])}`.",
+        + (
+            f"device {args.device}, {args.workers} parallel jobs of {threads} threads"
+            if not getattr(args, "combine", None)
+            else "combined from the runs " + ", ".join(f"`{name}`" for name in args.combine) + " (each says how it ran)"
+        )
+        + f". Produced by `python -m benchmarks.criteria_2d {' '.join(sys.argv[1:])}`.",
         "",
         "Targets: the default at or above every Torch-Pruning importance at each level, above random on every "
         "seed, and within 3 points of the best method at 90% on every seed.",
@@ -305,11 +338,20 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
         "",
         table.to_markdown(),
         "",
+        f"Each method minus the default ({DEFAULT}) on the same seeds, mean and 95% interval over seeds "
+        "(points of accuracy; * where the interval excludes 0, a difference these seeds can tell apart):",
+        "",
+        paired_differences(records, levels).reindex([m for m in table.index if m != DEFAULT]).to_markdown()
+        if DEFAULT in set(records["method"])
+        else "(the default was not run)",
+        "",
         "Accuracy at 90% per seed:",
         "",
         records.pivot(index="seed", columns="method", values="90%").round(1).to_markdown(),
         "",
-        f"Mean run time per method (s): {records.groupby('method', sort=False)['seconds'].mean().round(0).to_dict()}",
+        f"Mean run time per method (s): {records.groupby('method', sort=False)['seconds'].mean().round(0).to_dict()}"
+        if records["seconds"].notna().any()
+        else "Run time: not recorded (results combined from earlier runs).",
         "",
         f"Figure: `docs/figures/{args.name}.png`.",
     ]
@@ -317,18 +359,30 @@ def write_results(records: pd.DataFrame, steps: pd.DataFrame, args, threads: int
     write_figure(steps, FIGURES / f"{args.name}.png")
 
 
-def run_seeds(doc: str, methods: list[str], seeds: list[int], name: str, run_job, write_results) -> None:
+def run_seeds(
+    doc: str, methods: list[str], seeds: list[int], name: str, run_job, write_results, levels: tuple | None = None
+) -> None:
     """The command line of a per-seed benchmark (``--seeds --methods --device --workers --name``, these
     defaults): ``run_job(seed, methods, device, threads)`` per seed in parallel processes, and
-    ``write_results(records, steps, args, threads)`` with the results so far after every seed."""
+    ``write_results(records, steps, args, threads)`` with the results so far after every seed. With ``levels``,
+    also ``--combine NAME ...``: report earlier runs together instead (their ``<NAME>_runs.csv``, run time not
+    recorded), as one run of them all would."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--device", default="cpu", help="where training, fine-tuning and scoring run (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel processes")
     parser.add_argument("--name", default=name, help="results file stem under benchmarks/results/")
+    if levels is not None:
+        parser.add_argument("--combine", nargs="+", metavar="NAME", help="earlier results to report together")
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 2) // max(1, args.workers))
+    if getattr(args, "combine", None):
+        if args.name in args.combine:
+            raise SystemExit(f"--name {args.name!r} is one of --combine's files: name the combined results anew")
+        steps = combined_steps(args.combine)
+        write_results(records_of(steps, levels), steps, args, threads)
+        return
     records, steps = [], []
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run_job, seed, args.methods, args.device, threads) for seed in args.seeds]
@@ -339,8 +393,30 @@ def run_seeds(doc: str, methods: list[str], seeds: list[int], name: str, run_job
             write_results(pd.DataFrame(records), pd.DataFrame(steps), args, threads)
 
 
+def combined_steps(names: list[str]) -> pd.DataFrame:
+    """The steps of earlier runs ``<name>_runs.csv``; a method and seed found in two of them is an error."""
+    for name in names:
+        if not (RESULTS / f"{name}_runs.csv").is_file():
+            raise SystemExit(f"--combine: {name!r} has no {RESULTS / (name + '_runs.csv')}")
+    steps = pd.concat([pd.read_csv(RESULTS / f"{name}_runs.csv") for name in names], ignore_index=True)
+    twice = steps[steps.duplicated(["method", "seed", "step"])][["method", "seed"]].drop_duplicates()
+    if len(twice):
+        raise SystemExit(f"--combine: these methods and seeds are in more than one file: {twice.values.tolist()}")
+    return steps
+
+
+def records_of(steps: pd.DataFrame, levels: tuple) -> pd.DataFrame:
+    """One record per method and seed from its steps, as ``record_run`` makes it (step 0: the unpruned network)."""
+    records = []
+    for (method, seed), run in steps.sort_values("step", kind="stable").groupby(["method", "seed"], sort=False):
+        rows = list(zip(run["macs_reduction"], run["accuracy"], strict=True))
+        at = at_levels(rows, levels, slack=1e-3)
+        records.append({"method": method, "seed": seed, "unpruned": rows[0][1], **at, "seconds": math.nan})
+    return pd.DataFrame(records)
+
+
 def main() -> None:
-    run_seeds(__doc__, [*OURS, *THEIRS], [0, 1, 2, 3, 4], "criteria_2d", run_job, write_results)
+    run_seeds(__doc__, [*OURS, *THEIRS], [0, 1, 2, 3, 4], "criteria_2d", run_job, write_results, LEVELS)
 
 
 if __name__ == "__main__":
