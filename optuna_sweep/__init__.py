@@ -20,8 +20,9 @@ interface directly. It knows only Hydra and Optuna (nothing of the project's job
   trial's number in ``OPTUNA_RETRIED_TRIAL_NUMBER``, so the job can go on from where it stopped;
 - many workers share a study: each trial records its worker (``workers``), a starting worker
   fails the trials of dead workers on its host, ``heartbeat_interval`` reaps those of other
-  hosts (``storage``), ``retry_failed_trials`` runs a reaped trial again, and each invocation's
-  sampler seed also depends on the trials already in the study and ``worker_id``;
+  hosts (``storage``), ``retry_failed_trials`` runs a reaped trial, or one stopped by Ctrl-C or
+  SIGTERM, again, and each invocation's sampler seed also depends on the trials already in the
+  study and ``worker_id``;
 - a run in which every trial failed raises, so the command exits non-zero; so does a trial that
   failed on a full disk, with "No space left on device while writing <path>" first (``disk_full``);
 - ``driver_hint``: how the application installs a missing database driver, added to that error;

@@ -351,9 +351,9 @@ class OptunaSweeperImpl(Sweeper):
                     returns = self.launcher.launch(
                         [overrides for _, overrides in asked], initial_job_idx=trials[0].number
                     )
-            except BaseException:
+            except BaseException as exc:
                 for trial in trials:
-                    study.tell(trial, state=TrialState.FAIL)
+                    self._stopped(study, storage, trial, isinstance(exc, KeyboardInterrupt))
                 raise
             failed += self._told(study, list(zip(trials, returns, strict=True)), done, failed)
             done += len(trials)
@@ -389,14 +389,22 @@ class OptunaSweeperImpl(Sweeper):
                         beating.remove(trial)
                         free.append(slot)
                         done += 1
-            except BaseException:
+            except BaseException as exc:
                 for trial in beating:
-                    try:
-                        study.tell(trial, state=TrialState.FAIL)
-                    except (ValueError, RuntimeError):  # told already, just before the interrupt
-                        pass
+                    self._stopped(study, storage, trial, isinstance(exc, KeyboardInterrupt))
                 slots.stop()
                 raise
+
+    def _stopped(self, study: optuna.Study, storage, trial: optuna.Trial, interrupted: bool) -> None:
+        """Fail a trial that the study's stop ended. One stopped by Ctrl-C or SIGTERM (a pre-empted worker) is
+        asked again with its parameters when the study starts again, as a reaped one is, if
+        ``retry_failed_trials`` allows: its job goes on from the trial's last checkpoint."""
+        try:
+            study.tell(trial, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # told already, just before the interrupt
+            return
+        if interrupted and self.retry is not None:
+            self.retry(study, storage.get_trial(trial._trial_id))
 
     @staticmethod
     def _retried(storage, trial: optuna.Trial) -> list[str]:

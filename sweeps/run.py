@@ -13,7 +13,9 @@ stops the trial, the network so far is logged as usual, the MLflow run FINISHED 
 ``taylorprune.pruned``, and the trial ends PRUNED. A trial that runs a failed one again
 (``hydra.sweeper.retry_failed_trials``) goes on from that trial's last logged checkpoint, in its
 MLflow run (``sweeps.tracking.resumption``). SIGTERM is handled like Ctrl-C, in
-the app and in its launcher workers: the trial fails, its runs are KILLED, the study stops.
+the app and in its launcher workers: the trial fails, its runs are KILLED, the study stops; with
+``retry_failed_trials``, the trial is asked again when the study starts again, and goes on from its
+last checkpoint as a reaped one does.
 
     python -m sweeps.run                                    # defaults: MNIST-1D, reference-like CNN
     python -m sweeps.run pruning.goal=0.5 model=deeper_cnn1d
@@ -134,12 +136,14 @@ def _job(cfg: DictConfig, ranks: Ranks):
     checkpoints = output_dir / "checkpoints" if cfg.tracking.log_checkpoints else None
     if checkpoints is not None:
         checkpoints.mkdir(parents=True, exist_ok=True)
+    # a trial stopped by Ctrl-C or SIGTERM is run again, from its last checkpoint, when the study starts again
+    retried = in_study and bool(HydraConfig.get().sweeper.get("retry_failed_trials", 0))
     resumed_from = output_dir / "resumed_from"
     resumption = find_resumption(MlflowClient(uri), cfg.tracking.experiment, study_name(), resumed_from, base)
     ranks.from_main((checkpoints, None if resumption is None else resumption.checkpoint))  # for the other ranks
     with (
         job_run(uri, cfg, resumption) as run,
-        LiveLog(MlflowClient(uri), run.info.run_id, checkpoints=checkpoints is not None) as live,
+        LiveLog(MlflowClient(uri), run.info.run_id, checkpoints=checkpoints is not None, resumable=retried) as live,
     ):
         if resumption is not None:
             live.restore(resumption.rows)

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.export import ExportedProgram
 
-from prune_core import PruningInfo, checkpoint_iteration, save_pruned
+from prune_core import PruningInfo, StopReason, checkpoint_iteration, save_pruned
 from prune_core.channels import atomic_path
 from sweeps import layout
 from sweeps.deployment.measure import Deployment
@@ -116,7 +116,9 @@ class LiveLog:
     With ``checkpoints``, an iteration's metrics are held until the checkpoint of that iteration (or a
     later one) is logged, so a run that a retried trial goes on with (``sweeps.tracking.resumption``)
     holds each iteration once: what the killed process did after its last logged checkpoint, and will
-    be done again, was never sent. Held metrics go out at the next checkpoint or at ``flush``.
+    be done again, was never sent. Held metrics go out at the next checkpoint or at ``flush``; with
+    ``resumable`` (a trial that is run again if it stops), not at the ``flush`` of a stopped run
+    (Ctrl-C, SIGTERM): the history tables hold them, and the retried trial sends them again.
 
     >>> with LiveLog(MlflowClient(uri), run.info.run_id) as live:            # doctest: +SKIP
     ...     options = replace(options, output_fn=live.fine_tuning_step)
@@ -124,8 +126,9 @@ class LiveLog:
     ...     live.flush()                         # stored; a failed write raises here
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, checkpoints: bool = False) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, checkpoints: bool = False, resumable: bool = False) -> None:
         self.client, self.run_id, self.checkpoints = client, run_id, checkpoints
+        self.resumable = resumable and checkpoints
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taylorprune-live-log")
         self._pending: list[Future[None]] = []
         self._steps: list[Metric] = []
@@ -193,10 +196,17 @@ class LiveLog:
         iteration = checkpoint_iteration(path.name)
         self._release(math.inf if iteration is None else iteration)
 
-    def flush(self) -> None:
-        """Send what is kept, wait until everything logged so far is stored; raise the first error of a write."""
-        self._release(math.inf)
-        self._send(self._steps)
+    def flush(self, stopped: bool = False) -> None:
+        """Send what is kept, wait until everything logged so far is stored; raise the first error of a write.
+
+        ``stopped``: the run was stopped (Ctrl-C, SIGTERM); if ``resumable``, what came after its last
+        checkpoint is not sent (see the class docstring)."""
+        if stopped and self.resumable:
+            with self._lock:
+                self._held = []
+        else:
+            self._release(math.inf)
+            self._send(self._steps)
         self._steps = []
         pending, self._pending = self._pending, []
         for operation in pending:
@@ -273,7 +283,7 @@ def log_pruning(
     and checkpoints already logged as they happened (waited for here); ``log_model``: also the
     ``mlflow.pytorch`` model, from ``program`` when given (``sweeps.deployment.program``)."""
     client, run_id = MlflowClient(mlflow.get_tracking_uri()), run.info.run_id
-    live.flush()
+    live.flush(stopped=info.stop_reason == StopReason.INTERRUPTED)
     params = as_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     tags = [
         RunTag(layout.STOP_REASON, info.stop_reason),

@@ -121,12 +121,19 @@ def logged_checkpoint(folder, iteration: int):
     return None
 
 
-def test_a_retried_trial_goes_on_from_the_last_checkpoint_of_its_killed_worker(tmp_path):
+@pytest.mark.parametrize(
+    "stop, left",
+    [
+        (signal.SIGKILL, [optuna.trial.TrialState.RUNNING]),  # killed in the middle: reaped when the study starts
+        (signal.SIGTERM, [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]),  # pre-empted: asked again
+    ],
+)
+def test_a_retried_trial_goes_on_from_the_last_checkpoint_of_its_killed_worker(tmp_path, stop, left):
     process = start_app(tmp_path, *RESUMABLE)
     killed = wait_for(lambda: logged_checkpoint(tmp_path, 2), "the trial's checkpoint of pruning iteration 2")
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(stop)
     finish(process)
-    assert [t.state for t in trials(tmp_path)] == [optuna.trial.TrialState.RUNNING], "killed in the middle"
+    assert [t.state for t in trials(tmp_path)] == left
     again = run_app(tmp_path, *RESUMABLE, multirun=True)
     assert "Trial 0 goes on from its checkpoint of pruning iteration" in again.stdout + again.stderr
     done = trials(tmp_path)
