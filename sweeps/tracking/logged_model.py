@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import mlflow
@@ -55,8 +56,9 @@ REQUIREMENTS = (f"torch=={torch.__version__.split('+')[0]}",)  # the logged mode
 
 
 @functools.cache
-def _requirements_checked() -> Future:
-    """MLflow's check of ``REQUIREMENTS`` against the installed packages, started once per process on a thread."""
+def _requirements_checked(pid: int) -> Future:
+    """MLflow's check of ``REQUIREMENTS`` against the installed packages, started once per process (``pid``: a
+    forked child has no thread of its parent's, so it starts its own) on a thread."""
     checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taylorprune-requirements")
     checked = checker.submit(warn_dependency_requirement_mismatches, list(REQUIREMENTS))
     checker.shutdown(wait=False)  # the thread ends with the check
@@ -65,7 +67,7 @@ def _requirements_checked() -> Future:
 
 def prepare_model_logging() -> None:
     """Start MLflow's once-per-process requirements check in the background (see the module docstring)."""
-    _requirements_checked()
+    _requirements_checked(os.getpid())
 
 
 class _FlavourOfRun:
@@ -121,7 +123,7 @@ def save_logged_model(
 ) -> None:
     """Save ``model`` into the logged model ``model_id``, the run's output at ``step`` (see the module docstring)."""
     model = model.cpu().eval()
-    _requirements_checked().result()  # MLflow's per-process package listing, ready: the save's check reuses it
+    _requirements_checked(os.getpid()).result()  # the package listing is ready: the save's check reuses it
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taylorprune-model") as outside_the_run:
         outside_the_run.submit(_save, model_id, run_id, model, example, program).result()
     client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
