@@ -245,7 +245,8 @@ def target_check(records: pd.DataFrame) -> list[str]:
 
 def paired_differences(records: pd.DataFrame, levels: list[str], default: str = DEFAULT) -> pd.DataFrame:
     """Each method's accuracy minus the default's on the same seeds (the same base network), at each level:
-    "mean [95% t-interval]", starred where the interval excludes 0 (a difference the seeds can tell apart)."""
+    "mean [95% t-interval]", starred where the interval excludes 0 (a difference the seeds can tell apart), and how
+    many seeds both ran."""
     cells: dict[str, dict[str, str]] = {}
     for level in levels:
         by_seed = records.pivot(index="seed", columns="method", values=level)
@@ -257,7 +258,8 @@ def paired_differences(records: pd.DataFrame, levels: list[str], default: str = 
             low, high = diff.mean() - half, diff.mean() + half
             star = " *" if low > 0 or high < 0 else ""
             cells.setdefault(method, {})[level] = f"{diff.mean():+.1f} [{low:+.1f}, {high:+.1f}]{star}"
-    return pd.DataFrame.from_dict(cells, orient="index").reindex(columns=levels).fillna("-")
+            cells[method]["seeds"] = str(len(diff))
+    return pd.DataFrame.from_dict(cells, orient="index").reindex(columns=[*levels, "seeds"]).fillna("-")
 
 
 def write_figure(
