@@ -137,13 +137,13 @@ def _job(cfg: DictConfig, ranks: Ranks):
     if checkpoints is not None:
         checkpoints.mkdir(parents=True, exist_ok=True)
     # a trial stopped by Ctrl-C or SIGTERM is run again, from its last checkpoint, when the study starts again
-    retried = in_study and bool(HydraConfig.get().sweeper.get("retry_failed_trials", 0))
+    resumable = in_study and bool(HydraConfig.get().sweeper.get("retry_failed_trials", 0))
     resumed_from = output_dir / "resumed_from"
     resumption = find_resumption(MlflowClient(uri), cfg.tracking.experiment, study_name(), resumed_from, base)
     ranks.from_main((checkpoints, None if resumption is None else resumption.checkpoint))  # for the other ranks
     with (
         job_run(uri, cfg, resumption) as run,
-        LiveLog(MlflowClient(uri), run.info.run_id, checkpoints=checkpoints is not None, resumable=retried) as live,
+        LiveLog(MlflowClient(uri), run.info.run_id, checkpoints=checkpoints is not None, resumable=resumable) as live,
     ):
         if resumption is not None:
             live.restore(resumption.rows)
