@@ -20,7 +20,9 @@ Methods:
   network, alpha 0.5, T 4), ``taylor+cosine`` (a cosine learn rate over each fine-tuning); with a
   floor under the global ranking: ``taylor+floor15`` and ``taylor+floor30`` (every layer keeps at least
   15% or 30% of its filters, ``min_filter_fraction``); and the other Taylor criteria with uniform
-  allocation: ``taylor-bn+uniform`` and ``taylor-squared+uniform``;
+  allocation: ``taylor-bn+uniform`` and ``taylor-squared+uniform``; and with the MACs in the ranking:
+  ``taylor+per-mac`` (score per MAC removed, ``per_learnable``) and ``taylor+flops`` (the
+  FLOPs-regularised score of Molchanov et al. 2017, λ = 0.05 as in ``benchmarks/criteria.py``);
 - Torch-Pruning (``MetaPruner``, each step the per-layer ratio that reaches the same MACs,
   found by bisection, the classifier ignored): ``tp-l1``, ``tp-l2`` (``MagnitudeImportance``),
   ``tp-taylor`` (``TaylorImportance``, gradients of the same scoring batches), ``tp-group``
@@ -90,6 +92,8 @@ OURS: dict[str, dict[str, Any]] = {
     "taylor+floor30": {"min_filter_fraction": 0.3},
     "taylor-bn+uniform": {"criterion": "taylor-bn", "allocation": "uniform"},
     "taylor-squared+uniform": {"criterion": "taylor-squared", "allocation": "uniform"},
+    "taylor+per-mac": {"per_learnable": True},
+    "taylor+flops": {"flops_weight": 0.05},
 }
 THEIRS = {
     "tp-l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -382,6 +386,8 @@ def run_seeds(
     if levels is not None:
         parser.add_argument("--combine", nargs="+", metavar="NAME", help="earlier results to report together")
     args = parser.parse_args()
+    if not args.name or Path(args.name).name != args.name or args.name in (".", ".."):
+        parser.error(f"--name {args.name!r} is not a file stem: give a plain name such as {name!r} (no folders)")
     threads = max(1, (os.cpu_count() or 2) // max(1, args.workers))
     if getattr(args, "combine", None):
         if args.name in args.combine:
