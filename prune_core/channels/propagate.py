@@ -49,7 +49,7 @@ from prune_core.channels import ops
 from prune_core.channels.labels import SlotTable, label_arrays
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.rule_call import OpCall
-from prune_core.channels.shape_only import shape_only_output
+from prune_core.channels.shape_only import is_expanded, materialized, shape_only_output
 from prune_core.channels.sites import ParamRef, Site
 
 # Functions that take a layer's weight as their second argument.
@@ -124,7 +124,7 @@ class ChannelPropagation(fx.Interpreter):
         self._node = n
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         try:
-            result = getattr(self, n.op)(n.target, args, kwargs)
+            result = self._execute(n, args, kwargs)
         except Exception as exc:
             what = ops.describe_target(n.target)
             if n.op == "call_module":
@@ -138,6 +138,29 @@ class ChannelPropagation(fx.Interpreter):
         lab_kwargs = map_arg(n.kwargs, lambda a: self.labels.get(a))
         self.labels[n] = self._propagate(n, args, kwargs, lab_args, lab_kwargs, result)
         return result
+
+    def _execute(self, n: fx.Node, args: tuple, kwargs: dict):
+        """``n`` run on ``args``; where it refuses an argument that is expanded zeros (an in-place update of a
+        shape-only output), run again on copies of its own: the pass stays shape-only.
+
+        >>> class InPlace(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.conv = nn.Conv1d(1, 2, 3)
+        ...     def forward(self, x):
+        ...         y = self.conv(x)
+        ...         return y.add_(1) * torch.relu_(y)
+        >>> net = InPlace()
+        >>> graph = torch.fx.symbolic_trace(net).graph
+        >>> ChannelPropagation.over(net, graph, net, (torch.ones(1, 1, 8),), "heads").shape_only
+        True
+        """
+        try:
+            return getattr(self, n.op)(n.target, args, kwargs)
+        except Exception:
+            if not any(map(is_expanded, args)):
+                raise
+        return getattr(self, n.op)(n.target, materialized(args), kwargs)
 
     def call_module(self, target, args, kwargs):
         module = self.submodules.get(target)
