@@ -135,10 +135,10 @@ class ChannelGraph:
         names = resolve_layer_names(model, layer_names)
         with _without_gc():
             with preserved(model):  # traced-through modules may update buffers as they run
-                root, forward = traced_forward(model, leaf_modules, inputs)
+                root, forward, recorded = traced_forward(model, leaf_modules, inputs)
                 model.eval()
                 with torch.no_grad():
-                    prop = ChannelPropagation.over(root, forward, model, inputs.values, attention_units)
+                    prop = ChannelPropagation.over(root, forward, model, inputs.values, attention_units, recorded)
             graph = cls._from_propagation(model, prop, names)
         graph.example_input, graph.compare_at = inputs, compared
         return graph

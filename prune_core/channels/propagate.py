@@ -33,9 +33,24 @@ the pass stays shape-only:
 ...     def forward(self, x):
 ...         return self.cat([self.a(x), self.b(x)])
 >>> net = TwoBranches()
->>> root, graph = traced_forward(net, [Concat])
+>>> root, graph, _ = traced_forward(net, [Concat])
 >>> ChannelPropagation.over(root, graph, net, (torch.zeros(1, 1, 16),), "heads").shape_only
 True
+
+A forward recorded as it ran (``recorder``) is not run again: each node's recorded value is replayed.
+
+>>> from prune_core.channels.example import ExampleInput
+>>> class Halves(nn.Module):   # iterating a chunk: symbolic tracing refuses it, the forward is recorded
+...     def __init__(self):
+...         super().__init__()
+...         self.conv = nn.Conv1d(1, 4, 3)
+...     def forward(self, x):
+...         return sum(part for part in self.conv(x).chunk(2, 1))
+>>> net, x = Halves(), torch.zeros(1, 1, 16)
+>>> root, graph, values = traced_forward(net, (), ExampleInput.of(x))
+>>> prop = ChannelPropagation.over(root, graph, net, (x,), "heads", values)
+>>> prop.replayed, values    # every recorded value replayed, each let go once used
+(6, {})
 """
 
 from __future__ import annotations
@@ -81,11 +96,16 @@ class ChannelPropagation(fx.Interpreter):
         model: nn.Module | None = None,
         attention_units: str = "heads",
         shape_only: bool = True,
+        recorded: dict[fx.Node, object] | None = None,
     ) -> None:
         """Run ``graph`` (by default ``root``'s own, a GraphModule's) with ``root`` holding what its nodes name;
-        ``model`` is the analysed network, whose parameters and modules the sites name (by default ``root``)."""
+        ``model`` is the analysed network, whose parameters and modules the sites name (by default ``root``).
+        ``recorded``: the values of a recorded forward (``recorder``), given as the nodes' results instead of
+        running them again (each is taken out of the dict as it is used)."""
         super().__init__(root, garbage_collect_values=True, graph=graph)
         self.shape_only = shape_only  # convolutions, linear layers, BatchNorms: zeros of their output's shape
+        self.recorded = recorded
+        self.replayed = 0  # nodes whose recorded value was given
         self.attention_units = attention_units  # what a fused-qkv attention's units are: "heads" or "head_dims"
         model = root if model is None else model  # a GraphModule holds only the leaves it calls
         self.slots = SlotTable()
@@ -104,11 +124,22 @@ class ChannelPropagation(fx.Interpreter):
 
     @classmethod
     def over(
-        cls, root: nn.Module, graph: fx.Graph, model: nn.Module, values: tuple, attention_units: str
+        cls,
+        root: nn.Module,
+        graph: fx.Graph,
+        model: nn.Module,
+        values: tuple,
+        attention_units: str,
+        recorded: dict[fx.Node, object] | None = None,
     ) -> ChannelPropagation:
         """The propagation of the example's positional arguments ``values`` through ``graph`` (``traced_forward``'s
         ``root`` and graph), with convolutions, linear layers and BatchNorms shape-only, or, if that fails (a shape
-        that depends on their values), all for real."""
+        that depends on their values), all for real. A recorded forward's ``recorded`` values are replayed instead
+        (they are the real ones, on the path the recording took)."""
+        if recorded is not None:
+            prop = cls(root, graph, model, attention_units, shape_only=False, recorded=recorded)
+            prop.run(*values)
+            return prop
         try:
             prop = cls(root, graph, model, attention_units)
             prop.run(*values)
@@ -141,7 +172,8 @@ class ChannelPropagation(fx.Interpreter):
 
     def _execute(self, n: fx.Node, args: tuple, kwargs: dict):
         """``n`` run on ``args``; where it refuses an argument that is expanded zeros (an in-place update of a
-        shape-only output), run again on copies of its own: the pass stays shape-only.
+        shape-only output), run again on copies of its own: the pass stays shape-only. A recorded value is given
+        as it is.
 
         >>> class InPlace(nn.Module):
         ...     def __init__(self):
@@ -155,6 +187,9 @@ class ChannelPropagation(fx.Interpreter):
         >>> ChannelPropagation.over(net, graph, net, (torch.ones(1, 1, 8),), "heads").shape_only
         True
         """
+        if self.recorded is not None and n in self.recorded:
+            self.replayed += 1
+            return self.recorded.pop(n)
         try:
             return getattr(self, n.op)(n.target, args, kwargs)
         except Exception:

@@ -23,9 +23,11 @@ recorded one (made in NumPy, say) is a constant of the graph whose channels are 
 ...         self.conv = nn.Conv1d(1, 4, 3)
 ...     def forward(self, x):
 ...         return [part.relu() for part in self.conv(x).chunk(2, 1)]   # fx cannot iterate this
->>> gm = record_forward(Halves(), ExampleInput.of(torch.zeros(1, 1, 8)), lambda m, name: name == "conv")
+>>> gm, values = record_forward(Halves(), ExampleInput.of(torch.zeros(1, 1, 8)), lambda m, name: name == "conv")
 >>> [n.op for n in gm.graph.nodes]
 ['placeholder', 'call_module', 'call_method', 'call_function', 'call_function', 'call_method', 'call_method', 'output']
+>>> [tuple(values[n].shape) for n in gm.graph.nodes if n.target == "relu"]   # what each gave, as it ran
+[(1, 2, 6), (1, 2, 6)]
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class _Recorder(TorchFunctionMode):
         self.names = {id(t): name for name, t in [*model.named_parameters(), *model.named_buffers()]}
         self.model = model
         self.constants = 0
+        self.values: dict[fx.Node, object] = {}  # what each operation gave, as it ran
 
     # -- tensors and nodes ---------------------------------------------------------------
     def bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
@@ -120,7 +123,9 @@ class _Recorder(TorchFunctionMode):
         return value
 
     def bind_result(self, result, node: fx.Node) -> None:
-        """Match the tensors of ``result`` to ``node`` (a tensor) or to its items (nested tuples and lists)."""
+        """Match the tensors of ``result`` to ``node`` (a tensor) or to its items (nested tuples and lists), and
+        keep ``result`` as ``node``'s value."""
+        self.values[node] = result
         if isinstance(result, torch.Tensor):
             self.bind(result, node)
         elif isinstance(result, (tuple, list)):
@@ -190,8 +195,9 @@ def _drop_unused(graph: fx.Graph) -> None:
 
 def record_forward(
     model: nn.Module, example: ExampleInput, is_leaf: Callable[[nn.Module, str], bool]
-) -> fx.GraphModule:
-    """The forward of ``model`` on ``example`` as a GraphModule (see the module docstring).
+) -> tuple[fx.GraphModule, dict[fx.Node, object]]:
+    """The forward of ``model`` on ``example`` as a GraphModule (see the module docstring), and the value each
+    of its nodes that ran an operation gave (``propagate`` replays them instead of running the forward again).
 
     The model runs as it is (its mode, without gradients); the caller preserves its state.
     Whatever the forward raises propagates unchanged.
@@ -213,4 +219,6 @@ def record_forward(
             handle.remove()
     recorder.graph.output(tuple(recorder.node_of(t) for t in tensors_in(output)))
     _drop_unused(recorder.graph)
-    return _LazyGraphModule(recorder.root, recorder.graph)
+    kept = set(recorder.graph.nodes)
+    values = {node: value for node, value in recorder.values.items() if node in kept and node.op != "placeholder"}
+    return _LazyGraphModule(recorder.root, recorder.graph), values

@@ -30,6 +30,8 @@ keeps sizes symbolic, so a reshape to ``x.shape[1]`` follows pruning; a recordin
 example's sizes as constants (channels reshaped to a constant size are kept) and takes the
 example's path at every branch (the surgery check catches a branch that turns after pruning).
 A model is recorded in training mode, or in the caller's eval mode where training mode raises.
+The recording keeps the value of every node (``Traced.values``), and the label propagation
+replays them instead of running the forward again (a detector's forward is seconds).
 
 >>> import torch, torch.nn as nn
 >>> gm = trace_model(nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU()))
@@ -43,6 +45,7 @@ import os
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import fx, nn
@@ -56,6 +59,15 @@ from prune_core.channels.recorder import record_forward
 
 class TraceFailure(ValueError):
     """The model could not be traced; the message names the module and the fix."""
+
+
+class Traced(NamedTuple):
+    """What ``traced_forward`` found: the module the nodes' targets are paths into, the graph, and, for a forward
+    recorded as it ran, the value each node that ran an operation gave (None for a symbolic trace)."""
+
+    root: nn.Module
+    graph: fx.Graph
+    values: dict[fx.Node, object] | None = None
 
 
 class _ChannelTracer(fx.Tracer):
@@ -101,23 +113,24 @@ def trace_model(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     with preserved(model):
-        root, graph = traced_forward(model, leaf_modules, example_input)
+        root, graph, _ = traced_forward(model, leaf_modules, example_input)
     return root if isinstance(root, fx.GraphModule) else _LazyGraphModule(root, graph)
 
 
 def traced_forward(
     model: nn.Module, leaf_modules: Iterable[str | type] = (), example_input: ExampleInput | None = None
-) -> tuple[nn.Module, fx.Graph]:
+) -> Traced:
     """``trace_model``'s graph with the module its nodes' targets are paths into: the model itself where
-    symbolic tracing works and stored no tensor constant (no GraphModule is built), else a GraphModule.
+    symbolic tracing works and stored no tensor constant (no GraphModule is built), else a GraphModule; for a
+    recorded forward, also the values it gave (``Traced``).
 
     The caller restores the model's modes and buffers (``preserved``): this leaves it in training mode (a
     recorded forward's buffer updates already undone).
 
     >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU())
-    >>> root, graph = traced_forward(net)
-    >>> root is net, [n.op for n in graph.nodes]
-    (True, ['placeholder', 'call_module', 'call_module', 'output'])
+    >>> root, graph, values = traced_forward(net)
+    >>> root is net, [n.op for n in graph.nodes], values
+    (True, ['placeholder', 'call_module', 'call_module', 'output'], None)
     """
     names = {m for m in leaf_modules if isinstance(m, str)}
     types = tuple(m for m in leaf_modules if isinstance(m, type))
@@ -140,18 +153,20 @@ def traced_forward(
                     raise _trace_failure(tracer, dict(model.named_modules()), exc) from exc
             else:
                 if set(vars(model)) == attributes:
-                    return model, graph
+                    return Traced(model, graph)
                 gm = _LazyGraphModule(model, graph)  # copies the tensor constants fx stored...
-                return gm, gm.graph
+                return Traced(gm, gm.graph)
         with preserved(model):  # a forward recorded in training mode updates running statistics: not for the analysis
-            gm = _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
-        return gm, gm.graph
+            gm, values = _record(model, example_input, lambda m, name: tracer.is_leaf_module(m, name), caller_mode)
+        return Traced(gm, gm.graph, values)
     finally:
         for name in set(vars(model)) - attributes:  # ...on the model, which are taken off it again
             delattr(model, name)
 
 
-def _record(model: nn.Module, example: ExampleInput, is_leaf, caller_mode: bool) -> fx.GraphModule:
+def _record(
+    model: nn.Module, example: ExampleInput, is_leaf, caller_mode: bool
+) -> tuple[fx.GraphModule, dict[fx.Node, object]]:
     """The recorded forward in training mode, or in the caller's eval mode where training mode raises
     (a detector that wants targets, a BatchNorm on a batch of one)."""
     try:
