@@ -35,7 +35,7 @@ from torch import nn
 
 from prune_core.channels.example import ExampleInput
 from prune_core.channels.labels import distinct
-from prune_core.channels.preserve import preserved
+from prune_core.channels.preserve import preserved, set_training
 from prune_core.channels.propagate import ChannelPropagation
 from prune_core.channels.sites import Site, owner
 from prune_core.channels.tracing import example_inputs, traced_forward
@@ -136,7 +136,7 @@ class ChannelGraph:
         with _without_gc():
             with preserved(model):  # traced-through modules may update buffers as they run
                 root, forward, recorded = traced_forward(model, leaf_modules, inputs)
-                model.eval()
+                set_training(model, False)
                 with torch.no_grad():
                     prop = ChannelPropagation.over(root, forward, model, inputs.values, attention_units, recorded)
             graph = cls._from_propagation(model, prop, names)
@@ -197,7 +197,7 @@ class ChannelGraph:
         for k in np.flatnonzero(np.isin(alike, unselected)).tolist():
             reasons[k] = tuple(sorted({*reasons[k], "not affected by the requested layer_names"}))
         kinds = alike.tolist()
-        counts, members = [counts_of[i] for i in kinds], [members_of[i] for i in kinds]
+        counts, members = list(map(counts_of.__getitem__, kinds)), list(map(members_of.__getitem__, kinds))
         units = list(map(Unit, range(len(kinds)), counts, producers, members, reasons))
         return cls(
             units=units,

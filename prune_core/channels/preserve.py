@@ -24,6 +24,23 @@ import torch
 from torch import nn
 
 
+def set_training(model: nn.Module, mode: bool) -> None:
+    """``model.train(mode)``; where no module overrides ``train`` or ``__setattr__``, each flag is set directly
+    (``nn.Module.__setattr__`` is most of the time ``train`` takes on a network of hundreds of modules).
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+    >>> set_training(net, False)
+    >>> [m.training for m in net.modules()]
+    [False, False, False]
+    """
+    modules = list(model.modules())
+    if all(type(m).train is nn.Module.train and type(m).__setattr__ is nn.Module.__setattr__ for m in modules):
+        for module in modules:
+            module.__dict__["training"] = mode
+    else:
+        model.train(mode)
+
+
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[nn.Module]:
     """Restore ``model``'s buffers, ``requires_grad`` flags and modes on exit (see the module docstring)."""
