@@ -111,9 +111,11 @@ class SlotTable:
         a, b = np.broadcast_arrays(a, b)
         size, parent, find = len(self._parent), self._parent, self.find
         keys = distinct(a * size + b)  # one sort of int64 keys, not a 2-D unique
-        roots = np.array(
-            [x if parent[x] == x else find(x) for x in np.concatenate([keys // size, keys % size]).tolist()]
-        )
+        slots = np.concatenate([keys // size, keys % size])
+        roots = np.fromiter(map(parent.__getitem__, slots.tolist()), np.int64, slots.size)  # each slot's parent...
+        moved = np.flatnonzero(roots != slots)
+        if moved.size:  # ...which is its root unless it was linked to another slot
+            roots[moved] = [find(x) for x in slots[moved].tolist()]
         low, high = (
             np.minimum(roots[: keys.size], roots[keys.size :]),
             np.maximum(roots[: keys.size], roots[keys.size :]),

@@ -60,6 +60,9 @@ def elementwise(prop: Propagation, call: OpCall):
     n, args, kwargs, lab_args, lab_kwargs, result = call
     if not isinstance(result, torch.Tensor):
         return None
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor) and type(lab_args[0]) is np.ndarray:
+        if args[0].shape == result.shape and lab_args[0].ndim == result.ndim:  # an activation or a cast
+            return squeeze_constant(lab_args[0])  # its one operand's labels, as the general case below gives them
     out_shape = tuple(result.shape)
     nd = len(out_shape)
     tensors, params = [], []
