@@ -25,16 +25,24 @@ from torch import nn
 
 
 def set_training(model: nn.Module, mode: bool) -> None:
-    """``model.train(mode)``; where no module overrides ``train`` or ``__setattr__``, each flag is set directly
-    (``nn.Module.__setattr__`` is most of the time ``train`` takes on a network of hundreds of modules).
+    """``model.train(mode)``; where no module overrides ``train`` or ``__setattr__`` or makes ``training`` a class
+    attribute (a property), each flag is set directly (``nn.Module.__setattr__`` is most of the time ``train``
+    takes on a network of hundreds of modules).
 
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
     >>> set_training(net, False)
     >>> [m.training for m in net.modules()]
     [False, False, False]
+    >>> class Flagged(nn.Module):   # its mode kept under another name, by a property: set through train()
+    ...     training = property(lambda m: m.__dict__.get("mode", True), lambda m, on: m.__dict__.update(mode=on))
+    >>> flagged = Flagged()
+    >>> set_training(flagged, False)
+    >>> flagged.training, flagged.__dict__["mode"]
+    (False, False)
     """
     modules = list(model.modules())
-    if all(type(m).train is nn.Module.train and type(m).__setattr__ is nn.Module.__setattr__ for m in modules):
+    plain = (nn.Module.train, nn.Module.__setattr__)
+    if all((type(m).train, type(m).__setattr__) == plain and not hasattr(type(m), "training") for m in modules):
         for module in modules:
             module.__dict__["training"] = mode
     else:
