@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import time
 import warnings
@@ -49,28 +50,26 @@ MODELS = [
 ]
 
 
-def analysis_times(model: nn.Module, x: torch.Tensor, repeat: int) -> tuple[float, float | None]:
-    """The best of ``repeat`` analyses by this project and by Torch-Pruning, run in turn (None for a peer that
-    raises; its error is reported by ``torch_pruning``)."""
+def analysis_times(model: nn.Module, x: torch.Tensor, repeat: int) -> dict[str, float]:
+    """The best of ``repeat`` analyses by this project ("ours") and by Torch-Pruning ("tp"), run in turn; a peer
+    that raises is left out (its error is reported by ``torch_pruning``)."""
     tools = {
         "ours": lambda: ChannelGraph.build(model, x),
         "tp": lambda: tp.DependencyGraph().build_dependency(model, example_inputs=x),
     }
-    best: dict[str, float | None] = dict.fromkeys(tools, float("inf"))
+    best = dict.fromkeys(tools, math.inf)
     for _ in range(repeat):
-        for tool, analyse in tools.items():
-            if best[tool] is None:
-                continue
+        for tool in [tool for tool in tools if tool in best]:
             start = time.perf_counter()
             try:
-                analyse()
+                tools[tool]()
             except Exception:
                 if tool == "ours":
                     raise
-                best[tool] = None
+                del best[tool]
                 continue
-            best[tool] = min(best[tool], time.perf_counter() - start)  # type: ignore[type-var]
-    return best["ours"], best["tp"]  # type: ignore[return-value]
+            best[tool] = min(best[tool], time.perf_counter() - start)
+    return best
 
 
 def params(model: nn.Module) -> int:
@@ -140,12 +139,12 @@ def main() -> None:
         with torch.no_grad():
             shape = model(x).shape
         row = {"model": name, "params": params(model)}
-        analysis = dict(zip(("ours", "tp"), analysis_times(model, x, args.repeat)))
+        analysis = analysis_times(model, x, args.repeat)
         for tool, run in (("ours", ours), ("tp", torch_pruning)):
             try:
                 result = run(model, x)
                 row |= {
-                    f"{tool}_analysis_s": round(analysis[tool], 3),  # type: ignore[arg-type]
+                    f"{tool}_analysis_s": round(analysis[tool], 3),
                     f"{tool}_surgery_s": round(result["surgery_s"], 3),
                     f"{tool}_params_after": params(result["pruned"]),
                     f"{tool}_runs": runs(result["pruned"], x, shape),
@@ -158,7 +157,7 @@ def main() -> None:
                     f"{tool}_runs": f"error: {type(exc).__name__}",
                 }
         if row["tp_analysis_s"] is not None:
-            row["analysis_ratio"] = round(analysis["ours"] / analysis["tp"], 2)  # type: ignore[operator]
+            row["analysis_ratio"] = round(analysis["ours"] / analysis["tp"], 2)
         print(row, flush=True)
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -48,9 +48,8 @@ A forward recorded as it ran (``recorder``) is not run again: each node's record
 ...         return sum(part for part in self.conv(x).chunk(2, 1))
 >>> net, x = Halves(), torch.zeros(1, 1, 16)
 >>> root, graph, values = traced_forward(net, (), ExampleInput.of(x))
->>> prop = ChannelPropagation.over(root, graph, net, (x,), "heads", values)
->>> prop.replayed, values    # every recorded value replayed, each let go once used
-(6, {})
+>>> len(values), ChannelPropagation.over(root, graph, net, (x,), "heads", values).shape_only, values
+(6, False, {})
 """
 
 from __future__ import annotations
@@ -105,7 +104,6 @@ class ChannelPropagation(fx.Interpreter):
         super().__init__(root, garbage_collect_values=True, graph=graph)
         self.shape_only = shape_only  # convolutions, linear layers, BatchNorms: zeros of their output's shape
         self.recorded = recorded
-        self.replayed = 0  # nodes whose recorded value was given
         self.attention_units = attention_units  # what a fused-qkv attention's units are: "heads" or "head_dims"
         model = root if model is None else model  # a GraphModule holds only the leaves it calls
         self.slots = SlotTable()
@@ -188,7 +186,6 @@ class ChannelPropagation(fx.Interpreter):
         True
         """
         if self.recorded is not None and n in self.recorded:
-            self.replayed += 1
             return self.recorded.pop(n)
         try:
             return getattr(self, n.op)(n.target, args, kwargs)
