@@ -57,6 +57,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_arg
 
 from prune_core.channels import ops
@@ -170,8 +171,9 @@ class ChannelPropagation(fx.Interpreter):
 
     def _execute(self, n: fx.Node, args: tuple, kwargs: dict):
         """``n`` run on ``args``; where it refuses an argument that is expanded zeros (an in-place update of a
-        shape-only output), run again on copies of its own: the pass stays shape-only. A recorded value is given
-        as it is.
+        shape-only output), run again on copies of its own: the pass stays shape-only. Likewise where it refuses
+        to change a list or dict argument: fx hands them over immutable, where the model's own code passes
+        mutable ones (a wrapped function that fills in a list it is given). A recorded value is given as it is.
 
         >>> class InPlace(nn.Module):
         ...     def __init__(self):
@@ -184,15 +186,26 @@ class ChannelPropagation(fx.Interpreter):
         >>> graph = torch.fx.symbolic_trace(net).graph
         >>> ChannelPropagation.over(net, graph, net, (torch.ones(1, 1, 8),), "heads").shape_only
         True
+        >>> @torch.fx.wrap
+        ... def clipped(sizes, limit):   # fills in the list it is given, as torchvision's 3-D Swin does
+        ...     sizes[0] = min(sizes[0], limit)
+        ...     return sizes
+        >>> class Windowed(nn.Module):
+        ...     def forward(self, x):
+        ...         return x.view(clipped([4, 2], x.shape[0]))
+        >>> net = Windowed()
+        >>> graph = torch.fx.symbolic_trace(net).graph
+        >>> ChannelPropagation.over(net, graph, net, (torch.ones(2, 2),), "heads").shape_only
+        True
         """
         if self.recorded is not None and n in self.recorded:
             return self.recorded.pop(n)
         try:
             return getattr(self, n.op)(n.target, args, kwargs)
         except Exception:
-            if not any(map(is_expanded, args)):
+            if not any(map(is_expanded, args)) and not _holds_immutable((args, kwargs)):
                 raise
-        return getattr(self, n.op)(n.target, materialized(args), kwargs)
+        return getattr(self, n.op)(n.target, materialized(_mutable(args)), _mutable(kwargs))
 
     def call_module(self, target, args, kwargs):
         module = self.submodules.get(target)
@@ -290,3 +303,23 @@ class ChannelPropagation(fx.Interpreter):
                     )
             return self._unsupported(n, lab_args, lab_kwargs, result, what)
         return labels
+
+
+def _holds_immutable(value: object) -> bool:
+    """Whether ``value`` (arguments, nested in tuples, lists and dicts) holds a list or dict fx made immutable."""
+    if isinstance(value, (immutable_list, immutable_dict)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(map(_holds_immutable, value))
+    return isinstance(value, dict) and any(map(_holds_immutable, value.values()))
+
+
+def _mutable(value):
+    """``value`` with every list and dict fx made immutable copied into a plain one (tuples rebuilt around them)."""
+    if isinstance(value, list):
+        return [_mutable(item) for item in value]
+    if type(value) is tuple:
+        return tuple(_mutable(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _mutable(item) for key, item in value.items()}
+    return value

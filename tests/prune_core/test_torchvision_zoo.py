@@ -35,3 +35,14 @@ def test_googlenet_auxiliary_heads_stay_consistent_in_training_mode():
     pruned = result["pruned"].train()
     out = pruned(torch.randn(2, 3, 64, 64))
     assert out.logits.shape == out.aux_logits1.shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_video_swin_whose_wrapped_helper_fills_in_a_list_prunes_correctly():
+    # torchvision's 3-D Swin passes its window size, a list, to an fx-wrapped helper that overwrites entries
+    torch.manual_seed(0)
+    model = models.video.swin3d_t(weights=None, num_classes=10).eval()
+    result = check_surgery(model, torch.randn(1, 3, 8, 64, 64), fraction=0.2)
+    assert len(result["removed"]) > 0.1 * len(result["graph"].removable_units())
+    assert result["params"] == result["predicted_params"]
+    assert result["max_error"] <= 1e-4 * max(1.0, result["scale"])
