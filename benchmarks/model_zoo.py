@@ -154,15 +154,16 @@ def one(name: str, tool: str) -> None:
     print(json.dumps(row), flush=True)
 
 
-def run_model(name: str) -> dict:
-    """Each tool in a process of its own, stopped after ``LIMIT_S``."""
+def run_model(name: str, benchmark: str = "benchmarks.model_zoo", limit_s: float = LIMIT_S) -> dict:
+    """Each tool in a process of its own (``python -m <benchmark> --one <name> --tool <tool>``), stopped after
+    ``limit_s``."""
     row = {"model": name}
     for tool in ("ours", "tp"):
-        command = [sys.executable, "-m", "benchmarks.model_zoo", "--one", name, "--tool", tool]
+        command = [sys.executable, "-m", benchmark, "--one", name, "--tool", tool]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=LIMIT_S)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=limit_s)
         except subprocess.TimeoutExpired:
-            row |= {tool: f"over {LIMIT_S:.0f} s", f"{tool}_reason": "stopped at the time limit"}
+            row |= {tool: f"over {limit_s:.0f} s", f"{tool}_reason": "stopped at the time limit"}
             continue
         found = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         if found:

@@ -45,6 +45,10 @@ def _linear_sizes(name: str, module: nn.Module, graph: Any) -> None:
     module.out_features, module.in_features = module.weight.shape
 
 
+def _transposed_linear_sizes(name: str, module: nn.Module, graph: Any) -> None:
+    module.nx, module.nf = module.weight.shape
+
+
 def _embedding_sizes(name: str, module: nn.Module, graph: Any) -> None:
     module.embedding_dim = module.weight.shape[1]
 
@@ -143,6 +147,15 @@ LINEAR = Family(
     input_dim=_last_dim,
     filter_count="out_features",
 )
+TRANSPOSED_LINEAR = Family(
+    "transposed_linear",
+    rules_layers.transposed_linear,
+    ("nx", "nf"),
+    after_surgery=_transposed_linear_sizes,
+    filters=("weight", 1),
+    input_dim=_last_dim,
+    filter_count="nf",
+)
 EMBEDDING = Family(
     "embedding",
     rules_layers.embedding,
@@ -203,6 +216,7 @@ BUILT_IN: dict[str, Family] = {
         CONV,
         CONV_TRANSPOSE,
         LINEAR,
+        TRANSPOSED_LINEAR,
         EMBEDDING,
         BATCHNORM,
         GROUPNORM,

@@ -13,6 +13,13 @@ bare rule function. Such modules are kept as leaves: the tracer does not look in
 >>> import torch.nn as nn
 >>> [getattr(module_family(m), "name", None) for m in (nn.Conv2d(3, 8, 3), nn.ReLU(), nn.LSTM(4, 4))]
 ['conv', 'elementwise', None]
+
+A module whose weight is computed from others (``torch.nn.utils.parametrize``: weight norm, say) is no leaf of
+its family: its forward is traced, and a weight computed there keeps its channels (removing one would change
+the others' normalisation).
+
+>>> module_family(nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3))) is None
+True
 >>> class Swish(nn.Module):
 ...     def forward(self, x):
 ...         return x * x.sigmoid()
@@ -30,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prune_core.channels import families
 from prune_core.channels.attention import PrunedMultiheadAttention
@@ -111,6 +119,7 @@ _FAMILY_BY_NAME = {
     "torchvision.ops.stochastic_depth.StochasticDepth": families.ELEMENTWISE,
     "timm.layers.attention.Attention": families.FUSED_QKV_ATTENTION,
     "timm.models.swin_transformer.WindowAttention": families.FUSED_QKV_ATTENTION,
+    "transformers.pytorch_utils.Conv1D": families.TRANSPOSED_LINEAR,
 }
 
 
@@ -154,6 +163,8 @@ def module_family(module: nn.Module) -> Family | None:
     for cls in type(module).__mro__:
         if cls in _USER_FAMILIES:
             return _USER_FAMILIES[cls]
+    if parametrize.is_parametrized(module):  # its weight is computed (weight norm): traced through, as functions
+        return None
     family = _FAMILY_BY_FORWARD.get(type(module).forward)
     family = family or _FAMILY_BY_NAME.get(f"{type(module).__module__}.{type(module).__qualname__}")
     return family or (families.SEPARATE_QKV_ATTENTION if _separate_qkv_attention(module) else None)
@@ -178,10 +189,30 @@ def channel_attribute_names() -> tuple[str, ...]:
 
 def _separate_qkv_attention(module: nn.Module) -> bool:
     """Hugging Face's self-attention layout (BERT, RoBERTa, ViT, DeiT, ...): ``query``, ``key`` and ``value``
-    linears, and the head counts that Hugging Face's own ``prune_heads`` updates."""
-    return all(isinstance(getattr(module, name, None), nn.Linear) for name in ("query", "key", "value")) and all(
-        isinstance(getattr(module, name, None), int)
-        for name in ("num_attention_heads", "attention_head_size", "all_head_size")
+    linears, the head counts that Hugging Face's own ``prune_heads`` updates, and no other layer or tensor of its
+    own: a module that also holds its output projection and norm (ALBERT's) returns the residual stream, not the
+    heads, and one with a per-head table of its own (Swin's relative position bias) would need it cut too.
+
+    >>> class Heads(nn.Module):
+    ...     def __init__(self, *extra):
+    ...         super().__init__()
+    ...         self.query, self.key, self.value = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+    ...         self.dropout = nn.Dropout()
+    ...         self.num_attention_heads, self.attention_head_size, self.all_head_size = 2, 4, 8
+    ...         for i, layer in enumerate(extra):
+    ...             self.add_module(f"extra{i}", layer)
+    >>> _separate_qkv_attention(Heads()), _separate_qkv_attention(Heads(nn.Linear(8, 8), nn.LayerNorm(8)))
+    (True, False)
+    """
+    layers = ("query", "key", "value")
+    return (
+        all(isinstance(getattr(module, name, None), nn.Linear) for name in layers)
+        and all(
+            isinstance(getattr(module, name, None), int)
+            for name in ("num_attention_heads", "attention_head_size", "all_head_size")
+        )
+        and all(name in layers or isinstance(child, nn.Dropout) for name, child in module.named_children())
+        and next(module.parameters(recurse=False), None) is None
     )
 
 
@@ -191,6 +222,7 @@ ELEMENTWISE_FUNCTIONS = {
     operator.mul,
     operator.truediv,
     operator.neg,
+    operator.pow,
     operator.iadd,
     operator.isub,
     operator.imul,
@@ -209,6 +241,11 @@ ELEMENTWISE_FUNCTIONS = {
     torch.abs,
     torch.exp,
     torch.neg,
+    torch.pow,
+    torch.square,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.erf,
     F.relu,
     F.relu6,
     F.gelu,
@@ -243,6 +280,11 @@ ELEMENTWISE_METHODS = {
     "neg",
     "abs",
     "exp",
+    "pow",
+    "square",
+    "sqrt",
+    "rsqrt",
+    "erf",
     "relu",
     "relu_",
     "sigmoid",

@@ -65,7 +65,7 @@ from prune_core.channels.labels import SlotTable, label_arrays
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.rule_call import OpCall
 from prune_core.channels.shape_only import is_expanded, materialized, shape_only_output
-from prune_core.channels.sites import ParamRef, Site
+from prune_core.channels.sites import ParamRef, Site, tied_names
 
 # Functions that take a layer's weight as their second argument.
 _WEIGHTED = {
@@ -120,6 +120,7 @@ class ChannelPropagation(fx.Interpreter):
         self._zeros: set[fx.Node] = set()  # nodes whose value is shape-only zeros (``shape_only``)
         self.modules = self.submodules if model is root else dict(model.named_modules())
         self.parameter_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        self.tied = tied_names(model)  # the other names of a tensor held under several (tied weights)
 
     @classmethod
     def over(
@@ -186,15 +187,14 @@ class ChannelPropagation(fx.Interpreter):
         >>> graph = torch.fx.symbolic_trace(net).graph
         >>> ChannelPropagation.over(net, graph, net, (torch.ones(1, 1, 8),), "heads").shape_only
         True
-        >>> @torch.fx.wrap
-        ... def clipped(sizes, limit):   # fills in the list it is given, as torchvision's 3-D Swin does
+        >>> def clipped(sizes, limit):   # fills in the list it is given, as torchvision's 3-D Swin does
         ...     sizes[0] = min(sizes[0], limit)
         ...     return sizes
         >>> class Windowed(nn.Module):
         ...     def forward(self, x):
         ...         return x.view(clipped([4, 2], x.shape[0]))
         >>> net = Windowed()
-        >>> graph = torch.fx.symbolic_trace(net).graph
+        >>> graph = torch.fx.Tracer(autowrap_functions=(clipped,)).trace(net)   # a call_function node, as fx.wrap's
         >>> ChannelPropagation.over(net, graph, net, (torch.ones(2, 2),), "heads").shape_only
         True
         """
@@ -240,16 +240,18 @@ class ChannelPropagation(fx.Interpreter):
         ``dim`` follow the slots in ``vector``; a second use unifies them (see ``sites.Site`` for ``role``)."""
         if kind is None:
             kind = "parameter" if name in self.parameter_shapes else "buffer"
-        key = (name, dim)
-        existing = self.sites.get(key)
-        if existing is None:
-            self.sites[key] = Site(np.asarray(vector, dtype=np.int64).copy(), kind, role)
-        elif existing.vector.shape == vector.shape:
-            self.slots.unify_arrays(existing.vector, vector)
-        else:
-            reason = f"`{name}` is used with {existing.vector.size} and {vector.size} channels"
-            self.slots.block(existing.vector, reason)
-            self.slots.block(vector, reason)
+        for each in (name, *self.tied.get(name, ())):  # a tied tensor's names lose the same entries
+            existing = self.sites.get((each, dim))
+            if existing is None:
+                continue
+            if existing.vector.shape == vector.shape:
+                self.slots.unify_arrays(existing.vector, vector)
+            else:
+                reason = f"`{name}` is used with {existing.vector.size} and {vector.size} channels"
+                self.slots.block(existing.vector, reason)
+                self.slots.block(vector, reason)
+        if (name, dim) not in self.sites:
+            self.sites[(name, dim)] = Site(np.asarray(vector, dtype=np.int64).copy(), kind, role)
 
     def module_sites(self, fqn: str, names: tuple[str, ...], vector: np.ndarray, role: str = "follower") -> None:
         """``site`` for each of module ``fqn``'s tensors ``names`` that exists, along dim 0."""

@@ -70,6 +70,19 @@ def linear(prop: Propagation, call: OpCall):
     return shaped(out, result.ndim, result.ndim - 1)
 
 
+def transposed_linear(prop: Propagation, call: OpCall):
+    """A linear layer whose weight is stored transposed, inputs along dim 0 and outputs along dim 1 (Hugging
+    Face's ``Conv1D``, GPT-2's layers: ``addmm(bias, x, weight)``)."""
+    n, args, lab_args, result = call.node, call.args, call.labels, call.result
+    m, fqn, x = prop.modules[n.target], n.target, args[0]
+    inputs, outputs = m.weight.shape
+    prop.site(f"{fqn}.weight", 0, channel_vector(prop, lab_args[0], x.ndim - 1, inputs, fqn), "input")
+    out = prop.producer(fqn, outputs)
+    prop.site(f"{fqn}.weight", 1, out, "filter")
+    prop.module_sites(fqn, ("bias",), out, "filter")
+    return shaped(out, result.ndim, result.ndim - 1)
+
+
 def embedding(prop: Propagation, call: OpCall):
     """An embedding table (``nn.Embedding``): its embedding dims (dim 1 of the weight, the output's last dim)
     are new channels, as a linear layer's outputs are (the surgery sets ``embedding_dim`` from the weight). A

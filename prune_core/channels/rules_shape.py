@@ -182,12 +182,28 @@ def permute(prop: Propagation, call: OpCall):
 
 def concat(prop: Propagation, call: OpCall):
     """``torch.cat``: along the channel dim the pieces' channels follow at their offsets; along another
-    dim the pieces' channels are tied position by position."""
+    dim the pieces' channels are tied position by position. An empty one-dimensional piece, which
+    ``torch.cat`` skips whatever the others' dims (the empty start of a Hugging Face key-value cache), is
+    skipped here too.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from prune_core.channels.graph import ChannelGraph
+    >>> class Cached(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv = nn.Conv1d(1, 4, 3)
+    ...     def forward(self, x):
+    ...         return torch.cat([torch.tensor([]), self.conv(x)], dim=-1)
+    >>> len(ChannelGraph.build(Cached(), torch.zeros(1, 1, 8)).units)
+    4
+    """
     args, kwargs, lab_args, result = call.args, call.kwargs, call.labels, call.result
-    tensors, labels = args[0], lab_args[0]
-    if not isinstance(labels, (tuple, list)) or not all(isinstance(lab, np.ndarray) for lab in labels):
+    if not isinstance(lab_args[0], (tuple, list)) or not all(isinstance(lab, np.ndarray) for lab in lab_args[0]):
         return None
     nd = result.ndim
+    kept = [(x, lab) for x, lab in zip(args[0], lab_args[0]) if nd == 1 or x.shape != (0,)]
+    tensors, labels = [x for x, _ in kept], [lab for _, lab in kept]
     dim = argument(args, kwargs, 1, "dim", 0) % nd
     other = {d for lab in labels for d in varying_dims(lab) if d != dim}
     if other:

@@ -33,7 +33,7 @@ from torch import nn
 
 from prune_core.channels.atomic import atomic_path
 from prune_core.channels.attention import PrunedMultiheadAttention, attends_alike, to_pruned_form
-from prune_core.channels.sites import replace_tensor
+from prune_core.channels.sites import replace_tensor, tied_names
 from prune_core.channels.surgery import channel_attributes
 
 FORMAT = "taylorprune.pruned-model/1"
@@ -150,12 +150,14 @@ def shrink_to_spec(model: nn.Module, spec: dict, source: str = "spec") -> None:
             raise ValueError(f"{source} names layer {name!r}, which the architecture from build_fn lacks")
         for attr, value in attrs.items():
             setattr(modules[name], attr, tuple(value) if isinstance(value, list) else value)
+    tied, replaced = tied_names(model), set()
     for name, info in spec["tensors"].items():
         shape = torch.Size(info["shape"])
-        if current[name].shape == shape:
+        if current[name].shape == shape or name in replaced:
             continue
         old = current[name]
-        replace_tensor(modules, name, torch.empty(shape, dtype=old.dtype, device=old.device))
+        replace_tensor(modules, name, torch.empty(shape, dtype=old.dtype, device=old.device), tied.get(name, ()))
+        replaced.update(tied.get(name, ()))
     layers = spec.get("layers")
     for name, layer in layers.items() if isinstance(layers, dict) else ():
         module = modules.get(name)  # an attention the surgery turned into its pruned form

@@ -49,13 +49,32 @@ def owner(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def replace_tensor(modules: dict[str, nn.Module], name: str, value: torch.Tensor) -> None:
+def replace_tensor(modules: dict[str, nn.Module], name: str, value: torch.Tensor, tied: tuple[str, ...] = ()) -> None:
     """Make ``value`` the parameter or buffer ``name`` (a dotted path into ``modules``), keeping its kind
-    and ``requires_grad`` flag."""
+    and ``requires_grad`` flag; ``tied``: the other names of the same tensor (``tied_names``), which get the
+    very same new one, so that weights tied before stay tied."""
     module_name, _, attr = name.rpartition(".")
-    module = modules[module_name]
-    old = getattr(module, attr)
-    if isinstance(old, nn.Parameter):
-        setattr(module, attr, nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        module._buffers[attr] = value
+    old = getattr(modules[module_name], attr)
+    new = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
+    for each in (name, *tied):
+        module_name, _, attr = each.rpartition(".")
+        if isinstance(new, nn.Parameter):
+            setattr(modules[module_name], attr, new)
+        else:
+            modules[module_name]._buffers[attr] = new
+
+
+def tied_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """For each parameter or buffer that one tensor holds under several names (tied weights: a language model's
+    output layer and its token embedding), its other names.
+
+    >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    >>> net[1].weight = net[0].weight
+    >>> tied_names(net)
+    {'0.weight': ('1.weight',), '1.weight': ('0.weight',)}
+    """
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        by_tensor.setdefault(id(tensor), []).append(name)
+    shared = [names for names in by_tensor.values() if len(names) > 1]
+    return {name: tuple(n for n in names if n != name) for names in shared for name in names}

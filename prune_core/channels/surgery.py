@@ -33,7 +33,7 @@ from torch import nn
 
 from prune_core.channels.graph import ChannelGraph
 from prune_core.channels.ops import channel_attribute_names, layer_family, module_family
-from prune_core.channels.sites import owner, replace_tensor
+from prune_core.channels.sites import owner, replace_tensor, tied_names
 from prune_core.channels.verify import SurgeryMismatch, check_equivalent, reference_outputs
 
 
@@ -83,14 +83,26 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
             attributes[name] = graph.size((name, dim)) - idx.size
         else:
             by_tensor.setdefault(name, {})[dim] = idx
-    touched = {owner(name) for name in [*by_tensor, *attributes]}
+    tied = tied_names(modules[""])
+    for name in [name for name in by_tensor if name in tied]:  # a tied tensor loses the entries of every name
+        if name not in by_tensor:  # merged into another name of its tensor already
+            continue
+        for other in tied[name]:
+            for dim, idx in by_tensor.pop(other, {}).items():
+                if dim in by_tensor[name] and not np.array_equal(by_tensor[name][dim], idx):
+                    raise ValueError(
+                        f"`{name}` and `{other}` are one tied tensor, but the removal takes other entries of dim {dim} "
+                        "from each; this is a fault of the channel analysis: please report it"
+                    )
+                by_tensor[name][dim] = idx
+    touched = {owner(each) for name in [*by_tensor, *attributes] for each in (name, *tied.get(name, ()))}
     for name, dims in by_tensor.items():
         new = getattr(modules[owner(name)], name.rpartition(".")[2]).detach()
         for dim, idx in dims.items():
             keep = np.ones(new.shape[dim], dtype=bool)
             keep[idx] = False
             new = new.index_select(dim, torch.as_tensor(np.flatnonzero(keep), device=new.device))
-        replace_tensor(modules, name, new)  # index_select copies: the new tensor shares nothing with the old
+        replace_tensor(modules, name, new, tied.get(name, ()))  # index_select copies: nothing shared with the old
     for name, count in attributes.items():
         module_name, _, attr = name.rpartition(".")
         setattr(modules[module_name], attr, (count,) if attr == "normalized_shape" else count)

@@ -160,12 +160,14 @@ def _run(
 
 def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> list[torch.Tensor]:
     """``model``'s outputs on the example input with the units' channels zeroed at their consumers."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
+    first = {id(p): name for name, p in reversed(params.items())}  # a tied tensor's first name: one value for all
     plan = graph.removal_plan(unit_ids)
     zeroed: dict[str, torch.Tensor] = {}
     for (name, dim), idx in plan.items():
         role = graph.sites[(name, dim)].role
         if (role == "input" or (role == "filter" and owner(name) in graph.products)) and name in params:
+            name = first[id(params[name])]
             base = zeroed.get(name, params[name].detach())
             zeroed[name] = base.index_fill(dim, torch.as_tensor(idx, device=base.device), 0.0)
     return _run(model, graph, zeroed, _kept_norm_channels(graph, plan))

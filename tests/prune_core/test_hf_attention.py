@@ -131,3 +131,38 @@ def test_head_dims_of_hugging_face_vit_keep_the_scaling_it_holds():
     assert attention.attention_head_size == 8 and attention.scaling == scaling
     kept = [k for k in range(48) if k % 12 >= 4]  # dims 4..11 of each head of 12
     torch.testing.assert_close(attention.query.weight, query[kept])  # nothing folded: it holds its scaling
+
+
+def test_an_attention_that_holds_its_own_projection_and_norm_is_not_taken_for_bare_heads():
+    # ALBERT's attention module has query, key and value, and also the output projection, the residual
+    # addition and the norm: it returns the residual stream, whose channels are not its heads
+    torch.manual_seed(0)
+    config = transformers.AlbertConfig(
+        vocab_size=100, embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, num_labels=3,
+    )  # fmt: skip
+    model, example = transformers.AlbertForSequenceClassification(config).eval(), tokens()
+    graph = ChannelGraph.build(model, example)
+    mapping = "albert.encoder.embedding_hidden_mapping_in"
+    stream = {p for u in graph.units if mapping in u.producers for p in u.producers}
+    assert stream and not any(p.endswith(".attention.query") for p in stream)
+    chosen = random_units(graph, 0.2, seed=0)
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, chosen)  # checked against the original with those units zeroed
+    assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)
+
+
+def test_an_attention_with_a_per_head_table_of_its_own_is_not_taken_for_bare_heads():
+    # Swin's self-attention adds a relative position bias from a table with a column per head, a parameter
+    # of the module itself, which removing heads would have to cut as well
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=3
+    )
+    model, example = transformers.SwinForImageClassification(config).eval(), torch.randn(2, 3, 32, 32)
+    graph = ChannelGraph.build(model, example)
+    assert not any(name.endswith(".num_attention_heads") for name, _ in graph.sites), "its heads are not units"
+    chosen = random_units(graph, 0.2, seed=0)
+    pruned = copy.deepcopy(model)
+    remove_units(pruned, graph, chosen)  # checked against the original with those units zeroed
+    assert sum(p.numel() for p in pruned.parameters()) == graph.total_learnables - graph.learnables_removed(chosen)
