@@ -20,14 +20,11 @@ Run: ``python -m benchmarks.hf_zoo [--models ...] [--limit S]`` (the ``bench`` e
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -106,44 +103,30 @@ def build(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 
 def one(name: str, tool: str) -> None:
-    """Measure one model with one tool; prints its result as one JSON line (read by ``model_zoo.run_model``)."""
+    """Measure one model with one tool, in this process (``model_zoo.run_model`` starts it)."""
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore")
     model, example = build(name)
-    try:
-        row = timm_zoo.ours(model, example) if tool == "ours" else model_zoo.torch_pruning(model, example)
-        row = {"params": timm_zoo._params(model)} | row
-    except Exception as exc:  # a tool failing on a model is a result, not a crash
-        row = {tool: "error", f"{tool}_reason": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    print(json.dumps(row), flush=True)
+    model_zoo.measure(model, example, tool)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--tool", choices=("ours", "tp"), help=argparse.SUPPRESS)
-    parser.add_argument("--models", nargs="*", choices=list(MODELS), help="a subset (default: all)")
-    parser.add_argument("--limit", type=float, default=60.0, help="seconds per tool and model")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
+    args = model_zoo.arguments(__doc__.splitlines()[0], list(MODELS), 60.0)
     if args.one:
         one(args.one, args.tool)
         return
     import torch_pruning as tp
     import transformers
 
-    rows = []
-    for name in args.models or list(MODELS):
-        row = {"kind": MODELS[name][3]} | model_zoo.run_model(name, "benchmarks.hf_zoo", args.limit)
-        print({k: row.get(k) for k in ("model", "ours", "ours_analysis_s", "ours_reason", "tp", "tp_s")}, flush=True)
-        rows.append(row)
+    table = model_zoo.run_models(args.models, "benchmarks.hf_zoo", args.limit)
+    table.insert(1, "kind", [MODELS[name][3] for name in table["model"]])
     header = (
         f"transformers {transformers.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
         f"{platform.processor() or platform.machine()}, 2 threads; random weights, two layers where the config "
         f"allows it; {timm_zoo.FRACTION:.0%} of every group removed at random; each tool stopped after "
         f"{args.limit:.0f} s per model. Produced by `python -m benchmarks.hf_zoo {' '.join(sys.argv[1:])}`."
     )
-    timm_zoo.write_tables(pd.DataFrame(rows), ["model", "kind", "params"], Path(args.out), "hf_zoo", header)
+    timm_zoo.write_tables(table, ["model", "kind", "params"], Path(args.out), "hf_zoo", header)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,17 @@ def build(name: str) -> tuple[nn.Module, tuple]:
     return timm.create_model(name, pretrained=False, num_classes=10).eval(), (torch.rand(2, 3, size, size),)
 
 
-def torch_pruning(model: nn.Module, example: tuple) -> dict:
-    """``timm_zoo.torch_pruning`` for any input and output structure: the network runs and lost parameters."""
+def call(model: nn.Module, example):
+    """``model`` on ``example``: a tensor, a tuple of positional arguments or a dict of keyword arguments."""
+    if isinstance(example, dict):
+        return model(**example)
+    return model(*example) if isinstance(example, tuple) else model(example)
+
+
+def torch_pruning(model: nn.Module, example) -> dict:
+    """``timm_zoo.torch_pruning`` for any input and output structure (the example as ``call`` takes it; Torch-Pruning
+    is given that call, and every tensor of the output, dataclasses included): the network runs and lost
+    parameters."""
     import torch_pruning as tp
 
     from prune_core.channels import tensors_in
@@ -124,11 +133,13 @@ def torch_pruning(model: nn.Module, example: tuple) -> dict:
         importance=tp.importance.RandomImportance(),
         pruning_ratio=timm_zoo.FRACTION,
         ignored_layers=heads,
+        forward_fn=call,
+        output_transform=tensors_in,
     )
     pruner.step()
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        out = tensors_in(pruned.eval()(*example))
+        out = tensors_in(call(pruned.eval(), example))
     runs = bool(out) and timm_zoo._params(pruned) < before
     return {
         "tp_s": round(seconds, 3),
@@ -138,13 +149,11 @@ def torch_pruning(model: nn.Module, example: tuple) -> dict:
     }
 
 
-def one(name: str, tool: str) -> None:
-    """Measure one model with one tool; prints its result as one JSON line (read by ``main``)."""
-    torch.set_num_threads(2)
-    warnings.filterwarnings("ignore")
-    model, example = build(name)
+def measure(model: nn.Module, example, tool: str, compare_at: list[str] | tuple[str, ...] = ()) -> None:
+    """Prune ``model`` with ``tool`` ("ours" or "tp") on ``example`` (positional arguments as a tuple, or keyword
+    arguments as a dict); prints the result as one JSON line (read by ``run_model``)."""
     runs: dict[str, Callable[[], dict]] = {
-        "ours": lambda: timm_zoo.ours(model, example, COMPARE_AT.get(name, ())),
+        "ours": lambda: timm_zoo.ours(model, example, compare_at),
         "tp": lambda: torch_pruning(model, example),
     }
     try:
@@ -152,6 +161,14 @@ def one(name: str, tool: str) -> None:
     except Exception as exc:  # a tool failing on a model is a result, not a crash
         row = {tool: "error", f"{tool}_reason": f"{type(exc).__name__}: {str(exc)[:200]}"}
     print(json.dumps(row), flush=True)
+
+
+def one(name: str, tool: str) -> None:
+    """Measure one model with one tool, in this process (``run_model`` starts it)."""
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore")
+    model, example = build(name)
+    measure(model, example, tool, COMPARE_AT.get(name, ()))
 
 
 def run_model(name: str, benchmark: str = "benchmarks.model_zoo", limit_s: float = LIMIT_S) -> dict:
@@ -175,13 +192,30 @@ def run_model(name: str, benchmark: str = "benchmarks.model_zoo", limit_s: float
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, models: list[str], limit_s: float) -> argparse.Namespace:
+    """The command line every model zoo takes: ``--models`` (a subset of ``models``), ``--limit`` (seconds per tool
+    and model), ``--out``, and the hidden ``--one``/``--tool`` of the process measuring one model."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--tool", choices=("ours", "tp"), help=argparse.SUPPRESS)
-    parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--models", nargs="*", choices=models, default=models, metavar="MODEL", help="default: all")
+    parser.add_argument("--limit", type=float, default=limit_s, help=f"seconds per tool and model ({limit_s:.0f})")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_models(names: list[str], benchmark: str, limit_s: float) -> pd.DataFrame:
+    """``run_model`` on each model, a line printed as each ends."""
+    rows = []
+    for name in names:
+        row = run_model(name, benchmark, limit_s)
+        print({k: row.get(k) for k in ("model", "ours", "ours_analysis_s", "ours_reason", "tp", "tp_s")}, flush=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0], MODELS, LIMIT_S)
     if args.one:
         one(args.one, args.tool)
         return
@@ -189,18 +223,14 @@ def main() -> None:
     import torch_pruning as tp
     import torchvision
 
-    rows = []
-    for name in args.models:
-        row = run_model(name)
-        print({k: row.get(k) for k in ("model", "ours", "ours_analysis_s", "ours_reason", "tp", "tp_s")}, flush=True)
-        rows.append(row)
+    table = run_models(args.models, "benchmarks.model_zoo", args.limit)
     header = (
         f"torchvision {torchvision.__version__}, timm {timm.__version__}, torch {torch.__version__}, torch-pruning "
         f"{tp.__version__}, {platform.processor() or platform.machine()}, 2 threads; random weights; "
         f"{timm_zoo.FRACTION:.0%} of every group removed at random. Produced by `python -m benchmarks.model_zoo "
         f"{' '.join(sys.argv[1:])}`."
     )
-    timm_zoo.write_tables(pd.DataFrame(rows), ["model", "params"], Path(args.out), "model_zoo", header)
+    timm_zoo.write_tables(table, ["model", "params"], Path(args.out), "model_zoo", header)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,11 @@ Run: ``python -m benchmarks.torchvision_zoo [--models ...] [--limit S]`` (the ``
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torchvision
 from torch import nn
@@ -84,46 +81,28 @@ def example(name: str) -> tuple[nn.Module, tuple]:
 
 
 def one(name: str, tool: str) -> None:
-    """Measure one model with one tool; prints its result as one JSON line (read by ``model_zoo.run_model``)."""
+    """Measure one model with one tool, in this process (``model_zoo.run_model`` starts it)."""
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore")
     model, args = example(name)
-    try:
-        if tool == "ours":
-            row = timm_zoo.ours(model, args if len(args) > 1 or compare_at(name) else args[0], compare_at(name))
-        else:
-            row = model_zoo.torch_pruning(model, args)
-        row = {"params": timm_zoo._params(model)} | row
-    except Exception as exc:  # a tool failing on a model is a result, not a crash
-        row = {tool: "error", f"{tool}_reason": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    print(json.dumps(row), flush=True)
+    model_zoo.measure(model, args if len(args) > 1 or compare_at(name) else args[0], tool, compare_at(name))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--tool", choices=("ours", "tp"), help=argparse.SUPPRESS)
-    parser.add_argument("--models", nargs="*", help="a subset of the catalogue (default: all of it)")
-    parser.add_argument("--limit", type=float, default=60.0, help="seconds per tool and model")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
+    args = model_zoo.arguments(__doc__.splitlines()[0], catalogue(), 60.0)
     if args.one:
         one(args.one, args.tool)
         return
     import torch_pruning as tp
 
-    rows = []
-    for name in args.models or catalogue():
-        row = model_zoo.run_model(name, "benchmarks.torchvision_zoo", args.limit)
-        print({k: row.get(k) for k in ("model", "ours", "ours_analysis_s", "ours_reason", "tp", "tp_s")}, flush=True)
-        rows.append(row)
+    table = model_zoo.run_models(args.models, "benchmarks.torchvision_zoo", args.limit)
     header = (
         f"torchvision {torchvision.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
         f"{platform.processor() or platform.machine()}, 2 threads; random weights; {timm_zoo.FRACTION:.0%} of every "
         f"group removed at random; each tool stopped after {args.limit:.0f} s per model. Produced by "
         f"`python -m benchmarks.torchvision_zoo {' '.join(sys.argv[1:])}`."
     )
-    timm_zoo.write_tables(pd.DataFrame(rows), ["model", "params"], Path(args.out), "torchvision_zoo", header)
+    timm_zoo.write_tables(table, ["model", "params"], Path(args.out), "torchvision_zoo", header)
 
 
 if __name__ == "__main__":
