@@ -47,6 +47,8 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.timm_zoo
 	$(PY) -m benchmarks.timm_zoo --set transformers
 	$(PY) -m benchmarks.model_zoo
+	$(PY) -m benchmarks.torchvision_zoo
+	$(PY) -m benchmarks.hf_zoo
 	$(PY) -m benchmarks.criteria
 	$(PY) -m benchmarks.criteria_2d
 	$(PY) -m benchmarks.criteria_vit

@@ -50,7 +50,9 @@ def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int],
         _shrink(modules, graph, plan)
         return
     reference = reference_outputs(model, graph, unit_ids)
-    saved = {name: _state(modules[name]) for name in _affected(modules, {owner(key[0]) for key in plan})}
+    tied = tied_names(model)  # a tied tensor's other names change with it
+    changing = {owner(each) for key in plan for each in (key[0], *tied.get(key[0], ()))}
+    saved = {name: _state(modules[name]) for name in _affected(modules, changing)}
     try:
         _shrink(modules, graph, plan)
         check_equivalent(model, graph, unit_ids, reference)
