@@ -20,8 +20,6 @@ Run: ``python -m benchmarks.hf_zoo [--models ...] [--limit S]`` (the ``bench`` e
 
 from __future__ import annotations
 
-import platform
-import sys
 import warnings
 from pathlib import Path
 
@@ -120,13 +118,12 @@ def main() -> None:
 
     table = model_zoo.run_models(args.models, "benchmarks.hf_zoo", args.limit)
     table.insert(1, "kind", [MODELS[name][3] for name in table["model"]])
-    header = (
-        f"transformers {transformers.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
-        f"{platform.processor() or platform.machine()}, 2 threads; random weights, two layers where the config "
-        f"allows it; {timm_zoo.FRACTION:.0%} of every group removed at random; each tool stopped after "
-        f"{args.limit:.0f} s per model. Produced by `python -m benchmarks.hf_zoo {' '.join(sys.argv[1:])}`."
+    settings = (
+        f"random weights, two layers where the config allows it; {timm_zoo.FRACTION:.0%} of every group removed at "
+        f"random; each tool stopped after {args.limit:.0f} s per model"
     )
-    timm_zoo.write_tables(table, ["model", "kind", "params"], Path(args.out), "hf_zoo", header)
+    title = model_zoo.header("benchmarks.hf_zoo", [transformers, torch, tp], settings)
+    timm_zoo.write_tables(table, ["model", "kind", "params"], Path(args.out), "hf_zoo", title)
 
 
 if __name__ == "__main__":

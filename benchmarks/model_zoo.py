@@ -43,6 +43,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import torch
@@ -204,6 +205,19 @@ def arguments(description: str, models: list[str], limit_s: float) -> argparse.N
     return parser.parse_args()
 
 
+def header(benchmark: str, libraries: list[ModuleType], settings: str) -> str:
+    """A zoo's results header: the libraries' versions, the machine, ``settings`` and the command that ran.
+
+    >>> header("benchmarks.model_zoo", [torch], "random weights").startswith(f"torch {torch.__version__}, ")
+    True
+    """
+    versions = ", ".join(f"{library.__name__.replace('_', '-')} {library.__version__}" for library in libraries)
+    return (
+        f"{versions}, {platform.processor() or platform.machine()}, 2 threads; {settings}. "
+        f"Produced by `python -m {benchmark} {' '.join(sys.argv[1:])}`."
+    )
+
+
 def run_models(names: list[str], benchmark: str, limit_s: float) -> pd.DataFrame:
     """``run_model`` on each model, a line printed as each ends."""
     rows = []
@@ -224,13 +238,9 @@ def main() -> None:
     import torchvision
 
     table = run_models(args.models, "benchmarks.model_zoo", args.limit)
-    header = (
-        f"torchvision {torchvision.__version__}, timm {timm.__version__}, torch {torch.__version__}, torch-pruning "
-        f"{tp.__version__}, {platform.processor() or platform.machine()}, 2 threads; random weights; "
-        f"{timm_zoo.FRACTION:.0%} of every group removed at random. Produced by `python -m benchmarks.model_zoo "
-        f"{' '.join(sys.argv[1:])}`."
-    )
-    timm_zoo.write_tables(table, ["model", "params"], Path(args.out), "model_zoo", header)
+    settings = f"random weights; {timm_zoo.FRACTION:.0%} of every group removed at random"
+    title = header("benchmarks.model_zoo", [torchvision, timm, torch, tp], settings)
+    timm_zoo.write_tables(table, ["model", "params"], Path(args.out), "model_zoo", title)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ Run: ``python -m benchmarks.torchvision_zoo [--models ...] [--limit S]`` (the ``
 
 from __future__ import annotations
 
-import platform
-import sys
 import warnings
 from pathlib import Path
 
@@ -96,13 +94,12 @@ def main() -> None:
     import torch_pruning as tp
 
     table = model_zoo.run_models(args.models, "benchmarks.torchvision_zoo", args.limit)
-    header = (
-        f"torchvision {torchvision.__version__}, torch {torch.__version__}, torch-pruning {tp.__version__}, "
-        f"{platform.processor() or platform.machine()}, 2 threads; random weights; {timm_zoo.FRACTION:.0%} of every "
-        f"group removed at random; each tool stopped after {args.limit:.0f} s per model. Produced by "
-        f"`python -m benchmarks.torchvision_zoo {' '.join(sys.argv[1:])}`."
+    settings = (
+        f"random weights; {timm_zoo.FRACTION:.0%} of every group removed at random; each tool stopped after "
+        f"{args.limit:.0f} s per model"
     )
-    timm_zoo.write_tables(table, ["model", "params"], Path(args.out), "torchvision_zoo", header)
+    title = model_zoo.header("benchmarks.torchvision_zoo", [torchvision, torch, tp], settings)
+    timm_zoo.write_tables(table, ["model", "params"], Path(args.out), "torchvision_zoo", title)
 
 
 if __name__ == "__main__":

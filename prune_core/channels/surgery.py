@@ -46,15 +46,15 @@ def remove_units(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int],
     graph.check_removal(unit_ids)
     plan = graph.removal_plan(unit_ids)
     modules = dict(model.named_modules())
+    tied = tied_names(model)  # a tied tensor's other names change with it
     if not verify:
-        _shrink(modules, graph, plan)
+        _shrink(modules, graph, plan, tied)
         return
     reference = reference_outputs(model, graph, unit_ids)
-    tied = tied_names(model)  # a tied tensor's other names change with it
     changing = {owner(each) for key in plan for each in (key[0], *tied.get(key[0], ()))}
     saved = {name: _state(modules[name]) for name in _affected(modules, changing)}
     try:
-        _shrink(modules, graph, plan)
+        _shrink(modules, graph, plan, tied)
         check_equivalent(model, graph, unit_ids, reference)
     except BaseException as exc:
         for name, state in saved.items():
@@ -77,7 +77,12 @@ def _restore(module: nn.Module, state: tuple[type, dict, dict, dict]) -> None:
         current.update(saved)
 
 
-def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple[str, int], np.ndarray]) -> None:
+def _shrink(
+    modules: dict[str, nn.Module],
+    graph: ChannelGraph,
+    plan: dict[tuple[str, int], np.ndarray],
+    tied: dict[str, tuple[str, ...]],
+) -> None:
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     attributes: dict[str, int] = {}
     for (name, dim), idx in plan.items():
@@ -85,7 +90,6 @@ def _shrink(modules: dict[str, nn.Module], graph: ChannelGraph, plan: dict[tuple
             attributes[name] = graph.size((name, dim)) - idx.size
         else:
             by_tensor.setdefault(name, {})[dim] = idx
-    tied = tied_names(modules[""])
     for name in [name for name in by_tensor if name in tied]:  # a tied tensor loses the entries of every name
         if name not in by_tensor:  # merged into another name of its tensor already
             continue
