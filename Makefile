@@ -49,6 +49,7 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.model_zoo
 	$(PY) -m benchmarks.torchvision_zoo
 	$(PY) -m benchmarks.hf_zoo
+	$(PY) -m benchmarks.smp_zoo
 	$(PY) -m benchmarks.criteria
 	$(PY) -m benchmarks.criteria_2d
 	$(PY) -m benchmarks.criteria_vit

@@ -20,9 +20,6 @@ Run: ``python -m benchmarks.hf_zoo [--models ...] [--limit S]`` (the ``bench`` e
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -102,10 +99,7 @@ def build(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 def one(name: str, tool: str) -> None:
     """Measure one model with one tool, in this process (``model_zoo.run_model`` starts it)."""
-    torch.set_num_threads(2)
-    warnings.filterwarnings("ignore")
-    model, example = build(name)
-    model_zoo.measure(model, example, tool)
+    model_zoo.measure_built(build, name, tool)
 
 
 def main() -> None:
@@ -122,8 +116,8 @@ def main() -> None:
         f"random weights, two layers where the config allows it; {timm_zoo.FRACTION:.0%} of every group removed at "
         f"random; each tool stopped after {args.limit:.0f} s per model"
     )
-    title = model_zoo.header("benchmarks.hf_zoo", [transformers, torch, tp], settings)
-    timm_zoo.write_tables(table, ["model", "kind", "params"], Path(args.out), "hf_zoo", title)
+    libraries = [transformers, torch, tp]
+    model_zoo.publish_zoo(table, args, "benchmarks.hf_zoo", libraries, settings, ("model", "kind", "params"))
 
 
 if __name__ == "__main__":

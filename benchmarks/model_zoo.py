@@ -218,6 +218,29 @@ def header(benchmark: str, libraries: list[ModuleType], settings: str) -> str:
     )
 
 
+def measure_built(build: Callable[[str], tuple[nn.Module, object]], name: str, tool: str) -> None:
+    """``measure`` on ``build(name)`` (the model and its example), in this process with 2 threads and no warnings:
+    what a zoo's ``--one`` process runs."""
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore")
+    model, example = build(name)
+    measure(model, example, tool)
+
+
+def publish_zoo(
+    table: pd.DataFrame,
+    args: argparse.Namespace,
+    benchmark: str,
+    libraries: list[ModuleType],
+    settings: str,
+    columns: tuple[str, ...] = ("model", "params"),
+) -> None:
+    """Write a zoo's ``table`` (``columns``, then the results) as ``<name>.csv`` and ``<name>.md`` in ``args.out``,
+    under ``header``."""
+    name = benchmark.rpartition(".")[2]
+    timm_zoo.write_tables(table, list(columns), Path(args.out), name, header(benchmark, libraries, settings))
+
+
 def run_models(names: list[str], benchmark: str, limit_s: float) -> pd.DataFrame:
     """``run_model`` on each model, a line printed as each ends."""
     rows = []

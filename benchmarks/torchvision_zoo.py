@@ -21,7 +21,6 @@ Run: ``python -m benchmarks.torchvision_zoo [--models ...] [--limit S]`` (the ``
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 import torchvision
@@ -98,8 +97,7 @@ def main() -> None:
         f"random weights; {timm_zoo.FRACTION:.0%} of every group removed at random; each tool stopped after "
         f"{args.limit:.0f} s per model"
     )
-    title = model_zoo.header("benchmarks.torchvision_zoo", [torchvision, torch, tp], settings)
-    timm_zoo.write_tables(table, ["model", "params"], Path(args.out), "torchvision_zoo", title)
+    model_zoo.publish_zoo(table, args, "benchmarks.torchvision_zoo", [torchvision, torch, tp], settings)
 
 
 if __name__ == "__main__":

@@ -190,13 +190,19 @@ class TaylorAccumulator:
     def __init__(self, graph: ChannelGraph, squared: bool = False) -> None:
         self.graph, self.squared = graph, squared
         removable = _removable(graph)
-        self.consumers: dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
+        # per consuming layer: its units, where they lie among its input channels, and how many those are
+        self.consumers: dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor, int]] = {}
         for key, site in graph.sites.items():
             units = graph.site_units[key]
             if site.role == "input" and site.kind == "parameter" and removable[units].any():
                 positions = np.flatnonzero(units >= 0)
                 local, inverse = np.unique(units[positions], return_inverse=True)
-                self.consumers[owner(key[0])] = (local, torch.as_tensor(positions), torch.as_tensor(inverse))
+                self.consumers[owner(key[0])] = (
+                    local,
+                    torch.as_tensor(positions),
+                    torch.as_tensor(inverse),
+                    units.size,
+                )
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
@@ -206,9 +212,15 @@ class TaylorAccumulator:
         return max(self.counts.values(), default=0)
 
     def _record(self, fqn: str, module: nn.Module, activation: torch.Tensor, gradient: torch.Tensor) -> None:
-        local, positions, inverse = self.consumers[fqn]
+        local, positions, inverse, size = self.consumers[fqn]
         cdim = input_channel_dim(module, activation.ndim)
         n, channels = activation.shape[0], activation.shape[cdim]
+        if channels != size:  # a convolution subclass whose forward changes its input before the convolution
+            raise ValueError(
+                f"the input of `{fqn}` has {channels} channels where its weight takes {size}: its forward changes the "
+                "channels before the layer uses them, so the Taylor criterion cannot be taken there; keep it out of "
+                f"pruning (leaf_modules=[{fqn!r}]) or use a criterion without gradients (criterion='l1')"
+            )
         a = activation.movedim(cdim, -1).reshape(n, -1, channels)
         g = gradient.movedim(cdim, -1).reshape(n, -1, channels)
         per_channel = torch.einsum("nsc,nsc->nc", a, g).index_select(1, positions.to(a.device))
@@ -248,7 +260,7 @@ class TaylorAccumulator:
     def all_reduce(self, ranks: Ranks) -> None:
         """The sums and example counts of every rank, added up (see ``Criterion.all_reduce``)."""
         parts = []  # per consuming layer: its sums, then its example count
-        for fqn, (local, _, _) in self.consumers.items():
+        for fqn, (local, *_) in self.consumers.items():
             total = self.sums.get(fqn, torch.zeros(len(local), dtype=torch.float64)).cpu()
             parts.append(torch.cat([total, torch.tensor([self.counts.get(fqn, 0)], dtype=torch.float64)]))
         totals = ranks.sum(torch.cat(parts)).split([len(part) for part in parts])

@@ -120,6 +120,7 @@ CONCAT = Family("concat", rules_shape.concat)
 SPLIT = Family("split", rules_shape.split)
 GETITEM = Family("getitem", rules_shape.getitem)
 PAD = Family("pad", rules_shape.pad)
+PAD_MODULE = Family("pad_module", rules_shape.pad_module)
 ROLL = Family("roll", rules_shape.roll)
 CHANNEL_SHUFFLE = Family("channel_shuffle", rules_shape.channel_shuffle)
 CONV = Family(
@@ -172,6 +173,7 @@ PRELU = Family("prelu", rules_layers.prelu, ("num_parameters",))
 CHANNEL_NORM_FUNCTION = Family("channel_norm_function", rules_layers.channel_norm_function, ("num_features",))
 GROUP_NORM_FUNCTION = Family("group_norm_function", rules_layers.group_norm_function, ("num_channels", "num_groups"))
 LAYER_NORM_FUNCTION = Family("layer_norm_function", rules_layers.layer_norm_function, ("normalized_shape",))
+CONV_FUNCTION = Family("conv_function", rules_layers.conv_function)  # a conv module's own weight, functionally
 FUSED_QKV_ATTENTION = Family(
     "fused_qkv_attention",
     rules_attention.fused_qkv_attention,
@@ -211,6 +213,7 @@ BUILT_IN: dict[str, Family] = {
         SPLIT,
         GETITEM,
         PAD,
+        PAD_MODULE,
         ROLL,
         CHANNEL_SHUFFLE,
         CONV,
@@ -225,6 +228,7 @@ BUILT_IN: dict[str, Family] = {
         CHANNEL_NORM_FUNCTION,
         GROUP_NORM_FUNCTION,
         LAYER_NORM_FUNCTION,
+        CONV_FUNCTION,
         FUSED_QKV_ATTENTION,
         SEPARATE_QKV_ATTENTION,
         MULTIHEAD_ATTENTION,

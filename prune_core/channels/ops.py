@@ -108,6 +108,13 @@ _ELEMENTWISE_MODULES = (
     nn.AlphaDropout,
 )
 _MODULE_FAMILIES.update({cls: families.ELEMENTWISE for cls in _ELEMENTWISE_MODULES})
+# Padding modules: F.pad with their ``padding``, every one of them (Zero, Constant, Reflection, Replication, Circular)
+_PAD_MODULES = [
+    getattr(nn, f"{kind}Pad{d}d")
+    for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
+    for d in (1, 2, 3)
+]
+_MODULE_FAMILIES.update({cls: families.PAD_MODULE for cls in _PAD_MODULES})
 # Keyed by the forward function, so subclasses that keep the base forward are recognised and
 # subclasses that override it (torchvision's LayerNorm2d, say) are traced through instead.
 _FAMILY_BY_FORWARD = {cls.forward: family for cls, family in _MODULE_FAMILIES.items()}
@@ -358,6 +365,7 @@ _FUNCTION_FAMILIES = _by_family(
         families.CHANNEL_NORM_FUNCTION: {F.batch_norm, F.instance_norm},
         families.GROUP_NORM_FUNCTION: {F.group_norm},
         families.LAYER_NORM_FUNCTION: {F.layer_norm},
+        families.CONV_FUNCTION: {torch.conv1d, torch.conv2d, torch.conv3d},  # F.conv2d is torch.conv2d
     }
 )
 _METHOD_FAMILIES = _by_family(

@@ -25,10 +25,42 @@ from prune_core.channels.sites import ParamRef, owner
 def conv(prop: Propagation, call: OpCall):
     """A convolution: its filters are new channels (dim 0 of the weight); its input channels are a site.
     Grouped convolutions tie each group's input channels, and their filters follow those groups."""
-    n, args, lab_args, result = call.node, call.args, call.labels, call.result
-    m, fqn, x = prop.modules[n.target], n.target, args[0]
+    n = call.node
+    return _conv(prop, n.target, prop.modules[n.target], call.args[0], call.labels[0], call.result)
+
+
+def conv_function(prop: Propagation, call: OpCall):
+    """``F.conv1d``/``conv2d``/``conv3d`` called with a convolution module's own weight (and bias), with its
+    groups: a ``Conv2d`` subclass whose forward pads first (TensorFlow's "same" padding, as in timm's
+    ``Conv2dSame`` or the ``efficientnet_pytorch`` encoders) is that convolution, as ``conv``. Any other weight
+    (computed in forward, or a tensor of a module that is no convolution) is not understood.
+
+    >>> import torch.nn as nn, torch.nn.functional as F
+    >>> from prune_core.channels.graph import ChannelGraph
+    >>> class SamePadding(nn.Conv2d):
+    ...     def forward(self, x):
+    ...         return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0, 1, self.groups)
+    >>> net = nn.Sequential(SamePadding(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    >>> [u.producers for u in ChannelGraph.build(net, torch.zeros(1, 3, 8, 8)).removable_units()][:2]
+    [('0',), ('0',)]
+    """
+    args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
+    weight, bias = argument(lab_args, lab_kwargs, 1, "weight"), argument(lab_args, lab_kwargs, 2, "bias")
+    if not isinstance(weight, ParamRef) or weight.name.rpartition(".")[2] != "weight":
+        return None
+    fqn = owner(weight.name)
+    m = prop.modules.get(fqn)
+    if not isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+        return None
+    own_bias = bias is None or (isinstance(bias, ParamRef) and bias.name == f"{fqn}.bias")
+    if argument(args, kwargs, 6, "groups", 1) != m.groups or not own_bias:
+        return None
+    return _conv(prop, fqn, m, args[0], lab_args[0], call.result)
+
+
+def _conv(prop: Propagation, fqn: str, m: torch.nn.Module, x: torch.Tensor, lab, result: torch.Tensor):
     cdim = x.ndim - len(m.kernel_size) - 1
-    vector = channel_vector(prop, lab_args[0], cdim, m.in_channels, fqn)
+    vector = channel_vector(prop, lab, cdim, m.in_channels, fqn)
     if m.groups == 1:
         prop.site(f"{fqn}.weight", 1, vector, "input")
         out = prop.producer(fqn, m.out_channels)

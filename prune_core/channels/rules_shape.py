@@ -279,8 +279,17 @@ def _indexed_dims(parts: tuple, ndim: int) -> list[int]:
 
 def pad(prop: Propagation, call: OpCall):
     """``F.pad``: fine where no channel dim is padded (Swin's windows pad the spatial dims); gives up otherwise."""
-    args, kwargs, lab_args = call.args, call.kwargs, call.labels
-    lab, amounts = lab_args[0], argument(args, kwargs, 1, "pad")
+    return _padded(call.labels[0], argument(call.args, call.kwargs, 1, "pad"))
+
+
+def pad_module(prop: Propagation, call: OpCall):
+    """A padding module (``nn.ZeroPad2d``, ``nn.ReflectionPad2d``, ...: ``F.pad`` with its ``padding``), as ``pad``."""
+    return _padded(call.labels[0], prop.modules[call.node.target].padding)
+
+
+def _padded(lab, amounts):
+    """The labels of ``lab`` padded by ``amounts`` (``F.pad``'s, from the last dim back), or None where a
+    channel dim is padded."""
     if not isinstance(lab, np.ndarray) or not isinstance(amounts, (tuple, list)):
         return None
     padded = [lab.ndim - 1 - i for i in range(len(amounts) // 2) if amounts[2 * i] or amounts[2 * i + 1]]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune_core import ChannelGraph, remove_units
+from prune_core import ChannelGraph, TrainingOptions, compress_network, remove_units
 from tests.support.architectures import ARCHITECTURES
 from tests.support.zoos import torchvision_model
 
@@ -253,3 +253,33 @@ def test_a_weight_computed_in_forward_keeps_its_channels_and_says_why():
     assert graph.removable_units() == []
     said = [what for what in graph.unsupported if what.startswith("torch.conv2d")]
     assert said and "with a weight computed in forward, not a parameter" in said[0], graph.unsupported
+
+
+def test_padding_modules_and_same_padding_convolutions_are_pruned_and_checked():
+    model, graph = build("same_padding")
+    assert graph.unsupported == ()
+    assert producers(graph) >= {("stem.0",), ("reflect.1",), ("pointwise",)}
+    chosen = [u.id for u in graph.removable_units()][::3]
+    remove_units(model, graph, chosen)  # the surgery check passes
+    assert model.stem[0].out_channels == model.stem[0].weight.shape[0] < 8
+    assert model.depthwise.groups == model.depthwise.out_channels == model.reflect[1].out_channels < 12
+
+
+class CoordinatesConv2d(nn.Conv2d):
+    """A convolution that appends a coordinate channel to its input first (CoordConv)."""
+
+    def forward(self, x):
+        row = torch.linspace(-1, 1, x.shape[2]).view(1, 1, -1, 1).expand(x.shape[0], 1, x.shape[2], x.shape[3])
+        return F.conv2d(torch.cat([row, x], 1), self.weight, self.bias, padding=1)
+
+
+def test_a_convolution_that_changes_its_input_first_is_pruned_but_not_scored_by_taylor():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), CoordinatesConv2d(7, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    x, y = torch.randn(16, 2, 8, 8), torch.randint(0, 2, (16,))
+    model(x)
+    options = TrainingOptions(max_epochs=1, mini_batch_size=8)
+    pruned, _ = compress_network(model, x, y, "crossentropy", options, goal=0.2, criterion="l1", verbosity="off")
+    assert pruned[0].out_channels == pruned[2].in_channels - 1 < 6  # a surgery the check accepted
+    with pytest.raises(ValueError, match=r"input of `2` has 6 channels where its weight takes 7.*leaf_modules=\['2'\]"):
+        compress_network(model, x, y, "crossentropy", options, goal=0.2, verbosity="off")

@@ -309,6 +309,37 @@ class SkipUpsample(nn.Module):
         return self.head(torch.cat([y, skip], dim=1))
 
 
+class SamePaddingConv2d(nn.Conv2d):
+    """TensorFlow's "same" padding, as ported encoders do it: a padding module, then ``F.conv2d`` with the
+    layer's own weight (``efficientnet_pytorch``'s ``Conv2dStaticSamePadding``; timm's ``Conv2dSame`` pads with
+    ``F.pad``)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, k, stride=stride, groups=groups)
+        total = max(k - stride, 0)
+        self.static_padding = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+
+    def forward(self, x):
+        x = self.static_padding(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class SamePaddingNet(nn.Module):
+    """Padding modules (zero and reflection) and "same"-padding convolutions, depthwise and pointwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(SamePaddingConv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU())
+        self.reflect = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(8, 12, 3), nn.ReLU())
+        self.depthwise = SamePaddingConv2d(12, 12, 3, groups=12)
+        self.pointwise = SamePaddingConv2d(12, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.pointwise(self.depthwise(self.reflect(self.stem(x))).relu())
+        return self.fc(x.mean((2, 3)))
+
+
 ARCHITECTURES = {
     "reference_cnn1d": lambda: (ReferenceCNN1d(), torch.randn(4, 1, 40)),
     "flatten_groupnorm": lambda: (FlattenCNN(), torch.randn(2, 3, 8, 8)),
@@ -323,6 +354,7 @@ ARCHITECTURES = {
     "layernorm_channels": lambda: (LayerNormCNN(), torch.randn(2, 3, 6, 6)),
     "functional_norms": lambda: (FunctionalNorms(), torch.randn(2, 3, 8, 8)),
     "shape_branch": lambda: (SkipUpsample(), torch.randn(2, 3, 9, 9)),
+    "same_padding": lambda: (SamePaddingNet(), torch.randn(2, 3, 12, 12)),
 }
 
 
