@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks import model_zoo, timm_zoo
+from benchmarks import model_zoo
 
 TWO = {"num_hidden_layers": 2}
 SMALL = {"hidden_size": 256, "num_attention_heads": 8, "vocab_size": 1000}
@@ -103,21 +103,19 @@ def one(name: str, tool: str) -> None:
 
 
 def main() -> None:
-    args = model_zoo.arguments(__doc__.splitlines()[0], list(MODELS), 60.0)
-    if args.one:
-        one(args.one, args.tool)
-        return
-    import torch_pruning as tp
-    import transformers
+    def kinds(table):
+        table.insert(1, "kind", [MODELS[name][3] for name in table["model"]])
 
-    table = model_zoo.run_models(args.models, "benchmarks.hf_zoo", args.limit)
-    table.insert(1, "kind", [MODELS[name][3] for name in table["model"]])
-    settings = (
-        f"random weights, two layers where the config allows it; {timm_zoo.FRACTION:.0%} of every group removed at "
-        f"random; each tool stopped after {args.limit:.0f} s per model"
+    model_zoo.zoo_main(
+        __doc__.splitlines()[0],
+        "benchmarks.hf_zoo",
+        list(MODELS),
+        one,
+        ("transformers", "torch", "torch_pruning"),
+        "random weights, two layers where the config allows it",
+        ("model", "kind", "params"),
+        kinds,
     )
-    libraries = [transformers, torch, tp]
-    model_zoo.publish_zoo(table, args, "benchmarks.hf_zoo", libraries, settings, ("model", "kind", "params"))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import platform
 import subprocess
@@ -227,18 +228,34 @@ def measure_built(build: Callable[[str], tuple[nn.Module, object]], name: str, t
     measure(model, example, tool)
 
 
-def publish_zoo(
-    table: pd.DataFrame,
-    args: argparse.Namespace,
+def zoo_main(
+    description: str,
     benchmark: str,
-    libraries: list[ModuleType],
-    settings: str,
+    models: list[str],
+    one: Callable[[str, str], None],
+    libraries: tuple[str, ...],
+    described: str,
     columns: tuple[str, ...] = ("model", "params"),
+    annotate: Callable[[pd.DataFrame], None] | None = None,
 ) -> None:
-    """Write a zoo's ``table`` (``columns``, then the results) as ``<name>.csv`` and ``<name>.md`` in ``args.out``,
-    under ``header``."""
-    name = benchmark.rpartition(".")[2]
-    timm_zoo.write_tables(table, list(columns), Path(args.out), name, header(benchmark, libraries, settings))
+    """A catalogue zoo's command line (``arguments``, 60 s per tool and model by default). ``--one`` runs
+    ``one(name, tool)`` in this process; otherwise every model is measured (``run_models``), ``annotate(table)``
+    adds the zoo's own columns, and ``<name>.csv`` and ``<name>.md`` are written in ``--out`` (``columns``, then
+    the results) under a ``header`` naming ``libraries`` (imported only here: a ``--one`` process needs none of
+    them) and the settings: ``described``, then the random 20% and the time limit."""
+    args = arguments(description, models, 60.0)
+    if args.one:
+        one(args.one, args.tool)
+        return
+    table = run_models(args.models, benchmark, args.limit)
+    if annotate is not None:
+        annotate(table)
+    settings = (
+        f"{described}; {timm_zoo.FRACTION:.0%} of every group removed at random; each tool stopped after "
+        f"{args.limit:.0f} s per model"
+    )
+    title = header(benchmark, [importlib.import_module(library) for library in libraries], settings)
+    timm_zoo.write_tables(table, list(columns), Path(args.out), benchmark.rpartition(".")[2], title)
 
 
 def run_models(names: list[str], benchmark: str, limit_s: float) -> pd.DataFrame:

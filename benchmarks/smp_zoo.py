@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks import model_zoo, timm_zoo
+from benchmarks import model_zoo
 
 ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN")
 UNET_ENCODERS = (
@@ -80,19 +80,10 @@ def one(name: str, tool: str) -> None:
 
 
 def main() -> None:
-    args = model_zoo.arguments(__doc__.splitlines()[0], list(MODELS), 60.0)
-    if args.one:
-        one(args.one, args.tool)
-        return
-    import segmentation_models_pytorch as smp
-    import torch_pruning as tp
-
-    table = model_zoo.run_models(args.models, "benchmarks.smp_zoo", args.limit)
-    settings = (
-        f"random weights, 3 classes; {timm_zoo.FRACTION:.0%} of every group removed at random; each tool stopped "
-        f"after {args.limit:.0f} s per model"
+    libraries = ("segmentation_models_pytorch", "torch", "torch_pruning")
+    model_zoo.zoo_main(
+        __doc__.splitlines()[0], "benchmarks.smp_zoo", list(MODELS), one, libraries, "random weights, 3 classes"
     )
-    model_zoo.publish_zoo(table, args, "benchmarks.smp_zoo", [smp, torch, tp], settings)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torchvision
 from torch import nn
 from torchvision import models
 
-from benchmarks import model_zoo, timm_zoo
+from benchmarks import model_zoo
 
 TOO_LARGE = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "convnext_large"}  # 198-644 M parameters
 # classifiers that need more than 64x64: a fixed patch grid, or pools that 64x64 shrinks to nothing
@@ -86,18 +85,10 @@ def one(name: str, tool: str) -> None:
 
 
 def main() -> None:
-    args = model_zoo.arguments(__doc__.splitlines()[0], catalogue(), 60.0)
-    if args.one:
-        one(args.one, args.tool)
-        return
-    import torch_pruning as tp
-
-    table = model_zoo.run_models(args.models, "benchmarks.torchvision_zoo", args.limit)
-    settings = (
-        f"random weights; {timm_zoo.FRACTION:.0%} of every group removed at random; each tool stopped after "
-        f"{args.limit:.0f} s per model"
+    libraries = ("torchvision", "torch", "torch_pruning")
+    model_zoo.zoo_main(
+        __doc__.splitlines()[0], "benchmarks.torchvision_zoo", catalogue(), one, libraries, "random weights"
     )
-    model_zoo.publish_zoo(table, args, "benchmarks.torchvision_zoo", [torchvision, torch, tp], settings)
 
 
 if __name__ == "__main__":
