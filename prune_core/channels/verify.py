@@ -4,10 +4,10 @@ Removing a unit is exactly zeroing its channels where they enter the layers that
 (the input weights of the consuming convs and linears; where channels enter a product of two
 activations instead, an attention's query and key dims, the filters that make them:
 ``graph.products``). ``reference_outputs`` runs the model *before* the surgery with those
-weights zeroed (``torch.func.functional_call`` with zeroed copies: the model itself is not
-touched), and ``check_equivalent`` compares the pruned model's outputs with it on the graph's
-example input, in eval mode. ``remove_units`` runs both around every surgery and puts the model
-back as it was when they differ.
+weights zeroed (in place for that pass, then put back bit for bit: copying every weight a
+surgery touches cost more than the pass), and ``check_equivalent`` compares the pruned model's
+outputs with it on the graph's example input, in eval mode. ``remove_units`` runs both around
+every surgery and puts the model back as it was when they differ.
 
 A layer norm over channels renormalises over the channels that remain, so there pruning is not
 zeroing: in the reference run, such a norm (``F.layer_norm`` called inside a module that
@@ -48,11 +48,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from prune_core.channels.graph import ChannelGraph
-from prune_core.channels.preserve import preserved
+from prune_core.channels.preserve import preserved, set_training
 from prune_core.channels.recorder import tensors_in
 from prune_core.channels.sites import owner
 
@@ -131,17 +130,12 @@ def _exact_float32() -> Iterator[None]:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _run(
-    model: nn.Module,
-    graph: ChannelGraph,
-    replaced: dict[str, torch.Tensor] | None = None,
-    kept: dict[str, torch.Tensor] | None = None,
-) -> list[torch.Tensor]:
+def _run(model: nn.Module, graph: ChannelGraph, kept: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
     example = graph.example_input
     device = example.tensors[0].device.type
     compared: list[torch.Tensor] = []
     with preserved(model), torch.no_grad(), ExitStack() as stack:
-        model.eval()
+        set_training(model, False)
         for name in graph.compare_at:
             module = model.get_submodule(name)
             hook = module.register_forward_hook(lambda module, args, out: compared.extend(tensors_in(out)))
@@ -151,26 +145,51 @@ def _run(
         if kept:
             mode = stack.enter_context(_KeptChannelsLayerNorm(model, kept))
             stack.enter_context(mode.hooks)
-        if replaced:
-            outputs = functional_call(model, replaced, example.args, example.kwargs, strict=False)
-        else:
-            outputs = example.call(model)
+        outputs = example.call(model)
     return compared if graph.compare_at else tensors_in(outputs)  # every tensor, dataclasses included
 
 
+def _memory(tensor: torch.Tensor) -> int | None:
+    """Where ``tensor``'s storage starts (None for a tensor without one: sparse, nested)."""
+    return tensor.untyped_storage().data_ptr() if tensor.layout == torch.strided else None
+
+
 def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[int]) -> list[torch.Tensor]:
-    """``model``'s outputs on the example input with the units' channels zeroed at their consumers."""
+    """``model``'s outputs on the example input with the units' channels zeroed at their consumers.
+
+    The entries are zeroed in place for this one pass (they are the ones the surgery removes: no copy of
+    the weights) and put back bit for bit after it, whatever happens; an output that shares a zeroed
+    tensor's memory is copied first.
+
+    >>> import torch.nn as nn
+    >>> from prune_core.channels.graph import ChannelGraph
+    >>> net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3))
+    >>> before = net[2].weight.detach().clone()
+    >>> graph = ChannelGraph.build(net, torch.randn(2, 1, 16))
+    >>> _ = reference_outputs(net, graph, [0, 3])
+    >>> torch.equal(net[2].weight, before)
+    True
+    """
     params = dict(model.named_parameters(remove_duplicate=False))
     first = {id(p): name for name, p in reversed(params.items())}  # a tied tensor's first name: one value for all
     plan = graph.removal_plan(unit_ids)
-    zeroed: dict[str, torch.Tensor] = {}
-    for (name, dim), idx in plan.items():
-        role = graph.sites[(name, dim)].role
-        if (role == "input" or (role == "filter" and owner(name) in graph.products)) and name in params:
-            name = first[id(params[name])]
-            base = zeroed.get(name, params[name].detach())
-            zeroed[name] = base.index_fill(dim, torch.as_tensor(idx, device=base.device), 0.0)
-    return _run(model, graph, zeroed, _kept_norm_channels(graph, plan))
+    zeroed: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []  # tensor, dim, index, saved entries
+    try:
+        with torch.no_grad():
+            for (name, dim), idx in plan.items():
+                role = graph.sites[(name, dim)].role
+                if (role == "input" or (role == "filter" and owner(name) in graph.products)) and name in params:
+                    tensor = params[first[id(params[name])]]
+                    index = torch.as_tensor(idx, device=tensor.device)
+                    zeroed.append((tensor, dim, index, tensor.index_select(dim, index)))
+                    tensor.index_fill_(dim, index, 0.0)
+        outputs = _run(model, graph, _kept_norm_channels(graph, plan))
+        memory = {tensor.untyped_storage().data_ptr() for tensor, *_ in zeroed}
+        return [out.clone() if _memory(out) in memory else out for out in outputs]
+    finally:
+        with torch.no_grad():
+            for tensor, dim, index, saved in reversed(zeroed):  # last zeroed first: a tensor zeroed along two dims
+                tensor.index_copy_(dim, index, saved)
 
 
 def _involved(graph: ChannelGraph, unit_ids: Sequence[int]) -> str:

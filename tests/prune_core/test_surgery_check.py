@@ -117,3 +117,25 @@ def test_the_check_runs_in_full_precision_under_a_callers_autocast():
         assert net(torch.randn(2, 1, 40)).dtype == torch.bfloat16
         (reference,) = reference_outputs(net, graph, [0])
     assert reference.dtype == torch.float32
+
+
+def test_the_reference_pass_puts_every_zeroed_weight_back_even_when_the_forward_raises():
+    """The reference zeroes the removed channels in place for its one pass: whatever happens, the model's tensors
+    are the same objects, bit for bit, afterwards (a weight zeroed along two dims included)."""
+    torch.manual_seed(0)
+    model, example = Shuffled().eval(), torch.randn(2, 3, 6, 6)
+    graph = ChannelGraph.build(model, example)
+    tensors = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    inputs = list(graph.removal_plan([0, 5])[("head.weight", 1)])  # where the shuffle put the two channels
+    reference_outputs(model, graph, [0, 5])
+    assert all(model.get_parameter(n) is p and torch.equal(p, saved) for n, (p, saved) in tensors.items())
+
+    def refuse(module, args):
+        assert not module.weight[:, inputs].any(), "the removed input channels read zero during the pass"
+        raise RuntimeError("a forward that fails half-way")
+
+    handle = model.head.register_forward_pre_hook(refuse)
+    with pytest.raises(RuntimeError, match="half-way"):
+        reference_outputs(model, graph, [0, 5])
+    handle.remove()
+    assert all(model.get_parameter(n) is p and torch.equal(p, saved) for n, (p, saved) in tensors.items())
