@@ -174,6 +174,8 @@ CHANNEL_NORM_FUNCTION = Family("channel_norm_function", rules_layers.channel_nor
 GROUP_NORM_FUNCTION = Family("group_norm_function", rules_layers.group_norm_function, ("num_channels", "num_groups"))
 LAYER_NORM_FUNCTION = Family("layer_norm_function", rules_layers.layer_norm_function, ("normalized_shape",))
 CONV_FUNCTION = Family("conv_function", rules_layers.conv_function)  # a conv module's own weight, functionally
+LINEAR_FUNCTION = Family("linear_function", rules_layers.linear_function)  # a linear module's own weight, likewise
+MATMUL_LINEAR = Family("matmul_linear", rules_layers.matmul_linear)  # x @ weight.T with a linear module's own
 FUSED_QKV_ATTENTION = Family(
     "fused_qkv_attention",
     rules_attention.fused_qkv_attention,
@@ -229,6 +231,8 @@ BUILT_IN: dict[str, Family] = {
         GROUP_NORM_FUNCTION,
         LAYER_NORM_FUNCTION,
         CONV_FUNCTION,
+        LINEAR_FUNCTION,
+        MATMUL_LINEAR,
         FUSED_QKV_ATTENTION,
         SEPARATE_QKV_ATTENTION,
         MULTIHEAD_ATTENTION,

@@ -317,8 +317,10 @@ ELEMENTWISE_METHODS = {
 }
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten}
 RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as"}
-PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim}
-PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "movedim"}
+PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim, torch.t, getattr}  # x.T, x.mT
+PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "movedim", "t"}
+MATMUL_FUNCTIONS = {operator.matmul, torch.matmul}
+MATMUL_METHODS = {"matmul", "__matmul__"}
 POOL_FUNCTIONS = {
     F.max_pool1d,
     F.max_pool2d,
@@ -366,6 +368,8 @@ _FUNCTION_FAMILIES = _by_family(
         families.GROUP_NORM_FUNCTION: {F.group_norm},
         families.LAYER_NORM_FUNCTION: {F.layer_norm},
         families.CONV_FUNCTION: {torch.conv1d, torch.conv2d, torch.conv3d},  # F.conv2d is torch.conv2d
+        families.LINEAR_FUNCTION: {F.linear},
+        families.MATMUL_LINEAR: MATMUL_FUNCTIONS,
     }
 )
 _METHOD_FAMILIES = _by_family(
@@ -378,6 +382,7 @@ _METHOD_FAMILIES = _by_family(
         families.SOFTMAX: SOFTMAX_METHODS,
         families.ROLL: {"roll"},
         families.NEW_TENSOR: {"new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"},
+        families.MATMUL_LINEAR: MATMUL_METHODS,
     }
 )
 

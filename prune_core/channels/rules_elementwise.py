@@ -71,6 +71,8 @@ def elementwise(prop: Propagation, call: OpCall):
             return None
         shape = (1,) * (nd - real.ndim) + tuple(real.shape)
         if isinstance(lab, ParamRef):
+            if lab.transposed:  # its dims are not the stored tensor's
+                return None
             params.append((lab, shape))
             continue
         if lab is None:

@@ -46,7 +46,7 @@ def conv_function(prop: Propagation, call: OpCall):
     """
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
     weight, bias = argument(lab_args, lab_kwargs, 1, "weight"), argument(lab_args, lab_kwargs, 2, "bias")
-    if not isinstance(weight, ParamRef) or weight.name.rpartition(".")[2] != "weight":
+    if not isinstance(weight, ParamRef) or weight.transposed or weight.name.rpartition(".")[2] != "weight":
         return None
     fqn = owner(weight.name)
     m = prop.modules.get(fqn)
@@ -94,9 +94,60 @@ def conv_transpose(prop: Propagation, call: OpCall):
 def linear(prop: Propagation, call: OpCall):
     """A linear layer: its inputs (the last dim) are a site and its outputs are new channels, both on 2 dims
     (a hidden fully connected layer, as in VGG's classifier) and on more (pointwise, as in an MLP block)."""
-    n, args, lab_args, result = call.node, call.args, call.labels, call.result
-    m, fqn, x = prop.modules[n.target], n.target, args[0]
-    prop.site(f"{fqn}.weight", 1, channel_vector(prop, lab_args[0], x.ndim - 1, m.in_features, fqn), "input")
+    n = call.node
+    return _linear(prop, n.target, prop.modules[n.target], call.args[0], call.labels[0], call.result)
+
+
+def linear_function(prop: Propagation, call: OpCall):
+    """``F.linear`` called with a linear module's own weight (and bias, or none): an ``nn.Linear`` subclass
+    whose forward calls it (a wrapper that scales or casts its input first) is that linear layer, as ``linear``.
+    Any other weight is not understood."""
+    args, lab_args, lab_kwargs = call.args, call.labels, call.label_kwargs
+    weight, bias = argument(lab_args, lab_kwargs, 1, "weight"), argument(lab_args, lab_kwargs, 2, "bias")
+    m, fqn = _own_linear(prop, weight, transposed=False)
+    if m is None or not (bias is None or (isinstance(bias, ParamRef) and bias.name == f"{fqn}.bias")):
+        return None
+    return _linear(prop, fqn, m, args[0], lab_args[0], call.result)
+
+
+def matmul_linear(prop: Propagation, call: OpCall):
+    """``x @ weight.T`` (``torch.matmul``, ``Tensor.matmul``) with a linear module's own weight: an ``nn.Linear``
+    subclass whose forward multiplies by its transposed weight and adds its bias after (Falcon's
+    ``FalconLinear``) is that linear layer, as ``linear``; its bias, added to the product, follows the outputs
+    there. A product of two activations, or with any other tensor, is not understood.
+
+    >>> import torch.nn as nn
+    >>> from prune_core.channels.graph import ChannelGraph
+    >>> class ByProduct(nn.Linear):
+    ...     def forward(self, x):
+    ...         return x @ self.weight.T + self.bias
+    >>> net = nn.Sequential(ByProduct(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> [u.producers for u in ChannelGraph.build(net, torch.zeros(3, 4)).removable_units()][:2]
+    [('0',), ('0',)]
+    """
+    args, lab_args = call.args, call.labels
+    if len(args) != 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim < 1:
+        return None
+    m, fqn = _own_linear(prop, lab_args[1], transposed=True)
+    if m is None:
+        return None
+    return _linear(prop, fqn, m, args[0], lab_args[0], call.result)
+
+
+def _own_linear(prop: Propagation, weight, transposed: bool) -> tuple[torch.nn.Linear | None, str]:
+    """The ``nn.Linear`` (or subclass) whose own ``weight`` the label ``weight`` reads (as stored, or transposed),
+    and its name; (None, "") for anything else."""
+    if not isinstance(weight, ParamRef) or weight.transposed != transposed or not weight.name.endswith(".weight"):
+        return None, ""
+    fqn = owner(weight.name)
+    m = prop.modules.get(fqn)
+    if not isinstance(m, torch.nn.Linear) or tuple(m.weight.shape) != weight.shape:
+        return None, ""
+    return m, fqn
+
+
+def _linear(prop: Propagation, fqn: str, m: torch.nn.Module, x: torch.Tensor, lab, result: torch.Tensor):
+    prop.site(f"{fqn}.weight", 1, channel_vector(prop, lab, x.ndim - 1, m.in_features, fqn), "input")
     out = prop.producer(fqn, m.out_features)
     prop.module_sites(fqn, ("weight", "bias"), out, "filter")
     return shaped(out, result.ndim, result.ndim - 1)
@@ -233,7 +284,7 @@ def layer_norm_function(prop: Propagation, call: OpCall):
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
     weight = argument(lab_args, lab_kwargs, 2, "weight")
     bias = argument(lab_args, lab_kwargs, 3, "bias")
-    refs = [r.name for r in (weight, bias) if isinstance(r, ParamRef)]
+    refs = [r.name for r in (weight, bias) if isinstance(r, ParamRef) and not r.transposed]
     owner_name = owner(refs[0]) if refs else None
     return _layer_norm(prop, args[0], lab_args[0], len(argument(args, kwargs, 1, "normalized_shape")), refs, owner_name)
 

@@ -13,6 +13,7 @@ the rule ties or blocks the channels involved, or gives up (None: the operation 
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch import fx
 
 from prune_core.channels.labels import along, shaped, squeeze_constant, squeeze_constant_from, varying_dims
 from prune_core.channels.rule_call import OpCall, Propagation, argument, dims_of
+from prune_core.channels.sites import ParamRef
 
 
 def reshape(prop: Propagation, call: OpCall):
@@ -165,13 +167,26 @@ def _size_source(node: fx.Node) -> tuple[fx.Node, int] | None:
 
 
 def permute(prop: Propagation, call: OpCall):
-    """``permute``, ``transpose``, ``movedim``: the labels move with the dims."""
+    """``permute``, ``transpose``, ``movedim``, ``t`` and the ``.T`` and ``.mT`` attributes: the labels move with
+    the dims. A 2-D parameter read directly and transposed (``weight.T``) is marked so (``ParamRef.transposed``)
+    for the rule that uses it (``rules_layers.matmul_linear``)."""
     n, args, kwargs, lab_args = call.node, call.args, call.kwargs, call.labels
     lab = lab_args[0]
-    if not isinstance(lab, np.ndarray):
-        return None
     name = n.target if isinstance(n.target, str) else n.target.__name__
     rest = list(args[1:]) + [kwargs[k] for k in ("dims", "dim0", "dim1", "source", "destination") if k in kwargs]
+    if name == "getattr":  # a tensor attribute: only the transposes are permutations
+        name, rest = str(args[1]), []
+        if name not in ("T", "mT"):
+            return None
+    if isinstance(lab, ParamRef):
+        swaps = name in ("t", "T", "mT") or (name in ("transpose", "swapaxes") and {d % 2 for d in rest} == {0, 1})
+        return dataclasses.replace(lab, transposed=not lab.transposed) if len(lab.shape) == 2 and swaps else None
+    if not isinstance(lab, np.ndarray):
+        return None
+    if name in ("t", "T"):  # every dim reversed (at most two for ``t``)
+        return np.ascontiguousarray(lab.T)
+    if name == "mT":
+        return np.ascontiguousarray(np.swapaxes(lab, -1, -2))
     if name == "permute":
         dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
         return np.ascontiguousarray(np.transpose(lab, [d % lab.ndim for d in dims]))

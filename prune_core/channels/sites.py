@@ -24,10 +24,13 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ParamRef:
-    """A parameter or buffer used directly by functional code (an fx ``get_attr``)."""
+    """A parameter or buffer used directly by functional code (an fx ``get_attr``). ``shape`` is the tensor's
+    own; ``transposed``: a 2-D one read as its transpose (``weight.T``, ``weight.t()``), which only a rule that
+    knows what the transpose means uses (a linear layer's ``x @ weight.T``); the others give up on it."""
 
     name: str
     shape: tuple[int, ...]
+    transposed: bool = False
 
 
 @dataclass

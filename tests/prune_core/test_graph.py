@@ -283,3 +283,43 @@ def test_a_convolution_that_changes_its_input_first_is_pruned_but_not_scored_by_
     assert pruned[0].out_channels == pruned[2].in_channels - 1 < 6  # a surgery the check accepted
     with pytest.raises(ValueError, match=r"input of `2` has 6 channels where its weight takes 7.*leaf_modules=\['2'\]"):
         compress_network(model, x, y, "crossentropy", options, goal=0.2, verbosity="off")
+
+
+class ByTransposedWeight(nn.Linear):
+    """A linear layer that multiplies by its transposed weight and adds its bias after (Falcon's ``FalconLinear``)."""
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+class ByFunction(nn.Linear):
+    """A linear layer that scales its input, then calls ``F.linear`` with its own weight and bias."""
+
+    def forward(self, x):
+        return F.linear(x * 0.5, self.weight, self.bias)
+
+
+class TransposedHidden(nn.Module):
+    """An MLP whose hidden activation is transposed and back (``.T`` and ``.t()``) on its way through, beside a
+    transposed weight that is added, not multiplied: not a linear layer, and not understood."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.mid, self.down = ByTransposedWeight(4, 8), ByFunction(8, 6), nn.Linear(6, 2)
+        self.table = nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x):  # x: 3 examples
+        hidden = self.mid(self.up(x).relu().T.t())
+        return self.down(hidden) + (x[:, :3] + self.table.T).sum()
+
+
+def test_linear_layers_called_by_product_or_by_function_and_transposes_are_pruned_and_checked():
+    torch.manual_seed(0)
+    model = TransposedHidden().eval()
+    graph = ChannelGraph.build(model, torch.randn(3, 4))
+    assert {("up",), ("mid",)} <= producers(graph)
+    assert graph.unsupported == ("_operator.add",), "the table's transpose, added, is not understood"
+    chosen = [u.id for u in graph.removable_units() if u.producers in {("up",), ("mid",)}][::2]
+    remove_units(model, graph, chosen)  # the surgery check passes
+    assert model.up.out_features == model.up.weight.shape[0] == model.mid.in_features < 8
+    assert model.mid.out_features == model.down.in_features < 6
