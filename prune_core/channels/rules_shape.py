@@ -179,7 +179,8 @@ def permute(prop: Propagation, call: OpCall):
         if name not in ("T", "mT"):
             return None
     if isinstance(lab, ParamRef):
-        swaps = name in ("t", "T", "mT") or (name in ("transpose", "swapaxes") and {d % 2 for d in rest} == {0, 1})
+        dims = {d % 2 for d in rest if isinstance(d, int)} if len(rest) == 2 else set()
+        swaps = name in ("t", "T", "mT") or (name in ("transpose", "swapaxes") and dims == {0, 1})
         return dataclasses.replace(lab, transposed=not lab.transposed) if len(lab.shape) == 2 and swaps else None
     if not isinstance(lab, np.ndarray):
         return None
