@@ -13,6 +13,8 @@ parameters, statistics and counts follow the channels through them).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -46,14 +48,8 @@ def conv_function(prop: Propagation, call: OpCall):
     """
     args, kwargs, lab_args, lab_kwargs = call.args, call.kwargs, call.labels, call.label_kwargs
     weight, bias = argument(lab_args, lab_kwargs, 1, "weight"), argument(lab_args, lab_kwargs, 2, "bias")
-    if not isinstance(weight, ParamRef) or weight.transposed or weight.name.rpartition(".")[2] != "weight":
-        return None
-    fqn = owner(weight.name)
-    m = prop.modules.get(fqn)
-    if not isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
-        return None
-    own_bias = bias is None or (isinstance(bias, ParamRef) and bias.name == f"{fqn}.bias")
-    if argument(args, kwargs, 6, "groups", 1) != m.groups or not own_bias:
+    m, fqn = _own_layer(prop, weight, bias, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
+    if m is None or argument(args, kwargs, 6, "groups", 1) != m.groups:
         return None
     return _conv(prop, fqn, m, args[0], lab_args[0], call.result)
 
@@ -104,8 +100,8 @@ def linear_function(prop: Propagation, call: OpCall):
     Any other weight is not understood."""
     args, lab_args, lab_kwargs = call.args, call.labels, call.label_kwargs
     weight, bias = argument(lab_args, lab_kwargs, 1, "weight"), argument(lab_args, lab_kwargs, 2, "bias")
-    m, fqn = _own_linear(prop, weight, transposed=False)
-    if m is None or not (bias is None or (isinstance(bias, ParamRef) and bias.name == f"{fqn}.bias")):
+    m, fqn = _own_layer(prop, weight, bias, torch.nn.Linear)
+    if m is None:
         return None
     return _linear(prop, fqn, m, args[0], lab_args[0], call.result)
 
@@ -128,22 +124,26 @@ def matmul_linear(prop: Propagation, call: OpCall):
     args, lab_args = call.args, call.labels
     if len(args) != 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim < 1:
         return None
-    m, fqn = _own_linear(prop, lab_args[1], transposed=True)
+    m, fqn = _own_layer(prop, lab_args[1], None, torch.nn.Linear, transposed=True)
     if m is None:
         return None
     return _linear(prop, fqn, m, args[0], lab_args[0], call.result)
 
 
-def _own_linear(prop: Propagation, weight, transposed: bool) -> tuple[torch.nn.Linear | None, str]:
-    """The ``nn.Linear`` (or subclass) whose own ``weight`` the label ``weight`` reads (as stored, or transposed),
-    and its name; (None, "") for anything else."""
-    if not isinstance(weight, ParamRef) or weight.transposed != transposed or not weight.name.endswith(".weight"):
+def _own_layer(
+    prop: Propagation, weight, bias, kinds: type | tuple[type, ...], transposed: bool = False
+) -> tuple[Any, str]:
+    """The module of one of ``kinds`` whose own ``weight`` the label ``weight`` reads (as stored, or transposed),
+    with its own bias or none (``bias``, a label), and its name: what ``F.conv2d``, ``F.linear`` or
+    ``x @ weight.T`` called in a layer's forward is. (None, "") for anything else."""
+    if not isinstance(weight, ParamRef) or weight.name.rpartition(".")[2] != "weight":
+        return None, ""
+    if weight.transposed != transposed:
         return None, ""
     fqn = owner(weight.name)
     m = prop.modules.get(fqn)
-    if not isinstance(m, torch.nn.Linear) or tuple(m.weight.shape) != weight.shape:
-        return None, ""
-    return m, fqn
+    own_bias = bias is None or (isinstance(bias, ParamRef) and not bias.transposed and bias.name == f"{fqn}.bias")
+    return (m, fqn) if isinstance(m, kinds) and own_bias else (None, "")
 
 
 def _linear(prop: Propagation, fqn: str, m: torch.nn.Module, x: torch.Tensor, lab, result: torch.Tensor):

@@ -184,7 +184,7 @@ def reference_outputs(model: nn.Module, graph: ChannelGraph, unit_ids: Sequence[
                     zeroed.append((tensor, dim, index, tensor.index_select(dim, index)))
                     tensor.index_fill_(dim, index, 0.0)
         outputs = _run(model, graph, _kept_norm_channels(graph, plan))
-        memory = {tensor.untyped_storage().data_ptr() for tensor, *_ in zeroed}
+        memory = {_memory(tensor) for tensor, *_ in zeroed}
         return [out.clone() if _memory(out) in memory else out for out in outputs]
     finally:
         with torch.no_grad():
